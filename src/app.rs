@@ -1,0 +1,242 @@
+//! Wiring: starts every part in order, and stops them in the reverse order.
+//!
+//! Start: broker (if embedded) → HTTP listener → media → session manager → MQTT client.
+//! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
+//! disconnect → HTTP server.
+
+use crate::config::Config;
+use crate::media::{self, Media};
+use crate::session::peer::PeerFactory;
+use crate::session::table::SessionTable;
+use crate::session::SessionManager;
+use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
+use crate::signalling::protocol::{self, Status, Topics};
+use crate::{broker, http};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running rtcam.
+pub struct App {
+    device_id: String,
+    topics: Topics,
+    http_addr: SocketAddr,
+    media: Media,
+    mqtt_connected: watch::Receiver<bool>,
+    viewers: watch::Receiver<usize>,
+    /// Each part has its own token so shutdown can stop them in order.
+    sessions_stop: CancellationToken,
+    media_stop: CancellationToken,
+    mqtt_stop: CancellationToken,
+    http_stop: CancellationToken,
+    sessions_task: JoinHandle<()>,
+    media_task: JoinHandle<()>,
+    mqtt_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+    status_task: JoinHandle<()>,
+}
+
+impl App {
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let device_id = config.device_id();
+        let topics = Topics::new(&config.mqtt.prefix, &device_id);
+
+        // The broker rtcam's own client and the page's `/mqtt` bridge connect to.
+        let (broker_url, broker_tcp) = if config.mqtt.url == "embedded" {
+            broker::start(config.mqtt.embedded_listen, mqtt::MAX_PACKET).await?;
+            let addr = http::connectable(config.mqtt.embedded_listen);
+            let url = BrokerUrl {
+                tls: false,
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            };
+            (url, Some(addr.to_string()))
+        } else {
+            let url = BrokerUrl::parse(&config.mqtt.url)?;
+            let tcp = (!url.tls).then(|| format!("{}:{}", url.host, url.port));
+            if url.tls && config.http.viewer_broker_url.is_empty() {
+                tracing::warn!(
+                    "the viewer page cannot reach an mqtts:// broker through /mqtt; \
+                     set http.viewer_broker_url to the broker's wss:// URL"
+                );
+            }
+            (url, tcp)
+        };
+
+        let listener = http::bind(config.http.listen).await?;
+        let http_addr = listener.local_addr()?;
+        let page_config = serde_json::to_vec(&serde_json::json!({
+            "device_id": device_id,
+            "prefix": config.mqtt.prefix,
+            "broker_url": (!config.http.viewer_broker_url.is_empty()).then_some(&config.http.viewer_broker_url),
+            "ice_servers": config.webrtc.ice_servers,
+            "version": VERSION,
+            "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
+        }))?;
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            http::HttpState { page_config, broker_tcp },
+            http_stop.clone(),
+        ));
+
+        let media_stop = CancellationToken::new();
+        let (media, media_task) = media::start(&config.source, &config.encoder, media_stop.clone())?;
+
+        let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
+        let (viewers_tx, viewers_rx) = watch::channel(0usize);
+        let sessions_stop = CancellationToken::new();
+        let manager = SessionManager {
+            table: SessionTable::new(config.webrtc.max_sessions),
+            factory,
+            media: media.clone(),
+            events: events_rx,
+            outgoing: outgoing_tx,
+            viewers: viewers_tx,
+            disconnect_timeout: config.webrtc.disconnect_timeout(),
+        };
+        let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
+
+        // Status follows the media pipeline and the viewer count.
+        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
+        let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
+
+        let client_id = if config.mqtt.client_id.is_empty() {
+            format!("rtcam-{device_id}")
+        } else {
+            config.mqtt.client_id.clone()
+        };
+        let options = mqtt::options(&config.mqtt, &broker_url, &client_id, &topics)?;
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let mqtt_stop = CancellationToken::new();
+        let mqtt_task = tokio::spawn(mqtt::run(
+            MqttLink {
+                options,
+                topics: topics.clone(),
+                status: status_rx,
+                events: events_tx,
+                outgoing: outgoing_rx,
+                connected: connected_tx,
+            },
+            mqtt_stop.clone(),
+        ));
+
+        Ok(App {
+            device_id,
+            topics,
+            http_addr,
+            media,
+            mqtt_connected: connected_rx,
+            viewers: viewers_rx,
+            sessions_stop,
+            media_stop,
+            mqtt_stop,
+            http_stop,
+            sessions_task,
+            media_task,
+            mqtt_task,
+            http_task,
+            status_task,
+        })
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn media(&self) -> &Media {
+        &self.media
+    }
+
+    pub fn viewers(&self) -> usize {
+        *self.viewers.borrow()
+    }
+
+    /// Waits until connected to the broker, up to `timeout`. Returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.mqtt_connected.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops in order: sessions (each viewer gets a bye), media, MQTT (offline status), HTTP.
+    pub async fn stop(self) {
+        self.sessions_stop.cancel();
+        let _ = self.sessions_task.await;
+        self.media_stop.cancel();
+        let _ = self.media_task.await;
+        self.status_task.abort();
+        self.mqtt_stop.cancel();
+        let _ = self.mqtt_task.await;
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;
+    }
+}
+
+fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
+    Status {
+        state: "online".into(),
+        version: Some(VERSION.into()),
+        source: (!info.source.is_empty()).then(|| info.source.clone()),
+        encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
+        viewers: Some(viewers),
+    }
+}
+
+async fn track_status(
+    mut info: watch::Receiver<media::MediaInfo>,
+    mut viewers: watch::Receiver<usize>,
+    status: watch::Sender<Status>,
+) {
+    loop {
+        let next = online_status(&info.borrow_and_update(), *viewers.borrow_and_update());
+        status.send_if_modified(|s| {
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+        tokio::select! {
+            // Cancel-safe: watch `changed`.
+            r = info.changed() => if r.is_err() { break },
+            // Cancel-safe: watch `changed`.
+            r = viewers.changed() => if r.is_err() { break },
+        }
+    }
+}
+
+/// The URL to print for people: the HTTP address, with a wildcard bind replaced by this
+/// machine's first LAN address so it can be opened from another device.
+pub fn viewer_url(http_addr: SocketAddr) -> String {
+    let ip = if http_addr.ip().is_unspecified() {
+        if_addrs::get_if_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
+            .map(|i| i.ip())
+            .next()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    } else {
+        http_addr.ip()
+    };
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}/", http_addr.port()),
+        v4 => format!("http://{v4}:{}/", http_addr.port()),
+    }
+}
+
+/// Re-exported for tests and tools that speak the protocol.
+pub use protocol::MAX_PAYLOAD;

@@ -1,0 +1,446 @@
+//! rtcam's configuration: the TOML file a user writes, validated once at load.
+//!
+//! Every field is documented here and in `rtcam.example.toml`, which `rtcam config example`
+//! prints and a test parses. Unknown keys are refused (`deny_unknown_fields`) so a typo is an
+//! error naming the file, line and key, never a silently ignored setting.
+//!
+//! This module owns parsing and validation only; it opens no device and no socket.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The documented example configuration, shipped in the binary so `rtcam config example`
+/// works on a board with nothing else installed.
+pub const EXAMPLE: &str = include_str!("../rtcam.example.toml");
+
+/// Where rtcam looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/rtcam/rtcam.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A syntax error, an unknown key or a value of the wrong type, located in the file.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value that parses but makes no sense (a zero frame rate, an unknown encoder…).
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub device: DeviceConfig,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub source: SourceConfig,
+    pub encoder: EncoderConfig,
+    pub webrtc: WebrtcConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// The device id in MQTT topics (`{prefix}/{id}/…`). Empty means the hostname.
+    pub id: String,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self { id: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded` runs a broker inside rtcam; otherwise `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// First topic level of every topic rtcam uses.
+    pub prefix: String,
+    /// Username for an external broker (empty: none).
+    pub username: String,
+    /// Password for an external broker (empty: none).
+    pub password: String,
+    /// PEM file with the CA that signs an `mqtts://` broker's certificate. Empty: the system roots.
+    pub ca_file: String,
+    /// MQTT client id; empty means `rtcam-{device id}`.
+    pub client_id: String,
+    /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
+    pub keep_alive_secs: u64,
+    /// With `url = "embedded"`: where the embedded broker accepts plain MQTT connections from
+    /// other programs (Home Assistant, scripts). Browsers reach it over `/mqtt` on the HTTP port.
+    pub embedded_listen: SocketAddr,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "embedded".into(),
+            prefix: "rtcam".into(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: String::new(),
+            client_id: String::new(),
+            keep_alive_secs: 10,
+            embedded_listen: "127.0.0.1:1883".parse().expect("literal address"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP server that serves the viewer page (and `/mqtt` for browsers).
+    pub listen: SocketAddr,
+    /// The broker URL the viewer page connects to. Empty: the `/mqtt` WebSocket of this server,
+    /// which forwards to the configured broker, so a viewer needs this one port and nothing else.
+    pub viewer_broker_url: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
+            viewer_broker_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The first V4L2 capture device if there is one, else the test pattern.
+    Auto,
+    /// A moving test pattern with a clock overlay.
+    Test,
+    /// A V4L2 capture device (USB webcam, Pi camera through the V4L2 compatibility layer).
+    V4l2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// Whatever costs the board least: H.264 passthrough, then raw, then MJPEG.
+    Auto,
+    H264,
+    Mjpeg,
+    Yuyv,
+    Nv12,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// V4L2 device node; empty means the first capture device.
+    pub device: String,
+    /// Pixel format asked of the camera.
+    pub format: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Auto,
+            device: String::new(),
+            format: PixelFormat::Auto,
+            width: 1280,
+            height: 720,
+            fps: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderConfig {
+    /// `auto` picks the best H.264 encoder present; or name a GStreamer element.
+    pub element: String,
+    pub bitrate_kbps: u32,
+    /// Frames between keyframes. Viewers that join mid-stream get a forced keyframe anyway.
+    pub keyframe_interval: u32,
+    /// Shortest time between two keyframes forced for joining viewers, so a crowd joining at
+    /// once costs one keyframe, not one each.
+    pub keyframe_min_interval_ms: u64,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            element: "auto".into(),
+            bitrate_kbps: 2000,
+            keyframe_interval: 60,
+            keyframe_min_interval_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, `turns:…`.
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcConfig {
+    /// STUN and TURN servers, given to rtcam's peer connections and to the viewer page.
+    pub ice_servers: Vec<IceServer>,
+    /// Viewers served at once; the next one is told `too_many_sessions`.
+    pub max_sessions: usize,
+    /// How long a session may stay disconnected (ICE) before rtcam ends it.
+    pub disconnect_timeout_secs: u64,
+    /// Local addresses to gather ICE candidates on. Empty: every up interface, loopback included.
+    pub udp_addrs: Vec<std::net::IpAddr>,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        Self {
+            ice_servers: Vec::new(),
+            max_sessions: 8,
+            disconnect_timeout_secs: 15,
+            udp_addrs: Vec::new(),
+        }
+    }
+}
+
+impl WebrtcConfig {
+    pub fn disconnect_timeout(&self) -> Duration {
+        Duration::from_secs(self.disconnect_timeout_secs)
+    }
+}
+
+/// Where a configuration came from, for messages and `reload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::BuiltIn => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration rtcam runs with: `explicit` if given, else [`DEFAULT_PATH`] if it
+    /// exists, else the built-in demo defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok((Config::default(), Origin::BuiltIn)),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Config::parse(&text, &path)?;
+        Ok((config, Origin::File(path)))
+    }
+
+    /// Parses and validates TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if !self.device.id.is_empty() && !crate::signalling::protocol::is_valid_topic_level(&self.device.id)
+        {
+            return Err(invalid(
+                "device.id",
+                format!(
+                    "{:?} cannot be an MQTT topic level: use letters, digits, '-' and '_'",
+                    self.device.id
+                ),
+            ));
+        }
+        if !crate::signalling::protocol::is_valid_topic_level(&self.mqtt.prefix) {
+            return Err(invalid(
+                "mqtt.prefix",
+                format!("{:?} cannot be an MQTT topic level", self.mqtt.prefix),
+            ));
+        }
+        if self.mqtt.url != "embedded" {
+            crate::signalling::mqtt::BrokerUrl::parse(&self.mqtt.url)
+                .map_err(|e| invalid("mqtt.url", e.to_string()))?;
+        }
+        let s = &self.source;
+        if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
+            return Err(invalid(
+                "source.width",
+                format!("{}x{} is not a video size rtcam can stream", s.width, s.height),
+            ));
+        }
+        if s.width % 2 != 0 || s.height % 2 != 0 {
+            return Err(invalid(
+                "source.width",
+                format!("{}x{}: H.264 needs an even width and height", s.width, s.height),
+            ));
+        }
+        if !(1..=120).contains(&s.fps) {
+            return Err(invalid("source.fps", format!("{} is not between 1 and 120", s.fps)));
+        }
+        let e = &self.encoder;
+        if !(50..=50_000).contains(&e.bitrate_kbps) {
+            return Err(invalid(
+                "encoder.bitrate_kbps",
+                format!("{} is not between 50 and 50000", e.bitrate_kbps),
+            ));
+        }
+        if e.keyframe_interval == 0 {
+            return Err(invalid("encoder.keyframe_interval", "must be at least 1".into()));
+        }
+        if e.element != "auto" && !crate::media::encoder::is_known(&e.element) {
+            return Err(invalid(
+                "encoder.element",
+                format!(
+                    "{:?} is not an encoder rtcam knows; use \"auto\" or one of: {}",
+                    e.element,
+                    crate::media::encoder::known_names().join(", ")
+                ),
+            ));
+        }
+        if self.webrtc.max_sessions == 0 {
+            return Err(invalid("webrtc.max_sessions", "must be at least 1".into()));
+        }
+        for server in &self.webrtc.ice_servers {
+            for url in &server.urls {
+                let scheme = url.split(':').next().unwrap_or_default();
+                if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
+                    return Err(invalid(
+                        "webrtc.ice_servers",
+                        format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device id used in topics: the configured one, else the hostname made topic-safe.
+    pub fn device_id(&self) -> String {
+        if !self.device.id.is_empty() {
+            return self.device.id.clone();
+        }
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let safe: String = host
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .take(64)
+            .collect();
+        if safe.is_empty() {
+            "rtcam".into()
+        } else {
+            safe
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset, for error messages people can jump to.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_matches_defaults_where_documented() {
+        let c = Config::parse(EXAMPLE, Path::new("rtcam.example.toml")).unwrap();
+        assert_eq!(c.mqtt.url, "embedded");
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.webrtc.max_sessions, 8);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[source]\nkind = \"test\"\nwidht = 640\n";
+        let err = Config::parse(text, Path::new("/etc/rtcam/rtcam.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/rtcam/rtcam.toml:3:"), "{msg}");
+        assert!(msg.contains("widht"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let text = "[encoder]\n\nbitrate_kbps = \"fast\"\n";
+        let msg = Config::parse(text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(msg.starts_with("x.toml:3:"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let msg = Config::parse("[source]\nfps = 0\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("source.fps"), "{msg}");
+        let msg = Config::parse("[encoder]\nelement = \"nope\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("encoder.element") && msg.contains("x264enc"), "{msg}");
+        let msg = Config::parse("[mqtt]\nurl = \"http://x\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("mqtt.url"), "{msg}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,174 @@
+//! The HTTP server: the viewer page (embedded in the binary), its `/config.json`, and `/mqtt`,
+//! a WebSocket that carries the page's MQTT connection to the broker, so a person needs this
+//! one URL and nothing else. The only file that uses `axum`.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The viewer page. Built files only: `web/vendor/mqtt.min.js` is copied from npm by the build
+/// (see the Makefile); node_modules and the page's own tests stay out of the binary.
+#[derive(rust_embed::Embed)]
+#[folder = "web/"]
+#[exclude = "node_modules/*"]
+#[exclude = "*.test.mjs"]
+#[exclude = "package.json"]
+#[exclude = "package-lock.json"]
+#[exclude = ".gitignore"]
+struct Assets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct HttpState {
+    /// The JSON the page reads to find its device and broker; fixed for the process lifetime.
+    pub page_config: Vec<u8>,
+    /// `host:port` of the plain-TCP broker that `/mqtt` forwards to, if there is one.
+    pub broker_tcp: Option<String>,
+}
+
+/// An address to connect to for a listening address: a wildcard bind is reached on loopback.
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Listen { addr, source })
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/config.json", get(page_config))
+        .route("/mqtt", get(mqtt_ws))
+        .route("/*path", get(asset))
+        .with_state(Arc::new(state));
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("HTTP server stopped: {e}");
+    }
+}
+
+async fn index() -> Response {
+    serve_asset("index.html")
+}
+
+async fn asset(Path(path): Path<String>) -> Response {
+    serve_asset(&path)
+}
+
+fn serve_asset(path: &str) -> Response {
+    match Assets::get(path) {
+        Some(file) => {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            (
+                [
+                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
+                    // The page changes with the binary; never let a browser keep an old one.
+                    (header::CACHE_CONTROL, "no-cache".to_string()),
+                ],
+                file.data,
+            )
+                .into_response()
+        }
+        None if path == "vendor/mqtt.min.js" => (
+            StatusCode::NOT_FOUND,
+            "mqtt.js was not bundled into this build; build with `make` so web/vendor is filled from npm",
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        state.page_config.clone(),
+    )
+        .into_response()
+}
+
+async fn mqtt_ws(ws: WebSocketUpgrade, State(state): State<Arc<HttpState>>) -> Response {
+    let Some(target) = state.broker_tcp.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this camera's broker is not reachable through /mqtt; set http.viewer_broker_url",
+        )
+            .into_response();
+    };
+    ws.protocols(["mqtt"])
+        .on_upgrade(move |socket| bridge(socket, target))
+}
+
+/// Copies MQTT bytes both ways between the page's WebSocket and a TCP connection to the broker.
+/// MQTT needs no framing help: WebSocket binary messages carry the same byte stream.
+async fn bridge(socket: WebSocket, target: String) {
+    let tcp = match tokio::net::TcpStream::connect(&target).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("/mqtt: cannot reach broker {target}: {e}");
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let upstream = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            match msg {
+                Message::Binary(bytes) => {
+                    if tcp_wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = tcp_wr.shutdown().await;
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match tcp_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.close().await;
+    };
+    // Either side closing ends the bridge; the other half is dropped with it.
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}

@@ -1,0 +1,12 @@
+//! rtcam: a live WebRTC camera for Raspberry Pi-class boards, signalled and controlled over MQTT.
+//!
+//! See ARCHITECTURE.md for the map of this crate and the rules it keeps.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod media;
+pub mod session;
+pub mod signalling;
+pub mod util;

@@ -1,0 +1,100 @@
+//! The `rtcam` command: parses arguments, sets up logging, and hands over to the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rtcam::app::{self, App};
+use rtcam::config::{self, Config};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "rtcam", version, about = "Live WebRTC camera, signalled and controlled over MQTT")]
+struct Cli {
+    /// Configuration file (default: /etc/rtcam/rtcam.toml if present, else built-in demo defaults).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the camera (the default).
+    Run,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file and report the first problem with its line and key.
+    Check { path: PathBuf },
+    /// Print the documented example configuration.
+    Example,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,webrtc=warn,rtc=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
+            .map(|_| println!("{}: ok", path.display()))
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtcam: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (config, origin) = Config::load(config_path.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rtcam")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        tracing::info!("rtcam {} starting with {origin}", app::VERSION);
+        let app = App::start(config).await?;
+        let url = app::viewer_url(app.http_addr());
+        tracing::info!("viewer page: {url}");
+        println!("rtcam is running. Open {url} in a browser to watch camera {:?}.", app.device_id());
+        wait_for_signal().await?;
+        tracing::info!("stopping");
+        // A second signal while stopping exits at once.
+        tokio::select! {
+            _ = app.stop() => {}
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting immediately");
+                std::process::exit(130);
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

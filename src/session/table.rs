@@ -1,0 +1,226 @@
+//! Which sessions exist and what each incoming message means for them.
+//!
+//! Pure state, no I/O: given a viewer's message it returns the [`Action`]s to take, so the
+//! rules (limits, replacement, unknown sessions) are unit-tested without any network.
+
+use crate::signalling::protocol::{self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError};
+use std::collections::HashMap;
+
+/// A session's identity: its sid plus a generation, so an old session ending late cannot
+/// remove the one that replaced it under the same sid.
+pub type Generation = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this to the viewer.
+    Reply(Outbound),
+    /// End the running session of this generation, for this reason (no message to the viewer
+    /// when `tell_viewer` is false: it asked for the end or already started a new one).
+    End {
+        generation: Generation,
+        reason: String,
+        tell_viewer: bool,
+    },
+    /// Start a session for this offer.
+    Start { generation: Generation, sdp: String },
+    /// Hand a remote candidate to the running session.
+    Candidate { generation: Generation, candidate: Candidate },
+}
+
+#[derive(Debug)]
+pub struct SessionTable {
+    max_sessions: usize,
+    live: HashMap<String, Generation>,
+    next_generation: Generation,
+    closing: bool,
+}
+
+impl SessionTable {
+    pub fn new(max_sessions: usize) -> Self {
+        Self {
+            max_sessions,
+            live: HashMap::new(),
+            next_generation: 1,
+            closing: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    pub fn on_message(&mut self, sid: &str, message: Result<Inbound, ProtocolError>) -> Vec<Action> {
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => return vec![Action::Reply(e.into())],
+        };
+        match message {
+            Inbound::Offer { sdp } => self.on_offer(sid, sdp),
+            Inbound::Candidate(candidate) => match self.live.get(sid) {
+                Some(&generation) => vec![Action::Candidate { generation, candidate }],
+                None => vec![Action::Reply(
+                    ProtocolError::new(
+                        ErrorCode::UnknownSession,
+                        format!("There is no session {sid:?}: send an offer first, or start over if the camera restarted."),
+                    )
+                    .into(),
+                )],
+            },
+            Inbound::Bye => match self.live.remove(sid) {
+                Some(generation) => vec![Action::End {
+                    generation,
+                    reason: "viewer said bye".into(),
+                    tell_viewer: false,
+                }],
+                // A bye for nothing is already satisfied.
+                None => vec![],
+            },
+        }
+    }
+
+    fn on_offer(&mut self, sid: &str, sdp: String) -> Vec<Action> {
+        if self.closing {
+            return vec![Action::Reply(
+                ProtocolError::new(ErrorCode::Internal, "The camera is shutting down; try again in a moment.").into(),
+            )];
+        }
+        if let Err(e) = protocol::check_offer_sdp(&sdp) {
+            return vec![Action::Reply(e.into())];
+        }
+        let mut actions = Vec::new();
+        // A new offer on a live sid replaces that session (a viewer restarting its peer).
+        if let Some(old) = self.live.remove(sid) {
+            actions.push(Action::End {
+                generation: old,
+                reason: "replaced by a new offer".into(),
+                tell_viewer: false,
+            });
+        } else if self.live.len() >= self.max_sessions {
+            return vec![Action::Reply(
+                ProtocolError::new(
+                    ErrorCode::TooManySessions,
+                    format!(
+                        "The camera is already serving its maximum of {} viewers; try again later.",
+                        self.max_sessions
+                    ),
+                )
+                .into(),
+            )];
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.live.insert(sid.to_string(), generation);
+        actions.push(Action::Start { generation, sdp });
+        actions
+    }
+
+    /// A session ended on its own (ICE failure, timeout). Returns whether it was still current.
+    pub fn on_ended(&mut self, sid: &str, generation: Generation) -> bool {
+        if self.live.get(sid) == Some(&generation) {
+            self.live.remove(sid);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Refuses new offers from now on and ends every session.
+    pub fn close_all(&mut self, reason: &str) -> Vec<(String, Action)> {
+        self.closing = true;
+        self.live
+            .drain()
+            .map(|(sid, generation)| {
+                (
+                    sid,
+                    Action::End {
+                        generation,
+                        reason: reason.to_string(),
+                        tell_viewer: true,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+
+    fn offer() -> Result<Inbound, ProtocolError> {
+        Ok(Inbound::Offer { sdp: SDP.into() })
+    }
+
+    fn code(actions: &[Action]) -> Option<ErrorCode> {
+        match actions {
+            [Action::Reply(Outbound::Error { code, .. })] => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn limits_sessions_and_frees_slots() {
+        let mut t = SessionTable::new(2);
+        assert!(matches!(t.on_message("a", offer())[..], [Action::Start { generation: 1, .. }]));
+        assert!(matches!(t.on_message("b", offer())[..], [Action::Start { generation: 2, .. }]));
+        assert_eq!(code(&t.on_message("c", offer())), Some(ErrorCode::TooManySessions));
+        assert!(t.on_ended("a", 1));
+        assert!(matches!(t.on_message("c", offer())[..], [Action::Start { generation: 3, .. }]));
+    }
+
+    #[test]
+    fn new_offer_replaces_even_at_the_limit() {
+        let mut t = SessionTable::new(1);
+        t.on_message("a", offer());
+        let actions = t.on_message("a", offer());
+        assert!(matches!(
+            actions[..],
+            [Action::End { generation: 1, tell_viewer: false, .. }, Action::Start { generation: 2, .. }]
+        ));
+        assert!(!t.on_ended("a", 1), "the replaced session ending late must not remove its successor");
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn candidates_and_byes() {
+        let mut t = SessionTable::new(4);
+        let cand = Inbound::Candidate(Candidate {
+            candidate: "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        });
+        assert_eq!(code(&t.on_message("x", Ok(cand.clone()))), Some(ErrorCode::UnknownSession));
+        t.on_message("x", offer());
+        assert!(matches!(t.on_message("x", Ok(cand))[..], [Action::Candidate { generation: 1, .. }]));
+        assert!(matches!(t.on_message("x", Ok(Inbound::Bye))[..], [Action::End { tell_viewer: false, .. }]));
+        assert!(t.on_message("x", Ok(Inbound::Bye)).is_empty());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bad_offers_and_parse_errors_are_replied() {
+        let mut t = SessionTable::new(4);
+        let bad = t.on_message("x", Ok(Inbound::Offer { sdp: "nonsense".into() }));
+        assert_eq!(code(&bad), Some(ErrorCode::BadSdp));
+        let err = ProtocolError::new(ErrorCode::BadJson, "m");
+        assert_eq!(code(&t.on_message("x", Err(err))), Some(ErrorCode::BadJson));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn closing_ends_everyone_and_refuses_newcomers() {
+        let mut t = SessionTable::new(4);
+        t.on_message("a", offer());
+        t.on_message("b", offer());
+        let ended = t.close_all("camera shutting down");
+        assert_eq!(ended.len(), 2);
+        assert!(ended.iter().all(|(_, a)| matches!(a, Action::End { tell_viewer: true, .. })));
+        assert_eq!(code(&t.on_message("c", offer())), Some(ErrorCode::Internal));
+    }
+}

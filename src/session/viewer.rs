@@ -1,0 +1,185 @@
+//! One viewer's session: answer its offer, trade candidates, then send it the shared video
+//! until it leaves, fails or is told to end.
+
+use super::peer::{Peer, PeerError, PeerEvent, PeerFactory, PeerState};
+use super::table::Generation;
+use crate::media::{EncodedFrame, Media};
+use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
+use crate::signalling::Outgoing;
+use std::sync::Arc;
+use crate::util::sleep_until;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
+
+/// A session that has not connected by then is abandoned (a viewer that sent an offer and
+/// vanished, or whose candidates never arrive).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the manager tells a running session.
+#[derive(Debug)]
+pub enum SessionInput {
+    Candidate(Candidate),
+    End { reason: String, tell_viewer: bool },
+}
+
+pub struct Viewer {
+    pub sid: String,
+    pub generation: Generation,
+    pub offer_sdp: String,
+    pub factory: Arc<PeerFactory>,
+    pub media: Media,
+    pub outgoing: mpsc::Sender<Outgoing>,
+    pub input: mpsc::UnboundedReceiver<SessionInput>,
+    pub ended: mpsc::UnboundedSender<(String, Generation)>,
+    pub disconnect_timeout: Duration,
+}
+
+impl Viewer {
+    pub async fn run(mut self) {
+        let started = Instant::now();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        match self.factory.answer(&self.offer_sdp, events_tx).await {
+            Ok((peer, answer)) => {
+                self.send(Outbound::Answer { sdp: answer }).await;
+                let (reason, tell_viewer) = self.drive(peer, events, started).await;
+                tracing::info!(sid = %self.sid, "session ended: {reason}");
+                if tell_viewer {
+                    self.send(Outbound::Bye { reason }).await;
+                }
+            }
+            Err(e) => {
+                let code = match e {
+                    PeerError::Offer(_) => ErrorCode::BadSdp,
+                    _ => ErrorCode::Internal,
+                };
+                tracing::info!(sid = %self.sid, "cannot answer offer: {e}");
+                let msg = match code {
+                    ErrorCode::BadSdp => format!("The offer cannot be used: {e}."),
+                    _ => format!("The camera could not set up the connection: {e}."),
+                };
+                self.send(ProtocolError::new(code, msg).into()).await;
+            }
+        }
+        let _ = self.ended.send((self.sid.clone(), self.generation));
+    }
+
+    async fn send(&self, message: Outbound) {
+        let _ = self
+            .outgoing
+            .send(Outgoing {
+                sid: self.sid.clone(),
+                message,
+            })
+            .await;
+    }
+
+    /// Runs the connected part of the session; returns why it ended and whether to say bye.
+    async fn drive(
+        &mut self,
+        mut peer: Peer,
+        mut events: mpsc::UnboundedReceiver<PeerEvent>,
+        started: Instant,
+    ) -> (String, bool) {
+        let mut frames: Option<broadcast::Receiver<EncodedFrame>> = None;
+        let mut waiting_for_keyframe = true;
+        let mut deadline = Some(Instant::now() + CONNECT_TIMEOUT);
+        let mut write_failed = false;
+        let outcome = loop {
+            tokio::select! {
+                // Cancel-safe: mpsc recv.
+                input = self.input.recv() => match input {
+                    Some(SessionInput::Candidate(c)) => {
+                        if c.is_end_of_candidates() || c.is_mdns() {
+                            continue;
+                        }
+                        // One bad candidate is the viewer's problem, not a reason to end.
+                        if let Err(e) = peer.add_remote_candidate(&c).await {
+                            tracing::debug!(sid = %self.sid, "ignored remote candidate: {e}");
+                        }
+                    }
+                    Some(SessionInput::End { reason, tell_viewer }) => break (reason, tell_viewer),
+                    None => break ("camera shutting down".into(), true),
+                },
+                // Cancel-safe: mpsc recv.
+                Some(event) = events.recv() => match event {
+                    PeerEvent::LocalCandidate(mut c) => {
+                        if c.sdp_mid.is_none() {
+                            c.sdp_mid = Some(peer.mid().to_string());
+                            c.sdp_mline_index = Some(0);
+                        }
+                        self.send(Outbound::Candidate(c)).await;
+                    }
+                    PeerEvent::GatheringComplete => {
+                        self.send(Outbound::Candidate(Candidate {
+                            candidate: String::new(),
+                            sdp_mid: Some(peer.mid().to_string()),
+                            sdp_mline_index: Some(0),
+                        }))
+                        .await;
+                    }
+                    PeerEvent::State(PeerState::Connected) => {
+                        deadline = None;
+                        if frames.is_none() {
+                            tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
+                            frames = Some(self.media.subscribe());
+                            // Ask now, not at the next scheduled keyframe: the viewer sees
+                            // nothing until one arrives.
+                            self.media.request_keyframe();
+                        }
+                    }
+                    PeerEvent::State(PeerState::Disconnected) => {
+                        deadline = Some(Instant::now() + self.disconnect_timeout);
+                    }
+                    PeerEvent::State(PeerState::Failed) => break ("connection failed (ICE)".into(), true),
+                    PeerEvent::State(PeerState::Closed) => break ("connection closed".into(), false),
+                    PeerEvent::State(PeerState::Connecting) => {}
+                },
+                // Cancel-safe: broadcast recv loses nothing when dropped before completing.
+                frame = recv_frame(&mut frames) => match frame {
+                    Ok(frame) => {
+                        if waiting_for_keyframe && !frame.keyframe {
+                            continue;
+                        }
+                        waiting_for_keyframe = false;
+                        match peer.write_frame(&frame).await {
+                            Ok(()) => write_failed = false,
+                            Err(e) if !write_failed => {
+                                tracing::debug!(sid = %self.sid, "cannot send frame: {e}");
+                                write_failed = true;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // This viewer fell behind; skipping to a fresh keyframe is the only
+                        // way to show a clean picture again.
+                        tracing::debug!(sid = %self.sid, "viewer lagged {n} frames; waiting for a keyframe");
+                        waiting_for_keyframe = true;
+                        self.media.request_keyframe();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
+                },
+                // Cancel-safe: a timer recreated each turn.
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    break if frames.is_none() {
+                        ("the connection was not established in time".into(), true)
+                    } else {
+                        ("the viewer was disconnected for too long".into(), true)
+                    };
+                }
+            }
+        };
+        peer.close().await;
+        outcome
+    }
+}
+
+async fn recv_frame(
+    frames: &mut Option<broadcast::Receiver<EncodedFrame>>,
+) -> Result<EncodedFrame, broadcast::error::RecvError> {
+    match frames {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+

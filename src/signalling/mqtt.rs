@@ -1,0 +1,262 @@
+//! The MQTT adapter: the only file that uses `rumqttc`.
+//!
+//! It keeps one client connection to the broker (embedded or external), subscribes to the
+//! session topics, turns every publish into a [`SignalEvent`] for the session manager, publishes
+//! what the manager sends back, and keeps `R/status` current (retained, with a last will that
+//! says offline). After every reconnect it subscribes and publishes status again, because a
+//! clean session forgets both.
+
+use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
+use super::{Outgoing, SignalEvent};
+use crate::config::MqttConfig;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Largest MQTT packet rtcam reads or writes. Above [`protocol::MAX_PAYLOAD`] so that an
+/// oversized signalling message is answered with `payload_too_large` instead of making the
+/// client drop its connection (which is what rumqttc does with a packet over its limit).
+pub const MAX_PACKET: usize = 1024 * 1024;
+
+/// Reconnect delays grow from the first to the last; capped low because a LAN broker that comes
+/// back should see rtcam again within a second.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("{0:?} is not a broker URL: use embedded, mqtt://host:port or mqtts://host:port")]
+    BadUrl(String),
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, MqttError> {
+        let bad = || MqttError::BadUrl(url.to_string());
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("tcp://") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            // An IPv6 literal without a port, e.g. `[::1]`, has colons but ends with `]`.
+            Some((h, p)) if !p.ends_with(']') => (h, p.parse::<u16>().map_err(|_| bad())?),
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(bad());
+        }
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Everything the MQTT loop needs, handed over by the app.
+pub struct MqttLink {
+    pub options: MqttOptions,
+    pub topics: Topics,
+    /// Status to keep published; the loop republishes whenever it changes and after reconnects.
+    pub status: watch::Receiver<Status>,
+    /// Where incoming signalling goes.
+    pub events: mpsc::Sender<SignalEvent>,
+    /// What the session manager wants sent.
+    pub outgoing: mpsc::Receiver<Outgoing>,
+    /// Set true while connected to the broker; readiness and health checks watch it.
+    pub connected: watch::Sender<bool>,
+}
+
+/// Builds client options: identity, limits, last will and transport from config.
+pub fn options(cfg: &MqttConfig, broker: &BrokerUrl, client_id: &str, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_last_will(LastWill::new(
+        topics.status(),
+        Status::offline().to_json(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if !cfg.username.is_empty() {
+        opts.set_credentials(cfg.username.clone(), cfg.password.clone());
+    }
+    if broker.tls {
+        let tls = if cfg.ca_file.is_empty() {
+            TlsConfiguration::default()
+        } else {
+            let ca = std::fs::read(&cfg.ca_file).map_err(|source| MqttError::CaFile {
+                path: cfg.ca_file.clone(),
+                source,
+            })?;
+            TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            }
+        };
+        opts.set_transport(Transport::tls_with_config(tls));
+    }
+    Ok(opts)
+}
+
+/// Runs the MQTT connection until `shutdown`, then publishes the offline status and disconnects.
+pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
+    let (client, mut eventloop) = AsyncClient::new(link.options.clone(), 256);
+    let broker = format!("{}:{}", link.options.broker_address().0, link.options.broker_address().1);
+    let mut backoff = BACKOFF_FIRST;
+    let mut was_connected = false;
+    let mut logged_failure = false;
+    loop {
+        tokio::select! {
+            // Cancel-safe: the shutdown token is level-triggered.
+            _ = shutdown.cancelled() => break,
+            // Cancel-safe: rumqttc documents `poll` as cancel-safe; a dropped poll loses no
+            // state, the next call picks up where it left off.
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = BACKOFF_FIRST;
+                    logged_failure = false;
+                    tracing::info!(%broker, "connected to MQTT broker");
+                    was_connected = true;
+                    let _ = link.connected.send(true);
+                    // A clean session forgets subscriptions: renew them on every connect.
+                    if let Err(e) = client.try_subscribe(link.topics.session_in_filter(), QoS::AtLeastOnce) {
+                        tracing::warn!("cannot queue subscribe: {e}");
+                    }
+                    publish_status(&client, &link.topics, &link.status.borrow());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    handle_publish(&client, &link.topics, &link.events, &p.topic, &p.payload).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = link.connected.send(false);
+                    if was_connected {
+                        tracing::warn!(%broker, "lost MQTT broker: {e}; reconnecting");
+                        was_connected = false;
+                    } else if !logged_failure {
+                        tracing::warn!(%broker, "cannot reach MQTT broker: {e}; retrying");
+                        logged_failure = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            },
+            // Cancel-safe: `recv` on an mpsc loses nothing when dropped before completing.
+            Some(out) = link.outgoing.recv() => {
+                let topic = link.topics.session_out(&out.sid);
+                if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json()) {
+                    tracing::warn!(sid = %out.sid, "dropping signalling message, MQTT queue full: {e}");
+                }
+            }
+            // Cancel-safe: `changed` only marks the value seen once it returns.
+            Ok(()) = link.status.changed() => {
+                let status = link.status.borrow_and_update().clone();
+                if was_connected {
+                    publish_status(&client, &link.topics, &status);
+                }
+            }
+        }
+    }
+    // Orderly goodbye: the retained offline status first (a last will is only for crashes), then
+    // a clean disconnect. Bounded, so a dead broker cannot hold up shutdown.
+    if was_connected {
+        // Sessions said bye just before this loop was stopped; those messages go out first.
+        while let Ok(out) = link.outgoing.try_recv() {
+            let topic = link.topics.session_out(&out.sid);
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json());
+        }
+        publish_status(&client, &link.topics, &Status::offline());
+        let _ = client.try_disconnect();
+        let drain = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+    let _ = link.connected.send(false);
+}
+
+fn publish_status(client: &AsyncClient, topics: &Topics, status: &Status) {
+    if let Err(e) = client.try_publish(topics.status(), QoS::AtLeastOnce, true, status.to_json()) {
+        tracing::warn!("cannot queue status publish: {e}");
+    }
+}
+
+async fn handle_publish(
+    client: &AsyncClient,
+    topics: &Topics,
+    events: &mpsc::Sender<SignalEvent>,
+    topic: &str,
+    payload: &[u8],
+) {
+    match topics.classify(topic) {
+        TopicTarget::SessionIn(sid) => {
+            let message = protocol::parse_inbound(payload);
+            if let Err(e) = &message {
+                tracing::info!(%sid, "refused signalling message: {e}");
+            }
+            // Awaiting here applies back-pressure to the broker connection when the manager is
+            // busy, instead of dropping a viewer's offer.
+            let _ = events
+                .send(SignalEvent {
+                    sid: sid.to_string(),
+                    message,
+                })
+                .await;
+        }
+        TopicTarget::BadSession(sid) => {
+            let err = protocol::bad_sid_error(sid);
+            tracing::info!("refused signalling message on {topic:?}: {err}");
+            let out: Outbound = err.into();
+            let _ = client.try_publish(topics.session_out(sid), QoS::AtLeastOnce, false, out.to_json());
+        }
+        TopicTarget::Other => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://10.0.0.2:1884").unwrap(),
+            BrokerUrl { tls: false, host: "10.0.0.2".into(), port: 1884 }
+        );
+        assert_eq!(BrokerUrl::parse("mqtts://broker.lan").unwrap().port, 8883);
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:1883").unwrap().host, "::1");
+        assert!(BrokerUrl::parse("http://x").is_err());
+        assert!(BrokerUrl::parse("mqtt://").is_err());
+        assert!(BrokerUrl::parse("mqtt://h:notaport").is_err());
+    }
+}

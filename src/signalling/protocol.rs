@@ -1,0 +1,480 @@
+//! Signalling protocol v1: topic names and the JSON messages on them (docs/signalling.md).
+//!
+//! Pure data and parsing: no I/O, no MQTT client, no WebRTC. Everything that arrives from the
+//! network is turned into a [`Inbound`] or a [`ProtocolError`] here, so the rest of rtcam never
+//! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Largest signalling payload rtcam accepts. A browser's offer with all its candidates is a few
+/// KiB; anything near this size is a mistake or an attack.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Longest session id, in characters.
+pub const MAX_SID_LEN: usize = 64;
+
+/// Error codes sent to viewers in `{"type":"error"}`. Tools match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    BadSdp,
+    NoVideoCodec,
+    TooManySessions,
+    UnknownSession,
+    PayloadTooLarge,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::NoVideoCodec => "no_video_codec",
+            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal to send back to one viewer: a code for programs, a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One ICE candidate in the browser's `RTCIceCandidateInit` shape. An empty `candidate` means
+/// the sender has no more candidates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mline_index: Option<u16>,
+}
+
+impl Candidate {
+    pub fn is_end_of_candidates(&self) -> bool {
+        self.candidate.trim().is_empty()
+    }
+
+    /// Browsers hide their host addresses behind mDNS names (`<uuid>.local`). rtcam does not
+    /// resolve them (that would need UDP 5353 on the board); the browser's connectivity checks
+    /// reach rtcam anyway and are learned as peer-reflexive candidates.
+    pub fn is_mdns(&self) -> bool {
+        self.candidate
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|addr| addr.ends_with(".local"))
+    }
+}
+
+/// A message from a viewer on `R/session/{sid}/in`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Offer { sdp: String },
+    Candidate(Candidate),
+    Bye,
+}
+
+/// A message to a viewer on `R/session/{sid}/out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Outbound {
+    Answer {
+        sdp: String,
+    },
+    Candidate(Candidate),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Bye {
+        reason: String,
+    },
+}
+
+impl Outbound {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_vec(self).expect("outbound messages always serialise")
+    }
+}
+
+impl From<ProtocolError> for Outbound {
+    fn from(e: ProtocolError) -> Self {
+        Outbound::Error {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// Parses one inbound payload. Every way it can be wrong maps to the code a viewer can act on.
+pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ProtocolError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "The message is {} bytes; rtcam accepts at most {MAX_PAYLOAD} bytes.",
+                payload.len()
+            ),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
+        ProtocolError::new(
+            ErrorCode::BadJson,
+            format!("The message is not valid JSON ({e})."),
+        )
+    })?;
+    let obj = value.as_object().ok_or_else(|| {
+        ProtocolError::new(ErrorCode::BadMessage, "The message must be a JSON object.")
+    })?;
+    let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::BadMessage,
+            "The message has no \"type\" string; expected \"offer\", \"candidate\" or \"bye\".",
+        )
+    })?;
+    match kind {
+        "offer" => {
+            let sdp = obj.get("sdp").and_then(|s| s.as_str()).ok_or_else(|| {
+                ProtocolError::new(ErrorCode::BadMessage, "An offer needs an \"sdp\" string.")
+            })?;
+            Ok(Inbound::Offer { sdp: sdp.to_string() })
+        }
+        "candidate" => {
+            let candidate: Candidate = serde_json::from_value(value.clone()).map_err(|e| {
+                ProtocolError::new(
+                    ErrorCode::BadMessage,
+                    format!("A candidate needs a \"candidate\" string ({e})."),
+                )
+            })?;
+            let c = candidate.candidate.trim();
+            if !c.is_empty() && !c.starts_with("candidate:") {
+                return Err(ProtocolError::new(
+                    ErrorCode::BadMessage,
+                    "A candidate string must start with \"candidate:\" (or be empty for end of candidates).",
+                ));
+            }
+            Ok(Inbound::Candidate(candidate))
+        }
+        "bye" => Ok(Inbound::Bye),
+        other => Err(ProtocolError::new(
+            ErrorCode::BadMessage,
+            format!(
+                "Unknown message type {:?}; expected \"offer\", \"candidate\" or \"bye\".",
+                truncate(other, 40)
+            ),
+        )),
+    }
+}
+
+/// What an offer asks for, read from its SDP before any WebRTC state is touched, so that an
+/// unusable offer gets a precise error instead of a library message.
+pub fn check_offer_sdp(sdp: &str) -> Result<(), ProtocolError> {
+    let trimmed = sdp.trim_start();
+    if !trimmed.starts_with("v=0") {
+        return Err(ProtocolError::new(
+            ErrorCode::BadSdp,
+            "The offer is not an SDP session description (it must start with \"v=0\").",
+        ));
+    }
+    let mut in_video = false;
+    let mut saw_video = false;
+    let mut video_codecs = Vec::new();
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            in_video = m.starts_with("video ");
+            saw_video |= in_video;
+        } else if in_video {
+            if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
+                if let Some(codec) = rtpmap.split_whitespace().nth(1) {
+                    let name = codec.split('/').next().unwrap_or_default().to_ascii_uppercase();
+                    if !video_codecs.contains(&name) {
+                        video_codecs.push(name);
+                    }
+                }
+            }
+        }
+    }
+    if !saw_video {
+        return Err(ProtocolError::new(
+            ErrorCode::NoVideoCodec,
+            "The offer has no video section; add a video transceiver (recvonly) before creating it.",
+        ));
+    }
+    if !video_codecs.iter().any(|c| c == "H264") {
+        let offered = if video_codecs.is_empty() {
+            "none".to_string()
+        } else {
+            video_codecs.join(", ")
+        };
+        return Err(ProtocolError::new(
+            ErrorCode::NoVideoCodec,
+            format!(
+                "The offer has no H.264 video, which this camera sends (offered: {offered}). \
+                 Enable H.264 in the browser (Firefox: the OpenH264 plugin)."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The topics of one device: `{prefix}/{device_id}/…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    root: String,
+}
+
+/// What an incoming topic addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicTarget<'a> {
+    /// `R/session/{sid}/in` with a valid sid.
+    SessionIn(&'a str),
+    /// `R/session/{sid}/in` where sid breaks the rules; the reply can still go to its `/out`.
+    BadSession(&'a str),
+    /// Anything else under or outside the root: not ours to answer.
+    Other,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, device_id: &str) -> Self {
+        Self {
+            root: format!("{prefix}/{device_id}"),
+        }
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn status(&self) -> String {
+        format!("{}/status", self.root)
+    }
+
+    /// The one subscription rtcam needs for signalling.
+    pub fn session_in_filter(&self) -> String {
+        format!("{}/session/+/in", self.root)
+    }
+
+    pub fn session_out(&self, sid: &str) -> String {
+        format!("{}/session/{sid}/out", self.root)
+    }
+
+    pub fn session_in(&self, sid: &str) -> String {
+        format!("{}/session/{sid}/in", self.root)
+    }
+
+    pub fn classify<'a>(&self, topic: &'a str) -> TopicTarget<'a> {
+        let Some(rest) = topic
+            .strip_prefix(self.root.as_str())
+            .and_then(|r| r.strip_prefix("/session/"))
+        else {
+            return TopicTarget::Other;
+        };
+        let Some(sid) = rest.strip_suffix("/in") else {
+            return TopicTarget::Other;
+        };
+        if is_valid_sid(sid) {
+            TopicTarget::SessionIn(sid)
+        } else if sid.contains('/') {
+            // `+` in the subscription matches one level only, so a slash here means a topic we
+            // did not subscribe to; ignore it rather than reply somewhere unexpected.
+            TopicTarget::Other
+        } else {
+            TopicTarget::BadSession(sid)
+        }
+    }
+}
+
+pub fn is_valid_sid(sid: &str) -> bool {
+    (1..=MAX_SID_LEN).contains(&sid.len())
+        && sid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `s` can be one level of an MQTT topic that rtcam publishes and subscribes to.
+pub fn is_valid_topic_level(s: &str) -> bool {
+    is_valid_sid(s)
+}
+
+pub fn bad_sid_error(sid: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::BadMessage,
+        format!(
+            "Session id {:?} is not valid: use 1 to {MAX_SID_LEN} characters of A-Z, a-z, 0-9, '-' and '_'.",
+            truncate(sid, 80)
+        ),
+    )
+}
+
+/// Retained status on `R/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<usize>,
+}
+
+impl Status {
+    pub fn offline() -> Self {
+        Status {
+            state: "offline".into(),
+            version: None,
+            source: None,
+            encoder: None,
+            viewers: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("status always serialises")
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(payload: &[u8]) -> ErrorCode {
+        parse_inbound(payload).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_the_three_inbound_types() {
+        assert_eq!(
+            parse_inbound(br#"{"type":"offer","sdp":"v=0"}"#).unwrap(),
+            Inbound::Offer { sdp: "v=0".into() }
+        );
+        let c = parse_inbound(
+            br#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0}"#,
+        )
+        .unwrap();
+        let Inbound::Candidate(c) = c else { panic!() };
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert!(!c.is_end_of_candidates());
+        let Inbound::Candidate(end) = parse_inbound(br#"{"type":"candidate","candidate":""}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(end.is_end_of_candidates());
+        assert_eq!(parse_inbound(br#"{"type":"bye"}"#).unwrap(), Inbound::Bye);
+    }
+
+    #[test]
+    fn every_malformation_has_its_code() {
+        assert_eq!(code(b"\xff\xfe garbage"), ErrorCode::BadJson);
+        assert_eq!(code(b"{"), ErrorCode::BadJson);
+        assert_eq!(code(b"[1,2]"), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"sdp":"v=0"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"type":"dance"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"type":"offer"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"type":"candidate","candidate":5}"#), ErrorCode::BadMessage);
+        assert_eq!(code(br#"{"type":"candidate","candidate":"hello"}"#), ErrorCode::BadMessage);
+        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_PAYLOAD));
+        assert_eq!(code(big.as_bytes()), ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn offer_sdp_checks() {
+        assert_eq!(check_offer_sdp("hello").unwrap_err().code, ErrorCode::BadSdp);
+        let audio_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(check_offer_sdp(audio_only).unwrap_err().code, ErrorCode::NoVideoCodec);
+        let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        let err = check_offer_sdp(vp8).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoVideoCodec);
+        assert!(err.message.contains("VP8"));
+        let h264 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+        check_offer_sdp(h264).unwrap();
+    }
+
+    #[test]
+    fn topics_and_sids() {
+        let t = Topics::new("rtcam", "cam1");
+        assert_eq!(t.status(), "rtcam/cam1/status");
+        assert_eq!(t.session_in_filter(), "rtcam/cam1/session/+/in");
+        assert_eq!(t.classify("rtcam/cam1/session/abc_1-2/in"), TopicTarget::SessionIn("abc_1-2"));
+        assert_eq!(t.classify("rtcam/cam1/session/a.b/in"), TopicTarget::BadSession("a.b"));
+        let long = format!("rtcam/cam1/session/{}/in", "a".repeat(65));
+        assert!(matches!(t.classify(&long), TopicTarget::BadSession(_)));
+        assert_eq!(t.classify("rtcam/cam1/session/abc/out"), TopicTarget::Other);
+        assert_eq!(t.classify("rtcam/cam2/session/abc/in"), TopicTarget::Other);
+        assert_eq!(t.classify("rtcam/cam1/status"), TopicTarget::Other);
+    }
+
+    #[test]
+    fn outbound_wire_shape() {
+        let v: serde_json::Value = serde_json::from_slice(
+            &Outbound::Error {
+                code: ErrorCode::TooManySessions,
+                message: "m".into(),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "too_many_sessions");
+        let v: serde_json::Value = serde_json::from_slice(
+            &Outbound::Candidate(Candidate {
+                candidate: "candidate:1".into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            })
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "candidate");
+        assert_eq!(v["sdpMid"], "0");
+        assert_eq!(v["sdpMLineIndex"], 0);
+    }
+
+    #[test]
+    fn mdns_candidates_are_recognised() {
+        let c = Candidate {
+            candidate: "candidate:1 1 udp 2122260223 0b6b1a2e-1c1f-4e6a.local 54321 typ host".into(),
+            sdp_mid: None,
+            sdp_mline_index: None,
+        };
+        assert!(c.is_mdns());
+    }
+}

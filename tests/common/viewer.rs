@@ -1,0 +1,347 @@
+//! A real WebRTC viewer for tests: speaks signalling protocol v1 over MQTT, receives rtcam's
+//! H.264 over WebRTC and decodes it with GStreamer, counting decoded frames and their size.
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use rtc::shared::marshal::Marshal;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
+};
+
+/// What the viewer has seen so far.
+#[derive(Debug, Default, Clone)]
+pub struct Decoded {
+    pub frames: usize,
+    pub width: i32,
+    pub height: i32,
+    pub rtp_packets: usize,
+    pub first_frame_after: Option<Duration>,
+}
+
+pub struct Viewer {
+    pub sid: String,
+    pc: Arc<dyn PeerConnection>,
+    client: AsyncClient,
+    in_topic: String,
+    decoded: Arc<Mutex<Decoded>>,
+    /// Messages received on the session's `out` topic, for assertions on signalling.
+    pub messages: Arc<Mutex<Vec<Value>>>,
+    _pipeline: Decoder,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Handler {
+    candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.candidates.send(init);
+        }
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.send(track);
+    }
+}
+
+/// Options for how the viewer offers.
+#[derive(Clone, Copy)]
+pub struct ViewerOptions {
+    /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
+    pub no_trickle: bool,
+}
+
+impl Default for ViewerOptions {
+    fn default() -> Self {
+        Self { no_trickle: false }
+    }
+}
+
+impl Viewer {
+    pub async fn connect(broker: (&str, u16), root: &str) -> Viewer {
+        Self::connect_with(broker, root, ViewerOptions::default()).await
+    }
+
+    pub async fn connect_with(broker: (&str, u16), root: &str, opts: ViewerOptions) -> Viewer {
+        let sid = format!("t{}", rand::random::<u64>());
+        let in_topic = format!("{root}/session/{sid}/in");
+        let out_topic = format!("{root}/session/{sid}/out");
+
+        let mut mqtt_opts = MqttOptions::new(format!("viewer-{sid}"), broker.0, broker.1);
+        mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
+        mqtt_opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
+        client.subscribe(&out_topic, QoS::AtLeastOnce).await.unwrap();
+        let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Value>();
+        let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
+        let mqtt_task = tokio::spawn(async move {
+            let mut subacked_tx = Some(subacked_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subacked_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                            let _ = inbox_tx.send(v);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), subacked)
+            .await
+            .expect("viewer subscribed")
+            .unwrap();
+
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
+        let (track_tx, mut track_rx) = mpsc::unbounded_channel();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
+            .with_handler(Arc::new(Handler {
+                candidates: cand_tx,
+                tracks: track_tx,
+            }))
+            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .build()
+            .await
+            .unwrap();
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer).await.unwrap();
+
+        let started = Instant::now();
+        let decoded = Arc::new(Mutex::new(Decoded::default()));
+        let decoder = Decoder::new(decoded.clone(), started);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = vec![mqtt_task];
+
+        if opts.no_trickle {
+            // Gathering on loopback is quick; wait for it so the offer carries every candidate.
+            let mut gathered = Vec::new();
+            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(500), cand_rx.recv()).await {
+                gathered.push(c);
+            }
+            assert!(!gathered.is_empty(), "viewer gathered no candidates");
+            let sdp = pc.local_description().await.unwrap().sdp;
+            let sdp = add_candidates(&sdp, &gathered);
+            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+        } else {
+            let sdp = pc.local_description().await.unwrap().sdp;
+            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+            let (c2, t2) = (client.clone(), in_topic.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Some(c) = cand_rx.recv().await {
+                    publish(
+                        &c2,
+                        &t2,
+                        json!({"type":"candidate","candidate":c.candidate,"sdpMid":"0","sdpMLineIndex":0}),
+                    )
+                    .await;
+                }
+            }));
+        }
+
+        // Track → decoder.
+        let appsrc = decoder.appsrc.clone();
+        let counted = decoded.clone();
+        tasks.push(tokio::spawn(async move {
+            let Some(track) = track_rx.recv().await else { return };
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    counted.lock().unwrap().rtp_packets += 1;
+                    if let Ok(bytes) = packet.marshal() {
+                        let _ = appsrc.push_buffer(gst::Buffer::from_slice(bytes.to_vec()));
+                    }
+                }
+            }
+        }));
+
+        // Signalling from rtcam: the answer is applied before returning, so callers can rely
+        // on negotiation being done; candidates before it are held, later ones applied as they come.
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut pending_candidates = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let msg = tokio::time::timeout_at(deadline.into(), inbox.recv())
+                .await
+                .expect("rtcam answered within 10 s")
+                .expect("inbox open");
+            messages.lock().unwrap().push(msg.clone());
+            match msg["type"].as_str() {
+                Some("answer") => {
+                    let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_string()).unwrap();
+                    pc.set_remote_description(answer).await.unwrap();
+                    for c in pending_candidates.drain(..) {
+                        let _ = pc.add_ice_candidate(c).await;
+                    }
+                    break;
+                }
+                Some("candidate") => {
+                    if !msg["candidate"].as_str().unwrap_or("").is_empty() {
+                        pending_candidates.push(candidate_init(&msg));
+                    }
+                }
+                other => panic!("unexpected reply before answer: {other:?} {msg}"),
+            }
+        }
+        let (pc2, messages2) = (pc.clone(), messages.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(msg) = inbox.recv().await {
+                messages2.lock().unwrap().push(msg.clone());
+                if msg["type"] == "candidate" && !msg["candidate"].as_str().unwrap_or("").is_empty() {
+                    let _ = pc2.add_ice_candidate(candidate_init(&msg)).await;
+                }
+            }
+        }));
+        Viewer {
+            sid,
+            pc,
+            client,
+            in_topic,
+            decoded,
+            messages,
+            _pipeline: decoder,
+            tasks,
+        }
+    }
+
+    pub fn decoded(&self) -> Decoded {
+        self.decoded.lock().unwrap().clone()
+    }
+
+    /// Waits until `frames` frames are decoded or `timeout` passes; returns what was decoded.
+    pub async fn wait_frames(&self, frames: usize, timeout: Duration) -> Decoded {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.decoded();
+            if d.frames >= frames || Instant::now() > deadline {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn has_message(&self, kind: &str) -> Option<Value> {
+        self.messages.lock().unwrap().iter().find(|m| m["type"] == kind).cloned()
+    }
+
+    pub async fn bye(self) {
+        publish(&self.client, &self.in_topic, json!({"type":"bye"})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = self.pc.close().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn candidate_init(msg: &Value) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: msg["candidate"].as_str().unwrap_or_default().to_string(),
+        sdp_mid: msg["sdpMid"].as_str().map(str::to_string),
+        sdp_mline_index: msg["sdpMLineIndex"].as_u64().map(|v| v as u16),
+        ..Default::default()
+    }
+}
+
+fn add_candidates(sdp: &str, candidates: &[RTCIceCandidateInit]) -> String {
+    let mut out = String::new();
+    for line in sdp.split_inclusive("\r\n") {
+        out.push_str(line);
+        if line.starts_with("a=mid:") {
+            for c in candidates {
+                out.push_str(&format!("a={}\r\n", c.candidate));
+            }
+        }
+    }
+    out
+}
+
+pub async fn publish(client: &AsyncClient, topic: &str, body: Value) {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap())
+        .await
+        .unwrap();
+}
+
+/// GStreamer's own depayloader and decoder: what a browser does, in a pipeline.
+struct Decoder {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+}
+
+impl Decoder {
+    fn new(decoded: Arc<Mutex<Decoded>>, started: Instant) -> Decoder {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=src is-live=true format=time do-timestamp=true \
+             caps=application/x-rtp,media=video,encoding-name=H264,clock-rate=90000 ! \
+             rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! appsink name=sink sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let mut d = decoded.lock().unwrap();
+                    if let Some(caps) = sample.caps() {
+                        if let Some(st) = caps.structure(0) {
+                            d.width = st.get::<i32>("width").unwrap_or(0);
+                            d.height = st.get::<i32>("height").unwrap_or(0);
+                        }
+                    }
+                    d.frames += 1;
+                    if d.first_frame_after.is_none() {
+                        d.first_frame_after = Some(started.elapsed());
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Decoder { pipeline, appsrc }
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}

@@ -1,0 +1,102 @@
+//! End to end: rtcam (GStreamer test source, x264) → WebRTC → a Rust viewer that decodes the
+//! H.264 with GStreamer, signalled over MQTT through the embedded broker and through mosquitto.
+
+mod common;
+
+use common::viewer::{Viewer, ViewerOptions};
+use common::{start, test_config, Mosquitto, Probe};
+use std::time::Duration;
+
+const FRAMES: usize = 60;
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn assert_decoded(d: &common::viewer::Decoded) {
+    assert!(d.frames >= FRAMES, "decoded {} frames ({} RTP packets) within {WITHIN:?}", d.frames, d.rtp_packets);
+    assert_eq!((d.width, d.height), (320, 240), "decoded frame size");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_decodes_video_through_embedded_broker() {
+    let rt = start(test_config("embedded1")).await;
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    let d = viewer.wait_frames(FRAMES, WITHIN).await;
+    assert_decoded(&d);
+    eprintln!("first frame after {:?}", d.first_frame_after);
+    // rtcam trickled its candidates and said when it was done.
+    let end = viewer
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m["type"] == "candidate" && m["candidate"] == "");
+    assert!(end, "rtcam sends an empty candidate at end of gathering");
+    viewer.bye().await;
+    rt.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_decodes_video_through_mosquitto() {
+    let mosquitto = Mosquitto::start();
+    let mut config = test_config("mosq1");
+    config.mqtt.url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let rt = start(config).await;
+    let status = Probe::connect(rt.broker(), &[format!("{}/status", rt.root())]).await;
+    let online = status
+        .wait_json(&format!("{}/status", rt.root()), Duration::from_secs(5), |v| v["state"] == "online")
+        .await
+        .expect("retained online status on mosquitto");
+    assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
+
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    assert_decoded(&viewer.wait_frames(FRAMES, WITHIN).await);
+    viewer.bye().await;
+
+    let status_topic = format!("{}/status", rt.root());
+    rt.app.stop().await;
+    status
+        .wait_json(&status_topic, Duration::from_secs(5), |v| v["state"] == "offline")
+        .await
+        .expect("offline status published on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_with_all_candidates_and_no_trickle_works() {
+    let rt = start(test_config("notrickle")).await;
+    let viewer = Viewer::connect_with(rt.broker(), &rt.root(), ViewerOptions { no_trickle: true }).await;
+    assert_decoded(&viewer.wait_frames(FRAMES, WITHIN).await);
+    viewer.bye().await;
+    rt.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_share_one_encoder() {
+    let rt = start(test_config("two")).await;
+    let a = Viewer::connect(rt.broker(), &rt.root()).await;
+    let b = Viewer::connect(rt.broker(), &rt.root()).await;
+    let (da, db) = tokio::join!(a.wait_frames(FRAMES, WITHIN), b.wait_frames(FRAMES, WITHIN));
+    assert_decoded(&da);
+    assert_decoded(&db);
+    assert_eq!(rt.app.media().encoders_running(), 1, "one encoder feeds both viewers");
+    assert_eq!(rt.app.viewers(), 2);
+    a.bye().await;
+    // The remaining viewer keeps receiving after the other leaves.
+    let before = b.decoded().frames;
+    let after = b.wait_frames(before + 15, WITHIN).await.frames;
+    assert!(after >= before + 15, "second viewer kept decoding ({before} → {after})");
+    b.bye().await;
+    rt.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_from_rtcam_on_shutdown() {
+    let rt = start(test_config("byeshut")).await;
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    assert!(viewer.wait_frames(5, WITHIN).await.frames >= 5);
+    rt.app.stop().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while viewer.has_message("bye").is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bye = viewer.has_message("bye").expect("rtcam said bye on shutdown");
+    assert!(bye["reason"].as_str().unwrap().contains("shutting down"), "{bye}");
+}
