@@ -1,0 +1,45 @@
+//! The `rtcam` binary's configuration commands, run as a user runs them.
+
+use std::process::Command;
+
+fn rtcam(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rtcam")).args(args).output().expect("rtcam runs")
+}
+
+#[test]
+fn example_config_is_printed_and_passes_check() {
+    let out = rtcam(&["config", "example"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, std::fs::read_to_string("rtcam.example.toml").unwrap());
+    let config = rtcam::config::Config::parse(&text, "example".as_ref()).expect("example parses");
+    assert_eq!(config.mqtt.url, "embedded");
+
+    let out = rtcam(&["config", "check", "rtcam.example.toml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn unknown_key_fails_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(&path, "[device]\nid = \"cam\"\n\n[encoder]\nbitrate_kbps = 1000\nbitrat = 5\n").unwrap();
+    let out = rtcam(&["config", "check", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:6:", path.display())), "{err}");
+    assert!(err.contains("bitrat"), "{err}");
+
+    // Running with it refuses to start, with the same message.
+    let out = rtcam(&["--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":6:"));
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = rtcam(&["config", "check", "/nonexistent/rtcam.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rtcam.toml"));
+}
