@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,webrtc=warn,rtc=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -137,8 +137,14 @@ fn strip_h264(sdp: &str) -> String {
 async fn setup_failure_is_an_internal_error() {
     // An address this machine does not have: binding the viewer's ICE sockets fails, which is
     // rtcam's problem, not the viewer's.
+    let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs().unwrap().iter().map(|i| i.ip()).collect();
+    let foreign: std::net::IpAddr = ["198.51.100.77", "203.0.113.77", "192.0.2.77"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .find(|a| !local.contains(a))
+        .unwrap();
     let mut config = test_config("internal");
-    config.webrtc.udp_addrs = vec!["192.0.2.1".parse().unwrap()];
+    config.webrtc.udp_addrs = vec![foreign];
     let rt = start(config).await;
     let root = rt.root();
     let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;

@@ -9,6 +9,7 @@ use crate::config::WebrtcConfig;
 use crate::media::EncodedFrame;
 use crate::signalling::protocol::Candidate;
 use rtc::crypto::SignatureScheme;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
@@ -151,6 +152,9 @@ impl PeerFactory {
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
+            // The crate's default (query mode) binds UDP 5353 for every viewer, where a board's
+            // avahi already listens. rtcam does not need it: see `without_mdns_candidates`.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .build();
         let addrs = self.udp_addrs();
         if addrs.is_empty() {

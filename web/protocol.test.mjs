@@ -1,0 +1,266 @@
+// Run with: node --test web/
+import test from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  DEFAULT_PREFIX,
+  ERROR_CODES,
+  backoffDelay,
+  byeMessage,
+  candidateMessage,
+  defaultBrokerUrl,
+  encodePublishQos0,
+  errorHint,
+  isEndOfCandidates,
+  isValidDeviceId,
+  isValidPrefix,
+  isValidSid,
+  newSid,
+  normalizeIceServers,
+  offerMessage,
+  parseOutMessage,
+  parseStatus,
+  resolveSettings,
+  sessionTopics,
+  statusTopic,
+} from './protocol.js';
+
+const httpLocation = { protocol: 'http:', host: '127.0.0.1:8080' };
+const config = {
+  device_id: 'cam1',
+  prefix: 'rtcam',
+  broker_url: null,
+  ice_servers: [{ urls: ['stun:stun.example.test:3478'], username: '', credential: '' }],
+  version: '0.1.0',
+  video: { width: 640, height: 480, fps: 30 },
+};
+
+test('newSid yields valid, distinct ids of the requested length', () => {
+  const seen = new Set();
+  for (let i = 0; i < 200; i++) {
+    const sid = newSid();
+    assert.equal(sid.length, 16);
+    assert.ok(isValidSid(sid), sid);
+    seen.add(sid);
+  }
+  assert.equal(seen.size, 200);
+  assert.equal(newSid(1).length, 1);
+  assert.equal(newSid(64).length, 64);
+  assert.throws(() => newSid(0), RangeError);
+  assert.throws(() => newSid(65), RangeError);
+});
+
+test('newSid skips biased bytes instead of wrapping them', () => {
+  // 248..255 would map onto the first symbols with a plain modulo.
+  let calls = 0;
+  const rng = (n) => {
+    calls++;
+    return Uint8Array.from({ length: n }, (_, i) => (calls === 1 ? 250 : i));
+  };
+  assert.equal(newSid(4, rng), 'ABCD');
+  assert.equal(calls, 2);
+});
+
+test('isValidSid follows the 1-64 [A-Za-z0-9_-] rule', () => {
+  assert.ok(isValidSid('a'));
+  assert.ok(isValidSid('A-b_9'));
+  assert.ok(isValidSid('x'.repeat(64)));
+  assert.ok(!isValidSid(''));
+  assert.ok(!isValidSid('x'.repeat(65)));
+  assert.ok(!isValidSid('a/b'));
+  assert.ok(!isValidSid('a+b'));
+  assert.ok(!isValidSid('a#'));
+  assert.ok(!isValidSid('a b'));
+  assert.ok(!isValidSid(null));
+});
+
+test('topics are built from prefix, device id and sid', () => {
+  assert.equal(statusTopic('rtcam', 'cam1'), 'rtcam/cam1/status');
+  assert.deepEqual(sessionTopics('rtcam', 'cam1', 'abc'), {
+    in: 'rtcam/cam1/session/abc/in',
+    out: 'rtcam/cam1/session/abc/out',
+  });
+  assert.equal(statusTopic('site/cams', 'door'), 'site/cams/door/status');
+});
+
+test('device ids and prefixes must not contain wildcards or empty levels', () => {
+  assert.ok(isValidDeviceId('cam1'));
+  assert.ok(!isValidDeviceId(''));
+  assert.ok(!isValidDeviceId('a/b'));
+  assert.ok(!isValidDeviceId('+'));
+  assert.ok(!isValidDeviceId('#'));
+  assert.ok(isValidPrefix('rtcam'));
+  assert.ok(isValidPrefix('site/cams'));
+  assert.ok(!isValidPrefix(''));
+  assert.ok(!isValidPrefix('/rtcam'));
+  assert.ok(!isValidPrefix('rtcam/'));
+  assert.ok(!isValidPrefix('a//b'));
+  assert.ok(!isValidPrefix('a/+'));
+});
+
+test('defaultBrokerUrl uses the page origin and matches its security', () => {
+  assert.equal(defaultBrokerUrl(httpLocation), 'ws://127.0.0.1:8080/mqtt');
+  assert.equal(defaultBrokerUrl({ protocol: 'https:', host: 'cam.local' }), 'wss://cam.local/mqtt');
+});
+
+test('resolveSettings uses config.json and the same-origin broker', () => {
+  const r = resolveSettings(config, '', httpLocation);
+  assert.ok(r.ok);
+  assert.equal(r.settings.deviceId, 'cam1');
+  assert.equal(r.settings.prefix, 'rtcam');
+  assert.equal(r.settings.brokerUrl, 'ws://127.0.0.1:8080/mqtt');
+  assert.deepEqual(r.settings.iceServers, [{ urls: ['stun:stun.example.test:3478'] }]);
+  assert.equal(r.settings.version, '0.1.0');
+});
+
+test('resolveSettings prefers the configured broker_url', () => {
+  const r = resolveSettings({ ...config, broker_url: 'wss://broker.test/mqtt' }, '', httpLocation);
+  assert.equal(r.settings.brokerUrl, 'wss://broker.test/mqtt');
+});
+
+test('query parameters override config.json', () => {
+  const r = resolveSettings(config, '?device=porch&broker=wss://b.test/ws&prefix=home', httpLocation);
+  assert.ok(r.ok);
+  assert.equal(r.settings.deviceId, 'porch');
+  assert.equal(r.settings.brokerUrl, 'wss://b.test/ws');
+  assert.equal(r.settings.prefix, 'home');
+});
+
+test('without config.json both device and broker are required', () => {
+  const r = resolveSettings(null, '?device=porch&broker=wss://b.test/ws', httpLocation);
+  assert.ok(r.ok);
+  assert.equal(r.settings.prefix, DEFAULT_PREFIX);
+  assert.deepEqual(r.settings.iceServers, []);
+  assert.equal(resolveSettings(null, '?device=porch', httpLocation).ok, false);
+  assert.equal(resolveSettings(null, '', httpLocation).ok, false);
+});
+
+test('resolveSettings rejects unusable ids and broker schemes', () => {
+  assert.equal(resolveSettings(config, '?device=a/b', httpLocation).ok, false);
+  assert.equal(resolveSettings(config, '?device=%23', httpLocation).ok, false);
+  assert.equal(resolveSettings(config, '?prefix=a/%2B', httpLocation).ok, false);
+  assert.equal(resolveSettings(config, '?broker=http://x/mqtt', httpLocation).ok, false);
+  assert.equal(resolveSettings({ ...config, device_id: '' }, '', httpLocation).ok, false);
+});
+
+test('normalizeIceServers drops empty credentials and junk entries', () => {
+  assert.deepEqual(
+    normalizeIceServers([
+      { urls: 'stun:a.test', username: '', credential: '' },
+      { urls: ['turn:b.test'], username: 'u', credential: 'p' },
+      { urls: [] },
+      null,
+      'stun:c.test',
+    ]),
+    [{ urls: ['stun:a.test'] }, { urls: ['turn:b.test'], username: 'u', credential: 'p' }],
+  );
+  assert.deepEqual(normalizeIceServers(undefined), []);
+});
+
+test('parseStatus reads online/offline and tolerates junk', () => {
+  assert.equal(parseStatus('{"state":"online","version":"0.1.0"}').state, 'online');
+  assert.equal(parseStatus(new TextEncoder().encode('{"state":"offline"}')).state, 'offline');
+  assert.equal(parseStatus('').state, 'unknown');
+  assert.equal(parseStatus(new Uint8Array()).state, 'unknown');
+  assert.equal(parseStatus('nope').state, 'unknown');
+  assert.equal(parseStatus('{"state":1}').state, 'unknown');
+});
+
+test('parseOutMessage accepts the four device message types', () => {
+  assert.deepEqual(parseOutMessage('{"type":"answer","sdp":"v=0"}'), {
+    ok: true,
+    msg: { type: 'answer', sdp: 'v=0' },
+  });
+  const cand = parseOutMessage(
+    JSON.stringify({ type: 'candidate', candidate: 'candidate:1 1 udp 1 1.2.3.4 5 typ host', sdpMid: '0', sdpMLineIndex: 0 }),
+  );
+  assert.ok(cand.ok);
+  const err = parseOutMessage('{"type":"error","code":"too_many_sessions","message":"full"}');
+  assert.deepEqual(err.msg, { type: 'error', code: 'too_many_sessions', message: 'full' });
+  assert.equal(parseOutMessage('{"type":"error","code":"internal"}').msg.message, '');
+  assert.equal(parseOutMessage('{"type":"bye","reason":"shutdown"}').msg.reason, 'shutdown');
+  assert.equal(parseOutMessage('{"type":"bye"}').msg.reason, '');
+  assert.ok(parseOutMessage(new TextEncoder().encode('{"type":"bye"}')).ok);
+});
+
+test('parseOutMessage rejects malformed messages without throwing', () => {
+  for (const bad of [
+    '',
+    'not json',
+    '[]',
+    'null',
+    '42',
+    '{}',
+    '{"type":"offer","sdp":"v=0"}',
+    '{"type":"answer"}',
+    '{"type":"answer","sdp":""}',
+    '{"type":"candidate"}',
+    '{"type":"candidate","candidate":"x","sdpMLineIndex":-1}',
+    '{"type":"candidate","candidate":"x","sdpMid":0}',
+    '{"type":"error","message":"no code"}',
+  ]) {
+    const r = parseOutMessage(bad);
+    assert.equal(r.ok, false, bad);
+    assert.equal(typeof r.reason, 'string');
+  }
+});
+
+test('end of candidates is an empty candidate string', () => {
+  const end = parseOutMessage('{"type":"candidate","candidate":"","sdpMid":"0","sdpMLineIndex":0}');
+  assert.ok(end.ok);
+  assert.ok(isEndOfCandidates(end.msg));
+  assert.ok(!isEndOfCandidates({ type: 'candidate', candidate: 'candidate:1' }));
+});
+
+test('candidateMessage mirrors the browser candidate and marks the end', () => {
+  assert.deepEqual(candidateMessage({ candidate: 'candidate:abc', sdpMid: '0', sdpMLineIndex: 0 }), {
+    type: 'candidate',
+    candidate: 'candidate:abc',
+    sdpMid: '0',
+    sdpMLineIndex: 0,
+  });
+  assert.deepEqual(candidateMessage({ candidate: 'candidate:abc', sdpMid: 'v', sdpMLineIndex: 2 }, '0'), {
+    type: 'candidate',
+    candidate: 'candidate:abc',
+    sdpMid: 'v',
+    sdpMLineIndex: 2,
+  });
+  assert.deepEqual(candidateMessage(null, '0'), { type: 'candidate', candidate: '', sdpMid: '0', sdpMLineIndex: 0 });
+  assert.equal(candidateMessage({ candidate: '', sdpMid: '0', sdpMLineIndex: 0 }).candidate, '');
+});
+
+test('offer and bye messages have the v1 shape', () => {
+  assert.deepEqual(offerMessage('v=0\r\n'), { type: 'offer', sdp: 'v=0\r\n' });
+  assert.deepEqual(byeMessage(), { type: 'bye' });
+});
+
+test('every protocol error code has its own plain-words hint', () => {
+  const hints = new Set();
+  for (const code of ERROR_CODES) {
+    const hint = errorHint(code);
+    assert.ok(hint.length > 10, code);
+    hints.add(hint);
+  }
+  assert.equal(hints.size, ERROR_CODES.length);
+  assert.match(errorHint('too_many_sessions'), /maximum number of viewers; try again later/);
+  assert.ok(errorHint('something_new').length > 0);
+});
+
+test('backoff starts at 2 s and grows to 10 s', () => {
+  assert.deepEqual([0, 1, 2, 3, 4, 10, 100].map(backoffDelay), [2000, 4000, 8000, 10000, 10000, 10000, 10000]);
+});
+
+test('encodePublishQos0 builds an MQTT 3.1.1 QoS 0 PUBLISH', () => {
+  assert.deepEqual(
+    [...encodePublishQos0('a/b', '{"type":"bye"}')],
+    [0x30, 2 + 3 + 14, 0, 3, ...Buffer.from('a/b'), ...Buffer.from('{"type":"bye"}')],
+  );
+  // Remaining length >= 128 takes a second length byte (little-endian base 128).
+  const payload = 'x'.repeat(200);
+  const packet = encodePublishQos0('t', payload);
+  const remaining = 2 + 1 + 200;
+  assert.deepEqual([...packet.slice(0, 6)], [0x30, (remaining % 128) | 0x80, Math.floor(remaining / 128), 0, 1, 0x74]);
+  assert.equal(packet.length, 1 + 2 + remaining);
+  // Multi-byte UTF-8 topics count bytes, not characters.
+  assert.deepEqual([...encodePublishQos0('é', '').slice(0, 4)], [0x30, 4, 0, 2]);
+});
