@@ -82,8 +82,12 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_on(free_port())
+    }
+
+    /// On a given port: a broker that comes back where the old one was.
+    pub fn start_on(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
