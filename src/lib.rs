@@ -5,6 +5,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod media;
 pub mod session;

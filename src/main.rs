@@ -7,7 +7,11 @@ use rtcam::config::{self, Config};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "rtcam", version, about = "Live WebRTC camera, signalled and controlled over MQTT")]
+#[command(
+    name = "rtcam",
+    version,
+    about = "Live WebRTC camera, signalled and controlled over MQTT"
+)]
 struct Cli {
     /// Configuration file (default: /etc/rtcam/rtcam.toml if present, else built-in demo defaults).
     #[arg(long, short, global = true)]
@@ -37,8 +41,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -70,10 +75,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         tracing::info!("rtcam {} starting with {origin}", app::VERSION);
-        let app = App::start(config).await?;
+        let app = App::start(config, origin).await?;
         let url = app::viewer_url(app.http_addr());
         tracing::info!("viewer page: {url}");
-        println!("rtcam is running. Open {url} in a browser to watch camera {:?}.", app.device_id());
+        println!(
+            "rtcam is running. Open {url} in a browser to watch camera {:?}.",
+            app.device_id()
+        );
         wait_for_signal().await?;
         tracing::info!("stopping");
         // A second signal while stopping exits at once.
