@@ -468,3 +468,55 @@ async fn last_will_marks_a_killed_rtcam_offline() {
         .await
         .expect("retained offline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_channel_takes_commands_and_pushes_telemetry() {
+    let mut config = test_config("ctl-dc");
+    config.control.telemetry_interval_secs = 1;
+    let rt = start(config).await;
+    let viewer = common::viewer::Viewer::connect_with(
+        rt.broker(),
+        &rt.root(),
+        common::viewer::ViewerOptions {
+            control_channel: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(viewer.wait_frames(10, WITHIN).await.frames >= 10);
+    let r = viewer
+        .channel_request(json!({"id": "a", "command": "status"}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["state"], "online");
+    let r = viewer
+        .channel_request(json!({"id": "b", "command": "sessions"}))
+        .await;
+    assert_eq!(r["result"][0]["sid"], viewer.sid.as_str(), "{r}");
+    // Read-only by default: a viewer cannot switch the camera off for everyone.
+    let r = viewer
+        .channel_request(json!({"id": "c", "command": "stream", "args": {"on": false}}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    assert!(rt.app.media().info().borrow().streaming);
+    let r = viewer
+        .channel_request(json!({"id": "d", "command": "nonsense"}))
+        .await;
+    assert_eq!(r["error"]["code"], "unknown_command", "{r}");
+    // Status on open and telemetry as it is produced.
+    viewer
+        .channel_push("status", |s| s["state"] == "online")
+        .await
+        .expect("status pushed");
+    let t = viewer
+        .channel_push("telemetry", |t| t["viewers"] == 1)
+        .await
+        .expect("telemetry pushed");
+    assert!(
+        t["sessions"][0]["rtt_ms"].as_f64().is_some()
+            || t["sessions"][0]["frames_sent"].as_u64().unwrap() > 0,
+        "{t}"
+    );
+    viewer.bye().await;
+    rt.app.stop().await;
+}

@@ -2,6 +2,7 @@
 //! pipeline, the sessions and the configuration. Used by the MQTT command topic and by viewers'
 //! data channels alike.
 
+use super::telemetry::Telemetry;
 use super::{Command, CommandError, ControlRequest, ErrorCode, Publication, SetArgs};
 use crate::config::{Config, Origin};
 use crate::media::Media;
@@ -31,6 +32,7 @@ struct Inner {
     media: Media,
     sessions: Sessions,
     status: watch::Receiver<Status>,
+    telemetry: watch::Receiver<Telemetry>,
     publications: mpsc::Sender<Publication>,
     /// The configuration in force, for `reload` to compare against.
     config: Mutex<Config>,
@@ -43,6 +45,7 @@ impl Controller {
         media: Media,
         sessions: Sessions,
         status: watch::Receiver<Status>,
+        telemetry: watch::Receiver<Telemetry>,
         publications: mpsc::Sender<Publication>,
         config: Config,
         origin: Origin,
@@ -53,11 +56,20 @@ impl Controller {
                 media,
                 sessions,
                 status,
+                telemetry,
                 publications,
                 config: Mutex::new(config),
                 origin,
             }),
         }
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.status.clone()
+    }
+
+    pub fn telemetry(&self) -> watch::Receiver<Telemetry> {
+        self.inner.telemetry.clone()
     }
 
     /// Answers MQTT commands until `shutdown`. Each command runs on its own task, so a slow

@@ -5,6 +5,7 @@
 //! commands out; the same commands arrive over MQTT (`R/command`) and over a viewer's
 //! `control` data channel, and are answered in the same shape.
 
+pub mod channel;
 pub mod exec;
 pub mod ha;
 pub mod telemetry;
