@@ -91,6 +91,7 @@ impl App {
             "ice_servers": config.webrtc.ice_servers,
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
+            "viewer_commands": config.control.viewer_commands,
         }))?;
         let media_stop = CancellationToken::new();
         let (media, media_task) =
