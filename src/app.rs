@@ -9,7 +9,7 @@ use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
-use crate::session::table::SessionTable;
+use crate::session::table::{Limits, SessionTable};
 use crate::session::{SessionManager, Sessions};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
@@ -119,7 +119,11 @@ impl App {
         );
         let sessions_stop = CancellationToken::new();
         let manager = SessionManager {
-            table: SessionTable::new(config.webrtc.max_sessions),
+            table: SessionTable::new(Limits {
+                max_sessions: config.webrtc.max_sessions,
+                offers_per_second: config.webrtc.offers_per_second,
+                max_candidates: config.webrtc.max_candidates_per_session,
+            }),
             factory,
             media: media.clone(),
             events: events_rx,

@@ -220,6 +220,10 @@ pub struct WebrtcConfig {
     pub disconnect_timeout_secs: u64,
     /// Local addresses to gather ICE candidates on. Empty: every up interface, loopback included.
     pub udp_addrs: Vec<std::net::IpAddr>,
+    /// New sessions per second the device accepts (twice as many in a burst).
+    pub offers_per_second: u32,
+    /// Remote ICE candidates one session may send.
+    pub max_candidates_per_session: usize,
 }
 
 impl Default for WebrtcConfig {
@@ -229,6 +233,8 @@ impl Default for WebrtcConfig {
             max_sessions: 8,
             disconnect_timeout_secs: 15,
             udp_addrs: Vec::new(),
+            offers_per_second: 5,
+            max_candidates_per_session: 64,
         }
     }
 }
@@ -255,6 +261,9 @@ pub struct ControlConfig {
     pub ha_discovery: bool,
     /// Home Assistant's discovery prefix.
     pub ha_prefix: String,
+    /// Commands per second accepted over MQTT (all requesters together) and per data channel,
+    /// with bursts of twice that.
+    pub commands_per_second: u32,
 }
 
 impl Default for ControlConfig {
@@ -264,6 +273,7 @@ impl Default for ControlConfig {
             viewer_commands: ViewerCommands::ReadOnly,
             ha_discovery: true,
             ha_prefix: "homeassistant".into(),
+            commands_per_second: 20,
         }
     }
 }
@@ -413,6 +423,18 @@ impl Config {
             return Err(invalid(
                 "control.ha_prefix",
                 "must be a topic prefix without wildcards".into(),
+            ));
+        }
+        if self.control.commands_per_second == 0 {
+            return Err(invalid(
+                "control.commands_per_second",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.webrtc.offers_per_second == 0 {
+            return Err(invalid(
+                "webrtc.offers_per_second",
+                "must be at least 1".into(),
             ));
         }
         if self.webrtc.max_sessions == 0 {

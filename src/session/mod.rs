@@ -171,7 +171,7 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let actions = self.table.on_message(&event.sid, event.message);
+                    let actions = self.table.on_message(&event.sid, event.message, Instant::now());
                     for action in actions {
                         self.apply(&event.sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
