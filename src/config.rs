@@ -81,6 +81,10 @@ pub struct MqttConfig {
     pub password: String,
     /// PEM file with the CA that signs an `mqtts://` broker's certificate. Empty: the system roots.
     pub ca_file: String,
+    /// For `mqtts://`: PEM client certificate and its key, to log in with a certificate. Needs
+    /// `ca_file`.
+    pub client_cert_file: String,
+    pub client_key_file: String,
     /// MQTT client id; empty means `rtcam-{device id}`.
     pub client_id: String,
     /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
@@ -101,6 +105,8 @@ impl Default for MqttConfig {
             username: String::new(),
             password: String::new(),
             ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
             client_id: String::new(),
             keep_alive_secs: 10,
             embedded_listen: "127.0.0.1:1883".parse().expect("literal address"),
@@ -361,6 +367,20 @@ impl Config {
         if self.mqtt.url != "embedded" {
             crate::signalling::mqtt::BrokerUrl::parse(&self.mqtt.url)
                 .map_err(|e| invalid("mqtt.url", e.to_string()))?;
+        }
+        let m = &self.mqtt;
+        if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "give client_cert_file and client_key_file together".into(),
+            ));
+        }
+        if !m.client_cert_file.is_empty() && m.ca_file.is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "a client certificate needs ca_file, the CA that signed the broker's certificate"
+                    .into(),
+            ));
         }
         let s = &self.source;
         if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
