@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of this crate and the rules it keeps.
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;

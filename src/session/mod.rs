@@ -7,14 +7,17 @@ pub mod peer;
 pub mod table;
 pub mod viewer;
 
+use crate::auth::Right;
+use crate::control::exec::Requester;
 use crate::media::Media;
+use crate::signalling::protocol::{ErrorCode, Inbound, ProtocolError};
 use crate::signalling::{Outgoing, SignalEvent};
 use peer::PeerFactory;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use table::{Action, Generation, SessionTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -148,6 +151,8 @@ pub struct SessionManager {
     pub controller: crate::control::exec::Controller,
     /// What those channels may do.
     pub viewer_requester: crate::control::exec::Requester,
+    /// Checks viewer tokens when `[auth] secret` is set.
+    pub authority: Option<crate::auth::Authority>,
 }
 
 struct Running {
@@ -171,9 +176,10 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let actions = self.table.on_message(&event.sid, event.message, Instant::now());
+                    let (message, may_control) = self.authorize(event.message);
+                    let actions = self.table.on_message(&event.sid, message, Instant::now());
                     for action in actions {
-                        self.apply(&event.sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
+                        self.apply(&event.sid, action, may_control, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
                 }
                 // Cancel-safe: mpsc recv.
@@ -223,6 +229,7 @@ impl SessionManager {
             self.apply(
                 &sid,
                 action,
+                false,
                 &mut running,
                 &mut tasks,
                 &mut owners,
@@ -238,10 +245,37 @@ impl SessionManager {
         }
     }
 
+    /// With `[auth] secret` set, an offer needs a token granting `view`; a token that also
+    /// grants `control` lets that viewer change the camera over its data channel.
+    fn authorize(
+        &self,
+        message: Result<Inbound, ProtocolError>,
+    ) -> (Result<Inbound, ProtocolError>, bool) {
+        let (Some(authority), Ok(Inbound::Offer { token, .. })) = (&self.authority, &message)
+        else {
+            return (message, false);
+        };
+        match authority.verify(token.as_deref(), Right::View, SystemTime::now()) {
+            Ok(claims) => {
+                let control = claims.rights.contains(&Right::Control);
+                (message, control)
+            }
+            Err(e) => (
+                Err(ProtocolError::new(
+                    ErrorCode::Unauthorized,
+                    format!("Not allowed to watch: {e}."),
+                )),
+                false,
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         sid: &str,
         action: Action,
+        may_control: bool,
         running: &mut HashMap<String, Running>,
         tasks: &mut JoinSet<()>,
         owners: &mut HashMap<tokio::task::Id, (String, Generation)>,
@@ -302,7 +336,12 @@ impl SessionManager {
                     disconnect_timeout: self.disconnect_timeout,
                     stats,
                     controller: self.controller.clone(),
-                    requester: self.viewer_requester,
+                    requester: match self.viewer_requester {
+                        Requester::Viewer { may_change_state } => Requester::Viewer {
+                            may_change_state: may_change_state || may_control,
+                        },
+                        other => other,
+                    },
                 };
                 let handle = tasks.spawn(viewer.run());
                 owners.insert(handle.id(), (sid.to_string(), generation));

@@ -64,8 +64,10 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Options for how the viewer offers.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct ViewerOptions {
+    /// A viewer token for cameras with `[auth] secret`.
+    pub token: Option<String>,
     /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
     pub no_trickle: bool,
     /// Open a `control` data channel, as the viewer page does.
@@ -172,10 +174,20 @@ impl Viewer {
             assert!(!gathered.is_empty(), "viewer gathered no candidates");
             let sdp = pc.local_description().await.unwrap().sdp;
             let sdp = add_candidates(&sdp, &gathered);
-            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+            publish(
+                &client,
+                &in_topic,
+                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+            )
+            .await;
         } else {
             let sdp = pc.local_description().await.unwrap().sdp;
-            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+            publish(
+                &client,
+                &in_topic,
+                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+            )
+            .await;
             let (c2, t2) = (client.clone(), in_topic.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(c) = cand_rx.recv().await {
