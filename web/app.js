@@ -1,6 +1,8 @@
 // Viewer page: finds the camera on the MQTT broker, negotiates a receive-only
 // WebRTC session with it (signalling protocol v1, see protocol.js) and keeps
 // retrying until video plays. `mqtt` is the global from vendor/mqtt.min.js.
+// The control bar and stats overlay (panel.js) ride on each session's
+// `control` data channel.
 
 import {
   PROTOCOL_VERSION,
@@ -18,6 +20,8 @@ import {
   sessionTopics,
   statusTopic,
 } from './protocol.js';
+import { CONTROL_LABEL } from './control.js';
+import { createPanel } from './panel.js';
 
 const STATUS_WAIT_MS = 3000;
 const ANSWER_TIMEOUT_MS = 15000;
@@ -51,6 +55,7 @@ const rtcam = {
 window.rtcam = rtcam;
 
 let settings = null;
+let panel = null;
 let client = null;
 let brokerUp = false;
 let everConnected = false;
@@ -222,6 +227,7 @@ function onStatus(payload) {
   const restarted = online && deviceOnline === false;
   deviceOnline = online;
   setFact('Camera status', status.state);
+  panel?.cameraStatus(status);
   if (typeof status.version === 'string') setFact('Camera version', status.version);
   if (changed) log(`camera ${settings.deviceId} is ${online ? 'online' : 'offline'}`);
 
@@ -328,6 +334,9 @@ async function startSession() {
   s.pc = pc;
   rtcam.pc = pc;
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  // Created before the offer so the offer carries the data channel's
+  // m-line; the camera only accepts channels the viewer opens.
+  panel.attach({ pc, dc: pc.createDataChannel(CONTROL_LABEL), sid });
 
   pc.ontrack = (e) => {
     el.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
@@ -465,6 +474,7 @@ function endSession(s, { sendBye }) {
     if (sendBye && s.offerSent) publish(s, byeMessage());
     client.unsubscribe(s.topics.out);
   }
+  panel.detach();
   if (s.pc) {
     s.pc.onconnectionstatechange = null;
     s.pc.onicecandidate = null;
@@ -525,6 +535,7 @@ async function main() {
     return;
   }
   settings = resolved.settings;
+  panel = createPanel({ settings, rtcam, log, setFact });
   rtcam.deviceId = settings.deviceId;
   rtcam.brokerUrl = settings.brokerUrl;
 

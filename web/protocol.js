@@ -127,17 +127,33 @@ export function resolveSettings(config, search, location) {
   if (!/^wss?:\/\//i.test(brokerUrl)) {
     return { ok: false, error: `The broker address ${brokerUrl} must start with ws:// or wss://.` };
   }
+  // The HTTP side of the page (/snapshot.jpg, config.json's viewer_commands)
+  // describes the camera that served it; with a query string pointing
+  // elsewhere it says nothing about the camera being watched.
+  const watchingServer =
+    !!cfg &&
+    deviceId === cfg.device_id &&
+    prefix === (cfg.prefix || DEFAULT_PREFIX) &&
+    (!brokerParam || brokerParam === (cfg.broker_url || defaultBrokerUrl(location)));
   return {
     ok: true,
     settings: {
       deviceId,
       prefix,
       brokerUrl,
+      watchingServer,
+      viewerCommands: watchingServer ? viewerCommandsOf(cfg) : 'unknown',
       iceServers: normalizeIceServers(cfg?.ice_servers),
       version: typeof cfg?.version === 'string' ? cfg.version : null,
       video: cfg?.video ?? null,
     },
   };
+}
+
+// Older daemons have no viewer_commands in config.json; "unknown" leaves the
+// controls enabled and lets the camera's reply say what is allowed.
+function viewerCommandsOf(cfg) {
+  return cfg.viewer_commands === 'all' || cfg.viewer_commands === 'read-only' ? cfg.viewer_commands : 'unknown';
 }
 
 // The daemon sends empty username/credential for STUN entries; browsers reject

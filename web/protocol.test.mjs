@@ -126,6 +126,25 @@ test('query parameters override config.json', () => {
   assert.equal(r.settings.prefix, 'home');
 });
 
+test('the page knows whether it watches the camera that served it', () => {
+  const own = resolveSettings({ ...config, viewer_commands: 'all' }, '', httpLocation).settings;
+  assert.equal(own.watchingServer, true);
+  assert.equal(own.viewerCommands, 'all');
+  const explicit = resolveSettings(config, '?device=cam1&broker=ws://127.0.0.1:8080/mqtt', httpLocation).settings;
+  assert.equal(explicit.watchingServer, true);
+  assert.equal(explicit.viewerCommands, 'unknown', 'an older daemon without viewer_commands');
+  assert.equal(
+    resolveSettings({ ...config, viewer_commands: 'read-only' }, '', httpLocation).settings.viewerCommands,
+    'read-only',
+  );
+  for (const query of ['?device=porch', '?broker=wss://b.test/ws', '?prefix=home']) {
+    const other = resolveSettings({ ...config, viewer_commands: 'all' }, query, httpLocation).settings;
+    assert.equal(other.watchingServer, false, query);
+    assert.equal(other.viewerCommands, 'unknown', query);
+  }
+  assert.equal(resolveSettings(null, '?device=porch&broker=wss://b.test/ws', httpLocation).settings.watchingServer, false);
+});
+
 test('without config.json both device and broker are required', () => {
   const r = resolveSettings(null, '?device=porch&broker=wss://b.test/ws', httpLocation);
   assert.ok(r.ok);
@@ -264,3 +283,7 @@ test('encodePublishQos0 builds an MQTT 3.1.1 QoS 0 PUBLISH', () => {
   // Multi-byte UTF-8 topics count bytes, not characters.
   assert.deepEqual([...encodePublishQos0('é', '').slice(0, 4)], [0x30, 4, 0, 2]);
 });
+
+// The control channel's helpers have their own file; importing it here means
+// the one command the Makefile runs (node --test web/protocol.test.mjs) covers both.
+import './control.test.mjs';
