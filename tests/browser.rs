@@ -187,3 +187,39 @@ async fn chromium_controls_are_read_only_by_default() {
     eprintln!("chromium: {report}");
     rt.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_watches_with_a_token_link() {
+    let mut config = test_config("browsertoken");
+    config.webrtc.udp_addrs.clear();
+    config.auth.secret = "page-secret".into();
+    let rt = start(config).await;
+    let authority = rtcam::auth::Authority::new("page-secret", "browsertoken");
+    let token = authority.mint(&authority.claims(
+        std::time::Duration::from_secs(600),
+        vec![rtcam::auth::Right::View],
+        std::time::SystemTime::now(),
+    ));
+    // The link `rtcam token` prints: the page passes the token to /config.json, /mqtt and the offer.
+    let url = format!("http://{}/?token={token}", rt.app.http_addr());
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        view(
+            &url,
+            &[
+                "--width",
+                "320",
+                "--height",
+                "240",
+                "--frames",
+                "30",
+                "--timeout",
+                "30000",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "browser did not decode with a token link: {output}");
+    assert_eq!(report["frameWidth"], 320, "{report}");
+    rt.app.stop().await;
+}

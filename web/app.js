@@ -14,6 +14,8 @@ import {
   isEndOfCandidates,
   newSid,
   offerMessage,
+  tokenFrom,
+  tokenQuery,
   parseOutMessage,
   parseStatus,
   resolveSettings,
@@ -116,7 +118,14 @@ async function fetchConfig() {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), 5000);
   try {
-    const res = await fetch('config.json', { cache: 'no-store', signal: abort.signal });
+    const res = await fetch(`config.json${tokenQuery(tokenFrom(location.search))}`, {
+      cache: 'no-store',
+      signal: abort.signal,
+    });
+    if (res.status === 401) {
+      log('this camera needs a viewing link with a token (?token=…)');
+      return null;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return await res.json();
   } catch (err) {
@@ -353,7 +362,7 @@ async function startSession() {
   await pc.setLocalDescription(offer);
   if (session !== s) return;
   s.mid = transceiver.mid ?? '0';
-  publish(s, offerMessage(pc.localDescription.sdp));
+  publish(s, offerMessage(pc.localDescription.sdp, settings.token));
   s.offerSent = true;
   for (const msg of s.localQueue.splice(0)) publish(s, msg);
   log(`offer sent (session ${sid})`);

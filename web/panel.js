@@ -17,6 +17,7 @@ import {
   snapshotError,
   snapshotFileName,
 } from './control.js';
+import { tokenQuery } from './protocol.js';
 
 // Long enough for a resolution change, which rebuilds the camera's pipeline.
 const REQUEST_TIMEOUT_MS = 10000;
@@ -320,7 +321,7 @@ export function createPanel({ settings, rtcam, log, setFact }) {
       let res;
       try {
         // Relative, like config.json, so the page also works behind a reverse proxy's sub-path.
-        res = await fetch('snapshot.jpg', { cache: 'no-store' });
+        res = await fetch(`snapshot.jpg${tokenQuery(settings.token)}`, { cache: 'no-store' });
       } catch (err) {
         throw new Error(`Could not reach the camera for a snapshot (${err.message}).`);
       }

@@ -101,6 +101,7 @@ test('device ids and prefixes must not contain wildcards or empty levels', () =>
 test('defaultBrokerUrl uses the page origin and matches its security', () => {
   assert.equal(defaultBrokerUrl(httpLocation), 'ws://127.0.0.1:8080/mqtt');
   assert.equal(defaultBrokerUrl({ protocol: 'https:', host: 'cam.local' }), 'wss://cam.local/mqtt');
+  assert.equal(defaultBrokerUrl(httpLocation, 'a b'), 'ws://127.0.0.1:8080/mqtt?token=a%20b');
 });
 
 test('resolveSettings uses config.json and the same-origin broker', () => {
@@ -250,6 +251,7 @@ test('candidateMessage mirrors the browser candidate and marks the end', () => {
 
 test('offer and bye messages have the v1 shape', () => {
   assert.deepEqual(offerMessage('v=0\r\n'), { type: 'offer', sdp: 'v=0\r\n' });
+  assert.deepEqual(offerMessage('v=0', 'tok'), { type: 'offer', sdp: 'v=0', token: 'tok' });
   assert.deepEqual(byeMessage(), { type: 'bye' });
 });
 
