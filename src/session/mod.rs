@@ -38,6 +38,8 @@ pub struct SessionStats {
     pub bytes_sent: AtomicU64,
     /// Offer to first frame sent, in ms; 0 until then.
     pub first_frame_ms: AtomicU64,
+    /// PLI/FIR received from the viewer.
+    pub keyframe_requests: AtomicU64,
     /// Latest ICE round-trip time in µs; 0 until measured.
     pub rtt_us: AtomicU64,
     /// Send rate over the last few seconds.
@@ -54,6 +56,7 @@ impl SessionStats {
             bytes_sent: AtomicU64::new(0),
             first_frame_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
+            keyframe_requests: AtomicU64::new(0),
             bitrate_kbps: AtomicU64::new(0),
         }
     }
@@ -69,6 +72,7 @@ pub struct SessionInfo {
     pub bitrate_kbps: u64,
     pub frames_sent: u64,
     pub frames_skipped: u64,
+    pub keyframe_requests: u64,
     pub rtt_ms: Option<f64>,
     pub time_to_first_frame_ms: Option<u64>,
 }
@@ -87,6 +91,7 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
         bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
         frames_sent: s.frames_sent.load(Ordering::Relaxed),
         frames_skipped: s.frames_skipped.load(Ordering::Relaxed),
+        keyframe_requests: s.keyframe_requests.load(Ordering::Relaxed),
         rtt_ms: nonzero(s.rtt_us.load(Ordering::Relaxed)).map(|us| us as f64 / 1000.0),
         time_to_first_frame_ms: nonzero(s.first_frame_ms.load(Ordering::Relaxed)),
     }
