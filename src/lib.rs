@@ -7,6 +7,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod fuzzing;
 pub mod http;
 pub mod media;
 pub mod session;

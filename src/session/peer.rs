@@ -515,7 +515,7 @@ impl Interceptor for KeyframeRequests {
 
 /// Drops `a=candidate` lines with mDNS host names: rtcam does not resolve `.local` names, and
 /// the browser's checks from those hosts arrive anyway as peer-reflexive candidates.
-fn without_mdns_candidates(sdp: &str) -> String {
+pub fn without_mdns_candidates(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let is_mdns = line.starts_with("a=candidate:")
