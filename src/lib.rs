@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod media;

@@ -7,6 +7,7 @@
 //!
 //! This module and its children are the only users of GStreamer and v4l.
 
+pub mod check;
 pub mod encoder;
 pub mod keyframe;
 pub mod v4l2;
@@ -61,6 +62,32 @@ pub enum MediaError {
     Runtime { source_name: String, message: String },
     #[error("the camera stopped: {0}")]
     CaptureEnded(String),
+    #[error("[source] kind = \"libcamera\" needs GStreamer's libcamerasrc element; install the package gstreamer1.0-libcamera")]
+    LibcameraMissing,
+}
+
+/// Whether the camera is delivering, for `R/status` and `rtcam check`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CameraState {
+    /// No camera in use (the test pattern).
+    #[default]
+    None,
+    /// Open and streaming.
+    Ok,
+    /// Gone or failing (unplugged, ENODEV, busy, cannot do the configured format); retried with
+    /// backoff while viewers stay connected.
+    Lost,
+}
+
+impl CameraState {
+    /// The word used in status messages; `None` for no camera.
+    pub fn as_status(self) -> Option<&'static str> {
+        match self {
+            CameraState::None => None,
+            CameraState::Ok => Some("ok"),
+            CameraState::Lost => Some("lost"),
+        }
+    }
 }
 
 /// What the pipeline is running, for status and logs.
@@ -72,6 +99,11 @@ pub struct MediaInfo {
     pub height: u32,
     pub fps: f64,
     pub running: bool,
+    /// Pixel format the source delivers (`YUYV`, `MJPG`, …; `I420` for the test pattern).
+    pub format: String,
+    /// The frame rate the config asked for; `fps` is what the source granted.
+    pub asked_fps: u32,
+    pub camera: CameraState,
 }
 
 /// Handle to the running media pipeline; cheap to clone.
@@ -109,16 +141,21 @@ impl Media {
 enum Source {
     Test,
     V4l2(PathBuf),
+    Libcamera,
 }
 
-fn resolve_source(cfg: &SourceConfig) -> Result<Source, MediaError> {
+/// What to open this time. `had_camera`: once `auto` has found a camera, a missing one is a lost
+/// camera to wait for, not a reason to switch to the test pattern.
+fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaError> {
     Ok(match cfg.kind {
         SourceKind::Test => Source::Test,
+        SourceKind::Libcamera => Source::Libcamera,
         SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::V4l2 => Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?),
         SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::Auto => match v4l2::first_capture_device() {
             Some(p) => Source::V4l2(p),
+            None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
             None => {
                 tracing::info!("no camera found; streaming the test pattern");
                 Source::Test
@@ -135,6 +172,9 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<(Media, tokio::task::JoinHandle<()>), MediaError> {
     gst::init()?;
+    if source.kind == SourceKind::Libcamera && gst::ElementFactory::find("libcamerasrc").is_none() {
+        return Err(MediaError::LibcameraMissing);
+    }
     let choice = encoder::choose(encoder_cfg, |name| gst::ElementFactory::find(name).is_some())?;
     tracing::info!(encoder = choice.spec.element, "encoder chosen: {}", choice.reason);
     let (frames, _) = broadcast::channel(FRAME_BUFFER);
@@ -159,6 +199,7 @@ pub fn start(
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
         info: info_tx,
         encoders_running,
+        uses_camera: false,
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -173,6 +214,8 @@ struct Runner {
     limiter: KeyframeLimiter,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    /// The source is a camera (set once resolved): failures then mean "camera lost".
+    uses_camera: bool,
 }
 
 impl Runner {
@@ -186,11 +229,20 @@ impl Runner {
                 Ok(()) => break,
                 Err(e) => {
                     let msg = e.to_string();
-                    // Log once per distinct failure, not once per retry.
-                    if msg != last_error {
+                    if self.uses_camera {
+                        // Once per state change: the first failure says why the camera is lost;
+                        // retries while it stays lost are debug-level.
+                        if self.info.borrow().camera != CameraState::Lost {
+                            tracing::warn!("camera lost: {msg}; retrying with backoff (viewers stay connected)");
+                        } else if msg != last_error {
+                            tracing::debug!("camera still unavailable: {msg}");
+                        }
+                        self.info.send_modify(|i| i.camera = CameraState::Lost);
+                    } else if msg != last_error {
+                        // Log once per distinct failure, not once per retry.
                         tracing::error!("media pipeline failed: {msg}; restarting");
-                        last_error = msg;
                     }
+                    last_error = msg;
                 }
             }
             self.info.send_modify(|i| i.running = false);
@@ -207,7 +259,16 @@ impl Runner {
 
     /// Builds and runs one pipeline until it fails or shutdown.
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<(), MediaError> {
-        let source = resolve_source(&self.source)?;
+        let camera_before = self.info.borrow().camera;
+        let source = match resolve_source(&self.source, self.uses_camera) {
+            Ok(s) => s,
+            Err(e) => {
+                // Only a camera source fails to resolve (none found): that is a lost camera.
+                self.uses_camera = true;
+                return Err(e);
+            }
+        };
+        self.uses_camera = !matches!(source, Source::Test);
         let (capture, head, info) = match &source {
             Source::Test => {
                 let s = &self.source;
@@ -231,23 +292,70 @@ impl Runner {
                     height: s.height,
                     fps: f64::from(s.fps),
                     running: true,
+                    format: "I420".into(),
+                    asked_fps: s.fps,
+                    camera: CameraState::None,
+                };
+                (None, head, info)
+            }
+            Source::Libcamera => {
+                let s = &self.source;
+                // `device` names a libcamera camera id here; empty takes the first camera.
+                let name = if s.device.is_empty() {
+                    String::new()
+                } else {
+                    format!("camera-name=\"{}\" ", s.device.replace('"', ""))
+                };
+                let head = format!(
+                    "libcamerasrc {name}! video/x-raw,width={w},height={h},framerate={fps}/1 ! ",
+                    w = s.width,
+                    h = s.height,
+                    fps = s.fps
+                );
+                let info = MediaInfo {
+                    source: if s.device.is_empty() { "libcamera".into() } else { format!("libcamera {}", s.device) },
+                    encoder: self.choice.spec.element.into(),
+                    width: s.width,
+                    height: s.height,
+                    fps: f64::from(s.fps),
+                    running: true,
+                    format: "raw (libcamera)".into(),
+                    asked_fps: s.fps,
+                    camera: CameraState::Ok,
                 };
                 (None, head, info)
             }
             Source::V4l2(path) => {
                 let s = &self.source;
                 let (dev, neg) = v4l2::open(path, s.format, s.width, s.height, s.fps)?;
+                if camera_before == CameraState::Lost {
+                    tracing::info!("camera back: {}", neg.path.display());
+                }
                 tracing::info!(
-                    "camera {} ({}): {:?} {}x{} at {:.1} fps granted",
+                    "camera {} ({}): {} {}x{} at {:.1} fps granted ({} asked)",
                     neg.path.display(),
                     neg.card,
-                    neg.format,
+                    neg.fourcc,
                     neg.width,
                     neg.height,
-                    neg.fps
+                    neg.fps,
+                    neg.asked_fps
                 );
+                if let Some(note) = &neg.note {
+                    tracing::warn!("{note}");
+                }
+                // Applied at every open, so settings survive an unplug; a bad entry is reported
+                // once, not at every reconnect.
+                for e in v4l2::controls::apply(&dev, &neg.path, &s.controls) {
+                    if camera_before == CameraState::None {
+                        tracing::warn!("[source.controls]: {e}");
+                    }
+                }
+                // A bounded, leaky queue: when the encoder is slower than the camera, old frames
+                // are dropped instead of piling up in memory.
                 let head = format!(
-                    "appsrc name=camsrc is-live=true format=time do-timestamp=true caps=\"{}\" ! ",
+                    "appsrc name=camsrc is-live=true format=time do-timestamp=true \
+                     max-bytes=0 max-buffers=3 leaky-type=downstream caps=\"{}\" ! ",
                     neg.caps()
                 );
                 let encoder = if neg.format == PixelFormat::H264 {
@@ -262,12 +370,17 @@ impl Runner {
                     height: neg.height,
                     fps: neg.fps,
                     running: true,
+                    format: neg.fourcc.clone(),
+                    asked_fps: neg.asked_fps,
+                    camera: CameraState::Ok,
                 };
                 (Some((dev, neg)), head, info)
             }
         };
         let passthrough = capture.as_ref().is_some_and(|(_, n)| n.format == PixelFormat::H264);
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
+            // The board's JPEG decoder where it has one (v4l2jpegdec), else software.
+            Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => "v4l2jpegdec ! ",
             Some(PixelFormat::Mjpeg) => "jpegdec ! ",
             _ => "",
         };
