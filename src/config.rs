@@ -486,6 +486,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("source.controls"), "{msg}");
+        // The commented examples in the example file are valid as written.
+        let uncommented = EXAMPLE
+            .replace("# brightness", "brightness")
+            .replace("# focus_automatic", "focus_automatic")
+            .replace("# auto_exposure", "auto_exposure");
+        let c = Config::parse(&uncommented, Path::new("example")).unwrap();
+        assert_eq!(c.source.controls.len(), 3);
     }
 
     #[test]

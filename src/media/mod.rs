@@ -232,8 +232,11 @@ impl Runner {
                     if self.uses_camera {
                         // Once per state change: the first failure says why the camera is lost;
                         // retries while it stays lost are debug-level.
-                        if self.info.borrow().camera != CameraState::Lost {
+                        let before = self.info.borrow().camera;
+                        if before == CameraState::Ok {
                             tracing::warn!("camera lost: {msg}; retrying with backoff (viewers stay connected)");
+                        } else if before == CameraState::None {
+                            tracing::warn!("camera not available: {msg}; retrying with backoff");
                         } else if msg != last_error {
                             tracing::debug!("camera still unavailable: {msg}");
                         }
@@ -439,9 +442,23 @@ impl Runner {
 
         let bus = pipeline.bus().expect("a pipeline always has a bus");
         let mut messages = bus.stream();
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| MediaError::Build(desc.clone(), e.to_string()))?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The element that refused (a camera source with no camera, say) posted why on the
+            // bus; that says more than "failed to change its state". Bounded: a short look.
+            let posted = tokio::time::timeout(Duration::from_millis(200), async {
+                while let Some(msg) = messages.next().await {
+                    if let gst::MessageView::Error(err) = msg.view() {
+                        return Some(MediaError::Runtime {
+                            source_name: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                            message: err.error().to_string(),
+                        });
+                    }
+                }
+                None
+            })
+            .await;
+            return Err(posted.ok().flatten().unwrap_or_else(|| MediaError::Build(desc.clone(), e.to_string())));
+        }
 
         // The capture thread feeds appsrc; its end (camera gone, read error) ends this pipeline.
         let stop: v4l2::StopFlag = Arc::new(AtomicBool::new(false));

@@ -19,7 +19,12 @@ mkdir -p "$out"
 kdir=$out/kernel
 if [ ! -f "$kdir/ready" ]; then
     rm -rf "$kdir" && mkdir -p "$kdir"
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
+        # A fresh machine may have no package lists yet.
+        apt-get update -qq >&2
+        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    fi
     if [ -z "$pkg" ]; then
         echo "prepare.sh: apt-cache knows no linux-image-amd64; run apt-get update" >&2
         exit 1
