@@ -4,11 +4,13 @@
 //! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
 //! disconnect → HTTP server.
 
-use crate::config::Config;
+use crate::config::{Config, Origin, ViewerCommands};
+use crate::control::exec::Controller;
+use crate::control::{ha, telemetry};
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
 use crate::session::table::SessionTable;
-use crate::session::SessionManager;
+use crate::session::{SessionManager, Sessions};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
 use crate::{broker, http};
@@ -29,8 +31,10 @@ pub struct App {
     media: Media,
     mqtt_connected: watch::Receiver<bool>,
     viewers: watch::Receiver<usize>,
+    controller: Controller,
     /// Each part has its own token so shutdown can stop them in order.
     sessions_stop: CancellationToken,
+    control_stop: CancellationToken,
     media_stop: CancellationToken,
     mqtt_stop: CancellationToken,
     http_stop: CancellationToken,
@@ -39,23 +43,33 @@ pub struct App {
     mqtt_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
     status_task: JoinHandle<()>,
+    control_tasks: Vec<JoinHandle<()>>,
 }
 
 impl App {
-    pub async fn start(config: Config) -> anyhow::Result<App> {
+    pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
         let device_id = config.device_id();
         let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
         // The broker rtcam's own client and the page's `/mqtt` bridge connect to.
         let (broker_url, broker_tcp) = if config.mqtt.url == "embedded" {
-            broker::start(config.mqtt.embedded_listen, mqtt::MAX_PACKET).await?;
-            let addr = http::connectable(config.mqtt.embedded_listen);
+            broker::start(
+                config.mqtt.embedded_listen,
+                config.mqtt.embedded_listen_v5,
+                mqtt::MAX_PACKET,
+            )
+            .await?;
+            // rtcam's own client speaks MQTT 5; the page's bridge carries MQTT 3.1.1.
+            let own = http::connectable(config.mqtt.embedded_listen_v5);
             let url = BrokerUrl {
                 tls: false,
-                host: addr.ip().to_string(),
-                port: addr.port(),
+                host: own.ip().to_string(),
+                port: own.port(),
             };
-            (url, Some(addr.to_string()))
+            (
+                url,
+                Some(http::connectable(config.mqtt.embedded_listen).to_string()),
+            )
         } else {
             let url = BrokerUrl::parse(&config.mqtt.url)?;
             let tcp = (!url.tls).then(|| format!("{}:{}", url.host, url.port));
@@ -78,17 +92,13 @@ impl App {
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
         }))?;
-        let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(
-            listener,
-            http::HttpState { page_config, broker_tcp },
-            http_stop.clone(),
-        ));
-
         let media_stop = CancellationToken::new();
-        let (media, media_task) = media::start(&config.source, &config.encoder, media_stop.clone())?;
+        let (media, media_task) =
+            media::start(&config.source, &config.encoder, media_stop.clone())?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
         let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
         let (viewers_tx, viewers_rx) = watch::channel(0usize);
@@ -101,6 +111,7 @@ impl App {
             outgoing: outgoing_tx,
             viewers: viewers_tx,
             disconnect_timeout: config.webrtc.disconnect_timeout(),
+            requests: requests_rx,
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
@@ -115,6 +126,56 @@ impl App {
         };
         let options = mqtt::options(&config.mqtt, &broker_url, &client_id, &topics)?;
         let (connected_tx, connected_rx) = watch::channel(false);
+
+        // The control plane: commands, telemetry, discovery.
+        let (publications_tx, publications_rx) = mpsc::channel(1024);
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
+            &topics,
+            &device_id,
+            VERSION,
+            &config.control.ha_prefix,
+            config.control.ha_discovery,
+        ));
+        let controller = Controller::new(
+            topics.clone(),
+            media.clone(),
+            sessions.clone(),
+            status_rx.clone(),
+            publications_tx.clone(),
+            config.clone(),
+            origin,
+        );
+        let control_stop = CancellationToken::new();
+        let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
+        let control_tasks = vec![
+            tokio::spawn(
+                controller
+                    .clone()
+                    .serve_mqtt(commands_rx, control_stop.clone()),
+            ),
+            tokio::spawn(telemetry::run(
+                telemetry::Sampler::new(media.clone(), sessions.clone()),
+                Duration::from_secs(config.control.telemetry_interval_secs),
+                topics.telemetry(),
+                telemetry_tx,
+                publications_tx,
+                control_stop.clone(),
+            )),
+        ];
+
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            http::HttpState {
+                page_config,
+                broker_tcp,
+                media: media.clone(),
+                telemetry: telemetry_rx,
+                device_id: device_id.clone(),
+            },
+            http_stop.clone(),
+        ));
         let mqtt_stop = CancellationToken::new();
         let mqtt_task = tokio::spawn(mqtt::run(
             MqttLink {
@@ -124,6 +185,9 @@ impl App {
                 events: events_tx,
                 outgoing: outgoing_rx,
                 connected: connected_tx,
+                commands: commands_tx,
+                publications: publications_rx,
+                on_connect: discovery_rx,
             },
             mqtt_stop.clone(),
         ));
@@ -135,7 +199,9 @@ impl App {
             media,
             mqtt_connected: connected_rx,
             viewers: viewers_rx,
+            controller,
             sessions_stop,
+            control_stop,
             media_stop,
             mqtt_stop,
             http_stop,
@@ -144,6 +210,7 @@ impl App {
             mqtt_task,
             http_task,
             status_task,
+            control_tasks,
         })
     }
 
@@ -170,11 +237,22 @@ impl App {
     /// Waits until connected to the broker, up to `timeout`. Returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.mqtt_connected.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The control plane, for library users and tests that run commands directly.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
     }
 
     /// Stops in order: sessions (each viewer gets a bye), media, MQTT (offline status), HTTP.
     pub async fn stop(self) {
+        self.control_stop.cancel();
+        for t in self.control_tasks {
+            let _ = t.await;
+        }
         self.sessions_stop.cancel();
         let _ = self.sessions_task.await;
         self.media_stop.cancel();
@@ -195,6 +273,7 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
         viewers: Some(viewers),
         camera: info.camera.as_status().map(String::from),
+        streaming: Some(info.streaming),
     }
 }
 
@@ -241,3 +320,8 @@ pub fn viewer_url(http_addr: SocketAddr) -> String {
 
 /// Re-exported for tests and tools that speak the protocol.
 pub use protocol::MAX_PAYLOAD;
+
+/// What viewers' data channels may do, from config.
+pub fn viewers_may_change_state(c: &Config) -> bool {
+    c.control.viewer_commands == ViewerCommands::All
+}

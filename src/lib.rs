@@ -6,6 +6,7 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod media;
 pub mod session;

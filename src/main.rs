@@ -7,7 +7,11 @@ use rtcam::config::{self, Config};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "rtcam", version, about = "Live WebRTC camera, signalled and controlled over MQTT")]
+#[command(
+    name = "rtcam",
+    version,
+    about = "Live WebRTC camera, signalled and controlled over MQTT"
+)]
 struct Cli {
     /// Configuration file (default: /etc/rtcam/rtcam.toml if present, else built-in demo defaults).
     #[arg(long, short, global = true)]
@@ -69,8 +73,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,12 +89,28 @@ fn main() -> std::process::ExitCode {
             .map(|_| println!("{}: ok", path.display()))
             .map_err(anyhow::Error::from),
         Command::Devices { json } => rtcam::cli::devices(json),
-        Command::Controls { device, set, get, json } => Config::load(cli.config.as_deref())
+        Command::Controls {
+            device,
+            set,
+            get,
+            json,
+        } => Config::load(cli.config.as_deref())
             .map_err(anyhow::Error::from)
             .and_then(|(c, _)| rtcam::cli::controls(&c, device, &set, &get, json)),
-        Command::Check { frames, timeout, progress } => Config::load(cli.config.as_deref())
+        Command::Check {
+            frames,
+            timeout,
+            progress,
+        } => Config::load(cli.config.as_deref())
             .map_err(anyhow::Error::from)
-            .and_then(|(c, _)| rtcam::cli::check(&c, frames, std::time::Duration::from_secs(timeout), progress)),
+            .and_then(|(c, _)| {
+                rtcam::cli::check(
+                    &c,
+                    frames,
+                    std::time::Duration::from_secs(timeout),
+                    progress,
+                )
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -109,10 +130,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         tracing::info!("rtcam {} starting with {origin}", app::VERSION);
-        let app = App::start(config).await?;
+        let app = App::start(config, origin).await?;
         let url = app::viewer_url(app.http_addr());
         tracing::info!("viewer page: {url}");
-        println!("rtcam is running. Open {url} in a browser to watch camera {:?}.", app.device_id());
+        println!(
+            "rtcam is running. Open {url} in a browser to watch camera {:?}.",
+            app.device_id()
+        );
         wait_for_signal().await?;
         tracing::info!("stopping");
         // A second signal while stopping exits at once.

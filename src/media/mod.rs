@@ -13,6 +13,7 @@ pub mod keyframe;
 pub mod v4l2;
 
 use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
+use crate::util::sleep_until;
 use bytes::Bytes;
 use encoder::{EncoderChoice, EncoderSettings};
 use futures::StreamExt;
@@ -23,7 +24,6 @@ use keyframe::{Decision, KeyframeLimiter};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use crate::util::sleep_until;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -59,9 +59,14 @@ pub enum MediaError {
     #[error("pipeline {0:?} cannot be built: {1}")]
     Build(String, String),
     #[error("pipeline error from {source_name}: {message}")]
-    Runtime { source_name: String, message: String },
+    Runtime {
+        source_name: String,
+        message: String,
+    },
     #[error("the camera stopped: {0}")]
     CaptureEnded(String),
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
     #[error("[source] kind = \"libcamera\" needs GStreamer's libcamerasrc element; install the package gstreamer1.0-libcamera")]
     LibcameraMissing,
 }
@@ -98,21 +103,45 @@ pub struct MediaInfo {
     pub width: u32,
     pub height: u32,
     pub fps: f64,
+    pub bitrate_kbps: u32,
     pub running: bool,
     /// Pixel format the source delivers (`YUYV`, `MJPG`, …; `I420` for the test pattern).
     pub format: String,
     /// The frame rate the config asked for; `fps` is what the source granted.
     pub asked_fps: u32,
     pub camera: CameraState,
+    /// False while the privacy switch is off.
+    pub streaming: bool,
+}
+
+/// Counters the pipeline keeps; telemetry turns them into rates.
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    pub frames: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub keyframes: std::sync::atomic::AtomicU64,
+    pub restarts: std::sync::atomic::AtomicU64,
+}
+
+/// Requests to the media task.
+#[derive(Debug)]
+enum MediaCommand {
+    Keyframe,
+    SetBitrate(u32),
+    Reconfigure { width: u32, height: u32, fps: u32 },
+    Restart,
+    Streaming(bool),
+    Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
 }
 
 /// Handle to the running media pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Media {
     frames: broadcast::Sender<EncodedFrame>,
-    keyframes: mpsc::UnboundedSender<()>,
+    commands: mpsc::UnboundedSender<MediaCommand>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    stats: Arc<MediaStats>,
 }
 
 impl Media {
@@ -123,7 +152,47 @@ impl Media {
 
     /// Asks for a keyframe soon; requests are merged so a crowd costs one.
     pub fn request_keyframe(&self) {
-        let _ = self.keyframes.send(());
+        let _ = self.commands.send(MediaCommand::Keyframe);
+    }
+
+    /// Changes the encoder bitrate; applied live where the encoder allows it, else by rebuilding
+    /// the pipeline (viewers keep their tracks either way).
+    pub fn set_bitrate(&self, kbps: u32) {
+        let _ = self.commands.send(MediaCommand::SetBitrate(kbps));
+    }
+
+    /// Changes size and rate: the pipeline is rebuilt, viewers stay connected and the
+    /// browser's decoder follows the new SPS.
+    pub fn reconfigure(&self, width: u32, height: u32, fps: u32) {
+        let _ = self
+            .commands
+            .send(MediaCommand::Reconfigure { width, height, fps });
+    }
+
+    /// Rebuilds the pipeline from scratch (camera reopened, encoder recreated).
+    pub fn restart(&self) {
+        let _ = self.commands.send(MediaCommand::Restart);
+    }
+
+    /// Privacy switch: off stops the pipeline and closes the camera until switched on again.
+    pub fn set_streaming(&self, on: bool) {
+        let _ = self.commands.send(MediaCommand::Streaming(on));
+    }
+
+    /// A JPEG of the current frame, taken without disturbing the stream.
+    pub async fn snapshot(&self) -> Result<Bytes, MediaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::Snapshot(tx))
+            .map_err(|_| MediaError::Snapshot("the media pipeline is not running".into()))?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| MediaError::Snapshot("timed out".into()))?
+            .map_err(|_| MediaError::Snapshot("the media pipeline stopped".into()))?
+    }
+
+    pub fn stats(&self) -> &MediaStats {
+        &self.stats
     }
 
     pub fn info(&self) -> watch::Receiver<MediaInfo> {
@@ -151,7 +220,9 @@ fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaE
         SourceKind::Test => Source::Test,
         SourceKind::Libcamera => Source::Libcamera,
         SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::V4l2 => Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?),
+        SourceKind::V4l2 => {
+            Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?)
+        }
         SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::Auto => match v4l2::first_capture_device() {
             Some(p) => Source::V4l2(p),
@@ -175,17 +246,28 @@ pub fn start(
     if source.kind == SourceKind::Libcamera && gst::ElementFactory::find("libcamerasrc").is_none() {
         return Err(MediaError::LibcameraMissing);
     }
-    let choice = encoder::choose(encoder_cfg, |name| gst::ElementFactory::find(name).is_some())?;
-    tracing::info!(encoder = choice.spec.element, "encoder chosen: {}", choice.reason);
+    let choice = encoder::choose(encoder_cfg, |name| {
+        gst::ElementFactory::find(name).is_some()
+    })?;
+    tracing::info!(
+        encoder = choice.spec.element,
+        "encoder chosen: {}",
+        choice.reason
+    );
     let (frames, _) = broadcast::channel(FRAME_BUFFER);
-    let (keyframes_tx, keyframes_rx) = mpsc::unbounded_channel();
-    let (info_tx, info_rx) = watch::channel(MediaInfo::default());
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let (info_tx, info_rx) = watch::channel(MediaInfo {
+        streaming: true,
+        ..Default::default()
+    });
     let encoders_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stats = Arc::new(MediaStats::default());
     let media = Media {
         frames: frames.clone(),
-        keyframes: keyframes_tx,
+        commands: commands_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
+        stats: stats.clone(),
     };
     let runner = Runner {
         source: source.clone(),
@@ -195,11 +277,13 @@ pub fn start(
         },
         choice,
         frames,
-        keyframes: keyframes_rx,
+        commands: commands_rx,
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
         info: info_tx,
         encoders_running,
         uses_camera: false,
+        stats,
+        streaming: true,
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -210,12 +294,24 @@ struct Runner {
     settings: EncoderSettings,
     choice: EncoderChoice,
     frames: broadcast::Sender<EncodedFrame>,
-    keyframes: mpsc::UnboundedReceiver<()>,
+    commands: mpsc::UnboundedReceiver<MediaCommand>,
     limiter: KeyframeLimiter,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
     /// The source is a camera (set once resolved): failures then mean "camera lost".
     uses_camera: bool,
+    stats: Arc<MediaStats>,
+    /// The privacy switch; while off no pipeline runs.
+    streaming: bool,
+}
+
+/// Why one pipeline run ended without an error.
+enum Exit {
+    Shutdown,
+    /// Build a new pipeline now, with the current settings.
+    Rebuild,
+    /// The privacy switch went off; wait for it to come on.
+    Paused,
 }
 
 impl Runner {
@@ -224,9 +320,24 @@ impl Runner {
         let mut delay = RESTART_FIRST;
         let mut last_error = String::new();
         while !shutdown.is_cancelled() {
+            if !self.streaming {
+                self.info.send_modify(|i| {
+                    i.running = false;
+                    i.streaming = false;
+                });
+                if !self.wait(&shutdown, None).await {
+                    break;
+                }
+                continue;
+            }
             let started = Instant::now();
             match self.run_once(&shutdown).await {
-                Ok(()) => break,
+                Ok(Exit::Shutdown) => break,
+                Ok(Exit::Rebuild) | Ok(Exit::Paused) => {
+                    self.info.send_modify(|i| i.running = false);
+                    delay = RESTART_FIRST;
+                    continue;
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     if self.uses_camera {
@@ -246,22 +357,75 @@ impl Runner {
                         tracing::error!("media pipeline failed: {msg}; restarting");
                     }
                     last_error = msg;
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.info.send_modify(|i| i.running = false);
             if started.elapsed() > Duration::from_secs(30) {
                 delay = RESTART_FIRST;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !self.wait(&shutdown, Some(Instant::now() + delay)).await {
+                break;
             }
             delay = (delay * 2).min(RESTART_MAX);
+        }
+        self.info.send_modify(|i| i.running = false);
+    }
+
+    /// Between pipelines: serves commands until `until` (or, without it, until streaming is
+    /// switched back on or a rebuild is asked for). Returns false on shutdown.
+    async fn wait(&mut self, shutdown: &CancellationToken, until: Option<Instant>) -> bool {
+        loop {
+            tokio::select! {
+                // Cancel-safe: level-triggered token.
+                _ = shutdown.cancelled() => return false,
+                // Cancel-safe: a timer; when it fires the wait is over.
+                _ = sleep_until(until), if until.is_some() => return true,
+                // Cancel-safe: mpsc recv.
+                Some(cmd) = self.commands.recv() => {
+                    let resume = self.apply_idle(cmd);
+                    if resume && (until.is_none() || self.streaming) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A command while no pipeline runs. Returns true when it should start one now.
+    fn apply_idle(&mut self, cmd: MediaCommand) -> bool {
+        match cmd {
+            MediaCommand::Keyframe => false,
+            MediaCommand::SetBitrate(kbps) => {
+                self.settings.bitrate_kbps = kbps;
+                false
+            }
+            MediaCommand::Reconfigure { width, height, fps } => {
+                self.source.width = width;
+                self.source.height = height;
+                self.source.fps = fps;
+                self.streaming
+            }
+            MediaCommand::Restart => self.streaming,
+            MediaCommand::Streaming(on) => {
+                self.streaming = on;
+                self.info.send_modify(|i| i.streaming = on);
+                on
+            }
+            MediaCommand::Snapshot(reply) => {
+                let why = if self.streaming {
+                    "the camera is not delivering frames right now"
+                } else {
+                    "streaming is switched off"
+                };
+                let _ = reply.send(Err(MediaError::Snapshot(why.into())));
+                false
+            }
         }
     }
 
     /// Builds and runs one pipeline until it fails or shutdown.
-    async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<(), MediaError> {
+    async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Exit, MediaError> {
         let camera_before = self.info.borrow().camera;
         let source = match resolve_source(&self.source, self.uses_camera) {
             Ok(s) => s,
@@ -278,7 +442,9 @@ impl Runner {
                 let overlay = if gst::ElementFactory::find("clockoverlay").is_some() {
                     "clockoverlay halignment=right valignment=bottom shaded-background=true font-desc=\"Sans 20\" ! "
                 } else {
-                    tracing::warn!("clockoverlay missing (install gstreamer1.0-x); test pattern has no clock");
+                    tracing::warn!(
+                        "clockoverlay missing (install gstreamer1.0-x); test pattern has no clock"
+                    );
                     ""
                 };
                 let head = format!(
@@ -294,7 +460,9 @@ impl Runner {
                     width: s.width,
                     height: s.height,
                     fps: f64::from(s.fps),
+                    bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
+                    streaming: true,
                     format: "I420".into(),
                     asked_fps: s.fps,
                     camera: CameraState::None,
@@ -316,15 +484,21 @@ impl Runner {
                     fps = s.fps
                 );
                 let info = MediaInfo {
-                    source: if s.device.is_empty() { "libcamera".into() } else { format!("libcamera {}", s.device) },
+                    source: if s.device.is_empty() {
+                        "libcamera".into()
+                    } else {
+                        format!("libcamera {}", s.device)
+                    },
                     encoder: self.choice.spec.element.into(),
                     width: s.width,
                     height: s.height,
                     fps: f64::from(s.fps),
+                    bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
                     format: "raw (libcamera)".into(),
                     asked_fps: s.fps,
                     camera: CameraState::Ok,
+                    streaming: true,
                 };
                 (None, head, info)
             }
@@ -372,36 +546,50 @@ impl Runner {
                     width: neg.width,
                     height: neg.height,
                     fps: neg.fps,
+                    bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
                     format: neg.fourcc.clone(),
                     asked_fps: neg.asked_fps,
                     camera: CameraState::Ok,
+                    streaming: true,
                 };
                 (Some((dev, neg)), head, info)
             }
         };
-        let passthrough = capture.as_ref().is_some_and(|(_, n)| n.format == PixelFormat::H264);
+        let passthrough = capture
+            .as_ref()
+            .is_some_and(|(_, n)| n.format == PixelFormat::H264);
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
             // The board's JPEG decoder where it has one (v4l2jpegdec), else software.
-            Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => "v4l2jpegdec ! ",
+            Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => {
+                "v4l2jpegdec ! "
+            }
             Some(PixelFormat::Mjpeg) => "jpegdec ! ",
             _ => "",
         };
+        // Raw frames also go to `rawsink`, which keeps only the newest one (a reference, not a
+        // copy) so a snapshot can be encoded from it on demand without touching the stream.
         let encode = if passthrough {
             String::new()
         } else {
             format!(
-                "{decode}videoconvert ! video/x-raw,format={fmt} ! \
+                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name=raw ! \
                  queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! {enc} ! ",
                 fmt = self.choice.spec.input_format,
                 enc = encoder::launch_fragment(&self.choice.spec, self.settings)
             )
         };
+        let snapshot_branch = if passthrough {
+            ""
+        } else {
+            " raw. ! queue max-size-buffers=1 max-size-bytes=0 max-size-time=0 leaky=downstream ! \
+             appsink name=rawsink sync=false max-buffers=1 drop=true async=false"
+        };
         // config-interval=-1 puts SPS/PPS in front of every IDR, so any keyframe is a start point.
         let desc = format!(
             "{head}{encode}h264parse config-interval=-1 ! \
              video/x-h264,stream-format=byte-stream,alignment=au ! \
-             appsink name=sink sync=false max-buffers=8 drop=true"
+             appsink name=sink sync=false max-buffers=8 drop=true{snapshot_branch}"
         );
         tracing::debug!("pipeline: {desc}");
         let pipeline = gst::parse::launch(&desc)
@@ -413,7 +601,11 @@ impl Runner {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
+        let rawsink = pipeline
+            .by_name("rawsink")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         let frames = self.frames.clone();
+        let stats = self.stats.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -423,9 +615,15 @@ impl Runner {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
+                    stats
+                        .keyframes
+                        .fetch_add(u64::from(keyframe), Ordering::Relaxed);
                     let frame = EncodedFrame {
                         data: Bytes::copy_from_slice(map.as_slice()),
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        keyframe,
                         duration: buffer
                             .duration()
                             .map(|d| Duration::from_nanos(d.nseconds()))
@@ -449,7 +647,10 @@ impl Runner {
                 while let Some(msg) = messages.next().await {
                     if let gst::MessageView::Error(err) = msg.view() {
                         return Some(MediaError::Runtime {
-                            source_name: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                            source_name: err
+                                .src()
+                                .map(|s| s.name().to_string())
+                                .unwrap_or_default(),
                             message: err.error().to_string(),
                         });
                     }
@@ -457,12 +658,16 @@ impl Runner {
                 None
             })
             .await;
-            return Err(posted.ok().flatten().unwrap_or_else(|| MediaError::Build(desc.clone(), e.to_string())));
+            return Err(posted
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| MediaError::Build(desc.clone(), e.to_string())));
         }
 
         // The capture thread feeds appsrc; its end (camera gone, read error) ends this pipeline.
         let stop: v4l2::StopFlag = Arc::new(AtomicBool::new(false));
-        let (capture_done_tx, mut capture_done) = tokio::sync::oneshot::channel::<Result<(), v4l2::V4l2Error>>();
+        let (capture_done_tx, mut capture_done) =
+            tokio::sync::oneshot::channel::<Result<(), v4l2::V4l2Error>>();
         let capture_thread = match capture {
             Some((dev, neg)) => {
                 let appsrc = pipeline
@@ -475,7 +680,9 @@ impl Runner {
                         .name("rtcam-capture".into())
                         .spawn(move || {
                             let result = v4l2::stream(&dev, &neg.path, &stop, |data| {
-                                appsrc.push_buffer(gst::Buffer::from_slice(data.to_vec())).is_ok()
+                                appsrc
+                                    .push_buffer(gst::Buffer::from_slice(data.to_vec()))
+                                    .is_ok()
                             });
                             let _ = capture_done_tx.send(result);
                         })
@@ -489,13 +696,14 @@ impl Runner {
         };
         let capture_running = capture_thread.is_some();
 
-        self.encoders_running.fetch_add(usize::from(!passthrough), Ordering::Relaxed);
+        self.encoders_running
+            .fetch_add(usize::from(!passthrough), Ordering::Relaxed);
         self.info.send_replace(info);
         let result = loop {
             let deadline = self.limiter.deadline();
             tokio::select! {
                 // Cancel-safe: level-triggered token.
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled() => break Ok(Exit::Shutdown),
                 // Cancel-safe: a bus stream yields whole messages; none is lost when dropped.
                 msg = messages.next() => {
                     let Some(msg) = msg else { break Err(MediaError::Runtime { source_name: "bus".into(), message: "bus closed".into() }) };
@@ -516,11 +724,50 @@ impl Runner {
                     }
                 }
                 // Cancel-safe: mpsc recv.
-                Some(()) = self.keyframes.recv() => {
-                    if self.limiter.request(Instant::now()) == Decision::Force {
-                        force_keyframe(&sink);
+                Some(cmd) = self.commands.recv() => match cmd {
+                    MediaCommand::Keyframe => {
+                        if self.limiter.request(Instant::now()) == Decision::Force {
+                            force_keyframe(&sink);
+                        }
                     }
-                }
+                    MediaCommand::SetBitrate(kbps) => {
+                        self.settings.bitrate_kbps = kbps;
+                        if set_bitrate_live(&pipeline, &self.choice.spec, kbps) {
+                            tracing::info!("bitrate now {kbps} kbit/s");
+                            self.info.send_modify(|i| i.bitrate_kbps = kbps);
+                        } else {
+                            tracing::info!("bitrate now {kbps} kbit/s; rebuilding the pipeline to apply it");
+                            break Ok(Exit::Rebuild);
+                        }
+                    }
+                    MediaCommand::Reconfigure { width, height, fps } => {
+                        self.source.width = width;
+                        self.source.height = height;
+                        self.source.fps = fps;
+                        tracing::info!("video now {width}x{height} at {fps} fps; rebuilding the pipeline");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Restart => {
+                        tracing::info!("pipeline restart requested");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Streaming(on) => {
+                        if !on {
+                            tracing::info!("streaming switched off; camera released");
+                            self.streaming = false;
+                            self.info.send_modify(|i| i.streaming = false);
+                            break Ok(Exit::Paused);
+                        }
+                    }
+                    MediaCommand::Snapshot(reply) => match &rawsink {
+                        Some(raw) => take_snapshot(raw.clone(), reply),
+                        None => {
+                            let _ = reply.send(Err(MediaError::Snapshot(
+                                "the camera sends H.264 that rtcam passes through; there is no raw frame to take a snapshot of".into(),
+                            )));
+                        }
+                    },
+                },
                 // Cancel-safe: a timer; recreated each turn from the limiter's state.
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.limiter.poll(Instant::now()) {
@@ -536,7 +783,9 @@ impl Runner {
                 }
             }
         };
-        self.encoders_running.fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        self.encoders_running
+            .fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        // Commands that arrived too late for this pipeline are served by the next.
         stop.store(true, Ordering::Relaxed);
         drop(guard);
         if let Some(t) = capture_thread {
@@ -548,6 +797,54 @@ impl Runner {
     }
 }
 
+/// Sets the bitrate on the running encoder if it takes changes while playing.
+fn set_bitrate_live(pipeline: &gst::Pipeline, spec: &encoder::EncoderSpec, kbps: u32) -> bool {
+    let (Some((property, scale)), Some(element)) =
+        (encoder::live_bitrate(spec), pipeline.by_name("encoder"))
+    else {
+        return false;
+    };
+    let value = u64::from(kbps) * u64::from(scale);
+    // Encoders declare the property as uint or int; set it in the type they declare.
+    match element.find_property(property).map(|p| p.value_type()) {
+        Some(t) if t == u32::static_type() => {
+            element.set_property(property, value.min(u64::from(u32::MAX)) as u32)
+        }
+        Some(t) if t == i32::static_type() => {
+            element.set_property(property, value.min(i32::MAX as u64) as i32)
+        }
+        Some(t) if t == u64::static_type() => element.set_property(property, value),
+        _ => return false,
+    }
+    true
+}
+
+/// Encodes the newest raw frame as JPEG on a blocking thread and answers `reply`.
+fn take_snapshot(
+    raw: gst_app::AppSink,
+    reply: tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            // The sink holds the newest frame; if it was just taken, the next one is a frame away.
+            let sample = raw
+                .try_pull_sample(gst::ClockTime::from_mseconds(1000))
+                .ok_or_else(|| MediaError::Snapshot("no frame arrived within a second".into()))?;
+            let caps = gst::Caps::builder("image/jpeg").build();
+            let jpeg =
+                gstreamer_video::convert_sample(&sample, &caps, gst::ClockTime::from_seconds(3))
+                    .map_err(|e| MediaError::Snapshot(e.to_string()))?;
+            let buffer = jpeg
+                .buffer()
+                .ok_or_else(|| MediaError::Snapshot("encoder gave no image".into()))?;
+            let map = buffer
+                .map_readable()
+                .map_err(|e| MediaError::Snapshot(e.to_string()))?;
+            Ok(Bytes::copy_from_slice(map.as_slice()))
+        })();
+        let _ = reply.send(result);
+    });
+}
 
 /// Asks the encoder for an IDR with SPS/PPS, travelling upstream from the sink.
 fn force_keyframe(sink: &gst_app::AppSink) {

@@ -72,10 +72,14 @@ impl Negotiated {
     pub fn caps(&self) -> String {
         let (w, h) = (self.width, self.height);
         match self.format {
-            PixelFormat::H264 => format!("video/x-h264,stream-format=byte-stream,width={w},height={h}"),
+            PixelFormat::H264 => {
+                format!("video/x-h264,stream-format=byte-stream,width={w},height={h}")
+            }
             PixelFormat::Mjpeg => format!("image/jpeg,width={w},height={h}"),
             PixelFormat::Yuyv => format!("video/x-raw,format=YUY2,width={w},height={h}"),
-            PixelFormat::Nv12 | PixelFormat::Auto => format!("video/x-raw,format=NV12,width={w},height={h}"),
+            PixelFormat::Nv12 | PixelFormat::Auto => {
+                format!("video/x-raw,format=NV12,width={w},height={h}")
+            }
         }
     }
 }
@@ -84,18 +88,30 @@ impl Negotiated {
 pub fn first_capture_device() -> Option<PathBuf> {
     let mut nodes = v4l::context::enum_devices();
     nodes.sort_by_key(|n| n.index());
-    nodes.into_iter().map(|n| n.path().to_path_buf()).find(|p| is_capture_device(p))
+    nodes
+        .into_iter()
+        .map(|n| n.path().to_path_buf())
+        .find(|p| is_capture_device(p))
 }
 
 fn is_capture_device(path: &Path) -> bool {
     Device::with_path(path)
         .and_then(|d| d.query_caps())
-        .map(|caps| caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE))
+        .map(|caps| {
+            caps.capabilities
+                .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        })
         .unwrap_or(false)
 }
 
 /// Opens `path` and sets the format, size and rate, reporting what the driver granted.
-pub fn open(path: &Path, format: PixelFormat, width: u32, height: u32, fps: u32) -> Result<(Device, Negotiated), V4l2Error> {
+pub fn open(
+    path: &Path,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Result<(Device, Negotiated), V4l2Error> {
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| V4l2Error::Io { path, what, source }
@@ -103,9 +119,11 @@ pub fn open(path: &Path, format: PixelFormat, width: u32, height: u32, fps: u32)
     let dev = Device::with_path(path).map_err(io("cannot open"))?;
     let caps = dev.query_caps().map_err(io("cannot query capabilities"))?;
     let offered = formats::enumerate(&dev).map_err(io("cannot list formats"))?;
-    let choice = formats::choose(&offered, format, width, height).map_err(|source| V4l2Error::Unsupported {
-        path: path.to_path_buf(),
-        source,
+    let choice = formats::choose(&offered, format, width, height).map_err(|source| {
+        V4l2Error::Unsupported {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     let chosen = choice.format;
     let mut fmt = dev.format().map_err(io("cannot read format"))?;
@@ -148,7 +166,8 @@ pub fn stream(
         let path = path.to_path_buf();
         move |source| V4l2Error::Io { path, what, source }
     };
-    let mut stream = v4l::io::mmap::Stream::with_buffers(dev, Type::VideoCapture, 4).map_err(io("cannot map buffers"))?;
+    let mut stream = v4l::io::mmap::Stream::with_buffers(dev, Type::VideoCapture, 4)
+        .map_err(io("cannot map buffers"))?;
     stream.set_timeout(READ_TIMEOUT);
     let result = loop {
         if stop.load(Ordering::Relaxed) {
