@@ -172,3 +172,36 @@ fn libcamera_source_needs_libcamerasrc_or_reports_the_camera_lost() {
         assert!(out.contains("camera:       lost"), "{out}\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_controls_need_a_v4l2_camera() {
+    let rt = start(test_config("ctlnocam")).await;
+    let reply = format!("{}/command/reply", rt.root());
+    let probe = Probe::connect(rt.broker(), &[reply.clone()]).await;
+    let command = format!("{}/command", rt.root());
+    probe
+        .send(&command, r#"{"id":"c1","command":"controls"}"#)
+        .await;
+    probe
+        .send(
+            &command,
+            r#"{"id":"c2","command":"set","args":{"controls":{"brightness":1}}}"#,
+        )
+        .await;
+    for id in ["c1", "c2"] {
+        let v = probe
+            .wait_json(&reply, Duration::from_secs(5), |v| v["id"] == id)
+            .await
+            .unwrap_or_else(|| panic!("reply to {id}"));
+        assert_eq!(v["ok"], false, "{v}");
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no camera controls"),
+            "{v}"
+        );
+    }
+    rt.app.stop().await;
+}

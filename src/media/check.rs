@@ -193,6 +193,7 @@ mod tests {
                 format: "YUYV".into(),
                 asked_fps: 30,
                 camera: CameraState::Ok,
+                device: Some("/dev/video0".into()),
             },
             frames: 31,
             keyframes: 1,

@@ -7,6 +7,7 @@
 //!
 //! This module and its children are the only users of GStreamer and v4l.
 
+pub mod camera;
 pub mod check;
 pub mod encoder;
 pub mod keyframe;
@@ -69,6 +70,10 @@ pub enum MediaError {
     Snapshot(String),
     #[error("[source] kind = \"libcamera\" needs GStreamer's libcamerasrc element; install the package gstreamer1.0-libcamera")]
     LibcameraMissing,
+    #[error("this video source has no camera controls (they are for V4L2 cameras)")]
+    NoControls,
+    #[error(transparent)]
+    Control(#[from] v4l2::controls::ControlError),
 }
 
 /// Whether the camera is delivering, for `R/status` and `rtcam check`.
@@ -110,6 +115,8 @@ pub struct MediaInfo {
     /// The frame rate the config asked for; `fps` is what the source granted.
     pub asked_fps: u32,
     pub camera: CameraState,
+    /// The V4L2 node in use, for reading and setting its controls.
+    pub device: Option<PathBuf>,
     /// False while the privacy switch is off.
     pub streaming: bool,
 }
@@ -466,6 +473,7 @@ impl Runner {
                     format: "I420".into(),
                     asked_fps: s.fps,
                     camera: CameraState::None,
+                    device: None,
                 };
                 (None, head, info)
             }
@@ -498,6 +506,7 @@ impl Runner {
                     format: "raw (libcamera)".into(),
                     asked_fps: s.fps,
                     camera: CameraState::Ok,
+                    device: None,
                     streaming: true,
                 };
                 (None, head, info)
@@ -551,6 +560,7 @@ impl Runner {
                     format: neg.fourcc.clone(),
                     asked_fps: neg.asked_fps,
                     camera: CameraState::Ok,
+                    device: Some(neg.path.clone()),
                     streaming: true,
                 };
                 (Some((dev, neg)), head, info)
