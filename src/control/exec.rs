@@ -301,6 +301,11 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         false,
     );
     check(
+        old.source.controls != new.source.controls,
+        "source.controls",
+        false,
+    );
+    check(
         old.encoder.element != new.encoder.element,
         "encoder.element",
         false,

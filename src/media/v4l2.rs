@@ -84,6 +84,19 @@ impl Negotiated {
     }
 }
 
+/// VIDIOC_QUERYCAP. The v4l crate panics on a card or driver name that is not UTF-8; a camera
+/// with an odd name must be an error, not the end of the media task.
+pub fn query_caps(dev: &Device) -> std::io::Result<v4l::capability::Capabilities> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.query_caps())).unwrap_or_else(
+        |_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the driver reported a name that is not UTF-8",
+            ))
+        },
+    )
+}
+
 /// The first V4L2 node that can capture video, if any.
 pub fn first_capture_device() -> Option<PathBuf> {
     let mut nodes = v4l::context::enum_devices();
@@ -96,7 +109,7 @@ pub fn first_capture_device() -> Option<PathBuf> {
 
 fn is_capture_device(path: &Path) -> bool {
     Device::with_path(path)
-        .and_then(|d| d.query_caps())
+        .and_then(|d| query_caps(&d))
         .map(|caps| {
             caps.capabilities
                 .contains(v4l::capability::Flags::VIDEO_CAPTURE)
@@ -117,7 +130,7 @@ pub fn open(
         move |source| V4l2Error::Io { path, what, source }
     };
     let dev = Device::with_path(path).map_err(io("cannot open"))?;
-    let caps = dev.query_caps().map_err(io("cannot query capabilities"))?;
+    let caps = query_caps(&dev).map_err(io("cannot query capabilities"))?;
     let offered = formats::enumerate(&dev).map_err(io("cannot list formats"))?;
     let choice = formats::choose(&offered, format, width, height).map_err(|source| {
         V4l2Error::Unsupported {
@@ -131,6 +144,17 @@ pub fn open(
     fmt.height = choice.height;
     fmt.fourcc = FourCC::new(&fourcc_bytes(chosen));
     let granted = dev.set_format(&fmt).map_err(io("cannot set format"))?;
+    // A driver that lists a format but hands out another would feed the pipeline frames it
+    // misreads; refuse rather than stream garbage.
+    if granted.fourcc != fmt.fourcc {
+        return Err(V4l2Error::Unsupported {
+            path: path.to_path_buf(),
+            source: formats::ChoiceError::FormatNotOffered {
+                asked: fmt.fourcc.to_string(),
+                offered: format!("{} (what the driver set instead)", granted.fourcc),
+            },
+        });
+    }
     // VIDIOC_S_PARM: drivers round the rate to what they can do, so read back what they gave.
     let params = dev
         .set_params(&v4l::video::capture::Parameters::with_fps(fps))

@@ -11,8 +11,10 @@ export GST_REGISTRY_FORK=no
 export RTCAM_LOG=${RTCAM_LOG:-info}
 export HOME=/tmp
 
-pass() { echo "RTCAM-VM: PASS $*"; }
-fail() { echo "RTCAM-VM: FAIL $*"; }
+# Each result carries the guest's uptime, to see where the time goes on a slow machine.
+up() { cut -d' ' -f1 /proc/uptime; }
+pass() { echo "RTCAM-VM: PASS $* [t=$(up)s]"; }
+fail() { echo "RTCAM-VM: FAIL $* [t=$(up)s]"; }
 
 # wait_until SECONDS COMMAND...: true as soon as COMMAND succeeds, false after SECONDS.
 wait_until() {
@@ -73,6 +75,21 @@ check() { # name format width height
 }
 check capture-yuyv-640x480 yuyv 640 480
 check capture-nv12-640x360 nv12 640 360
+
+# What the camera cannot do is an error naming what it can (vivid has no MJPEG, and YUYV only
+# at its listed sizes).
+refused() { # name format width height expected-text
+    cfg=$(config "$2" "$3" "$4")
+    if rtcam --config "$cfg" check --frames 5 --timeout 2 > "/tmp/$1.out" 2> "/tmp/$1.err"; then
+        fail "$1: streamed although the camera cannot do it"
+    elif grep -q "$5" "/tmp/$1.err"; then
+        pass "$1"
+    else
+        fail "$1: no clear error"; tail -5 "/tmp/$1.err"
+    fi
+}
+refused format-not-offered mjpeg 640 480 "does not offer MJPG; it offers YUYV, "
+refused size-not-offered yuyv 1000 700 "does not offer YUYV at 1000x700; YUYV sizes: 320x180, 640x360, 640x480"
 
 # 3. Controls: set brightness, read it back; the config's contrast was applied by check above.
 if rtcam controls --device /dev/video0 --set brightness=200 > /tmp/ctl.out 2>&1 \

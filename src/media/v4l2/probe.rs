@@ -36,7 +36,7 @@ pub fn list() -> Vec<DeviceInfo> {
 /// One node, or `None` when it is not a capture device (an output, a metadata node…).
 pub fn describe(path: &Path) -> Option<DeviceInfo> {
     let dev = Device::with_path(path).ok()?;
-    let caps = dev.query_caps().ok()?;
+    let caps = super::query_caps(&dev).ok()?;
     if !caps
         .capabilities
         .contains(v4l::capability::Flags::VIDEO_CAPTURE)
