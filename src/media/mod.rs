@@ -531,9 +531,9 @@ impl Runner {
                     tracing::warn!("{note}");
                 }
                 // Applied at every open, so settings survive an unplug; a bad entry is reported
-                // once, not at every reconnect.
+                // when the camera comes (back), not again at a rebuild of a running camera.
                 for e in v4l2::controls::apply(&dev, &neg.path, &s.controls) {
-                    if camera_before == CameraState::None {
+                    if camera_before != CameraState::Ok {
                         tracing::warn!("[source.controls]: {e}");
                     }
                 }

@@ -177,7 +177,7 @@ mod tests {
             controls: vec![],
             problems: vec![],
         };
-        let text = render(&[d.clone()]);
+        let text = render(std::slice::from_ref(&d));
         assert!(
             text.contains("/dev/video0: USB Camera (driver uvcvideo"),
             "{text}"
