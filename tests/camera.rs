@@ -131,6 +131,10 @@ fn check_without_its_camera_fails_and_says_lost() {
         out.contains("camera=lost") && out.contains("camera:       lost"),
         "{out}"
     );
+    assert!(
+        out.contains(&format!("device:       {MISSING} (never opened)")),
+        "{out}"
+    );
     assert!(err.contains("only 0 of 5 frames"), "{err}");
     assert!(err.contains(MISSING), "the log names the device: {err}");
 }

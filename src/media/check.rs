@@ -39,6 +39,8 @@ pub struct CheckReport {
     pub span: Duration,
     pub camera: CameraState,
     pub wanted: u64,
+    /// The source as configured, named when it never opened.
+    pub configured: String,
 }
 
 impl CheckReport {
@@ -57,7 +59,7 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let i = &self.info;
         if i.source.is_empty() {
-            writeln!(f, "device:       (never started)")?;
+            writeln!(f, "device:       {} (never opened)", self.configured)?;
         } else {
             writeln!(f, "device:       {}", i.source)?;
             writeln!(f, "format:       {} {}x{}", i.format, i.width, i.height)?;
@@ -115,6 +117,7 @@ pub async fn run(
         span: Duration::ZERO,
         camera: CameraState::None,
         wanted: opts.frames,
+        configured: configured(source),
     };
     let mut first_at: Option<Instant> = None;
     let deadline = tokio::time::sleep(opts.timeout);
@@ -174,6 +177,18 @@ pub async fn run(
     Ok(report)
 }
 
+/// The source as the config names it, for a report on a camera that never opened.
+fn configured(source: &SourceConfig) -> String {
+    use crate::config::SourceKind;
+    match (source.kind, source.device.is_empty()) {
+        (SourceKind::Test, _) => "test pattern".into(),
+        (SourceKind::Libcamera, true) => "libcamera (first camera)".into(),
+        (SourceKind::Libcamera, false) => format!("libcamera {}", source.device),
+        (_, true) => "first V4L2 camera".into(),
+        (_, false) => source.device.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +216,7 @@ mod tests {
             span: Duration::from_secs(1),
             camera: CameraState::Ok,
             wanted: 30,
+            configured: "/dev/video0".into(),
         };
         assert_eq!(report.achieved_fps(), Some(30.0));
         assert!(report.passed());
@@ -212,9 +228,13 @@ mod tests {
         let none = CheckReport {
             frames: 0,
             first_frame: None,
+            info: MediaInfo::default(),
             ..report
         };
         assert!(!none.passed());
         assert_eq!(none.achieved_fps(), None);
+        assert!(none
+            .to_string()
+            .contains("device:       /dev/video0 (never opened)"));
     }
 }
