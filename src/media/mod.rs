@@ -513,7 +513,14 @@ impl Runner {
             }
             Source::V4l2(path) => {
                 let s = &self.source;
-                let (dev, neg) = v4l2::open(path, s.format, s.width, s.height, s.fps)?;
+                let (dev, neg) = v4l2::open(
+                    path,
+                    s.format,
+                    s.width,
+                    s.height,
+                    s.fps,
+                    self.choice.spec.input_format,
+                )?;
                 if camera_before == CameraState::Lost {
                     tracing::info!("camera back: {}", neg.path.display());
                 }

@@ -124,6 +124,7 @@ pub fn open(
     width: u32,
     height: u32,
     fps: u32,
+    encoder_input: &str,
 ) -> Result<(Device, Negotiated), V4l2Error> {
     let io = |what: &'static str| {
         let path = path.to_path_buf();
@@ -132,12 +133,13 @@ pub fn open(
     let dev = Device::with_path(path).map_err(io("cannot open"))?;
     let caps = query_caps(&dev).map_err(io("cannot query capabilities"))?;
     let offered = formats::enumerate(&dev).map_err(io("cannot list formats"))?;
-    let choice = formats::choose(&offered, format, width, height).map_err(|source| {
-        V4l2Error::Unsupported {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
+    let choice =
+        formats::choose(&offered, format, width, height, encoder_input).map_err(|source| {
+            V4l2Error::Unsupported {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let chosen = choice.format;
     let mut fmt = dev.format().map_err(io("cannot read format"))?;
     fmt.width = choice.width;

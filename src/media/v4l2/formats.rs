@@ -87,13 +87,26 @@ pub fn fourcc_of(format: PixelFormat) -> Option<&'static str> {
 }
 
 /// The preference of `format = "auto"`: a camera that encodes H.264 itself saves the board the
-/// whole encode; raw formats feed the encoder directly; MJPEG needs a decode first.
-pub const AUTO_ORDER: [PixelFormat; 4] = [
-    PixelFormat::H264,
-    PixelFormat::Yuyv,
-    PixelFormat::Nv12,
-    PixelFormat::Mjpeg,
-];
+/// whole encode; then the raw format the encoder takes without conversion (`encoder_input`, its
+/// GStreamer format name: hardware encoders mostly take NV12), then the other raw one; MJPEG
+/// needs a decode first, so it comes last.
+pub fn auto_order(encoder_input: &str) -> [PixelFormat; 4] {
+    if encoder_input == "NV12" {
+        [
+            PixelFormat::H264,
+            PixelFormat::Nv12,
+            PixelFormat::Yuyv,
+            PixelFormat::Mjpeg,
+        ]
+    } else {
+        [
+            PixelFormat::H264,
+            PixelFormat::Yuyv,
+            PixelFormat::Nv12,
+            PixelFormat::Mjpeg,
+        ]
+    }
+}
 
 /// What [`choose`] settled on.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,13 +135,14 @@ pub enum ChoiceError {
 }
 
 /// Picks format and size. A named format must be offered at the asked size. `auto` takes the
-/// first format in [`AUTO_ORDER`] offered at the asked size, else the first usable format at its
+/// first format in [`auto_order`] offered at the asked size, else the first usable format at its
 /// nearest size (so a plugged-in camera streams even when the default size does not fit it).
 pub fn choose(
     offered: &[FormatInfo],
     asked: PixelFormat,
     width: u32,
     height: u32,
+    encoder_input: &str,
 ) -> Result<Choice, ChoiceError> {
     let find = |f: PixelFormat| fourcc_of(f).and_then(|cc| offered.iter().find(|o| o.fourcc == cc));
     let offered_names = || {
@@ -163,7 +177,7 @@ pub fn choose(
             sizes: info.sizes_text(),
         });
     }
-    let usable: Vec<(PixelFormat, &FormatInfo)> = AUTO_ORDER
+    let usable: Vec<(PixelFormat, &FormatInfo)> = auto_order(encoder_input)
         .iter()
         .filter_map(|f| find(*f).map(|i| (*f, i)))
         .collect();
@@ -294,26 +308,49 @@ mod tests {
             fmt("YUYV", &[(640, 480), (1280, 720)]),
         ];
         assert_eq!(
-            choose(&cam, PixelFormat::Auto, 1280, 720).unwrap().format,
+            choose(&cam, PixelFormat::Auto, 1280, 720, "I420")
+                .unwrap()
+                .format,
             PixelFormat::Yuyv
         );
         let cam = [fmt("MJPG", &[(1280, 720)]), fmt("YUYV", &[(640, 480)])];
         // YUYV has no 1280x720 but MJPEG does: the asked size wins over the cheaper format.
         assert_eq!(
-            choose(&cam, PixelFormat::Auto, 1280, 720).unwrap().format,
+            choose(&cam, PixelFormat::Auto, 1280, 720, "I420")
+                .unwrap()
+                .format,
             PixelFormat::Mjpeg
         );
         let cam = [fmt("H264", &[(1280, 720)]), fmt("YUYV", &[(1280, 720)])];
         assert_eq!(
-            choose(&cam, PixelFormat::Auto, 1280, 720).unwrap().format,
+            choose(&cam, PixelFormat::Auto, 1280, 720, "I420")
+                .unwrap()
+                .format,
             PixelFormat::H264
+        );
+    }
+
+    #[test]
+    fn auto_takes_the_raw_format_the_encoder_takes() {
+        let cam = [fmt("YUYV", &[(640, 480)]), fmt("NV12", &[(640, 480)])];
+        assert_eq!(
+            choose(&cam, PixelFormat::Auto, 640, 480, "I420")
+                .unwrap()
+                .format,
+            PixelFormat::Yuyv
+        );
+        assert_eq!(
+            choose(&cam, PixelFormat::Auto, 640, 480, "NV12")
+                .unwrap()
+                .format,
+            PixelFormat::Nv12
         );
     }
 
     #[test]
     fn auto_falls_back_to_the_nearest_size_and_says_so() {
         let cam = [fmt("YUYV", &[(320, 240), (640, 480)])];
-        let c = choose(&cam, PixelFormat::Auto, 1280, 720).unwrap();
+        let c = choose(&cam, PixelFormat::Auto, 1280, 720, "I420").unwrap();
         assert_eq!((c.width, c.height), (640, 480));
         assert!(c.note.unwrap().contains("320x240, 640x480"));
     }
@@ -321,18 +358,18 @@ mod tests {
     #[test]
     fn a_named_format_must_be_offered_at_the_asked_size() {
         let cam = [fmt("YUYV", &[(640, 480)]), fmt("MJPG", &[(1920, 1080)])];
-        let e = choose(&cam, PixelFormat::Nv12, 640, 480)
+        let e = choose(&cam, PixelFormat::Nv12, 640, 480, "I420")
             .unwrap_err()
             .to_string();
         assert_eq!(e, "the camera does not offer NV12; it offers YUYV, MJPG");
-        let e = choose(&cam, PixelFormat::Yuyv, 1280, 720)
+        let e = choose(&cam, PixelFormat::Yuyv, 1280, 720, "I420")
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "the camera does not offer YUYV at 1280x720; YUYV sizes: 640x480"
         );
-        assert!(choose(&cam, PixelFormat::Yuyv, 640, 480).is_ok());
+        assert!(choose(&cam, PixelFormat::Yuyv, 640, 480, "I420").is_ok());
     }
 
     #[test]
@@ -346,10 +383,16 @@ mod tests {
             max_height: 1080,
             step_height: 2,
         });
-        assert!(choose(&[f.clone()], PixelFormat::Nv12, 1280, 720).is_ok());
-        assert!(choose(&[f], PixelFormat::Nv12, 1282, 720).is_err());
+        assert!(choose(&[f.clone()], PixelFormat::Nv12, 1280, 720, "I420").is_ok());
+        assert!(choose(&[f], PixelFormat::Nv12, 1282, 720, "I420").is_err());
         assert!(matches!(
-            choose(&[fmt("GREY", &[(640, 480)])], PixelFormat::Auto, 640, 480),
+            choose(
+                &[fmt("GREY", &[(640, 480)])],
+                PixelFormat::Auto,
+                640,
+                480,
+                "I420"
+            ),
             Err(ChoiceError::NoUsableFormat { .. })
         ));
     }
