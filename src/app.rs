@@ -5,11 +5,11 @@
 //! disconnect → HTTP server.
 
 use crate::config::{Config, Origin, ViewerCommands};
-use crate::control::exec::Controller;
+use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
-use crate::session::table::SessionTable;
+use crate::session::table::{Limits, SessionTable};
 use crate::session::{SessionManager, Sessions};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
@@ -91,6 +91,7 @@ impl App {
             "ice_servers": config.webrtc.ice_servers,
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
+            "viewer_commands": config.control.viewer_commands,
         }))?;
         let media_stop = CancellationToken::new();
         let (media, media_task) =
@@ -102,9 +103,27 @@ impl App {
         let (events_tx, events_rx) = mpsc::channel(256);
         let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
         let (viewers_tx, viewers_rx) = watch::channel(0usize);
+        // Status follows the media pipeline and the viewer count.
+        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
+        let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
+        let (publications_tx, publications_rx) = mpsc::channel(1024);
+        let controller = Controller::new(
+            topics.clone(),
+            media.clone(),
+            sessions.clone(),
+            status_rx.clone(),
+            telemetry_rx.clone(),
+            publications_tx.clone(),
+            config.clone(),
+            origin,
+        );
         let sessions_stop = CancellationToken::new();
         let manager = SessionManager {
-            table: SessionTable::new(config.webrtc.max_sessions),
+            table: SessionTable::new(Limits {
+                max_sessions: config.webrtc.max_sessions,
+                offers_per_second: config.webrtc.offers_per_second,
+                max_candidates: config.webrtc.max_candidates_per_session,
+            }),
             factory,
             media: media.clone(),
             events: events_rx,
@@ -112,11 +131,13 @@ impl App {
             viewers: viewers_tx,
             disconnect_timeout: config.webrtc.disconnect_timeout(),
             requests: requests_rx,
+            controller: controller.clone(),
+            viewer_requester: Requester::Viewer {
+                may_change_state: viewers_may_change_state(&config),
+            },
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
-        // Status follows the media pipeline and the viewer count.
-        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
         let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
 
         let client_id = if config.mqtt.client_id.is_empty() {
@@ -128,7 +149,6 @@ impl App {
         let (connected_tx, connected_rx) = watch::channel(false);
 
         // The control plane: commands, telemetry, discovery.
-        let (publications_tx, publications_rx) = mpsc::channel(1024);
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
             &topics,
@@ -137,17 +157,7 @@ impl App {
             &config.control.ha_prefix,
             config.control.ha_discovery,
         ));
-        let controller = Controller::new(
-            topics.clone(),
-            media.clone(),
-            sessions.clone(),
-            status_rx.clone(),
-            publications_tx.clone(),
-            config.clone(),
-            origin,
-        );
         let control_stop = CancellationToken::new();
-        let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
         let control_tasks = vec![
             tokio::spawn(
                 controller

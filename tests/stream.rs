@@ -73,8 +73,15 @@ async fn viewer_decodes_video_through_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_with_all_candidates_and_no_trickle_works() {
     let rt = start(test_config("notrickle")).await;
-    let viewer =
-        Viewer::connect_with(rt.broker(), &rt.root(), ViewerOptions { no_trickle: true }).await;
+    let viewer = Viewer::connect_with(
+        rt.broker(),
+        &rt.root(),
+        ViewerOptions {
+            no_trickle: true,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_decoded(&viewer.wait_frames(FRAMES, WITHIN).await);
     viewer.bye().await;
     rt.app.stop().await;

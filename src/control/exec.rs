@@ -2,14 +2,17 @@
 //! pipeline, the sessions and the configuration. Used by the MQTT command topic and by viewers'
 //! data channels alike.
 
+use super::telemetry::Telemetry;
 use super::{Command, CommandError, ControlRequest, ErrorCode, Publication, SetArgs};
 use crate::config::{Config, ControlSetting, Origin};
 use crate::media::v4l2::controls::ControlError;
 use crate::media::{Media, MediaError};
 use crate::session::Sessions;
 use crate::signalling::protocol::{Status, Topics};
+use crate::util::RateLimiter;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +35,14 @@ struct Inner {
     media: Media,
     sessions: Sessions,
     status: watch::Receiver<Status>,
+    telemetry: watch::Receiver<Telemetry>,
     publications: mpsc::Sender<Publication>,
     /// The configuration in force, for `reload` to compare against.
     config: Mutex<Config>,
     origin: Origin,
+    /// Shared by every MQTT requester: the broker does not tell rtcam who is who.
+    mqtt_rate: Mutex<RateLimiter>,
+    commands_per_second: u32,
 }
 
 impl Controller {
@@ -44,6 +51,7 @@ impl Controller {
         media: Media,
         sessions: Sessions,
         status: watch::Receiver<Status>,
+        telemetry: watch::Receiver<Telemetry>,
         publications: mpsc::Sender<Publication>,
         config: Config,
         origin: Origin,
@@ -54,11 +62,25 @@ impl Controller {
                 media,
                 sessions,
                 status,
+                telemetry,
                 publications,
+                mqtt_rate: Mutex::new(RateLimiter::new(
+                    config.control.commands_per_second,
+                    config.control.commands_per_second * 2,
+                )),
+                commands_per_second: config.control.commands_per_second,
                 config: Mutex::new(config),
                 origin,
             }),
         }
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.status.clone()
+    }
+
+    pub fn telemetry(&self) -> watch::Receiver<Telemetry> {
+        self.inner.telemetry.clone()
     }
 
     /// Answers MQTT commands until `shutdown`. Each command runs on its own task, so a slow
@@ -82,7 +104,14 @@ impl Controller {
 
     async fn answer_mqtt(&self, request: ControlRequest) {
         let (env, command) = super::parse_request(&request.payload);
+        let allowed = self
+            .inner
+            .mqtt_rate
+            .lock()
+            .expect("rate lock is never poisoned: no panics while held")
+            .try_take(Instant::now());
         let result = match command {
+            Ok(_) if !allowed => Err(self.rate_limited()),
             Ok(cmd) => self.execute(cmd, Requester::Mqtt).await,
             Err(e) => Err(e),
         };
@@ -105,6 +134,25 @@ impl Controller {
             correlation_data,
         };
         let _ = self.inner.publications.send(publication).await;
+    }
+
+    /// The refusal for a requester sending too fast.
+    pub fn rate_limited(&self) -> CommandError {
+        CommandError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "More than {} commands per second; slow down and try again.",
+                self.inner.commands_per_second
+            ),
+        )
+    }
+
+    /// A fresh limiter at the configured command rate, for one data channel.
+    pub fn channel_rate(&self) -> RateLimiter {
+        RateLimiter::new(
+            self.inner.commands_per_second,
+            self.inner.commands_per_second * 2,
+        )
     }
 
     /// Runs one command. Validation failures change nothing.

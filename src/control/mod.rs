@@ -5,6 +5,7 @@
 //! commands out; the same commands arrive over MQTT (`R/command`) and over a viewer's
 //! `control` data channel, and are answered in the same shape.
 
+pub mod channel;
 pub mod exec;
 pub mod ha;
 pub mod telemetry;
@@ -64,6 +65,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The command was valid but carrying it out failed.
     Failed,
+    /// More commands per second than `[control] commands_per_second` allows.
+    RateLimited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

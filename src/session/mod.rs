@@ -144,6 +144,10 @@ pub struct SessionManager {
     pub viewers: watch::Sender<usize>,
     pub disconnect_timeout: Duration,
     pub requests: mpsc::Receiver<ManagerRequest>,
+    /// Serves viewers' control data channels.
+    pub controller: crate::control::exec::Controller,
+    /// What those channels may do.
+    pub viewer_requester: crate::control::exec::Requester,
 }
 
 struct Running {
@@ -167,7 +171,7 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let actions = self.table.on_message(&event.sid, event.message);
+                    let actions = self.table.on_message(&event.sid, event.message, Instant::now());
                     for action in actions {
                         self.apply(&event.sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
@@ -297,6 +301,8 @@ impl SessionManager {
                     ended: ended_tx.clone(),
                     disconnect_timeout: self.disconnect_timeout,
                     stats,
+                    controller: self.controller.clone(),
+                    requester: self.viewer_requester,
                 };
                 let handle = tasks.spawn(viewer.run());
                 owners.insert(handle.id(), (sid.to_string(), generation));

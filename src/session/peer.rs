@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{
@@ -70,11 +71,48 @@ pub enum PeerState {
 }
 
 /// What a peer connection reports to its session.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     LocalCandidate(Candidate),
     GatheringComplete,
     State(PeerState),
+    /// The viewer opened a data channel labelled `control`.
+    ControlChannel(ControlChannel),
+}
+
+/// The viewer's `control` data channel: text messages both ways.
+pub struct ControlChannel {
+    dc: Arc<dyn DataChannel>,
+}
+
+/// What arrives on a control channel.
+pub enum ChannelEvent {
+    Message(bytes::Bytes),
+    Closed,
+}
+
+/// Largest message rtcam reads from a data channel; commands are small.
+const MAX_CHANNEL_MESSAGE: usize = 16 * 1024;
+
+impl ControlChannel {
+    /// The next message, skipping open/buffer events; `Closed` once the channel is gone.
+    pub async fn next(&self) -> ChannelEvent {
+        loop {
+            match self.dc.poll().await {
+                Some(DataChannelEvent::OnMessage(msg)) => {
+                    if msg.data.len() > MAX_CHANNEL_MESSAGE {
+                        continue;
+                    }
+                    return ChannelEvent::Message(bytes::Bytes::copy_from_slice(&msg.data));
+                }
+                Some(DataChannelEvent::OnClose) | None => return ChannelEvent::Closed,
+                Some(_) => {}
+            }
+        }
+    }
+
+    pub async fn send(&self, text: &str) -> Result<(), PeerError> {
+        self.dc.send_text(text).await.map_err(setup)
+    }
 }
 
 /// Builds peer connections with what every viewer shares: ICE servers, addresses, certificate.
@@ -367,6 +405,15 @@ impl PeerConnectionEventHandler for Handler {
         // The crate sends no null end-of-candidates event; gathering complete is the signal.
         if state == RTCIceGatheringState::Complete {
             let _ = self.events.send(PeerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        // Only the control channel is rtcam's; any other is left unanswered.
+        if dc.label().await.is_ok_and(|l| l == "control") {
+            let _ = self
+                .events
+                .send(PeerEvent::ControlChannel(ControlChannel { dc }));
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Viewer {
     pub ended: mpsc::UnboundedSender<(String, Generation)>,
     pub disconnect_timeout: Duration,
     pub stats: Arc<super::SessionStats>,
+    pub controller: crate::control::exec::Controller,
+    pub requester: crate::control::exec::Requester,
 }
 
 /// How often a session measures its round-trip time and send rate.
@@ -90,6 +92,8 @@ impl Viewer {
         let mut deadline = Some(Instant::now() + CONNECT_TIMEOUT);
         let mut write_failed = false;
         let mut stats_tick = tokio::time::interval(STATS_EVERY);
+        // The control channel's task lives as long as the session, no longer.
+        let mut channel_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut last_bytes = 0u64;
         let outcome = loop {
             tokio::select! {
@@ -142,6 +146,17 @@ impl Viewer {
                     PeerEvent::State(PeerState::Failed) => break ("connection failed (ICE)".into(), true),
                     PeerEvent::State(PeerState::Closed) => break ("connection closed".into(), false),
                     PeerEvent::State(PeerState::Connecting) => {}
+                    PeerEvent::ControlChannel(channel) => {
+                        if let Some(old) = channel_task.take() {
+                            old.abort();
+                        }
+                        channel_task = Some(tokio::spawn(crate::control::channel::serve(
+                            channel,
+                            self.controller.clone(),
+                            self.requester,
+                            self.sid.clone(),
+                        )));
+                    }
                 },
                 // Cancel-safe: broadcast recv loses nothing when dropped before completing.
                 frame = recv_frame(&mut frames) => match frame {
@@ -199,6 +214,9 @@ impl Viewer {
                 }
             }
         };
+        if let Some(task) = channel_task {
+            task.abort();
+        }
         peer.close().await;
         outcome
     }

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     TooManySessions,
     UnknownSession,
     PayloadTooLarge,
+    /// A limit on how fast or how much one may send (offers per second, candidates per session).
+    RateLimited,
     Internal,
 }
 
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

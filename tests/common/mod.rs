@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod commander;
 pub mod viewer;
 
 use rtcam::app::App;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
@@ -39,6 +40,10 @@ pub struct Viewer {
     pub messages: Arc<Mutex<Vec<Value>>>,
     _pipeline: Decoder,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    control: Option<Arc<dyn DataChannel>>,
+    /// Messages received on the control channel.
+    pub channel_messages: Arc<Mutex<Vec<Value>>>,
+    channel_open: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Handler {
@@ -59,16 +64,12 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Options for how the viewer offers.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct ViewerOptions {
     /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
     pub no_trickle: bool,
-}
-
-impl Default for ViewerOptions {
-    fn default() -> Self {
-        Self { no_trickle: false }
-    }
+    /// Open a `control` data channel, as the viewer page does.
+    pub control_channel: bool,
 }
 
 impl Viewer {
@@ -146,6 +147,11 @@ impl Viewer {
         )
         .await
         .unwrap();
+        let control = if opts.control_channel {
+            Some(pc.create_data_channel("control", None).await.unwrap())
+        } else {
+            None
+        };
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer).await.unwrap();
 
@@ -230,6 +236,27 @@ impl Viewer {
                 other => panic!("unexpected reply before answer: {other:?} {msg}"),
             }
         }
+        let channel_messages = Arc::new(Mutex::new(Vec::new()));
+        let (open, channel_open) = tokio::sync::watch::channel(false);
+        if let Some(dc) = control.clone() {
+            let msgs = channel_messages.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(event) = dc.poll().await {
+                    match event {
+                        DataChannelEvent::OnOpen => {
+                            let _ = open.send(true);
+                        }
+                        DataChannelEvent::OnMessage(m) => {
+                            if let Ok(v) = serde_json::from_slice::<Value>(&m.data) {
+                                msgs.lock().unwrap().push(v);
+                            }
+                        }
+                        DataChannelEvent::OnClose => break,
+                        _ => {}
+                    }
+                }
+            }));
+        }
         let (pc2, messages2) = (pc.clone(), messages.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
@@ -249,7 +276,62 @@ impl Viewer {
             messages,
             _pipeline: decoder,
             tasks,
+            control,
+            channel_messages,
+            channel_open,
         }
+    }
+
+    /// Sends a command on the control channel (waiting for it to open) and returns the reply.
+    pub async fn channel_request(&self, request: Value) -> Value {
+        let dc = self
+            .control
+            .as_ref()
+            .expect("viewer opened with a control channel");
+        let id = request["id"].clone();
+        let mut open = self.channel_open.clone();
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o))
+            .await
+            .expect("control channel opened")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        dc.send_text(&request.to_string()).await.unwrap();
+        loop {
+            let found = self
+                .channel_messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.get("type").is_none() && m["id"] == id)
+                .cloned();
+            if let Some(reply) = found {
+                return reply;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reply on the control channel to {request}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a pushed message of `kind` ("status", "telemetry") that `pred` accepts.
+    pub async fn channel_push(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let found = self
+                .channel_messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m["type"] == kind && pred(m))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     pub fn decoded(&self) -> Decoded {
