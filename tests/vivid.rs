@@ -1,6 +1,7 @@
 //! rtcam against a real V4L2 kernel driver: Debian's kernel boots in qemu with the `vivid`
 //! test driver, and the rtcam binary built by this test run lists devices, captures and encodes
-//! two formats, sets controls, and survives two kinds of hot-unplug inside the guest
+//! two formats, sets controls, and survives two kinds of hot-unplug inside the guest; then the
+//! agent runs there and its `R/status` and control-plane commands are watched over MQTT
 //! (tests/vm/guest.sh). The guest prints one `RTCAM-VM: PASS|FAIL name` line per check; this
 //! test decides on those lines.
 //!
@@ -25,6 +26,10 @@ const EXPECTED: &[&str] = &[
     "stream-started",
     "unplug-disconnect-control",
     "unplug-unbind",
+    "status-camera-ok",
+    "status-camera-lost-then-ok",
+    "command-set-control",
+    "command-controls",
 ];
 
 #[test]

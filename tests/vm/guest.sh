@@ -8,7 +8,8 @@ export GST_PLUGIN_SYSTEM_PATH="$(cat /etc/gst-plugin-dir)"
 export GST_REGISTRY=/tmp/gst-registry.bin
 # No plugin scanner helper in the guest: scan in-process.
 export GST_REGISTRY_FORK=no
-export RTCAM_LOG=${RTCAM_LOG:-info}
+export RTCAM_LOG=${RTCAM_LOG:-info,rumqttd=off,webrtc=warn,rtc=warn}
+export PATH=/bin:/usr/bin
 export HOME=/tmp
 
 # Each result carries the guest's uptime, to see where the time goes on a slow machine.
@@ -150,4 +151,72 @@ else
 fi
 grep -E "camera|restart" /tmp/p.err | head -20
 kill "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+
+# 5. The agent itself: R/status follows the camera through an unplug, and the control plane's
+# controls/set commands reach the real driver.
+cat > /tmp/agent.toml <<EOF
+[device]
+id = "vm"
+
+[mqtt]
+embedded_listen = "127.0.0.1:1883"
+
+[http]
+listen = "127.0.0.1:8080"
+
+[source]
+kind = "v4l2"
+device = "/dev/video0"
+format = "yuyv"
+width = 640
+height = 480
+fps = 30
+
+[encoder]
+element = "x264enc"
+bitrate_kbps = 400
+
+[webrtc]
+udp_addrs = ["127.0.0.1"]
+EOF
+rtcam --config /tmp/agent.toml > /tmp/agent.out 2> /tmp/agent.err &
+apid=$!
+status_ok() { grep 'rtcam/vm/status' /tmp/mqtt.log | tail -n 1 | grep -q '"camera":"ok"'; }
+reply_has() { grep "\"id\":\"$1\"" /tmp/mqtt.log | grep -q "$2"; }
+if wait_until 30 'grep -q "rtcam is running" /tmp/agent.out'; then
+    mosquitto_sub -h 127.0.0.1 -p 1883 -i vm-probe -v \
+        -t rtcam/vm/status -t rtcam/vm/command/reply > /tmp/mqtt.log 2>&1 &
+    spid=$!
+    if wait_until 20 status_ok; then pass "status-camera-ok"; else fail "status-camera-ok"; tail -3 /tmp/mqtt.log; fi
+    rtcam controls --device /dev/video0 --set disconnect=1 > /dev/null
+    if wait_until 15 'grep -q "\"camera\":\"lost\"" /tmp/mqtt.log'; then
+        if wait_until 30 status_ok; then
+            pass "status-camera-lost-then-ok"
+        else
+            fail "status-camera-lost-then-ok: never ok again"; tail -3 /tmp/mqtt.log; tail -5 /tmp/agent.err
+        fi
+    else
+        fail "status-camera-lost-then-ok: never lost"; tail -3 /tmp/mqtt.log; tail -5 /tmp/agent.err
+    fi
+    mosquitto_pub -h 127.0.0.1 -p 1883 -i vm-pub -t rtcam/vm/command \
+        -m '{"id":"b1","command":"set","args":{"controls":{"brightness":77}}}'
+    mosquitto_pub -h 127.0.0.1 -p 1883 -i vm-pub -t rtcam/vm/command -m '{"id":"c1","command":"controls"}'
+    if wait_until 10 'reply_has b1 "\"brightness\":77"' \
+        && [ "$(rtcam controls --device /dev/video0 --get brightness)" = "brightness=77" ]; then
+        pass "command-set-control"
+    else
+        fail "command-set-control"; grep command/reply /tmp/mqtt.log | tail -3
+    fi
+    if wait_until 10 'reply_has c1 "\"name\":\"brightness\""'; then
+        pass "command-controls"
+    else
+        fail "command-controls"; grep command/reply /tmp/mqtt.log | tail -3
+    fi
+    kill "$spid" 2>/dev/null
+else
+    fail "agent-started"; tail -20 /tmp/agent.err
+fi
+kill "$apid" 2>/dev/null
+wait_until 10 '! kill -0 $apid 2>/dev/null' || fail "agent-stopped: still running 10 s after SIGTERM"
 echo "RTCAM-VM: DONE"

@@ -93,6 +93,16 @@ done
 mkdir -p "$root/lib64"
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 
+# MQTT clients, to watch the agent's status and send it commands from inside the guest.
+for tool in mosquitto_sub mosquitto_pub; do
+    f=$(command -v "$tool" || true)
+    if [ -z "$f" ]; then
+        echo "prepare.sh: $tool missing (package mosquitto-clients; make test-deps installs it)" >&2
+        exit 1
+    fi
+    copy_with_libs "$f"
+done
+
 # GStreamer plugins for appsrc → videoconvert → x264enc → h264parse → appsink.
 gstdir=$(pkg-config --variable=pluginsdir gstreamer-1.0 2>/dev/null || echo /usr/lib/x86_64-linux-gnu/gstreamer-1.0)
 for p in coreelements app videoconvertscale x264 videoparsersbad; do
