@@ -4,6 +4,7 @@
 //! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
 //! disconnect → HTTP server.
 
+use crate::auth::Authority;
 use crate::config::{Config, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
@@ -98,6 +99,8 @@ impl App {
             media::start(&config.source, &config.encoder, media_stop.clone())?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let authority = (!config.auth.secret.is_empty())
+            .then(|| Authority::new(&config.auth.secret, &device_id));
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -135,6 +138,7 @@ impl App {
             viewer_requester: Requester::Viewer {
                 may_change_state: viewers_may_change_state(&config),
             },
+            authority: authority.clone(),
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
@@ -183,6 +187,7 @@ impl App {
                 media: media.clone(),
                 telemetry: telemetry_rx,
                 device_id: device_id.clone(),
+                authority,
             },
             http_stop.clone(),
         ));

@@ -53,6 +53,15 @@ pub struct Config {
     pub encoder: EncoderConfig,
     pub webrtc: WebrtcConfig,
     pub control: ControlConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// When set, viewers need a token signed with this secret (`rtcam token`), and HTTP
+    /// requests for the page, snapshots, metrics and `/mqtt` need one too. Empty: open.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -97,7 +97,7 @@ impl SessionTable {
             Err(e) => return vec![Action::Reply(e.into())],
         };
         match message {
-            Inbound::Offer { sdp } => self.on_offer(sid, sdp, now),
+            Inbound::Offer { sdp, .. } => self.on_offer(sid, sdp, now),
             Inbound::Candidate(candidate) => match self.live.get_mut(sid) {
                 Some(live) if live.candidates >= self.limits.max_candidates => vec![Action::Reply(
                     ProtocolError::new(
@@ -296,7 +296,10 @@ mod tests {
     const SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
 
     fn offer() -> Result<Inbound, ProtocolError> {
-        Ok(Inbound::Offer { sdp: SDP.into() })
+        Ok(Inbound::Offer {
+            sdp: SDP.into(),
+            token: None,
+        })
     }
 
     fn code(actions: &[Action]) -> Option<ErrorCode> {
@@ -388,6 +391,7 @@ mod tests {
             "x",
             Ok(Inbound::Offer {
                 sdp: "nonsense".into(),
+                token: None,
             }),
             Instant::now(),
         );
