@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::commander::{Commander, Protocol};
 use common::{start, test_config, Probe};
 use rtcam::config::SourceKind;
+use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -179,24 +181,16 @@ fn libcamera_source_needs_libcamerasrc_or_reports_the_camera_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_controls_need_a_v4l2_camera() {
-    let rt = start(test_config("ctlnocam")).await;
-    let reply = format!("{}/command/reply", rt.root());
-    let probe = Probe::connect(rt.broker(), &[reply.clone()]).await;
-    let command = format!("{}/command", rt.root());
-    probe
-        .send(&command, r#"{"id":"c1","command":"controls"}"#)
+    let config = test_config("ctlnocam");
+    let v5_port = config.mqtt.embedded_listen_v5.port();
+    let rt = start(config).await;
+    let c = Commander::connect(Protocol::V5, ("127.0.0.1", v5_port), &rt.root()).await;
+    let listed = c.request("controls", json!({})).await;
+    let set = c
+        .request("set", json!({"controls": {"brightness": 1}}))
         .await;
-    probe
-        .send(
-            &command,
-            r#"{"id":"c2","command":"set","args":{"controls":{"brightness":1}}}"#,
-        )
-        .await;
-    for id in ["c1", "c2"] {
-        let v = probe
-            .wait_json(&reply, Duration::from_secs(5), |v| v["id"] == id)
-            .await
-            .unwrap_or_else(|| panic!("reply to {id}"));
+    for r in [listed, set] {
+        let v = &r.body;
         assert_eq!(v["ok"], false, "{v}");
         assert_eq!(v["error"]["code"], "unavailable", "{v}");
         assert!(
