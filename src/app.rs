@@ -287,6 +287,7 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         source: (!info.source.is_empty()).then(|| info.source.clone()),
         encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
         viewers: Some(viewers),
+        camera: info.camera.as_status().map(String::from),
         streaming: Some(info.streaming),
     }
 }

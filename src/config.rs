@@ -152,6 +152,29 @@ pub enum SourceKind {
     Test,
     /// A V4L2 capture device (USB webcam, Pi camera through the V4L2 compatibility layer).
     V4l2,
+    /// A camera driven by libcamera (Raspberry Pi CSI camera modules), through GStreamer's
+    /// `libcamerasrc` element (Debian package `gstreamer1.0-libcamera`).
+    Libcamera,
+}
+
+/// A value for one camera control in `[source.controls]`: a number, `true`/`false`, or the name
+/// of a menu entry (e.g. `"aperture_priority_mode"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ControlSetting {
+    Int(i64),
+    Bool(bool),
+    Text(String),
+}
+
+impl fmt::Display for ControlSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlSetting::Int(v) => write!(f, "{v}"),
+            ControlSetting::Bool(v) => write!(f, "{v}"),
+            ControlSetting::Text(v) => f.write_str(v),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -176,6 +199,9 @@ pub struct SourceConfig {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// Camera controls set every time the camera is opened, by the names `rtcam controls`
+    /// shows (`brightness = 140`, `focus_automatic_continuous = false`).
+    pub controls: std::collections::BTreeMap<String, ControlSetting>,
 }
 
 impl Default for SourceConfig {
@@ -187,6 +213,7 @@ impl Default for SourceConfig {
             width: 1280,
             height: 720,
             fps: 30,
+            controls: Default::default(),
         }
     }
 }
@@ -416,6 +443,18 @@ impl Config {
                 format!("{} is not between 1 and 120", s.fps),
             ));
         }
+        for name in s.controls.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(invalid(
+                    "source.controls",
+                    format!("{name:?} is not a control name: use the names `rtcam controls` prints (lowercase, '_')"),
+                ));
+            }
+        }
         let e = &self.encoder;
         if !(50..=50_000).contains(&e.bitrate_kbps) {
             return Err(invalid(
@@ -566,6 +605,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("mqtt.url"), "{msg}");
+    }
+
+    #[test]
+    fn controls_table_takes_numbers_booleans_and_menu_names() {
+        let text = "[source]\nkind = \"libcamera\"\n[source.controls]\nbrightness = 140\n\
+                    focus_automatic_continuous = false\nauto_exposure = \"manual_mode\"\n";
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.source.kind, SourceKind::Libcamera);
+        assert_eq!(c.source.controls["brightness"], ControlSetting::Int(140));
+        assert_eq!(
+            c.source.controls["focus_automatic_continuous"],
+            ControlSetting::Bool(false)
+        );
+        assert_eq!(
+            c.source.controls["auto_exposure"],
+            ControlSetting::Text("manual_mode".into())
+        );
+        let msg = Config::parse(
+            "[source.controls]\n\"White Balance\" = 1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("source.controls"), "{msg}");
+        // The commented examples in the example file are valid as written.
+        let uncommented = EXAMPLE
+            .replace("# brightness", "brightness")
+            .replace("# focus_automatic", "focus_automatic")
+            .replace("# auto_exposure", "auto_exposure");
+        let c = Config::parse(&uncommented, Path::new("example")).unwrap();
+        assert_eq!(c.source.controls.len(), 3);
     }
 
     #[test]

@@ -27,6 +27,38 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List every capture device: driver, formats with sizes and frame rates, controls.
+    Devices {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set camera controls (brightness, exposure, focus …).
+    Controls {
+        /// V4L2 node (default: the configured camera, else the first).
+        #[arg(long)]
+        device: Option<PathBuf>,
+        /// Set a control, e.g. --set brightness=140 (repeatable, applied in order).
+        #[arg(long, value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Print one control as name=value (repeatable).
+        #[arg(long, value_name = "NAME")]
+        get: Vec<String>,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the configured camera and encoder headless for N frames and report how it went.
+    Check {
+        #[arg(long, default_value_t = 100)]
+        frames: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Print a progress line (frames, camera state) four times a second.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Print a signed viewer token (needs [auth] secret in the configuration).
     Token {
         /// How long it is valid: 90s, 30m, 1h, 7d.
@@ -66,6 +98,29 @@ fn main() -> std::process::ExitCode {
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
             .map(|_| println!("{}: ok", path.display()))
             .map_err(anyhow::Error::from),
+        Command::Devices { json } => rtcam::cli::devices(json),
+        Command::Controls {
+            device,
+            set,
+            get,
+            json,
+        } => Config::load(cli.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|(c, _)| rtcam::cli::controls(&c, device, &set, &get, json)),
+        Command::Check {
+            frames,
+            timeout,
+            progress,
+        } => Config::load(cli.config.as_deref())
+            .map_err(anyhow::Error::from)
+            .and_then(|(c, _)| {
+                rtcam::cli::check(
+                    &c,
+                    frames,
+                    std::time::Duration::from_secs(timeout),
+                    progress,
+                )
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -62,6 +62,7 @@ let client = null;
 let brokerUp = false;
 let everConnected = false;
 let deviceOnline = null; // null until the retained status arrives
+let cameraLost = null; // null until a status names the camera's state
 let statusTimer = null;
 let session = null;
 let retryTimer = null;
@@ -238,6 +239,16 @@ function onStatus(payload) {
   setFact('Camera status', status.state);
   panel?.cameraStatus(status);
   if (typeof status.version === 'string') setFact('Camera version', status.version);
+  // "lost": unplugged or failing. The session stays up and video resumes on its own when the
+  // camera is back, so the page only says so.
+  if (typeof status.camera === 'string') {
+    const lost = status.camera === 'lost';
+    if (cameraLost !== null && lost !== cameraLost) {
+      log(lost ? 'the camera was lost; video resumes when it is back' : 'the camera is back');
+    }
+    cameraLost = lost;
+    setFact('Camera device', lost ? 'lost, waiting for it to come back' : 'ok');
+  }
   if (changed) log(`camera ${settings.deviceId} is ${online ? 'online' : 'offline'}`);
 
   if (online) {

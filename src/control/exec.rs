@@ -4,8 +4,9 @@
 
 use super::telemetry::Telemetry;
 use super::{Command, CommandError, ControlRequest, ErrorCode, Publication, SetArgs};
-use crate::config::{Config, Origin};
-use crate::media::Media;
+use crate::config::{Config, ControlSetting, Origin};
+use crate::media::v4l2::controls::ControlError;
+use crate::media::{Media, MediaError};
 use crate::session::Sessions;
 use crate::signalling::protocol::{Status, Topics};
 use crate::util::RateLimiter;
@@ -211,10 +212,10 @@ impl Controller {
                     .await;
                 Ok(json!({"topic": topic, "bytes": bytes, "content_type": "image/jpeg"}))
             }
-            Command::Controls => Err(CommandError::new(
-                ErrorCode::Unavailable,
-                "This video source has no camera controls.",
-            )),
+            Command::Controls => {
+                let controls = inner.media.camera_controls().map_err(control_error)?;
+                Ok(json!({ "controls": controls }))
+            }
             Command::Set(args) => self.set(args),
             Command::Reload => self.reload(),
         }
@@ -222,17 +223,24 @@ impl Controller {
 
     fn set(&self, args: SetArgs) -> Result<Value, CommandError> {
         let inner = &self.inner;
-        if !args.controls.is_empty() {
-            return Err(CommandError::new(
-                ErrorCode::Unavailable,
-                "This video source has no camera controls.",
-            ));
+        // Controls first: a name or value the camera refuses fails the command before any other
+        // setting changes.
+        let mut controls = serde_json::Map::new();
+        for (name, value) in &args.controls {
+            let c = inner
+                .media
+                .set_camera_control(name, &ControlSetting::Int(*value))
+                .map_err(control_error)?;
+            controls.insert(c.name.clone(), json!(c.value));
         }
         let mut config = inner
             .config
             .lock()
             .expect("config lock is never poisoned: no panics while held");
         let mut applied = serde_json::Map::new();
+        if !controls.is_empty() {
+            applied.insert("controls".into(), Value::Object(controls));
+        }
         if let Some(kbps) = args.bitrate_kbps {
             config.encoder.bitrate_kbps = kbps;
             inner.media.set_bitrate(kbps);
@@ -341,6 +349,11 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         false,
     );
     check(
+        old.source.controls != new.source.controls,
+        "source.controls",
+        false,
+    );
+    check(
         old.encoder.element != new.encoder.element,
         "encoder.element",
         false,
@@ -365,6 +378,17 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
 
 fn toml_differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
     serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
+/// A camera-control failure as a reply: what is wrong with the request, or why the camera
+/// cannot take it now.
+fn control_error(e: MediaError) -> CommandError {
+    let code = match &e {
+        MediaError::Control(ControlError::Unknown { .. }) => ErrorCode::BadArgs,
+        MediaError::Control(ControlError::BadValue { .. }) => ErrorCode::OutOfRange,
+        _ => ErrorCode::Unavailable,
+    };
+    CommandError::new(code, e.to_string())
 }
 
 #[cfg(test)]

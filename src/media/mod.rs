@@ -7,6 +7,8 @@
 //!
 //! This module and its children are the only users of GStreamer and v4l.
 
+pub mod camera;
+pub mod check;
 pub mod encoder;
 pub mod keyframe;
 pub mod v4l2;
@@ -66,6 +68,36 @@ pub enum MediaError {
     CaptureEnded(String),
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    #[error("[source] kind = \"libcamera\" needs GStreamer's libcamerasrc element; install the package gstreamer1.0-libcamera")]
+    LibcameraMissing,
+    #[error("this video source has no camera controls (they are for V4L2 cameras)")]
+    NoControls,
+    #[error(transparent)]
+    Control(#[from] v4l2::controls::ControlError),
+}
+
+/// Whether the camera is delivering, for `R/status` and `rtcam check`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CameraState {
+    /// No camera in use (the test pattern).
+    #[default]
+    None,
+    /// Open and streaming.
+    Ok,
+    /// Gone or failing (unplugged, ENODEV, busy, cannot do the configured format); retried with
+    /// backoff while viewers stay connected.
+    Lost,
+}
+
+impl CameraState {
+    /// The word used in status messages; `None` for no camera.
+    pub fn as_status(self) -> Option<&'static str> {
+        match self {
+            CameraState::None => None,
+            CameraState::Ok => Some("ok"),
+            CameraState::Lost => Some("lost"),
+        }
+    }
 }
 
 /// What the pipeline is running, for status and logs.
@@ -78,6 +110,13 @@ pub struct MediaInfo {
     pub fps: f64,
     pub bitrate_kbps: u32,
     pub running: bool,
+    /// Pixel format the source delivers (`YUYV`, `MJPG`, …; `I420` for the test pattern).
+    pub format: String,
+    /// The frame rate the config asked for; `fps` is what the source granted.
+    pub asked_fps: u32,
+    pub camera: CameraState,
+    /// The V4L2 node in use, for reading and setting its controls.
+    pub device: Option<PathBuf>,
     /// False while the privacy switch is off.
     pub streaming: bool,
 }
@@ -178,11 +217,15 @@ impl Media {
 enum Source {
     Test,
     V4l2(PathBuf),
+    Libcamera,
 }
 
-fn resolve_source(cfg: &SourceConfig) -> Result<Source, MediaError> {
+/// What to open this time. `had_camera`: once `auto` has found a camera, a missing one is a lost
+/// camera to wait for, not a reason to switch to the test pattern.
+fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaError> {
     Ok(match cfg.kind {
         SourceKind::Test => Source::Test,
+        SourceKind::Libcamera => Source::Libcamera,
         SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::V4l2 => {
             Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?)
@@ -190,6 +233,7 @@ fn resolve_source(cfg: &SourceConfig) -> Result<Source, MediaError> {
         SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::Auto => match v4l2::first_capture_device() {
             Some(p) => Source::V4l2(p),
+            None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
             None => {
                 tracing::info!("no camera found; streaming the test pattern");
                 Source::Test
@@ -206,6 +250,9 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<(Media, tokio::task::JoinHandle<()>), MediaError> {
     gst::init()?;
+    if source.kind == SourceKind::Libcamera && gst::ElementFactory::find("libcamerasrc").is_none() {
+        return Err(MediaError::LibcameraMissing);
+    }
     let choice = encoder::choose(encoder_cfg, |name| {
         gst::ElementFactory::find(name).is_some()
     })?;
@@ -241,6 +288,7 @@ pub fn start(
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
         info: info_tx,
         encoders_running,
+        uses_camera: false,
         stats,
         streaming: true,
     };
@@ -257,6 +305,8 @@ struct Runner {
     limiter: KeyframeLimiter,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    /// The source is a camera (set once resolved): failures then mean "camera lost".
+    uses_camera: bool,
     stats: Arc<MediaStats>,
     /// The privacy switch; while off no pipeline runs.
     streaming: bool,
@@ -297,11 +347,23 @@ impl Runner {
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    // Log once per distinct failure, not once per retry.
-                    if msg != last_error {
+                    if self.uses_camera {
+                        // Once per state change: the first failure says why the camera is lost;
+                        // retries while it stays lost are debug-level.
+                        let before = self.info.borrow().camera;
+                        if before == CameraState::Ok {
+                            tracing::warn!("camera lost: {msg}; retrying with backoff (viewers stay connected)");
+                        } else if before == CameraState::None {
+                            tracing::warn!("camera not available: {msg}; retrying with backoff");
+                        } else if msg != last_error {
+                            tracing::debug!("camera still unavailable: {msg}");
+                        }
+                        self.info.send_modify(|i| i.camera = CameraState::Lost);
+                    } else if msg != last_error {
+                        // Log once per distinct failure, not once per retry.
                         tracing::error!("media pipeline failed: {msg}; restarting");
-                        last_error = msg;
                     }
+                    last_error = msg;
                     self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -371,7 +433,16 @@ impl Runner {
 
     /// Builds and runs one pipeline until it fails or shutdown.
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Exit, MediaError> {
-        let source = resolve_source(&self.source)?;
+        let camera_before = self.info.borrow().camera;
+        let source = match resolve_source(&self.source, self.uses_camera) {
+            Ok(s) => s,
+            Err(e) => {
+                // Only a camera source fails to resolve (none found): that is a lost camera.
+                self.uses_camera = true;
+                return Err(e);
+            }
+        };
+        self.uses_camera = !matches!(source, Source::Test);
         let (capture, head, info) = match &source {
             Source::Test => {
                 let s = &self.source;
@@ -399,23 +470,85 @@ impl Runner {
                     bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
                     streaming: true,
+                    format: "I420".into(),
+                    asked_fps: s.fps,
+                    camera: CameraState::None,
+                    device: None,
+                };
+                (None, head, info)
+            }
+            Source::Libcamera => {
+                let s = &self.source;
+                // `device` names a libcamera camera id here; empty takes the first camera.
+                let name = if s.device.is_empty() {
+                    String::new()
+                } else {
+                    format!("camera-name=\"{}\" ", s.device.replace('"', ""))
+                };
+                let head = format!(
+                    "libcamerasrc {name}! video/x-raw,width={w},height={h},framerate={fps}/1 ! ",
+                    w = s.width,
+                    h = s.height,
+                    fps = s.fps
+                );
+                let info = MediaInfo {
+                    source: if s.device.is_empty() {
+                        "libcamera".into()
+                    } else {
+                        format!("libcamera {}", s.device)
+                    },
+                    encoder: self.choice.spec.element.into(),
+                    width: s.width,
+                    height: s.height,
+                    fps: f64::from(s.fps),
+                    bitrate_kbps: self.settings.bitrate_kbps,
+                    running: true,
+                    format: "raw (libcamera)".into(),
+                    asked_fps: s.fps,
+                    camera: CameraState::Ok,
+                    device: None,
+                    streaming: true,
                 };
                 (None, head, info)
             }
             Source::V4l2(path) => {
                 let s = &self.source;
-                let (dev, neg) = v4l2::open(path, s.format, s.width, s.height, s.fps)?;
+                let (dev, neg) = v4l2::open(
+                    path,
+                    s.format,
+                    s.width,
+                    s.height,
+                    s.fps,
+                    self.choice.spec.input_format,
+                )?;
+                if camera_before == CameraState::Lost {
+                    tracing::info!("camera back: {}", neg.path.display());
+                }
                 tracing::info!(
-                    "camera {} ({}): {:?} {}x{} at {:.1} fps granted",
+                    "camera {} ({}): {} {}x{} at {:.1} fps granted ({} asked)",
                     neg.path.display(),
                     neg.card,
-                    neg.format,
+                    neg.fourcc,
                     neg.width,
                     neg.height,
-                    neg.fps
+                    neg.fps,
+                    neg.asked_fps
                 );
+                if let Some(note) = &neg.note {
+                    tracing::warn!("{note}");
+                }
+                // Applied at every open, so settings survive an unplug; a bad entry is reported
+                // when the camera comes (back), not again at a rebuild of a running camera.
+                for e in v4l2::controls::apply(&dev, &neg.path, &s.controls) {
+                    if camera_before != CameraState::Ok {
+                        tracing::warn!("[source.controls]: {e}");
+                    }
+                }
+                // A bounded, leaky queue: when the encoder is slower than the camera, old frames
+                // are dropped instead of piling up in memory.
                 let head = format!(
-                    "appsrc name=camsrc is-live=true format=time do-timestamp=true caps=\"{}\" ! ",
+                    "appsrc name=camsrc is-live=true format=time do-timestamp=true \
+                     max-bytes=0 max-buffers=3 leaky-type=downstream caps=\"{}\" ! ",
                     neg.caps()
                 );
                 let encoder = if neg.format == PixelFormat::H264 {
@@ -431,6 +564,10 @@ impl Runner {
                     fps: neg.fps,
                     bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
+                    format: neg.fourcc.clone(),
+                    asked_fps: neg.asked_fps,
+                    camera: CameraState::Ok,
+                    device: Some(neg.path.clone()),
                     streaming: true,
                 };
                 (Some((dev, neg)), head, info)
@@ -440,6 +577,10 @@ impl Runner {
             .as_ref()
             .is_some_and(|(_, n)| n.format == PixelFormat::H264);
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
+            // The board's JPEG decoder where it has one (v4l2jpegdec), else software.
+            Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => {
+                "v4l2jpegdec ! "
+            }
             Some(PixelFormat::Mjpeg) => "jpegdec ! ",
             _ => "",
         };
@@ -516,9 +657,29 @@ impl Runner {
 
         let bus = pipeline.bus().expect("a pipeline always has a bus");
         let mut messages = bus.stream();
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| MediaError::Build(desc.clone(), e.to_string()))?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The element that refused (a camera source with no camera, say) posted why on the
+            // bus; that says more than "failed to change its state". Bounded: a short look.
+            let posted = tokio::time::timeout(Duration::from_millis(200), async {
+                while let Some(msg) = messages.next().await {
+                    if let gst::MessageView::Error(err) = msg.view() {
+                        return Some(MediaError::Runtime {
+                            source_name: err
+                                .src()
+                                .map(|s| s.name().to_string())
+                                .unwrap_or_default(),
+                            message: err.error().to_string(),
+                        });
+                    }
+                }
+                None
+            })
+            .await;
+            return Err(posted
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| MediaError::Build(desc.clone(), e.to_string())));
+        }
 
         // The capture thread feeds appsrc; its end (camera gone, read error) ends this pipeline.
         let stop: v4l2::StopFlag = Arc::new(AtomicBool::new(false));

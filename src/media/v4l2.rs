@@ -3,6 +3,13 @@
 //! A camera is opened, a format negotiated, and frames streamed with mmap buffers on a thread of
 //! its own (V4L2 reads block), each pushed into the pipeline's `appsrc`. The thread ends when
 //! asked to, or when the camera fails; the pipeline's run loop decides what happens next.
+//!
+//! Children: `formats` (what a camera offers, which of it to ask for), `controls` (brightness,
+//! exposure … by name), `probe` (`rtcam devices`). The `v4l` crate is used nowhere else.
+
+pub mod controls;
+pub mod formats;
+pub mod probe;
 
 use crate::config::PixelFormat;
 use std::path::{Path, PathBuf};
@@ -26,13 +33,11 @@ pub enum V4l2Error {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: the camera offers none of the formats rtcam can use ({offered}); rtcam takes H264, MJPG, YUYV or NV12")]
-    NoUsableFormat { path: PathBuf, offered: String },
-    #[error("{path}: the camera does not offer {asked}; it offers {offered}")]
-    FormatNotOffered {
+    /// The camera cannot do what the config asks; the message names what it can.
+    #[error("{path}: {source}")]
+    Unsupported {
         path: PathBuf,
-        asked: String,
-        offered: String,
+        source: formats::ChoiceError,
     },
     #[error("no V4L2 capture device found")]
     NoDevice,
@@ -48,6 +53,18 @@ pub struct Negotiated {
     pub height: u32,
     /// Frames per second the driver granted (it may differ from what was asked).
     pub fps: f64,
+    /// What the config asked for, to report next to what was granted.
+    pub asked_fps: u32,
+    /// The four-character code the driver granted, e.g. `YUYV`.
+    pub fourcc: String,
+    /// Set when `format = "auto"` had to take another size than asked.
+    pub note: Option<String>,
+}
+
+/// The fourcc bytes of a format `formats::choose` returned (never `Auto`, which has none).
+fn fourcc_bytes(format: PixelFormat) -> [u8; 4] {
+    let cc = formats::fourcc_of(format).unwrap_or("YUYV").as_bytes();
+    [cc[0], cc[1], cc[2], cc[3]]
 }
 
 impl Negotiated {
@@ -67,24 +84,18 @@ impl Negotiated {
     }
 }
 
-fn fourcc_of(format: PixelFormat) -> Option<FourCC> {
-    match format {
-        PixelFormat::H264 => Some(FourCC::new(b"H264")),
-        PixelFormat::Mjpeg => Some(FourCC::new(b"MJPG")),
-        PixelFormat::Yuyv => Some(FourCC::new(b"YUYV")),
-        PixelFormat::Nv12 => Some(FourCC::new(b"NV12")),
-        PixelFormat::Auto => None,
-    }
+/// VIDIOC_QUERYCAP. The v4l crate panics on a card or driver name that is not UTF-8; a camera
+/// with an odd name must be an error, not the end of the media task.
+pub fn query_caps(dev: &Device) -> std::io::Result<v4l::capability::Capabilities> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.query_caps())).unwrap_or_else(
+        |_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the driver reported a name that is not UTF-8",
+            ))
+        },
+    )
 }
-
-/// The preference of `format = "auto"`: a camera that encodes H.264 itself saves the board the
-/// whole encode; raw formats feed the encoder directly; MJPEG needs a decode first.
-const AUTO_ORDER: [PixelFormat; 4] = [
-    PixelFormat::H264,
-    PixelFormat::Yuyv,
-    PixelFormat::Nv12,
-    PixelFormat::Mjpeg,
-];
 
 /// The first V4L2 node that can capture video, if any.
 pub fn first_capture_device() -> Option<PathBuf> {
@@ -98,7 +109,7 @@ pub fn first_capture_device() -> Option<PathBuf> {
 
 fn is_capture_device(path: &Path) -> bool {
     Device::with_path(path)
-        .and_then(|d| d.query_caps())
+        .and_then(|d| query_caps(&d))
         .map(|caps| {
             caps.capabilities
                 .contains(v4l::capability::Flags::VIDEO_CAPTURE)
@@ -113,49 +124,39 @@ pub fn open(
     width: u32,
     height: u32,
     fps: u32,
+    encoder_input: &str,
 ) -> Result<(Device, Negotiated), V4l2Error> {
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| V4l2Error::Io { path, what, source }
     };
     let dev = Device::with_path(path).map_err(io("cannot open"))?;
-    let caps = dev.query_caps().map_err(io("cannot query capabilities"))?;
-    let offered: Vec<FourCC> = dev
-        .enum_formats()
-        .map_err(io("cannot list formats"))?
-        .into_iter()
-        .map(|f| f.fourcc)
-        .collect();
-    let offered_names = offered
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let chosen = match format {
-        PixelFormat::Auto => AUTO_ORDER
-            .into_iter()
-            .find(|f| fourcc_of(*f).is_some_and(|cc| offered.contains(&cc)))
-            .ok_or_else(|| V4l2Error::NoUsableFormat {
+    let caps = query_caps(&dev).map_err(io("cannot query capabilities"))?;
+    let offered = formats::enumerate(&dev).map_err(io("cannot list formats"))?;
+    let choice =
+        formats::choose(&offered, format, width, height, encoder_input).map_err(|source| {
+            V4l2Error::Unsupported {
                 path: path.to_path_buf(),
-                offered: offered_names.clone(),
-            })?,
-        f => {
-            let cc = fourcc_of(f).expect("a named format has a fourcc");
-            if !offered.contains(&cc) {
-                return Err(V4l2Error::FormatNotOffered {
-                    path: path.to_path_buf(),
-                    asked: cc.to_string(),
-                    offered: offered_names,
-                });
+                source,
             }
-            f
-        }
-    };
+        })?;
+    let chosen = choice.format;
     let mut fmt = dev.format().map_err(io("cannot read format"))?;
-    fmt.width = width;
-    fmt.height = height;
-    fmt.fourcc = fourcc_of(chosen).expect("chosen format has a fourcc");
+    fmt.width = choice.width;
+    fmt.height = choice.height;
+    fmt.fourcc = FourCC::new(&fourcc_bytes(chosen));
     let granted = dev.set_format(&fmt).map_err(io("cannot set format"))?;
+    // A driver that lists a format but hands out another would feed the pipeline frames it
+    // misreads; refuse rather than stream garbage.
+    if granted.fourcc != fmt.fourcc {
+        return Err(V4l2Error::Unsupported {
+            path: path.to_path_buf(),
+            source: formats::ChoiceError::FormatNotOffered {
+                asked: fmt.fourcc.to_string(),
+                offered: format!("{} (what the driver set instead)", granted.fourcc),
+            },
+        });
+    }
     // VIDIOC_S_PARM: drivers round the rate to what they can do, so read back what they gave.
     let params = dev
         .set_params(&v4l::video::capture::Parameters::with_fps(fps))
@@ -172,6 +173,9 @@ pub fn open(
         width: granted.width,
         height: granted.height,
         fps: granted_fps,
+        asked_fps: fps,
+        fourcc: granted.fourcc.to_string(),
+        note: choice.note,
     };
     Ok((dev, negotiated))
 }

@@ -389,6 +389,10 @@ pub struct Status {
     pub encoder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewers: Option<usize>,
+    /// `ok` or `lost` (unplugged or failing; viewers stay connected and video resumes when it
+    /// returns); absent when no camera is used (test pattern).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
     /// False while the owner has switched streaming off (privacy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streaming: Option<bool>,
@@ -402,6 +406,7 @@ impl Status {
             source: None,
             encoder: None,
             viewers: None,
+            camera: None,
             streaming: None,
         }
     }
