@@ -4,7 +4,9 @@
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -18,9 +20,15 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 #[test]
 fn corpus_replays_without_panics() {
     let counts = [
-        ("signalling", replay("signalling", rtcam::fuzzing::signalling)),
+        (
+            "signalling",
+            replay("signalling", rtcam::fuzzing::signalling),
+        ),
         ("command", replay("command", rtcam::fuzzing::command)),
-        ("topic_and_token", replay("topic_and_token", rtcam::fuzzing::topic_and_token)),
+        (
+            "topic_and_token",
+            replay("topic_and_token", rtcam::fuzzing::topic_and_token),
+        ),
         ("sdp", replay("sdp", rtcam::fuzzing::sdp)),
     ];
     for (target, n) in counts {

@@ -127,6 +127,7 @@ impl Controller {
                 None,
             ),
         };
+        tracing::debug!(id = %env.id, %topic, "command reply");
         let publication = Publication {
             topic,
             payload: super::reply_body(&env.id, &result),

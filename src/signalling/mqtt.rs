@@ -156,6 +156,7 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_FIRST;
     let mut was_connected = false;
     let mut logged_failure = false;
+    let mut pending_subacks = 0u32;
     loop {
         tokio::select! {
             // Cancel-safe: the shutdown token is level-triggered.
@@ -168,16 +169,25 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
                     logged_failure = false;
                     tracing::info!(%broker, "connected to MQTT broker");
                     was_connected = true;
-                    let _ = link.connected.send(true);
                     // A clean session forgets subscriptions: renew them on every connect.
+                    // Ready only once the broker has acknowledged them; before that, a command
+                    // or offer sent by someone who saw rtcam "connected" would be lost.
+                    pending_subacks = 0;
                     for filter in [link.topics.session_in_filter(), link.topics.command()] {
-                        if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                            tracing::warn!("cannot queue subscribe: {e}");
+                        match client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            Ok(()) => pending_subacks += 1,
+                            Err(e) => tracing::warn!("cannot queue subscribe: {e}"),
                         }
                     }
                     publish_status(&client, &link.topics, &link.status.borrow());
                     for p in link.on_connect.borrow().iter() {
                         publish(&client, p);
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    pending_subacks = pending_subacks.saturating_sub(1);
+                    if pending_subacks == 0 {
+                        let _ = link.connected.send(true);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
