@@ -199,6 +199,11 @@ pub struct SourceConfig {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// Keep the camera and encoder running with no viewer (for snapshots at any moment, or
+    /// recording). Off: the pipeline starts with the first viewer and stops `idle_stop_secs`
+    /// after the last one leaves, so an unwatched board uses no CPU for video.
+    pub always_on: bool,
+    pub idle_stop_secs: u64,
     /// Camera controls set every time the camera is opened, by the names `rtcam controls`
     /// shows (`brightness = 140`, `focus_automatic_continuous = false`).
     pub controls: std::collections::BTreeMap<String, ControlSetting>,
@@ -213,6 +218,8 @@ impl Default for SourceConfig {
             width: 1280,
             height: 720,
             fps: 30,
+            always_on: false,
+            idle_stop_secs: 10,
             controls: Default::default(),
         }
     }

@@ -207,3 +207,60 @@ async fn viewer_pli_forces_a_keyframe_and_a_flood_is_merged() {
     viewer.bye().await;
     rt.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_runs_only_while_watched() {
+    let mut config = test_config("ondemand");
+    config.source.always_on = false;
+    config.source.idle_stop_secs = 1;
+    let rt = start(config).await;
+    let media = rt.app.media().clone();
+    let frames = || {
+        media
+            .stats()
+            .frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(frames(), 0, "no viewer, no frames");
+    assert_eq!(media.encoders_running(), 0);
+    assert!(!media.info().borrow().running);
+
+    // The first viewer starts the pipeline and gets video.
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    let d = viewer.wait_frames(FRAMES, WITHIN).await;
+    assert_decoded(&d);
+    eprintln!(
+        "first frame after {:?} from an idle pipeline",
+        d.first_frame_after
+    );
+    assert_eq!(media.encoders_running(), 1);
+
+    // The last one leaving stops it after the grace period.
+    viewer.bye().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while media.encoders_running() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        media.encoders_running(),
+        0,
+        "stopped after the last viewer left"
+    );
+    let stopped_at = frames();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(frames() <= stopped_at + 1, "no frames once stopped");
+
+    // A snapshot starts it for the picture, then it stops again.
+    let jpeg = media
+        .snapshot()
+        .await
+        .expect("snapshot from an idle camera");
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while media.encoders_running() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(media.encoders_running(), 0);
+    rt.app.stop().await;
+}

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 const FRAME_BUFFER: usize = 64;
 
 const RESTART_FIRST: Duration = Duration::from_millis(250);
+
+/// How often a running pipeline checks whether anyone still wants its frames.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(10);
 
 /// One encoded access unit (all NAL units of one frame, Annex B byte-stream).
@@ -133,9 +136,15 @@ pub struct MediaStats {
 /// Requests to the media task.
 #[derive(Debug)]
 enum MediaCommand {
+    /// Someone subscribed to frames: start the pipeline if it is idle.
+    Demand,
     Keyframe,
     SetBitrate(u32),
-    Reconfigure { width: u32, height: u32, fps: u32 },
+    Reconfigure {
+        width: u32,
+        height: u32,
+        fps: u32,
+    },
     Restart,
     Streaming(bool),
     Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
@@ -153,8 +162,11 @@ pub struct Media {
 
 impl Media {
     /// A receiver of every frame from now on. Start sending at the first keyframe.
+    /// On demand: the first receiver starts the pipeline if it is idle.
     pub fn subscribe(&self) -> broadcast::Receiver<EncodedFrame> {
-        self.frames.subscribe()
+        let rx = self.frames.subscribe();
+        let _ = self.commands.send(MediaCommand::Demand);
+        rx
     }
 
     /// Asks for a keyframe soon; requests are merged so a crowd costs one.
@@ -291,6 +303,9 @@ pub fn start(
         uses_camera: false,
         stats,
         streaming: true,
+        always_on: source.always_on,
+        idle_stop: Duration::from_secs(source.idle_stop_secs),
+        pending_snapshots: Vec::new(),
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -310,6 +325,12 @@ struct Runner {
     stats: Arc<MediaStats>,
     /// The privacy switch; while off no pipeline runs.
     streaming: bool,
+    /// Keep the pipeline running with no viewer; otherwise it stops `idle_stop` after the last
+    /// one leaves and starts again with the next.
+    always_on: bool,
+    idle_stop: Duration,
+    /// Snapshots asked for while idle, answered by the pipeline they start.
+    pending_snapshots: Vec<tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>>,
 }
 
 /// Why one pipeline run ended without an error.
@@ -319,6 +340,8 @@ enum Exit {
     Rebuild,
     /// The privacy switch went off; wait for it to come on.
     Paused,
+    /// No viewer for `idle_stop`: stop until one comes.
+    Idle,
 }
 
 impl Runner {
@@ -337,10 +360,17 @@ impl Runner {
                 }
                 continue;
             }
+            if self.is_idle() {
+                self.info.send_modify(|i| i.running = false);
+                if !self.wait(&shutdown, None).await {
+                    break;
+                }
+                continue;
+            }
             let started = Instant::now();
             match self.run_once(&shutdown).await {
                 Ok(Exit::Shutdown) => break,
-                Ok(Exit::Rebuild) | Ok(Exit::Paused) => {
+                Ok(Exit::Rebuild) | Ok(Exit::Paused) | Ok(Exit::Idle) => {
                     self.info.send_modify(|i| i.running = false);
                     delay = RESTART_FIRST;
                     continue;
@@ -399,25 +429,37 @@ impl Runner {
         }
     }
 
+    /// No one wants frames: no viewer, no snapshot waiting, and not always on.
+    fn is_idle(&self) -> bool {
+        !self.always_on && self.frames.receiver_count() == 0 && self.pending_snapshots.is_empty()
+    }
+
     /// A command while no pipeline runs. Returns true when it should start one now.
     fn apply_idle(&mut self, cmd: MediaCommand) -> bool {
         match cmd {
+            MediaCommand::Demand => self.streaming,
             MediaCommand::Keyframe => false,
             MediaCommand::SetBitrate(kbps) => {
                 self.settings.bitrate_kbps = kbps;
+                self.info.send_modify(|i| i.bitrate_kbps = kbps);
                 false
             }
             MediaCommand::Reconfigure { width, height, fps } => {
                 self.source.width = width;
                 self.source.height = height;
                 self.source.fps = fps;
-                self.streaming
+                self.streaming && !self.is_idle()
             }
-            MediaCommand::Restart => self.streaming,
+            MediaCommand::Restart => self.streaming && !self.is_idle(),
             MediaCommand::Streaming(on) => {
                 self.streaming = on;
                 self.info.send_modify(|i| i.streaming = on);
                 on
+            }
+            // An idle camera is started for the picture (and stops again after the grace).
+            MediaCommand::Snapshot(reply) if self.streaming && self.is_idle() => {
+                self.pending_snapshots.push(reply);
+                true
             }
             MediaCommand::Snapshot(reply) => {
                 let why = if self.streaming {
@@ -716,9 +758,34 @@ impl Runner {
         self.encoders_running
             .fetch_add(usize::from(!passthrough), Ordering::Relaxed);
         self.info.send_replace(info);
+        // Snapshots that started this pipeline from idle.
+        for reply in self.pending_snapshots.drain(..) {
+            match &rawsink {
+                Some(raw) => take_snapshot(raw.clone(), reply),
+                None => {
+                    let _ = reply.send(Err(MediaError::Snapshot(
+                        "no raw frames to take a snapshot of".into(),
+                    )));
+                }
+            }
+        }
+        let mut demand_check = tokio::time::interval(IDLE_CHECK);
+        let mut unwatched_since: Option<Instant> = None;
         let result = loop {
             let deadline = self.limiter.deadline();
             tokio::select! {
+                // Cancel-safe: an interval tick fires again next turn if dropped.
+                _ = demand_check.tick() => {
+                    if self.is_idle() {
+                        let since = *unwatched_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.idle_stop {
+                            tracing::info!("no viewers for {:?}: pipeline stopped, camera closed", self.idle_stop);
+                            break Ok(Exit::Idle);
+                        }
+                    } else {
+                        unwatched_since = None;
+                    }
+                }
                 // Cancel-safe: level-triggered token.
                 _ = shutdown.cancelled() => break Ok(Exit::Shutdown),
                 // Cancel-safe: a bus stream yields whole messages; none is lost when dropped.
@@ -742,6 +809,7 @@ impl Runner {
                 }
                 // Cancel-safe: mpsc recv.
                 Some(cmd) = self.commands.recv() => match cmd {
+                    MediaCommand::Demand => unwatched_since = None,
                     MediaCommand::Keyframe => {
                         if self.limiter.request(Instant::now()) == Decision::Force {
                             force_keyframe(&sink);

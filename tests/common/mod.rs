@@ -46,6 +46,9 @@ pub fn test_config(device: &str) -> Config {
     c.source.width = 320;
     c.source.height = 240;
     c.source.fps = 30;
+    // Most tests look at a running pipeline without a viewer (status, snapshots, commands);
+    // the on-demand behaviour has tests of its own.
+    c.source.always_on = true;
     c.encoder.bitrate_kbps = 800;
     c.encoder.keyframe_interval = 30;
     c.webrtc.udp_addrs = vec!["127.0.0.1".parse().unwrap()];

@@ -174,6 +174,8 @@ format = "yuyv"
 width = 640
 height = 480
 fps = 30
+# No viewer in the guest: keep the camera open so unplugs show in R/status.
+always_on = true
 
 [encoder]
 element = "x264enc"
