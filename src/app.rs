@@ -5,6 +5,7 @@
 //! disconnect → HTTP server.
 
 use crate::config::Config;
+use crate::health::Heartbeat;
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
 use crate::session::table::SessionTable;
@@ -29,6 +30,10 @@ pub struct App {
     media: Media,
     mqtt_connected: watch::Receiver<bool>,
     viewers: watch::Receiver<usize>,
+    /// What rtcam publishes as its status (source, encoder, viewers), for systemd's STATUS=.
+    status: watch::Receiver<Status>,
+    /// The liveness of the loops the systemd watchdog vouches for.
+    heartbeats: Vec<Heartbeat>,
     /// Each part has its own token so shutdown can stop them in order.
     sessions_stop: CancellationToken,
     media_stop: CancellationToken,
@@ -115,6 +120,9 @@ impl App {
         };
         let options = mqtt::options(&config.mqtt, &broker_url, &client_id, &topics)?;
         let (connected_tx, connected_rx) = watch::channel(false);
+        let mqtt_heartbeat = Heartbeat::new("MQTT loop");
+        let heartbeats = vec![media.heartbeat(), mqtt_heartbeat.clone()];
+        let status = status_rx.clone();
         let mqtt_stop = CancellationToken::new();
         let mqtt_task = tokio::spawn(mqtt::run(
             MqttLink {
@@ -124,6 +132,7 @@ impl App {
                 events: events_tx,
                 outgoing: outgoing_rx,
                 connected: connected_tx,
+                heartbeat: mqtt_heartbeat,
             },
             mqtt_stop.clone(),
         ));
@@ -135,6 +144,8 @@ impl App {
             media,
             mqtt_connected: connected_rx,
             viewers: viewers_rx,
+            status,
+            heartbeats,
             sessions_stop,
             media_stop,
             mqtt_stop,
@@ -165,6 +176,21 @@ impl App {
 
     pub fn viewers(&self) -> usize {
         *self.viewers.borrow()
+    }
+
+    /// The status rtcam publishes (online, source, encoder, viewers); changes as they do.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Whether rtcam's MQTT client is connected now; changes as it does.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.mqtt_connected.clone()
+    }
+
+    /// The heartbeats of the media pipeline and the MQTT loop, for the systemd watchdog.
+    pub fn heartbeats(&self) -> Vec<Heartbeat> {
+        self.heartbeats.clone()
     }
 
     /// Waits until connected to the broker, up to `timeout`. Returns whether it is.

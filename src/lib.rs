@@ -5,8 +5,11 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod credentials;
+pub mod health;
 pub mod http;
 pub mod media;
+pub mod service;
 pub mod session;
 pub mod signalling;
 pub mod util;

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rtcam::app::{self, App};
 use rtcam::config::{self, Config};
+use rtcam::credentials;
+use rtcam::service::Notifier;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -62,7 +64,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, origin) = Config::load(config_path.as_deref())?;
+    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    // Secrets systemd passes with LoadCredential= fill what the config file leaves empty.
+    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let used = credentials::apply(&mut config, credentials_dir.as_deref())?;
+    let notifier = Notifier::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rtcam")
@@ -70,11 +76,23 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         tracing::info!("rtcam {} starting with {origin}", app::VERSION);
+        if !used.is_empty() {
+            tracing::info!("using systemd credentials: {}", used.join(", "));
+        }
+        notifier.status("starting");
         let app = App::start(config).await?;
         let url = app::viewer_url(app.http_addr());
         tracing::info!("viewer page: {url}");
         println!("rtcam is running. Open {url} in a browser to watch camera {:?}.", app.device_id());
-        wait_for_signal().await?;
+        // READY=1 once the broker is connected, watchdog pings, STATUS=, then STOPPING=1 on the
+        // first signal; all no-ops outside systemd.
+        let signal = async {
+            // Without signal handlers rtcam could not be stopped cleanly: stop now instead.
+            if let Err(e) = wait_for_signal().await {
+                tracing::error!("cannot wait for signals: {e}");
+            }
+        };
+        rtcam::service::supervise(&app, &notifier, &url, signal).await;
         tracing::info!("stopping");
         // A second signal while stopping exits at once.
         tokio::select! {

@@ -12,6 +12,7 @@ pub mod keyframe;
 pub mod v4l2;
 
 use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
+use crate::health::Heartbeat;
 use bytes::Bytes;
 use encoder::{EncoderChoice, EncoderSettings};
 use futures::StreamExt;
@@ -33,6 +34,12 @@ const FRAME_BUFFER: usize = 64;
 
 const RESTART_FIRST: Duration = Duration::from_millis(250);
 const RESTART_MAX: Duration = Duration::from_secs(10);
+
+/// How long a new pipeline counts as alive before its first frames: a USB camera can take a
+/// few seconds to start streaming, an emulated board longer. After this only frames count.
+const STARTUP_GRACE: Duration = Duration::from_secs(20);
+/// How often the pipeline loop beats while it waits in a healthy state (starting, backing off).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// One encoded access unit (all NAL units of one frame, Annex B byte-stream).
 #[derive(Debug, Clone)]
@@ -81,6 +88,9 @@ pub struct Media {
     keyframes: mpsc::UnboundedSender<()>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    /// Beats with every frame, and while the loop waits for a good reason; a stalled pipeline
+    /// stops it, which stops the systemd watchdog pings.
+    heartbeat: Heartbeat,
 }
 
 impl Media {
@@ -101,6 +111,11 @@ impl Media {
     /// Encoder instances alive now: 1 while a pipeline runs, whatever the number of viewers.
     pub fn encoders_running(&self) -> usize {
         self.encoders_running.load(Ordering::Relaxed)
+    }
+
+    /// The pipeline's liveness, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 }
 
@@ -141,11 +156,13 @@ pub fn start(
     let (keyframes_tx, keyframes_rx) = mpsc::unbounded_channel();
     let (info_tx, info_rx) = watch::channel(MediaInfo::default());
     let encoders_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heartbeat = Heartbeat::new("media pipeline");
     let media = Media {
         frames: frames.clone(),
         keyframes: keyframes_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
+        heartbeat: heartbeat.clone(),
     };
     let runner = Runner {
         source: source.clone(),
@@ -159,6 +176,7 @@ pub fn start(
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
         info: info_tx,
         encoders_running,
+        heartbeat,
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -173,6 +191,7 @@ struct Runner {
     limiter: KeyframeLimiter,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    heartbeat: Heartbeat,
 }
 
 impl Runner {
@@ -197,9 +216,16 @@ impl Runner {
             if started.elapsed() > Duration::from_secs(30) {
                 delay = RESTART_FIRST;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            // Waiting to retry (a camera unplugged, a device busy) is healthy: restarting rtcam
+            // would not bring the camera back, so the loop keeps beating while it waits.
+            let wait = async {
+                tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tokio::time::sleep(delay) => false,
+                }
+            };
+            if self.heartbeat.beating(BEAT_EVERY, wait).await {
+                break;
             }
             delay = (delay * 2).min(RESTART_MAX);
         }
@@ -298,6 +324,9 @@ impl Runner {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
         let frames = self.frames.clone();
+        let heartbeat = self.heartbeat.clone();
+        let first_frame_logged = Arc::new(AtomicBool::new(false));
+        let source_name = info.source.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -317,6 +346,15 @@ impl Runner {
                             .unwrap_or(nominal),
                         produced: Instant::now(),
                     };
+                    heartbeat.beat();
+                    // Once per pipeline, so logs (and the emulated-board test) show frames flow.
+                    if !first_frame_logged.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "first encoded frame from {source_name}: {} bytes, keyframe: {}",
+                            frame.data.len(),
+                            frame.keyframe
+                        );
+                    }
                     // No receivers is normal (no viewer yet); nothing to report.
                     let _ = frames.send(frame);
                     Ok(gst::FlowSuccess::Ok)
@@ -361,6 +399,10 @@ impl Runner {
 
         self.encoders_running.fetch_add(usize::from(!passthrough), Ordering::Relaxed);
         self.info.send_replace(info);
+        // Until STARTUP_GRACE has passed the loop vouches for the pipeline; after that only
+        // frames do, so a pipeline that stops producing lets the heartbeat go stale.
+        let grace_end = tokio::time::Instant::now() + STARTUP_GRACE;
+        let mut grace_tick = tokio::time::interval(BEAT_EVERY);
         let result = loop {
             let deadline = self.limiter.deadline();
             tokio::select! {
@@ -396,6 +438,10 @@ impl Runner {
                     if self.limiter.poll(Instant::now()) {
                         force_keyframe(&sink);
                     }
+                }
+                // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+                _ = grace_tick.tick(), if tokio::time::Instant::now() < grace_end => {
+                    self.heartbeat.beat();
                 }
                 // Cancel-safe: a oneshot keeps its value until read.
                 done = &mut capture_done, if capture_running => {

@@ -9,6 +9,7 @@
 use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
+use crate::health::Heartbeat;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -84,6 +85,8 @@ pub struct MqttLink {
     pub outgoing: mpsc::Receiver<Outgoing>,
     /// Set true while connected to the broker; readiness and health checks watch it.
     pub connected: watch::Sender<bool>,
+    /// Beats on every turn of the loop, so the systemd watchdog sees a hung loop.
+    pub heartbeat: Heartbeat,
 }
 
 /// Builds client options: identity, limits, last will and transport from config.
@@ -127,7 +130,11 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_FIRST;
     let mut was_connected = false;
     let mut logged_failure = false;
+    // A turn at least every second even when the broker is quiet, so the heartbeat measures
+    // whether this loop still runs rather than whether anyone is talking.
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
     loop {
+        link.heartbeat.beat();
         tokio::select! {
             // Cancel-safe: the shutdown token is level-triggered.
             _ = shutdown.cancelled() => break,
@@ -173,6 +180,8 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
                     tracing::warn!(sid = %out.sid, "dropping signalling message, MQTT queue full: {e}");
                 }
             }
+            // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+            _ = beat.tick() => {}
             // Cancel-safe: `changed` only marks the value seen once it returns.
             Ok(()) = link.status.changed() => {
                 let status = link.status.borrow_and_update().clone();
