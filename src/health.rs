@@ -94,9 +94,15 @@ pub fn stale(beats: &[Heartbeat], now: Instant, limit: Duration) -> Vec<(&'stati
 mod tests {
     use super::*;
 
+    /// An instant after the epoch was fixed, as every real one is.
+    fn now() -> Instant {
+        epoch();
+        Instant::now()
+    }
+
     #[test]
     fn a_beat_resets_the_age() {
-        let t0 = Instant::now();
+        let t0 = now();
         let hb = Heartbeat::new_at("media", t0);
         assert_eq!(
             hb.age_at(t0 + Duration::from_secs(3)),
@@ -111,7 +117,7 @@ mod tests {
 
     #[test]
     fn clones_share_the_clock_and_time_never_goes_back() {
-        let t0 = Instant::now();
+        let t0 = now();
         let hb = Heartbeat::new_at("mqtt", t0);
         let other = hb.clone();
         other.beat_at(t0 + Duration::from_secs(5));
@@ -121,7 +127,7 @@ mod tests {
 
     #[test]
     fn stale_names_only_the_old_ones() {
-        let t0 = Instant::now();
+        let t0 = now();
         let media = Heartbeat::new_at("media pipeline", t0);
         let mqtt = Heartbeat::new_at("MQTT loop", t0);
         mqtt.beat_at(t0 + Duration::from_secs(9));

@@ -98,16 +98,28 @@ pub fn watchdog_timeout(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> 
 
 /// How often to ping and how old a heartbeat may be, for a watchdog timeout. Pinging at a third
 /// of the timeout leaves room for one late tick; a part counts as stalled after half of it, so
-/// systemd sees silence soon after the stall, well before the timeout a second time over.
+/// systemd sees silence soon after the stall. The loops beat at least once a second, so a part
+/// is never called stalled before [`MIN_STALL`], however short `WatchdogSec=` is.
 pub fn watchdog_timing(timeout: Duration) -> (Duration, Duration) {
     let every = (timeout / 3).max(Duration::from_millis(10));
-    (every, timeout / 2)
+    (every, (timeout / 2).max(MIN_STALL))
 }
+
+/// Twice the slowest heartbeat's period (the loops beat every second when idle).
+pub const MIN_STALL: Duration = Duration::from_secs(2);
 
 /// One line for `systemctl status`: what streams, to how many, where to watch.
 pub fn status_line(status: &Status, connected: bool, page: &str) -> String {
-    let source = status.source.as_deref().unwrap_or("no source yet");
-    let encoder = status.encoder.as_deref().unwrap_or("no encoder yet");
+    let (Some(source), Some(encoder)) = (status.source.as_deref(), status.encoder.as_deref())
+    else {
+        // The pipeline reports what it runs once it runs; until then say so.
+        let broker = if connected {
+            ""
+        } else {
+            "; MQTT broker unreachable, retrying"
+        };
+        return format!("starting the camera and encoder{broker}; page {page}");
+    };
     let viewers = match status.viewers.unwrap_or(0) {
         1 => "1 viewer".to_string(),
         n => format!("{n} viewers"),
@@ -252,6 +264,8 @@ mod tests {
         assert_eq!(limit, Duration::from_secs(15));
         // A stall is noticed at most `limit + every` after it began, before systemd gives up.
         assert!(limit + every < Duration::from_secs(30));
+        // Too short a WatchdogSec= must not make a healthy idle loop look stalled.
+        assert_eq!(watchdog_timing(Duration::from_secs(1)).1, MIN_STALL);
     }
 
     #[test]
@@ -268,6 +282,9 @@ mod tests {
             "streaming /dev/video0 (vivid) with x264enc to 1 viewer; page http://10.0.0.5:8080/"
         );
         assert!(status_line(&status, false, "p").starts_with("MQTT broker unreachable"));
-        assert!(status_line(&Status::offline(), true, "p").contains("0 viewers"));
+        assert_eq!(
+            status_line(&Status::offline(), true, "p"),
+            "starting the camera and encoder; page p"
+        );
     }
 }
