@@ -4,9 +4,9 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use rtc::shared::marshal::Marshal;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::shared::marshal::Marshal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, Registry,
+    SettingEngineBuilder,
 };
 
 /// What the viewer has seen so far.
@@ -85,10 +85,7 @@ impl Viewer {
         mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
         mqtt_opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
-        client
-            .subscribe(&out_topic, QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        client.subscribe(&out_topic, QoS::AtLeastOnce).await.unwrap();
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Value>();
         let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
         let mqtt_task = tokio::spawn(async move {
@@ -124,11 +121,7 @@ impl Viewer {
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
-                    .build(),
-            )
+            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
             .with_handler(Arc::new(Handler {
                 candidates: cand_tx,
                 tracks: track_tx,
@@ -158,9 +151,7 @@ impl Viewer {
         if opts.no_trickle {
             // Gathering on loopback is quick; wait for it so the offer carries every candidate.
             let mut gathered = Vec::new();
-            while let Ok(Some(c)) =
-                tokio::time::timeout(Duration::from_millis(500), cand_rx.recv()).await
-            {
+            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(500), cand_rx.recv()).await {
                 gathered.push(c);
             }
             assert!(!gathered.is_empty(), "viewer gathered no candidates");
@@ -187,9 +178,7 @@ impl Viewer {
         let appsrc = decoder.appsrc.clone();
         let counted = decoded.clone();
         tasks.push(tokio::spawn(async move {
-            let Some(track) = track_rx.recv().await else {
-                return;
-            };
+            let Some(track) = track_rx.recv().await else { return };
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     counted.lock().unwrap().rtp_packets += 1;
@@ -213,9 +202,7 @@ impl Viewer {
             messages.lock().unwrap().push(msg.clone());
             match msg["type"].as_str() {
                 Some("answer") => {
-                    let answer =
-                        RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_string())
-                            .unwrap();
+                    let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_string()).unwrap();
                     pc.set_remote_description(answer).await.unwrap();
                     for c in pending_candidates.drain(..) {
                         let _ = pc.add_ice_candidate(c).await;
@@ -234,8 +221,7 @@ impl Viewer {
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 messages2.lock().unwrap().push(msg.clone());
-                if msg["type"] == "candidate" && !msg["candidate"].as_str().unwrap_or("").is_empty()
-                {
+                if msg["type"] == "candidate" && !msg["candidate"].as_str().unwrap_or("").is_empty() {
                     let _ = pc2.add_ice_candidate(candidate_init(&msg)).await;
                 }
             }
@@ -269,12 +255,7 @@ impl Viewer {
     }
 
     pub fn has_message(&self, kind: &str) -> Option<Value> {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|m| m["type"] == kind)
-            .cloned()
+        self.messages.lock().unwrap().iter().find(|m| m["type"] == kind).cloned()
     }
 
     pub async fn bye(self) {
@@ -311,12 +292,7 @@ fn add_candidates(sdp: &str, candidates: &[RTCIceCandidateInit]) -> String {
 
 pub async fn publish(client: &AsyncClient, topic: &str, body: Value) {
     client
-        .publish(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&body).unwrap(),
-        )
+        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap())
         .await
         .unwrap();
 }
@@ -338,16 +314,8 @@ impl Decoder {
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-        let appsrc = pipeline
-            .by_name("src")
-            .unwrap()
-            .downcast::<gst_app::AppSrc>()
-            .unwrap();
-        let sink = pipeline
-            .by_name("sink")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
+        let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+        let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
