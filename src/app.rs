@@ -4,12 +4,14 @@
 //! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
 //! disconnect → HTTP server.
 
-use crate::config::Config;
+use crate::config::{Config, Origin, ViewerCommands};
 use crate::health::Heartbeat;
+use crate::control::exec::{Controller, Requester};
+use crate::control::{ha, telemetry};
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
 use crate::session::table::SessionTable;
-use crate::session::SessionManager;
+use crate::session::{SessionManager, Sessions};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
 use crate::{broker, http};
@@ -34,8 +36,10 @@ pub struct App {
     status: watch::Receiver<Status>,
     /// The liveness of the loops the systemd watchdog vouches for.
     heartbeats: Vec<Heartbeat>,
+    controller: Controller,
     /// Each part has its own token so shutdown can stop them in order.
     sessions_stop: CancellationToken,
+    control_stop: CancellationToken,
     media_stop: CancellationToken,
     mqtt_stop: CancellationToken,
     http_stop: CancellationToken,
@@ -44,23 +48,33 @@ pub struct App {
     mqtt_task: JoinHandle<()>,
     http_task: JoinHandle<()>,
     status_task: JoinHandle<()>,
+    control_tasks: Vec<JoinHandle<()>>,
 }
 
 impl App {
-    pub async fn start(config: Config) -> anyhow::Result<App> {
+    pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
         let device_id = config.device_id();
         let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
         // The broker rtcam's own client and the page's `/mqtt` bridge connect to.
         let (broker_url, broker_tcp) = if config.mqtt.url == "embedded" {
-            broker::start(config.mqtt.embedded_listen, mqtt::MAX_PACKET).await?;
-            let addr = http::connectable(config.mqtt.embedded_listen);
+            broker::start(
+                config.mqtt.embedded_listen,
+                config.mqtt.embedded_listen_v5,
+                mqtt::MAX_PACKET,
+            )
+            .await?;
+            // rtcam's own client speaks MQTT 5; the page's bridge carries MQTT 3.1.1.
+            let own = http::connectable(config.mqtt.embedded_listen_v5);
             let url = BrokerUrl {
                 tls: false,
-                host: addr.ip().to_string(),
-                port: addr.port(),
+                host: own.ip().to_string(),
+                port: own.port(),
             };
-            (url, Some(addr.to_string()))
+            (
+                url,
+                Some(http::connectable(config.mqtt.embedded_listen).to_string()),
+            )
         } else {
             let url = BrokerUrl::parse(&config.mqtt.url)?;
             let tcp = (!url.tls).then(|| format!("{}:{}", url.host, url.port));
@@ -82,21 +96,32 @@ impl App {
             "ice_servers": config.webrtc.ice_servers,
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
+            "viewer_commands": config.control.viewer_commands,
         }))?;
-        let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(
-            listener,
-            http::HttpState { page_config, broker_tcp },
-            http_stop.clone(),
-        ));
-
         let media_stop = CancellationToken::new();
-        let (media, media_task) = media::start(&config.source, &config.encoder, media_stop.clone())?;
+        let (media, media_task) =
+            media::start(&config.source, &config.encoder, media_stop.clone())?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
         let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
         let (viewers_tx, viewers_rx) = watch::channel(0usize);
+        // Status follows the media pipeline and the viewer count.
+        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
+        let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
+        let (publications_tx, publications_rx) = mpsc::channel(1024);
+        let controller = Controller::new(
+            topics.clone(),
+            media.clone(),
+            sessions.clone(),
+            status_rx.clone(),
+            telemetry_rx.clone(),
+            publications_tx.clone(),
+            config.clone(),
+            origin,
+        );
         let sessions_stop = CancellationToken::new();
         let manager = SessionManager {
             table: SessionTable::new(config.webrtc.max_sessions),
@@ -106,11 +131,14 @@ impl App {
             outgoing: outgoing_tx,
             viewers: viewers_tx,
             disconnect_timeout: config.webrtc.disconnect_timeout(),
+            requests: requests_rx,
+            controller: controller.clone(),
+            viewer_requester: Requester::Viewer {
+                may_change_state: viewers_may_change_state(&config),
+            },
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
-        // Status follows the media pipeline and the viewer count.
-        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
         let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
 
         let client_id = if config.mqtt.client_id.is_empty() {
@@ -123,6 +151,45 @@ impl App {
         let mqtt_heartbeat = Heartbeat::new("MQTT loop");
         let heartbeats = vec![media.heartbeat(), mqtt_heartbeat.clone()];
         let status = status_rx.clone();
+
+        // The control plane: commands, telemetry, discovery.
+        let (commands_tx, commands_rx) = mpsc::channel(64);
+        let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
+            &topics,
+            &device_id,
+            VERSION,
+            &config.control.ha_prefix,
+            config.control.ha_discovery,
+        ));
+        let control_stop = CancellationToken::new();
+        let control_tasks = vec![
+            tokio::spawn(
+                controller
+                    .clone()
+                    .serve_mqtt(commands_rx, control_stop.clone()),
+            ),
+            tokio::spawn(telemetry::run(
+                telemetry::Sampler::new(media.clone(), sessions.clone()),
+                Duration::from_secs(config.control.telemetry_interval_secs),
+                topics.telemetry(),
+                telemetry_tx,
+                publications_tx,
+                control_stop.clone(),
+            )),
+        ];
+
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            http::HttpState {
+                page_config,
+                broker_tcp,
+                media: media.clone(),
+                telemetry: telemetry_rx,
+                device_id: device_id.clone(),
+            },
+            http_stop.clone(),
+        ));
         let mqtt_stop = CancellationToken::new();
         let mqtt_task = tokio::spawn(mqtt::run(
             MqttLink {
@@ -133,6 +200,9 @@ impl App {
                 outgoing: outgoing_rx,
                 connected: connected_tx,
                 heartbeat: mqtt_heartbeat,
+                commands: commands_tx,
+                publications: publications_rx,
+                on_connect: discovery_rx,
             },
             mqtt_stop.clone(),
         ));
@@ -146,7 +216,9 @@ impl App {
             viewers: viewers_rx,
             status,
             heartbeats,
+            controller,
             sessions_stop,
+            control_stop,
             media_stop,
             mqtt_stop,
             http_stop,
@@ -155,6 +227,7 @@ impl App {
             mqtt_task,
             http_task,
             status_task,
+            control_tasks,
         })
     }
 
@@ -196,11 +269,22 @@ impl App {
     /// Waits until connected to the broker, up to `timeout`. Returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.mqtt_connected.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The control plane, for library users and tests that run commands directly.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
     }
 
     /// Stops in order: sessions (each viewer gets a bye), media, MQTT (offline status), HTTP.
     pub async fn stop(self) {
+        self.control_stop.cancel();
+        for t in self.control_tasks {
+            let _ = t.await;
+        }
         self.sessions_stop.cancel();
         let _ = self.sessions_task.await;
         self.media_stop.cancel();
@@ -220,6 +304,7 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         source: (!info.source.is_empty()).then(|| info.source.clone()),
         encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
         viewers: Some(viewers),
+        streaming: Some(info.streaming),
     }
 }
 
@@ -266,3 +351,8 @@ pub fn viewer_url(http_addr: SocketAddr) -> String {
 
 /// Re-exported for tests and tools that speak the protocol.
 pub use protocol::MAX_PAYLOAD;
+
+/// What viewers' data channels may do, from config.
+pub fn viewers_may_change_state(c: &Config) -> bool {
+    c.control.viewer_commands == ViewerCommands::All
+}

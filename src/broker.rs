@@ -16,10 +16,21 @@ pub enum BrokerError {
     },
 }
 
-/// Starts the broker on its own threads and returns once it accepts connections.
-pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<(), BrokerError> {
-    // rumqttd reports a bind failure only in its log, so probe the port first for a clear error.
-    drop(std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen { addr: listen, source })?);
+/// Starts the broker on its own threads, with an MQTT 3.1.1 listener on `listen` and an MQTT 5
+/// one on `listen_v5` (rumqttd serves each protocol version on its own port), and returns once
+/// both accept connections.
+pub async fn start(
+    listen: SocketAddr,
+    listen_v5: SocketAddr,
+    max_payload: usize,
+) -> Result<(), BrokerError> {
+    // rumqttd reports a bind failure only in its log, so probe the ports first for a clear error.
+    for addr in [listen, listen_v5] {
+        drop(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| BrokerError::Listen { addr, source })?,
+        );
+    }
 
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
@@ -29,12 +40,12 @@ pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<(), BrokerE
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = rumqttd::ServerSettings {
-        name: "v4".into(),
+    let server = |name: &str, listen| rumqttd::ServerSettings {
+        name: name.into(),
         listen,
         tls: None,
         next_connection_delay_ms: 1,
-        connections,
+        connections: connections.clone(),
     };
     let config = rumqttd::Config {
         id: 0,
@@ -47,7 +58,8 @@ pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<(), BrokerE
             max_segment_count: 2,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        v4: Some(HashMap::from([("v4".to_string(), server("v4", listen))])),
+        v5: Some(HashMap::from([("v5".to_string(), server("v5", listen_v5))])),
         ..Default::default()
     };
     std::thread::Builder::new()
@@ -58,19 +70,31 @@ pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<(), BrokerE
                 tracing::error!("embedded MQTT broker stopped: {e}");
             }
         })
-        .map_err(|source| BrokerError::Listen { addr: listen, source })?;
+        .map_err(|source| BrokerError::Listen {
+            addr: listen,
+            source,
+        })?;
 
     // Wait until it accepts, so the client's first connect succeeds instead of logging a retry.
-    let target = crate::http::connectable(listen);
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(target).await.is_ok() {
-            tracing::info!(%listen, "embedded MQTT broker running");
+        let v4 = tokio::net::TcpStream::connect(crate::http::connectable(listen))
+            .await
+            .is_ok();
+        if v4
+            && tokio::net::TcpStream::connect(crate::http::connectable(listen_v5))
+                .await
+                .is_ok()
+        {
+            tracing::info!(%listen, %listen_v5, "embedded MQTT broker running");
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(BrokerError::Listen {
         addr: listen,
-        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "broker did not start accepting connections"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "broker did not start accepting connections",
+        ),
     })
 }

@@ -52,6 +52,7 @@ pub struct Config {
     pub source: SourceConfig,
     pub encoder: EncoderConfig,
     pub webrtc: WebrtcConfig,
+    pub control: ControlConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -84,9 +85,12 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
     pub keep_alive_secs: u64,
-    /// With `url = "embedded"`: where the embedded broker accepts plain MQTT connections from
+    /// With `url = "embedded"`: where the embedded broker accepts MQTT 3.1.1 connections from
     /// other programs (Home Assistant, scripts). Browsers reach it over `/mqtt` on the HTTP port.
     pub embedded_listen: SocketAddr,
+    /// With `url = "embedded"`: where the embedded broker accepts MQTT 5 connections (rtcam's
+    /// own client, and tools that want MQTT 5 request/response).
+    pub embedded_listen_v5: SocketAddr,
 }
 
 impl Default for MqttConfig {
@@ -100,6 +104,7 @@ impl Default for MqttConfig {
             client_id: String::new(),
             keep_alive_secs: 10,
             embedded_listen: "127.0.0.1:1883".parse().expect("literal address"),
+            embedded_listen_v5: "127.0.0.1:1884".parse().expect("literal address"),
         }
     }
 }
@@ -228,6 +233,41 @@ impl Default for WebrtcConfig {
     }
 }
 
+/// Who may change the camera's state over a viewer's data channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViewerCommands {
+    /// Read-only commands only (status, sessions, controls, snapshot).
+    ReadOnly,
+    /// Every command, as over MQTT.
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Seconds between telemetry messages on `R/telemetry`.
+    pub telemetry_interval_secs: u64,
+    /// What viewers may do over their `control` data channel.
+    pub viewer_commands: ViewerCommands,
+    /// Announce the camera to Home Assistant (MQTT discovery). `false` removes an earlier
+    /// announcement.
+    pub ha_discovery: bool,
+    /// Home Assistant's discovery prefix.
+    pub ha_prefix: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            telemetry_interval_secs: 10,
+            viewer_commands: ViewerCommands::ReadOnly,
+            ha_discovery: true,
+            ha_prefix: "homeassistant".into(),
+        }
+    }
+}
+
 impl WebrtcConfig {
     pub fn disconnect_timeout(&self) -> Duration {
         Duration::from_secs(self.disconnect_timeout_secs)
@@ -291,7 +331,8 @@ impl Config {
             key,
             message,
         };
-        if !self.device.id.is_empty() && !crate::signalling::protocol::is_valid_topic_level(&self.device.id)
+        if !self.device.id.is_empty()
+            && !crate::signalling::protocol::is_valid_topic_level(&self.device.id)
         {
             return Err(invalid(
                 "device.id",
@@ -315,17 +356,26 @@ impl Config {
         if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
             return Err(invalid(
                 "source.width",
-                format!("{}x{} is not a video size rtcam can stream", s.width, s.height),
+                format!(
+                    "{}x{} is not a video size rtcam can stream",
+                    s.width, s.height
+                ),
             ));
         }
         if s.width % 2 != 0 || s.height % 2 != 0 {
             return Err(invalid(
                 "source.width",
-                format!("{}x{}: H.264 needs an even width and height", s.width, s.height),
+                format!(
+                    "{}x{}: H.264 needs an even width and height",
+                    s.width, s.height
+                ),
             ));
         }
         if !(1..=120).contains(&s.fps) {
-            return Err(invalid("source.fps", format!("{} is not between 1 and 120", s.fps)));
+            return Err(invalid(
+                "source.fps",
+                format!("{} is not between 1 and 120", s.fps),
+            ));
         }
         let e = &self.encoder;
         if !(50..=50_000).contains(&e.bitrate_kbps) {
@@ -335,7 +385,10 @@ impl Config {
             ));
         }
         if e.keyframe_interval == 0 {
-            return Err(invalid("encoder.keyframe_interval", "must be at least 1".into()));
+            return Err(invalid(
+                "encoder.keyframe_interval",
+                "must be at least 1".into(),
+            ));
         }
         if e.element != "auto" && !crate::media::encoder::is_known(&e.element) {
             return Err(invalid(
@@ -345,6 +398,21 @@ impl Config {
                     e.element,
                     crate::media::encoder::known_names().join(", ")
                 ),
+            ));
+        }
+        if !(1..=3600).contains(&self.control.telemetry_interval_secs) {
+            return Err(invalid(
+                "control.telemetry_interval_secs",
+                format!(
+                    "{} is not between 1 and 3600",
+                    self.control.telemetry_interval_secs
+                ),
+            ));
+        }
+        if self.control.ha_prefix.is_empty() || self.control.ha_prefix.contains(['+', '#']) {
+            return Err(invalid(
+                "control.ha_prefix",
+                "must be a topic prefix without wildcards".into(),
             ));
         }
         if self.webrtc.max_sessions == 0 {
@@ -375,7 +443,13 @@ impl Config {
             .unwrap_or_default();
         let safe: String = host
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .take(64)
             .collect();
         if safe.is_empty() {
@@ -418,7 +492,9 @@ mod tests {
     #[test]
     fn wrong_type_is_located() {
         let text = "[encoder]\n\nbitrate_kbps = \"fast\"\n";
-        let msg = Config::parse(text, Path::new("x.toml")).unwrap_err().to_string();
+        let msg = Config::parse(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("x.toml:3:"), "{msg}");
     }
 
@@ -431,7 +507,10 @@ mod tests {
         let msg = Config::parse("[encoder]\nelement = \"nope\"\n", Path::new("x.toml"))
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("encoder.element") && msg.contains("x264enc"), "{msg}");
+        assert!(
+            msg.contains("encoder.element") && msg.contains("x264enc"),
+            "{msg}"
+        );
         let msg = Config::parse("[mqtt]\nurl = \"http://x\"\n", Path::new("x.toml"))
             .unwrap_err()
             .to_string();

@@ -40,6 +40,13 @@ fn read(dir: &Path, name: &str) -> Result<Option<String>, CredentialError> {
     }
 }
 
+/// [`apply`] with the directory systemd names in `$CREDENTIALS_DIRECTORY`, if any: what rtcam
+/// does at start and on a configuration reload.
+pub fn apply_from_env(config: &mut Config) -> Result<Vec<&'static str>, CredentialError> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    apply(config, dir.as_deref())
+}
+
 /// Fills the secrets the config leaves empty from the credentials in `dir` (systemd's
 /// `$CREDENTIALS_DIRECTORY`; `None` outside systemd). Returns the credentials used, for the log.
 pub fn apply(

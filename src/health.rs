@@ -8,7 +8,6 @@
 //!
 //! This module only keeps time; it decides nothing and talks to nobody.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,21 +62,6 @@ impl Heartbeat {
     pub fn age_at(&self, now: Instant) -> Duration {
         let last = self.last.load(Ordering::Relaxed);
         Duration::from_millis(millis_since_epoch(now).saturating_sub(last))
-    }
-
-    /// Runs `work`, beating every `every` until it completes: for waits that are healthy by
-    /// design (a restart backoff, a camera warming up).
-    pub async fn beating<F: Future>(&self, every: Duration, work: F) -> F::Output {
-        let mut tick = tokio::time::interval(every);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                // Cancel-safe: the pinned future lives across turns; polling it again resumes it.
-                out = &mut work => return out,
-                // Cancel-safe: an interval tick that is dropped is simply taken next turn.
-                _ = tick.tick() => self.beat(),
-            }
-        }
     }
 }
 

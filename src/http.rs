@@ -39,13 +39,22 @@ pub struct HttpState {
     pub page_config: Vec<u8>,
     /// `host:port` of the plain-TCP broker that `/mqtt` forwards to, if there is one.
     pub broker_tcp: Option<String>,
+    /// For `/snapshot.jpg`.
+    pub media: crate::media::Media,
+    /// Latest telemetry, for `/metrics`.
+    pub telemetry: tokio::sync::watch::Receiver<crate::control::telemetry::Telemetry>,
+    pub device_id: String,
 }
 
 /// An address to connect to for a listening address: a wildcard bind is reached on loopback.
 pub fn connectable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }
@@ -56,11 +65,17 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
         .map_err(|source| HttpError::Listen { addr, source })
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route("/", get(index))
         .route("/config.json", get(page_config))
         .route("/mqtt", get(mqtt_ws))
+        .route("/metrics", get(metrics))
+        .route("/snapshot.jpg", get(snapshot))
         .route("/*path", get(asset))
         .with_state(Arc::new(state));
     let result = axum::serve(listener, app)
@@ -113,6 +128,25 @@ async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let text = crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
+    match state.media.snapshot().await {
+        Ok(jpeg) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 async fn mqtt_ws(ws: WebSocketUpgrade, State(state): State<Arc<HttpState>>) -> Response {
     let Some(target) = state.broker_tcp.clone() else {
         return (
@@ -158,7 +192,11 @@ async fn bridge(socket: WebSocket, target: String) {
             match tcp_rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if ws_tx.send(Message::Binary(buf[..n].to_vec())).await.is_err() {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

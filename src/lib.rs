@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod credentials;
 pub mod health;
+pub mod control;
 pub mod http;
 pub mod media;
 pub mod service;

@@ -9,7 +9,11 @@ use rtcam::service::Notifier;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "rtcam", version, about = "Live WebRTC camera, signalled and controlled over MQTT")]
+#[command(
+    name = "rtcam",
+    version,
+    about = "Live WebRTC camera, signalled and controlled over MQTT"
+)]
 struct Cli {
     /// Configuration file (default: /etc/rtcam/rtcam.toml if present, else built-in demo defaults).
     #[arg(long, short, global = true)]
@@ -39,8 +43,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -66,8 +71,7 @@ fn main() -> std::process::ExitCode {
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (mut config, origin) = Config::load(config_path.as_deref())?;
     // Secrets systemd passes with LoadCredential= fill what the config file leaves empty.
-    let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let used = credentials::apply(&mut config, credentials_dir.as_deref())?;
+    let used = credentials::apply_from_env(&mut config)?;
     let notifier = Notifier::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,10 +84,13 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!("using systemd credentials: {}", used.join(", "));
         }
         notifier.status("starting");
-        let app = App::start(config).await?;
+        let app = App::start(config, origin).await?;
         let url = app::viewer_url(app.http_addr());
         tracing::info!("viewer page: {url}");
-        println!("rtcam is running. Open {url} in a browser to watch camera {:?}.", app.device_id());
+        println!(
+            "rtcam is running. Open {url} in a browser to watch camera {:?}.",
+            app.device_id()
+        );
         // READY=1 once the broker is connected, watchdog pings, STATUS=, then STOPPING=1 on the
         // first signal; all no-ops outside systemd.
         let signal = async {

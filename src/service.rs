@@ -120,6 +120,9 @@ pub fn status_line(status: &Status, connected: bool, page: &str) -> String {
         };
         return format!("starting the camera and encoder{broker}; page {page}");
     };
+    if status.streaming == Some(false) {
+        return format!("streaming switched off by its owner; {source}; page {page}");
+    }
     let viewers = match status.viewers.unwrap_or(0) {
         1 => "1 viewer".to_string(),
         n => format!("{n} viewers"),
@@ -276,12 +279,18 @@ mod tests {
             source: Some("/dev/video0 (vivid)".into()),
             encoder: Some("x264enc".into()),
             viewers: Some(1),
+            streaming: Some(true),
         };
         assert_eq!(
             status_line(&status, true, "http://10.0.0.5:8080/"),
             "streaming /dev/video0 (vivid) with x264enc to 1 viewer; page http://10.0.0.5:8080/"
         );
         assert!(status_line(&status, false, "p").starts_with("MQTT broker unreachable"));
+        let off = Status {
+            streaming: Some(false),
+            ..status.clone()
+        };
+        assert!(status_line(&off, true, "p").starts_with("streaming switched off"));
         assert_eq!(
             status_line(&Status::offline(), true, "p"),
             "starting the camera and encoder; page p"

@@ -11,7 +11,9 @@ use std::time::Duration;
 async fn real_offer_sdp() -> String {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use webrtc::peer_connection::{MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder};
+    use webrtc::peer_connection::{
+        MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder,
+    };
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
     struct NoEvents;
@@ -51,7 +53,13 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     let rt = start(config).await;
     let root = rt.root();
     let watcher = Viewer::connect(rt.broker(), &root).await;
-    assert!(watcher.wait_frames(10, Duration::from_secs(10)).await.frames >= 10);
+    assert!(
+        watcher
+            .wait_frames(10, Duration::from_secs(10))
+            .await
+            .frames
+            >= 10
+    );
 
     let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;
     let inp = |sid: &str| format!("{root}/session/{sid}/in");
@@ -60,7 +68,9 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     // bad_json: not JSON at all, and binary garbage.
     probe.send(&inp("j1"), "{not json").await;
     probe.wait_error(&out("j1"), "bad_json").await;
-    probe.send(&inp("j2"), vec![0xff, 0x00, 0xfe, 0x80, 0x01]).await;
+    probe
+        .send(&inp("j2"), vec![0xff, 0x00, 0xfe, 0x80, 0x01])
+        .await;
     probe.wait_error(&out("j2"), "bad_json").await;
 
     // bad_message: wrong shapes and an unknown type.
@@ -68,7 +78,9 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     probe.wait_error(&out("m1"), "bad_message").await;
     probe.send(&inp("m2"), r#"{"type":"offer"}"#).await;
     probe.wait_error(&out("m2"), "bad_message").await;
-    probe.send(&inp("m3"), r#"{"type":"teleport","where":"mars"}"#).await;
+    probe
+        .send(&inp("m3"), r#"{"type":"teleport","where":"mars"}"#)
+        .await;
     let e = probe.wait_error(&out("m3"), "bad_message").await;
     assert!(e["message"].as_str().unwrap().contains("teleport"), "{e}");
 
@@ -104,7 +116,9 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     // too_many_sessions: the watcher holds one of two slots, a real offer takes the other.
     probe.send(&inp("f1"), offer(&real_offer_sdp().await)).await;
     probe
-        .wait_json(&out("f1"), Duration::from_secs(5), |v| v["type"] == "answer")
+        .wait_json(&out("f1"), Duration::from_secs(5), |v| {
+            v["type"] == "answer"
+        })
         .await
         .expect("second session answered");
     probe.send(&inp("f2"), offer(&real_offer_sdp().await)).await;
@@ -112,8 +126,14 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
 
     // Through all of it the first viewer kept decoding.
     let before = watcher.decoded().frames;
-    let after = watcher.wait_frames(before + 30, Duration::from_secs(10)).await.frames;
-    assert!(after >= before + 30, "watcher kept decoding ({before} → {after})");
+    let after = watcher
+        .wait_frames(before + 30, Duration::from_secs(10))
+        .await
+        .frames;
+    assert!(
+        after >= before + 30,
+        "watcher kept decoding ({before} → {after})"
+    );
     watcher.bye().await;
     rt.app.stop().await;
 }
@@ -127,7 +147,11 @@ fn strip_h264(sdp: &str) -> String {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
     sdp.lines()
-        .filter(|l| !h264_pts.iter().any(|pt| l.contains(&format!(":{pt} ")) || l.contains(&format!("apt={pt}"))))
+        .filter(|l| {
+            !h264_pts
+                .iter()
+                .any(|pt| l.contains(&format!(":{pt} ")) || l.contains(&format!("apt={pt}")))
+        })
         .collect::<Vec<_>>()
         .join("\r\n")
         + "\r\n"
@@ -137,7 +161,11 @@ fn strip_h264(sdp: &str) -> String {
 async fn setup_failure_is_an_internal_error() {
     // An address this machine does not have: binding the viewer's ICE sockets fails, which is
     // rtcam's problem, not the viewer's.
-    let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs().unwrap().iter().map(|i| i.ip()).collect();
+    let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .unwrap()
+        .iter()
+        .map(|i| i.ip())
+        .collect();
     let foreign: std::net::IpAddr = ["198.51.100.77", "203.0.113.77", "192.0.2.77"]
         .iter()
         .map(|a| a.parse().unwrap())
@@ -149,9 +177,14 @@ async fn setup_failure_is_an_internal_error() {
     let root = rt.root();
     let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;
     probe
-        .send(&format!("{root}/session/i1/in"), offer(&real_offer_sdp().await))
+        .send(
+            &format!("{root}/session/i1/in"),
+            offer(&real_offer_sdp().await),
+        )
         .await;
-    let e = probe.wait_error(&format!("{root}/session/i1/out"), "internal").await;
+    let e = probe
+        .wait_error(&format!("{root}/session/i1/out"), "internal")
+        .await;
     assert!(!e["message"].as_str().unwrap().is_empty());
     rt.app.stop().await;
 }

@@ -22,7 +22,11 @@ fn view(url: &str, extra: &[&str]) -> (bool, serde_json::Value, String) {
         .rev()
         .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .unwrap_or(serde_json::Value::Null);
-    (out.status.success(), report, format!("stdout:\n{stdout}\nstderr:\n{stderr}"))
+    (
+        out.status.success(),
+        report,
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,12 +38,27 @@ async fn chromium_decodes_the_served_page() {
     let rt = start(config).await;
     let url = format!("http://{}/", rt.app.http_addr());
     let (ok, report, output) = tokio::task::spawn_blocking(move || {
-        view(&url, &["--width", "320", "--height", "240", "--frames", "30", "--timeout", "30000"])
+        view(
+            &url,
+            &[
+                "--width",
+                "320",
+                "--height",
+                "240",
+                "--frames",
+                "30",
+                "--timeout",
+                "30000",
+            ],
+        )
     })
     .await
     .unwrap();
     assert!(ok, "browser did not decode the stream: {output}");
-    assert!(report["framesDecoded"].as_u64().unwrap_or(0) >= 30, "{report}");
+    assert!(
+        report["framesDecoded"].as_u64().unwrap_or(0) >= 30,
+        "{report}"
+    );
     assert_eq!(report["frameWidth"], 320, "{report}");
     eprintln!("chromium: {report}");
     rt.app.stop().await;
@@ -54,7 +73,10 @@ async fn chromium_is_told_when_the_camera_is_full() {
     let watcher = common::viewer::Viewer::connect(rt.broker(), &rt.root()).await;
     let url = format!("http://{}/", rt.app.http_addr());
     let (ok, report, output) = tokio::task::spawn_blocking(move || {
-        view(&url, &["--expect-error", "too_many_sessions", "--timeout", "20000"])
+        view(
+            &url,
+            &["--expect-error", "too_many_sessions", "--timeout", "20000"],
+        )
     })
     .await
     .unwrap();

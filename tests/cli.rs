@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn rtcam(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rtcam")).args(args).output().expect("rtcam runs")
+    Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args(args)
+        .output()
+        .expect("rtcam runs")
 }
 
 #[test]
@@ -16,7 +19,11 @@ fn example_config_is_printed_and_passes_check() {
     assert_eq!(config.mqtt.url, "embedded");
 
     let out = rtcam(&["config", "check", "rtcam.example.toml"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
@@ -24,7 +31,11 @@ fn example_config_is_printed_and_passes_check() {
 fn unknown_key_fails_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcam.toml");
-    std::fs::write(&path, "[device]\nid = \"cam\"\n\n[encoder]\nbitrate_kbps = 1000\nbitrat = 5\n").unwrap();
+    std::fs::write(
+        &path,
+        "[device]\nid = \"cam\"\n\n[encoder]\nbitrate_kbps = 1000\nbitrat = 5\n",
+    )
+    .unwrap();
     let out = rtcam(&["config", "check", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

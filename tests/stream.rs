@@ -11,7 +11,12 @@ const FRAMES: usize = 60;
 const WITHIN: Duration = Duration::from_secs(10);
 
 fn assert_decoded(d: &common::viewer::Decoded) {
-    assert!(d.frames >= FRAMES, "decoded {} frames ({} RTP packets) within {WITHIN:?}", d.frames, d.rtp_packets);
+    assert!(
+        d.frames >= FRAMES,
+        "decoded {} frames ({} RTP packets) within {WITHIN:?}",
+        d.frames,
+        d.rtp_packets
+    );
     assert_eq!((d.width, d.height), (320, 240), "decoded frame size");
 }
 
@@ -42,7 +47,11 @@ async fn viewer_decodes_video_through_mosquitto() {
     let rt = start(config).await;
     let status = Probe::connect(rt.broker(), &[format!("{}/status", rt.root())]).await;
     let online = status
-        .wait_json(&format!("{}/status", rt.root()), Duration::from_secs(5), |v| v["state"] == "online")
+        .wait_json(
+            &format!("{}/status", rt.root()),
+            Duration::from_secs(5),
+            |v| v["state"] == "online",
+        )
         .await
         .expect("retained online status on mosquitto");
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
@@ -54,7 +63,9 @@ async fn viewer_decodes_video_through_mosquitto() {
     let status_topic = format!("{}/status", rt.root());
     rt.app.stop().await;
     status
-        .wait_json(&status_topic, Duration::from_secs(5), |v| v["state"] == "offline")
+        .wait_json(&status_topic, Duration::from_secs(5), |v| {
+            v["state"] == "offline"
+        })
         .await
         .expect("offline status published on shutdown");
 }
@@ -62,7 +73,15 @@ async fn viewer_decodes_video_through_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_with_all_candidates_and_no_trickle_works() {
     let rt = start(test_config("notrickle")).await;
-    let viewer = Viewer::connect_with(rt.broker(), &rt.root(), ViewerOptions { no_trickle: true }).await;
+    let viewer = Viewer::connect_with(
+        rt.broker(),
+        &rt.root(),
+        ViewerOptions {
+            no_trickle: true,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_decoded(&viewer.wait_frames(FRAMES, WITHIN).await);
     viewer.bye().await;
     rt.app.stop().await;
@@ -76,13 +95,20 @@ async fn two_viewers_share_one_encoder() {
     let (da, db) = tokio::join!(a.wait_frames(FRAMES, WITHIN), b.wait_frames(FRAMES, WITHIN));
     assert_decoded(&da);
     assert_decoded(&db);
-    assert_eq!(rt.app.media().encoders_running(), 1, "one encoder feeds both viewers");
+    assert_eq!(
+        rt.app.media().encoders_running(),
+        1,
+        "one encoder feeds both viewers"
+    );
     assert_eq!(rt.app.viewers(), 2);
     a.bye().await;
     // The remaining viewer keeps receiving after the other leaves.
     let before = b.decoded().frames;
     let after = b.wait_frames(before + 15, WITHIN).await.frames;
-    assert!(after >= before + 15, "second viewer kept decoding ({before} → {after})");
+    assert!(
+        after >= before + 15,
+        "second viewer kept decoding ({before} → {after})"
+    );
     b.bye().await;
     rt.app.stop().await;
 }
@@ -97,8 +123,13 @@ async fn bye_from_rtcam_on_shutdown() {
     while viewer.has_message("bye").is_none() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let bye = viewer.has_message("bye").expect("rtcam said bye on shutdown");
-    assert!(bye["reason"].as_str().unwrap().contains("shutting down"), "{bye}");
+    let bye = viewer
+        .has_message("bye")
+        .expect("rtcam said bye on shutdown");
+    assert!(
+        bye["reason"].as_str().unwrap().contains("shutting down"),
+        "{bye}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +149,11 @@ async fn broker_restart_is_survived() {
     let _mosquitto = Mosquitto::start_on(port);
     let status = Probe::connect(rt.broker(), &[format!("{}/status", rt.root())]).await;
     status
-        .wait_json(&format!("{}/status", rt.root()), Duration::from_secs(5), |v| v["state"] == "online")
+        .wait_json(
+            &format!("{}/status", rt.root()),
+            Duration::from_secs(5),
+            |v| v["state"] == "online",
+        )
         .await
         .expect("status republished after the broker came back");
 

@@ -81,7 +81,10 @@ pub enum EncoderError {
 
 /// Picks the encoder: the configured one, or the first of [`CATALOGUE`] that `present` says
 /// exists. `present` is a seam so the choice is testable without GStreamer.
-pub fn choose(cfg: &EncoderConfig, present: impl Fn(&str) -> bool) -> Result<EncoderChoice, EncoderError> {
+pub fn choose(
+    cfg: &EncoderConfig,
+    present: impl Fn(&str) -> bool,
+) -> Result<EncoderChoice, EncoderError> {
     if cfg.element != "auto" {
         let spec = CATALOGUE
             .iter()
@@ -101,9 +104,15 @@ pub fn choose(cfg: &EncoderConfig, present: impl Fn(&str) -> bool) -> Result<Enc
             let reason = match (spec.hardware, skipped.is_empty()) {
                 (Some(hw), _) => format!("hardware encoder for {hw}"),
                 (None, true) => "first software encoder present".into(),
-                (None, false) => format!("no hardware encoder present ({} not found)", skipped.join(", ")),
+                (None, false) => format!(
+                    "no hardware encoder present ({} not found)",
+                    skipped.join(", ")
+                ),
             };
-            return Ok(EncoderChoice { spec: *spec, reason });
+            return Ok(EncoderChoice {
+                spec: *spec,
+                reason,
+            });
         }
         skipped.push(spec.element);
     }
@@ -141,16 +150,34 @@ pub fn launch_fragment(spec: &EncoderSpec, s: EncoderSettings) -> String {
             "v4l2h264enc name=encoder extra-controls=\"controls,video_bitrate={bps},\
              h264_i_frame_period={gop},repeat_sequence_header=1,h264_profile=1\""
         ),
-        "mpph264enc" => format!("mpph264enc name=encoder bps={bps} gop={gop} profile=66 rc-mode=cbr"),
+        "mpph264enc" => {
+            format!("mpph264enc name=encoder bps={bps} gop={gop} profile=66 rc-mode=cbr")
+        }
         "nvv4l2h264enc" => format!(
             "nvv4l2h264enc name=encoder bitrate={bps} iframeinterval={gop} insert-sps-pps=true \
              profile=0 maxperf-enable=true"
         ),
-        "vah264enc" => format!("vah264enc name=encoder bitrate={kbps} key-int-max={gop} rate-control=cbr"),
-        "vaapih264enc" => format!("vaapih264enc name=encoder bitrate={kbps} keyframe-period={gop} rate-control=cbr"),
+        "vah264enc" => {
+            format!("vah264enc name=encoder bitrate={kbps} key-int-max={gop} rate-control=cbr")
+        }
+        "vaapih264enc" => format!(
+            "vaapih264enc name=encoder bitrate={kbps} keyframe-period={gop} rate-control=cbr"
+        ),
         other => format!("{other} name=encoder"),
     };
     format!("{element} ! video/x-h264,profile=constrained-baseline")
+}
+
+/// The property that changes the bitrate of a running encoder, and its unit in kbit/s, for
+/// encoders that accept the change while playing. The others need a pipeline rebuild (the Pi's
+/// encoder takes bitrate through `extra-controls`, fixed at start).
+pub fn live_bitrate(spec: &EncoderSpec) -> Option<(&'static str, u32)> {
+    match spec.element {
+        "x264enc" | "vah264enc" | "vaapih264enc" => Some(("bitrate", 1)),
+        "openh264enc" | "nvv4l2h264enc" => Some(("bitrate", 1000)),
+        "mpph264enc" => Some(("bps", 1000)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -171,13 +198,22 @@ mod tests {
         let c = choose(&cfg("auto"), |e| e == "x264enc" || e == "openh264enc").unwrap();
         assert_eq!(c.spec.element, "x264enc");
         assert!(c.reason.contains("no hardware encoder"), "{}", c.reason);
-        assert!(matches!(choose(&cfg("auto"), |_| false), Err(EncoderError::NoneAvailable)));
+        assert!(matches!(
+            choose(&cfg("auto"), |_| false),
+            Err(EncoderError::NoneAvailable)
+        ));
     }
 
     #[test]
     fn forced_encoder_must_exist() {
-        assert_eq!(choose(&cfg("openh264enc"), |_| true).unwrap().spec.element, "openh264enc");
-        assert!(matches!(choose(&cfg("openh264enc"), |_| false), Err(EncoderError::Missing(_))));
+        assert_eq!(
+            choose(&cfg("openh264enc"), |_| true).unwrap().spec.element,
+            "openh264enc"
+        );
+        assert!(matches!(
+            choose(&cfg("openh264enc"), |_| false),
+            Err(EncoderError::Missing(_))
+        ));
     }
 
     #[test]
@@ -186,7 +222,8 @@ mod tests {
             bitrate_kbps: 1500,
             keyframe_interval: 45,
         };
-        let get = |name: &str| launch_fragment(CATALOGUE.iter().find(|e| e.element == name).unwrap(), s);
+        let get =
+            |name: &str| launch_fragment(CATALOGUE.iter().find(|e| e.element == name).unwrap(), s);
         assert!(get("x264enc").contains("bitrate=1500 "));
         assert!(get("x264enc").contains("key-int-max=45"));
         assert!(get("openh264enc").contains("bitrate=1500000 "));
@@ -197,6 +234,21 @@ mod tests {
         assert!(get("nvv4l2h264enc").contains("bitrate=1500000 "));
         assert!(get("vah264enc").contains("bitrate=1500 "));
         assert!(get("vaapih264enc").contains("keyframe-period=45"));
+        assert_eq!(
+            live_bitrate(&CATALOGUE[5]),
+            Some(("bitrate", 1)),
+            "x264enc takes kbit/s"
+        );
+        assert_eq!(
+            live_bitrate(&CATALOGUE[6]),
+            Some(("bitrate", 1000)),
+            "openh264enc takes bit/s"
+        );
+        assert_eq!(
+            live_bitrate(&CATALOGUE[0]),
+            None,
+            "v4l2h264enc needs a rebuild"
+        );
         for spec in CATALOGUE {
             let f = launch_fragment(spec, s);
             assert!(f.contains("name=encoder"), "{f}");

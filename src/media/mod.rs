@@ -13,6 +13,7 @@ pub mod v4l2;
 
 use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
 use crate::health::Heartbeat;
+use crate::util::sleep_until;
 use bytes::Bytes;
 use encoder::{EncoderChoice, EncoderSettings};
 use futures::StreamExt;
@@ -23,7 +24,6 @@ use keyframe::{Decision, KeyframeLimiter};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use crate::util::sleep_until;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -65,9 +65,14 @@ pub enum MediaError {
     #[error("pipeline {0:?} cannot be built: {1}")]
     Build(String, String),
     #[error("pipeline error from {source_name}: {message}")]
-    Runtime { source_name: String, message: String },
+    Runtime {
+        source_name: String,
+        message: String,
+    },
     #[error("the camera stopped: {0}")]
     CaptureEnded(String),
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
 }
 
 /// What the pipeline is running, for status and logs.
@@ -78,19 +83,43 @@ pub struct MediaInfo {
     pub width: u32,
     pub height: u32,
     pub fps: f64,
+    pub bitrate_kbps: u32,
     pub running: bool,
+    /// False while the privacy switch is off.
+    pub streaming: bool,
+}
+
+/// Counters the pipeline keeps; telemetry turns them into rates.
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    pub frames: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub keyframes: std::sync::atomic::AtomicU64,
+    pub restarts: std::sync::atomic::AtomicU64,
+}
+
+/// Requests to the media task.
+#[derive(Debug)]
+enum MediaCommand {
+    Keyframe,
+    SetBitrate(u32),
+    Reconfigure { width: u32, height: u32, fps: u32 },
+    Restart,
+    Streaming(bool),
+    Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
 }
 
 /// Handle to the running media pipeline; cheap to clone.
 #[derive(Clone)]
 pub struct Media {
     frames: broadcast::Sender<EncodedFrame>,
-    keyframes: mpsc::UnboundedSender<()>,
+    commands: mpsc::UnboundedSender<MediaCommand>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
     /// Beats with every frame, and while the loop waits for a good reason; a stalled pipeline
     /// stops it, which stops the systemd watchdog pings.
     heartbeat: Heartbeat,
+    stats: Arc<MediaStats>,
 }
 
 impl Media {
@@ -101,7 +130,47 @@ impl Media {
 
     /// Asks for a keyframe soon; requests are merged so a crowd costs one.
     pub fn request_keyframe(&self) {
-        let _ = self.keyframes.send(());
+        let _ = self.commands.send(MediaCommand::Keyframe);
+    }
+
+    /// Changes the encoder bitrate; applied live where the encoder allows it, else by rebuilding
+    /// the pipeline (viewers keep their tracks either way).
+    pub fn set_bitrate(&self, kbps: u32) {
+        let _ = self.commands.send(MediaCommand::SetBitrate(kbps));
+    }
+
+    /// Changes size and rate: the pipeline is rebuilt, viewers stay connected and the
+    /// browser's decoder follows the new SPS.
+    pub fn reconfigure(&self, width: u32, height: u32, fps: u32) {
+        let _ = self
+            .commands
+            .send(MediaCommand::Reconfigure { width, height, fps });
+    }
+
+    /// Rebuilds the pipeline from scratch (camera reopened, encoder recreated).
+    pub fn restart(&self) {
+        let _ = self.commands.send(MediaCommand::Restart);
+    }
+
+    /// Privacy switch: off stops the pipeline and closes the camera until switched on again.
+    pub fn set_streaming(&self, on: bool) {
+        let _ = self.commands.send(MediaCommand::Streaming(on));
+    }
+
+    /// A JPEG of the current frame, taken without disturbing the stream.
+    pub async fn snapshot(&self) -> Result<Bytes, MediaError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(MediaCommand::Snapshot(tx))
+            .map_err(|_| MediaError::Snapshot("the media pipeline is not running".into()))?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| MediaError::Snapshot("timed out".into()))?
+            .map_err(|_| MediaError::Snapshot("the media pipeline stopped".into()))?
+    }
+
+    pub fn stats(&self) -> &MediaStats {
+        &self.stats
     }
 
     pub fn info(&self) -> watch::Receiver<MediaInfo> {
@@ -130,7 +199,9 @@ fn resolve_source(cfg: &SourceConfig) -> Result<Source, MediaError> {
     Ok(match cfg.kind {
         SourceKind::Test => Source::Test,
         SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::V4l2 => Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?),
+        SourceKind::V4l2 => {
+            Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?)
+        }
         SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
         SourceKind::Auto => match v4l2::first_capture_device() {
             Some(p) => Source::V4l2(p),
@@ -150,19 +221,30 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<(Media, tokio::task::JoinHandle<()>), MediaError> {
     gst::init()?;
-    let choice = encoder::choose(encoder_cfg, |name| gst::ElementFactory::find(name).is_some())?;
-    tracing::info!(encoder = choice.spec.element, "encoder chosen: {}", choice.reason);
+    let choice = encoder::choose(encoder_cfg, |name| {
+        gst::ElementFactory::find(name).is_some()
+    })?;
+    tracing::info!(
+        encoder = choice.spec.element,
+        "encoder chosen: {}",
+        choice.reason
+    );
     let (frames, _) = broadcast::channel(FRAME_BUFFER);
-    let (keyframes_tx, keyframes_rx) = mpsc::unbounded_channel();
-    let (info_tx, info_rx) = watch::channel(MediaInfo::default());
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let (info_tx, info_rx) = watch::channel(MediaInfo {
+        streaming: true,
+        ..Default::default()
+    });
     let encoders_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let heartbeat = Heartbeat::new("media pipeline");
+    let stats = Arc::new(MediaStats::default());
     let media = Media {
         frames: frames.clone(),
-        keyframes: keyframes_tx,
+        commands: commands_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
         heartbeat: heartbeat.clone(),
+        stats: stats.clone(),
     };
     let runner = Runner {
         source: source.clone(),
@@ -172,11 +254,13 @@ pub fn start(
         },
         choice,
         frames,
-        keyframes: keyframes_rx,
+        commands: commands_rx,
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
         info: info_tx,
         encoders_running,
         heartbeat,
+        stats,
+        streaming: true,
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -187,11 +271,23 @@ struct Runner {
     settings: EncoderSettings,
     choice: EncoderChoice,
     frames: broadcast::Sender<EncodedFrame>,
-    keyframes: mpsc::UnboundedReceiver<()>,
+    commands: mpsc::UnboundedReceiver<MediaCommand>,
     limiter: KeyframeLimiter,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
     heartbeat: Heartbeat,
+    stats: Arc<MediaStats>,
+    /// The privacy switch; while off no pipeline runs.
+    streaming: bool,
+}
+
+/// Why one pipeline run ended without an error.
+enum Exit {
+    Shutdown,
+    /// Build a new pipeline now, with the current settings.
+    Rebuild,
+    /// The privacy switch went off; wait for it to come on.
+    Paused,
 }
 
 impl Runner {
@@ -200,9 +296,24 @@ impl Runner {
         let mut delay = RESTART_FIRST;
         let mut last_error = String::new();
         while !shutdown.is_cancelled() {
+            if !self.streaming {
+                self.info.send_modify(|i| {
+                    i.running = false;
+                    i.streaming = false;
+                });
+                if !self.wait(&shutdown, None).await {
+                    break;
+                }
+                continue;
+            }
             let started = Instant::now();
             match self.run_once(&shutdown).await {
-                Ok(()) => break,
+                Ok(Exit::Shutdown) => break,
+                Ok(Exit::Rebuild) | Ok(Exit::Paused) => {
+                    self.info.send_modify(|i| i.running = false);
+                    delay = RESTART_FIRST;
+                    continue;
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     // Log once per distinct failure, not once per retry.
@@ -210,29 +321,81 @@ impl Runner {
                         tracing::error!("media pipeline failed: {msg}; restarting");
                         last_error = msg;
                     }
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.info.send_modify(|i| i.running = false);
             if started.elapsed() > Duration::from_secs(30) {
                 delay = RESTART_FIRST;
             }
-            // Waiting to retry (a camera unplugged, a device busy) is healthy: restarting rtcam
-            // would not bring the camera back, so the loop keeps beating while it waits.
-            let wait = async {
-                tokio::select! {
-                    _ = shutdown.cancelled() => true,
-                    _ = tokio::time::sleep(delay) => false,
-                }
-            };
-            if self.heartbeat.beating(BEAT_EVERY, wait).await {
+            if !self.wait(&shutdown, Some(Instant::now() + delay)).await {
                 break;
             }
             delay = (delay * 2).min(RESTART_MAX);
         }
+        self.info.send_modify(|i| i.running = false);
+    }
+
+    /// Between pipelines: serves commands until `until` (or, without it, until streaming is
+    /// switched back on or a rebuild is asked for). Returns false on shutdown.
+    ///
+    /// Waiting is healthy (a camera unplugged or busy, streaming switched off): restarting rtcam
+    /// would not change it, so the loop beats for the watchdog while it waits.
+    async fn wait(&mut self, shutdown: &CancellationToken, until: Option<Instant>) -> bool {
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        loop {
+            tokio::select! {
+                // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+                _ = beat.tick() => self.heartbeat.beat(),
+                // Cancel-safe: level-triggered token.
+                _ = shutdown.cancelled() => return false,
+                // Cancel-safe: a timer; when it fires the wait is over.
+                _ = sleep_until(until), if until.is_some() => return true,
+                // Cancel-safe: mpsc recv.
+                Some(cmd) = self.commands.recv() => {
+                    let resume = self.apply_idle(cmd);
+                    if resume && (until.is_none() || self.streaming) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A command while no pipeline runs. Returns true when it should start one now.
+    fn apply_idle(&mut self, cmd: MediaCommand) -> bool {
+        match cmd {
+            MediaCommand::Keyframe => false,
+            MediaCommand::SetBitrate(kbps) => {
+                self.settings.bitrate_kbps = kbps;
+                false
+            }
+            MediaCommand::Reconfigure { width, height, fps } => {
+                self.source.width = width;
+                self.source.height = height;
+                self.source.fps = fps;
+                self.streaming
+            }
+            MediaCommand::Restart => self.streaming,
+            MediaCommand::Streaming(on) => {
+                self.streaming = on;
+                self.info.send_modify(|i| i.streaming = on);
+                on
+            }
+            MediaCommand::Snapshot(reply) => {
+                let why = if self.streaming {
+                    "the camera is not delivering frames right now"
+                } else {
+                    "streaming is switched off"
+                };
+                let _ = reply.send(Err(MediaError::Snapshot(why.into())));
+                false
+            }
+        }
     }
 
     /// Builds and runs one pipeline until it fails or shutdown.
-    async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<(), MediaError> {
+    async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Exit, MediaError> {
         let source = resolve_source(&self.source)?;
         let (capture, head, info) = match &source {
             Source::Test => {
@@ -240,7 +403,9 @@ impl Runner {
                 let overlay = if gst::ElementFactory::find("clockoverlay").is_some() {
                     "clockoverlay halignment=right valignment=bottom shaded-background=true font-desc=\"Sans 20\" ! "
                 } else {
-                    tracing::warn!("clockoverlay missing (install gstreamer1.0-x); test pattern has no clock");
+                    tracing::warn!(
+                        "clockoverlay missing (install gstreamer1.0-x); test pattern has no clock"
+                    );
                     ""
                 };
                 let head = format!(
@@ -256,7 +421,9 @@ impl Runner {
                     width: s.width,
                     height: s.height,
                     fps: f64::from(s.fps),
+                    bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
+                    streaming: true,
                 };
                 (None, head, info)
             }
@@ -287,31 +454,43 @@ impl Runner {
                     width: neg.width,
                     height: neg.height,
                     fps: neg.fps,
+                    bitrate_kbps: self.settings.bitrate_kbps,
                     running: true,
+                    streaming: true,
                 };
                 (Some((dev, neg)), head, info)
             }
         };
-        let passthrough = capture.as_ref().is_some_and(|(_, n)| n.format == PixelFormat::H264);
+        let passthrough = capture
+            .as_ref()
+            .is_some_and(|(_, n)| n.format == PixelFormat::H264);
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
             Some(PixelFormat::Mjpeg) => "jpegdec ! ",
             _ => "",
         };
+        // Raw frames also go to `rawsink`, which keeps only the newest one (a reference, not a
+        // copy) so a snapshot can be encoded from it on demand without touching the stream.
         let encode = if passthrough {
             String::new()
         } else {
             format!(
-                "{decode}videoconvert ! video/x-raw,format={fmt} ! \
+                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name=raw ! \
                  queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! {enc} ! ",
                 fmt = self.choice.spec.input_format,
                 enc = encoder::launch_fragment(&self.choice.spec, self.settings)
             )
         };
+        let snapshot_branch = if passthrough {
+            ""
+        } else {
+            " raw. ! queue max-size-buffers=1 max-size-bytes=0 max-size-time=0 leaky=downstream ! \
+             appsink name=rawsink sync=false max-buffers=1 drop=true async=false"
+        };
         // config-interval=-1 puts SPS/PPS in front of every IDR, so any keyframe is a start point.
         let desc = format!(
             "{head}{encode}h264parse config-interval=-1 ! \
              video/x-h264,stream-format=byte-stream,alignment=au ! \
-             appsink name=sink sync=false max-buffers=8 drop=true"
+             appsink name=sink sync=false max-buffers=8 drop=true{snapshot_branch}"
         );
         tracing::debug!("pipeline: {desc}");
         let pipeline = gst::parse::launch(&desc)
@@ -323,10 +502,14 @@ impl Runner {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
+        let rawsink = pipeline
+            .by_name("rawsink")
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         let frames = self.frames.clone();
         let heartbeat = self.heartbeat.clone();
         let first_frame_logged = Arc::new(AtomicBool::new(false));
         let source_name = info.source.clone();
+        let stats = self.stats.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -336,9 +519,15 @@ impl Runner {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
+                    stats
+                        .keyframes
+                        .fetch_add(u64::from(keyframe), Ordering::Relaxed);
                     let frame = EncodedFrame {
                         data: Bytes::copy_from_slice(map.as_slice()),
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+                        keyframe,
                         duration: buffer
                             .duration()
                             .map(|d| Duration::from_nanos(d.nseconds()))
@@ -370,7 +559,8 @@ impl Runner {
 
         // The capture thread feeds appsrc; its end (camera gone, read error) ends this pipeline.
         let stop: v4l2::StopFlag = Arc::new(AtomicBool::new(false));
-        let (capture_done_tx, mut capture_done) = tokio::sync::oneshot::channel::<Result<(), v4l2::V4l2Error>>();
+        let (capture_done_tx, mut capture_done) =
+            tokio::sync::oneshot::channel::<Result<(), v4l2::V4l2Error>>();
         let capture_thread = match capture {
             Some((dev, neg)) => {
                 let appsrc = pipeline
@@ -383,7 +573,9 @@ impl Runner {
                         .name("rtcam-capture".into())
                         .spawn(move || {
                             let result = v4l2::stream(&dev, &neg.path, &stop, |data| {
-                                appsrc.push_buffer(gst::Buffer::from_slice(data.to_vec())).is_ok()
+                                appsrc
+                                    .push_buffer(gst::Buffer::from_slice(data.to_vec()))
+                                    .is_ok()
                             });
                             let _ = capture_done_tx.send(result);
                         })
@@ -397,7 +589,8 @@ impl Runner {
         };
         let capture_running = capture_thread.is_some();
 
-        self.encoders_running.fetch_add(usize::from(!passthrough), Ordering::Relaxed);
+        self.encoders_running
+            .fetch_add(usize::from(!passthrough), Ordering::Relaxed);
         self.info.send_replace(info);
         // Until STARTUP_GRACE has passed the loop vouches for the pipeline; after that only
         // frames do, so a pipeline that stops producing lets the heartbeat go stale.
@@ -407,7 +600,7 @@ impl Runner {
             let deadline = self.limiter.deadline();
             tokio::select! {
                 // Cancel-safe: level-triggered token.
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled() => break Ok(Exit::Shutdown),
                 // Cancel-safe: a bus stream yields whole messages; none is lost when dropped.
                 msg = messages.next() => {
                     let Some(msg) = msg else { break Err(MediaError::Runtime { source_name: "bus".into(), message: "bus closed".into() }) };
@@ -428,11 +621,50 @@ impl Runner {
                     }
                 }
                 // Cancel-safe: mpsc recv.
-                Some(()) = self.keyframes.recv() => {
-                    if self.limiter.request(Instant::now()) == Decision::Force {
-                        force_keyframe(&sink);
+                Some(cmd) = self.commands.recv() => match cmd {
+                    MediaCommand::Keyframe => {
+                        if self.limiter.request(Instant::now()) == Decision::Force {
+                            force_keyframe(&sink);
+                        }
                     }
-                }
+                    MediaCommand::SetBitrate(kbps) => {
+                        self.settings.bitrate_kbps = kbps;
+                        if set_bitrate_live(&pipeline, &self.choice.spec, kbps) {
+                            tracing::info!("bitrate now {kbps} kbit/s");
+                            self.info.send_modify(|i| i.bitrate_kbps = kbps);
+                        } else {
+                            tracing::info!("bitrate now {kbps} kbit/s; rebuilding the pipeline to apply it");
+                            break Ok(Exit::Rebuild);
+                        }
+                    }
+                    MediaCommand::Reconfigure { width, height, fps } => {
+                        self.source.width = width;
+                        self.source.height = height;
+                        self.source.fps = fps;
+                        tracing::info!("video now {width}x{height} at {fps} fps; rebuilding the pipeline");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Restart => {
+                        tracing::info!("pipeline restart requested");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Streaming(on) => {
+                        if !on {
+                            tracing::info!("streaming switched off; camera released");
+                            self.streaming = false;
+                            self.info.send_modify(|i| i.streaming = false);
+                            break Ok(Exit::Paused);
+                        }
+                    }
+                    MediaCommand::Snapshot(reply) => match &rawsink {
+                        Some(raw) => take_snapshot(raw.clone(), reply),
+                        None => {
+                            let _ = reply.send(Err(MediaError::Snapshot(
+                                "the camera sends H.264 that rtcam passes through; there is no raw frame to take a snapshot of".into(),
+                            )));
+                        }
+                    },
+                },
                 // Cancel-safe: a timer; recreated each turn from the limiter's state.
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if self.limiter.poll(Instant::now()) {
@@ -452,7 +684,9 @@ impl Runner {
                 }
             }
         };
-        self.encoders_running.fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        self.encoders_running
+            .fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        // Commands that arrived too late for this pipeline are served by the next.
         stop.store(true, Ordering::Relaxed);
         drop(guard);
         if let Some(t) = capture_thread {
@@ -464,6 +698,54 @@ impl Runner {
     }
 }
 
+/// Sets the bitrate on the running encoder if it takes changes while playing.
+fn set_bitrate_live(pipeline: &gst::Pipeline, spec: &encoder::EncoderSpec, kbps: u32) -> bool {
+    let (Some((property, scale)), Some(element)) =
+        (encoder::live_bitrate(spec), pipeline.by_name("encoder"))
+    else {
+        return false;
+    };
+    let value = u64::from(kbps) * u64::from(scale);
+    // Encoders declare the property as uint or int; set it in the type they declare.
+    match element.find_property(property).map(|p| p.value_type()) {
+        Some(t) if t == u32::static_type() => {
+            element.set_property(property, value.min(u64::from(u32::MAX)) as u32)
+        }
+        Some(t) if t == i32::static_type() => {
+            element.set_property(property, value.min(i32::MAX as u64) as i32)
+        }
+        Some(t) if t == u64::static_type() => element.set_property(property, value),
+        _ => return false,
+    }
+    true
+}
+
+/// Encodes the newest raw frame as JPEG on a blocking thread and answers `reply`.
+fn take_snapshot(
+    raw: gst_app::AppSink,
+    reply: tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            // The sink holds the newest frame; if it was just taken, the next one is a frame away.
+            let sample = raw
+                .try_pull_sample(gst::ClockTime::from_mseconds(1000))
+                .ok_or_else(|| MediaError::Snapshot("no frame arrived within a second".into()))?;
+            let caps = gst::Caps::builder("image/jpeg").build();
+            let jpeg =
+                gstreamer_video::convert_sample(&sample, &caps, gst::ClockTime::from_seconds(3))
+                    .map_err(|e| MediaError::Snapshot(e.to_string()))?;
+            let buffer = jpeg
+                .buffer()
+                .ok_or_else(|| MediaError::Snapshot("encoder gave no image".into()))?;
+            let map = buffer
+                .map_readable()
+                .map_err(|e| MediaError::Snapshot(e.to_string()))?;
+            Ok(Bytes::copy_from_slice(map.as_slice()))
+        })();
+        let _ = reply.send(result);
+    });
+}
 
 /// Asks the encoder for an IDR with SPS/PPS, travelling upstream from the sink.
 fn force_keyframe(sink: &gst_app::AppSink) {

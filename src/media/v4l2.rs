@@ -55,10 +55,14 @@ impl Negotiated {
     pub fn caps(&self) -> String {
         let (w, h) = (self.width, self.height);
         match self.format {
-            PixelFormat::H264 => format!("video/x-h264,stream-format=byte-stream,width={w},height={h}"),
+            PixelFormat::H264 => {
+                format!("video/x-h264,stream-format=byte-stream,width={w},height={h}")
+            }
             PixelFormat::Mjpeg => format!("image/jpeg,width={w},height={h}"),
             PixelFormat::Yuyv => format!("video/x-raw,format=YUY2,width={w},height={h}"),
-            PixelFormat::Nv12 | PixelFormat::Auto => format!("video/x-raw,format=NV12,width={w},height={h}"),
+            PixelFormat::Nv12 | PixelFormat::Auto => {
+                format!("video/x-raw,format=NV12,width={w},height={h}")
+            }
         }
     }
 }
@@ -75,24 +79,41 @@ fn fourcc_of(format: PixelFormat) -> Option<FourCC> {
 
 /// The preference of `format = "auto"`: a camera that encodes H.264 itself saves the board the
 /// whole encode; raw formats feed the encoder directly; MJPEG needs a decode first.
-const AUTO_ORDER: [PixelFormat; 4] = [PixelFormat::H264, PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::Mjpeg];
+const AUTO_ORDER: [PixelFormat; 4] = [
+    PixelFormat::H264,
+    PixelFormat::Yuyv,
+    PixelFormat::Nv12,
+    PixelFormat::Mjpeg,
+];
 
 /// The first V4L2 node that can capture video, if any.
 pub fn first_capture_device() -> Option<PathBuf> {
     let mut nodes = v4l::context::enum_devices();
     nodes.sort_by_key(|n| n.index());
-    nodes.into_iter().map(|n| n.path().to_path_buf()).find(|p| is_capture_device(p))
+    nodes
+        .into_iter()
+        .map(|n| n.path().to_path_buf())
+        .find(|p| is_capture_device(p))
 }
 
 fn is_capture_device(path: &Path) -> bool {
     Device::with_path(path)
         .and_then(|d| d.query_caps())
-        .map(|caps| caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE))
+        .map(|caps| {
+            caps.capabilities
+                .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        })
         .unwrap_or(false)
 }
 
 /// Opens `path` and sets the format, size and rate, reporting what the driver granted.
-pub fn open(path: &Path, format: PixelFormat, width: u32, height: u32, fps: u32) -> Result<(Device, Negotiated), V4l2Error> {
+pub fn open(
+    path: &Path,
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Result<(Device, Negotiated), V4l2Error> {
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| V4l2Error::Io { path, what, source }
@@ -105,7 +126,11 @@ pub fn open(path: &Path, format: PixelFormat, width: u32, height: u32, fps: u32)
         .into_iter()
         .map(|f| f.fourcc)
         .collect();
-    let offered_names = offered.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ");
+    let offered_names = offered
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let chosen = match format {
         PixelFormat::Auto => AUTO_ORDER
             .into_iter()
@@ -163,7 +188,8 @@ pub fn stream(
         let path = path.to_path_buf();
         move |source| V4l2Error::Io { path, what, source }
     };
-    let mut stream = v4l::io::mmap::Stream::with_buffers(dev, Type::VideoCapture, 4).map_err(io("cannot map buffers"))?;
+    let mut stream = v4l::io::mmap::Stream::with_buffers(dev, Type::VideoCapture, 4)
+        .map_err(io("cannot map buffers"))?;
     stream.set_timeout(READ_TIMEOUT);
     let result = loop {
         if stop.load(Ordering::Relaxed) {

@@ -10,17 +10,129 @@ pub mod viewer;
 use crate::media::Media;
 use crate::signalling::{Outgoing, SignalEvent};
 use peer::PeerFactory;
+use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use table::{Action, Generation, SessionTable};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use viewer::{SessionInput, Viewer};
 
 /// How long shutdown waits for sessions to say bye and close their peers.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Live figures of one session, written by its task and read by `sessions` and telemetry.
+#[derive(Debug)]
+pub struct SessionStats {
+    pub started: Instant,
+    pub connected: AtomicBool,
+    pub frames_sent: AtomicU64,
+    /// Frames not sent: waiting for a keyframe, or skipped after falling behind.
+    pub frames_skipped: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Offer to first frame sent, in ms; 0 until then.
+    pub first_frame_ms: AtomicU64,
+    /// Latest ICE round-trip time in µs; 0 until measured.
+    pub rtt_us: AtomicU64,
+    /// Send rate over the last few seconds.
+    pub bitrate_kbps: AtomicU64,
+}
+
+impl SessionStats {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            connected: AtomicBool::new(false),
+            frames_sent: AtomicU64::new(0),
+            frames_skipped: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            first_frame_ms: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
+            bitrate_kbps: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One session as the `sessions` command and telemetry report it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionInfo {
+    pub sid: String,
+    pub state: &'static str,
+    pub duration_secs: u64,
+    pub codec: &'static str,
+    pub bitrate_kbps: u64,
+    pub frames_sent: u64,
+    pub frames_skipped: u64,
+    pub rtt_ms: Option<f64>,
+    pub time_to_first_frame_ms: Option<u64>,
+}
+
+fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    SessionInfo {
+        sid: sid.to_string(),
+        state: if s.connected.load(Ordering::Relaxed) {
+            "connected"
+        } else {
+            "connecting"
+        },
+        duration_secs: s.started.elapsed().as_secs(),
+        codec: "H264",
+        bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
+        frames_sent: s.frames_sent.load(Ordering::Relaxed),
+        frames_skipped: s.frames_skipped.load(Ordering::Relaxed),
+        rtt_ms: nonzero(s.rtt_us.load(Ordering::Relaxed)).map(|us| us as f64 / 1000.0),
+        time_to_first_frame_ms: nonzero(s.first_frame_ms.load(Ordering::Relaxed)),
+    }
+}
+
+/// Questions and orders for the manager from the control plane.
+#[derive(Debug)]
+pub enum ManagerRequest {
+    List(oneshot::Sender<Vec<SessionInfo>>),
+    Kick {
+        sid: String,
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The control plane's handle on the sessions.
+#[derive(Clone)]
+pub struct Sessions {
+    requests: mpsc::Sender<ManagerRequest>,
+}
+
+impl Sessions {
+    pub fn new(requests: mpsc::Sender<ManagerRequest>) -> Self {
+        Self { requests }
+    }
+
+    pub async fn list(&self) -> Vec<SessionInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(ManagerRequest::List(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Ends a session, telling its viewer `reason`. False if there is no such session.
+    pub async fn kick(&self, sid: &str, reason: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let req = ManagerRequest::Kick {
+            sid: sid.to_string(),
+            reason: reason.to_string(),
+            reply,
+        };
+        if self.requests.send(req).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
 
 pub struct SessionManager {
     pub table: SessionTable,
@@ -31,11 +143,17 @@ pub struct SessionManager {
     /// Number of live sessions, for status.
     pub viewers: watch::Sender<usize>,
     pub disconnect_timeout: Duration,
+    pub requests: mpsc::Receiver<ManagerRequest>,
+    /// Serves viewers' control data channels.
+    pub controller: crate::control::exec::Controller,
+    /// What those channels may do.
+    pub viewer_requester: crate::control::exec::Requester,
 }
 
 struct Running {
     generation: Generation,
     input: mpsc::UnboundedSender<SessionInput>,
+    stats: Arc<SessionStats>,
 }
 
 impl SessionManager {
@@ -58,6 +176,25 @@ impl SessionManager {
                         self.apply(&event.sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
                 }
+                // Cancel-safe: mpsc recv.
+                Some(request) = self.requests.recv() => match request {
+                    ManagerRequest::List(reply) => {
+                        let mut list: Vec<SessionInfo> = running.iter().map(|(sid, r)| info_of(sid, &r.stats)).collect();
+                        list.sort_by(|a, b| a.sid.cmp(&b.sid));
+                        let _ = reply.send(list);
+                    }
+                    ManagerRequest::Kick { sid, reason, reply } => {
+                        let found = match running.remove(&sid) {
+                            Some(r) => {
+                                self.table.on_ended(&sid, r.generation);
+                                let _ = r.input.send(SessionInput::End { reason, tell_viewer: true });
+                                true
+                            }
+                            None => false,
+                        };
+                        let _ = reply.send(found);
+                    }
+                },
                 // Cancel-safe: mpsc recv.
                 Some((sid, generation)) = ended_rx.recv() => {
                     self.table.on_ended(&sid, generation);
@@ -83,7 +220,15 @@ impl SessionManager {
             let _ = self.viewers.send(self.table.len());
         }
         for (sid, action) in self.table.close_all("camera shutting down") {
-            self.apply(&sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
+            self.apply(
+                &sid,
+                action,
+                &mut running,
+                &mut tasks,
+                &mut owners,
+                &ended_tx,
+            )
+            .await;
         }
         let _ = self.viewers.send(0);
         let drain = async { while tasks.join_next().await.is_some() {} };
@@ -118,11 +263,17 @@ impl SessionManager {
                 tell_viewer,
             } => {
                 if let Some(r) = running.get(sid).filter(|r| r.generation == generation) {
-                    let _ = r.input.send(SessionInput::End { reason, tell_viewer });
+                    let _ = r.input.send(SessionInput::End {
+                        reason,
+                        tell_viewer,
+                    });
                     running.remove(sid);
                 }
             }
-            Action::Candidate { generation, candidate } => {
+            Action::Candidate {
+                generation,
+                candidate,
+            } => {
                 if let Some(r) = running.get(sid).filter(|r| r.generation == generation) {
                     let _ = r.input.send(SessionInput::Candidate(candidate));
                 }
@@ -130,11 +281,13 @@ impl SessionManager {
             Action::Start { generation, sdp } => {
                 tracing::info!(%sid, "new session");
                 let (input_tx, input_rx) = mpsc::unbounded_channel();
+                let stats = Arc::new(SessionStats::new());
                 running.insert(
                     sid.to_string(),
                     Running {
                         generation,
                         input: input_tx,
+                        stats: stats.clone(),
                     },
                 );
                 let viewer = Viewer {
@@ -147,6 +300,9 @@ impl SessionManager {
                     input: input_rx,
                     ended: ended_tx.clone(),
                     disconnect_timeout: self.disconnect_timeout,
+                    stats,
+                    controller: self.controller.clone(),
+                    requester: self.viewer_requester,
                 };
                 let handle = tasks.spawn(viewer.run());
                 owners.insert(handle.id(), (sid.to_string(), generation));

@@ -13,28 +13,37 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
 };
 
 /// The H.264 rtcam sends: constrained baseline, packetization mode 1 (what every browser
 /// decodes). Two profile-level-ids are registered because browsers offer both spellings of
 /// baseline; either matches the same stream.
 const H264_FMTPS: [(&str, u8); 2] = [
-    ("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", 102),
-    ("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f", 127),
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        102,
+    ),
+    (
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        127,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +71,48 @@ pub enum PeerState {
 }
 
 /// What a peer connection reports to its session.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     LocalCandidate(Candidate),
     GatheringComplete,
     State(PeerState),
+    /// The viewer opened a data channel labelled `control`.
+    ControlChannel(ControlChannel),
+}
+
+/// The viewer's `control` data channel: text messages both ways.
+pub struct ControlChannel {
+    dc: Arc<dyn DataChannel>,
+}
+
+/// What arrives on a control channel.
+pub enum ChannelEvent {
+    Message(bytes::Bytes),
+    Closed,
+}
+
+/// Largest message rtcam reads from a data channel; commands are small.
+const MAX_CHANNEL_MESSAGE: usize = 16 * 1024;
+
+impl ControlChannel {
+    /// The next message, skipping open/buffer events; `Closed` once the channel is gone.
+    pub async fn next(&self) -> ChannelEvent {
+        loop {
+            match self.dc.poll().await {
+                Some(DataChannelEvent::OnMessage(msg)) => {
+                    if msg.data.len() > MAX_CHANNEL_MESSAGE {
+                        continue;
+                    }
+                    return ChannelEvent::Message(bytes::Bytes::copy_from_slice(&msg.data));
+                }
+                Some(DataChannelEvent::OnClose) | None => return ChannelEvent::Closed,
+                Some(_) => {}
+            }
+        }
+    }
+
+    pub async fn send(&self, text: &str) -> Result<(), PeerError> {
+        self.dc.send_text(text).await.map_err(setup)
+    }
 }
 
 /// Builds peer connections with what every viewer shares: ICE servers, addresses, certificate.
@@ -129,13 +175,29 @@ impl PeerFactory {
 
     /// Creates a peer for one viewer's offer and returns it with the answer SDP. Candidates and
     /// state changes arrive on `events`.
-    pub async fn answer(&self, offer_sdp: &str, events: mpsc::UnboundedSender<PeerEvent>) -> Result<(Peer, String), PeerError> {
+    pub async fn answer(
+        &self,
+        offer_sdp: &str,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<(Peer, String), PeerError> {
         let mut media = MediaEngine::default();
         let feedback = vec![
-            RTCPFeedback { typ: "goog-remb".into(), parameter: String::new() },
-            RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() },
-            RTCPFeedback { typ: "nack".into(), parameter: String::new() },
-            RTCPFeedback { typ: "nack".into(), parameter: "pli".into() },
+            RTCPFeedback {
+                typ: "goog-remb".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "ccm".into(),
+                parameter: "fir".into(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "pli".into(),
+            },
         ];
         for (fmtp, pt) in H264_FMTPS {
             media
@@ -209,7 +271,10 @@ impl PeerFactory {
         pc.set_remote_description(offer)
             .await
             .map_err(|e| PeerError::Offer(e.to_string()))?;
-        let answer = pc.create_answer(None).await.map_err(|e| PeerError::Offer(e.to_string()))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| PeerError::Offer(e.to_string()))?;
         pc.set_local_description(answer).await.map_err(setup)?;
         let local = pc
             .local_description()
@@ -259,7 +324,10 @@ impl Peer {
             sdp_mline_index: c.sdp_mline_index,
             ..Default::default()
         };
-        self.pc.add_ice_candidate(init).await.map_err(|e| PeerError::Offer(e.to_string()))
+        self.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| PeerError::Offer(e.to_string()))
     }
 
     pub fn mid(&self) -> &str {
@@ -294,6 +362,22 @@ impl Peer {
             .map_err(setup)
     }
 
+    /// Round-trip time to the viewer from the nominated ICE pair's latest check, if measured.
+    pub async fn rtt(&self) -> Option<std::time::Duration> {
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let rtt = report
+            .iter()
+            .filter_map(|entry| match entry {
+                RTCStatsReportEntry::IceCandidatePair(pair) if pair.nominated => {
+                    Some(pair.current_round_trip_time)
+                }
+                _ => None,
+            })
+            .find(|rtt| *rtt > 0.0)
+            .map(std::time::Duration::from_secs_f64);
+        rtt
+    }
+
     pub async fn close(&self) {
         if let Err(e) = self.pc.close().await {
             tracing::debug!("closing peer connection: {e}");
@@ -324,6 +408,15 @@ impl PeerConnectionEventHandler for Handler {
         }
     }
 
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        // Only the control channel is rtcam's; any other is left unanswered.
+        if dc.label().await.is_ok_and(|l| l == "control") {
+            let _ = self
+                .events
+                .send(PeerEvent::ControlChannel(ControlChannel { dc }));
+        }
+    }
+
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let state = match state {
             RTCPeerConnectionState::Connected => PeerState::Connected,
@@ -342,7 +435,10 @@ fn without_mdns_candidates(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let is_mdns = line.starts_with("a=candidate:")
-            && line.split_whitespace().nth(4).is_some_and(|a| a.ends_with(".local"));
+            && line
+                .split_whitespace()
+                .nth(4)
+                .is_some_and(|a| a.ends_with(".local"));
         if !is_mdns {
             out.push_str(line);
         }

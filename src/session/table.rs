@@ -24,7 +24,10 @@ pub enum Action {
     /// Start a session for this offer.
     Start { generation: Generation, sdp: String },
     /// Hand a remote candidate to the running session.
-    Candidate { generation: Generation, candidate: Candidate },
+    Candidate {
+        generation: Generation,
+        candidate: Candidate,
+    },
 }
 
 #[derive(Debug)]
@@ -53,7 +56,11 @@ impl SessionTable {
         self.live.is_empty()
     }
 
-    pub fn on_message(&mut self, sid: &str, message: Result<Inbound, ProtocolError>) -> Vec<Action> {
+    pub fn on_message(
+        &mut self,
+        sid: &str,
+        message: Result<Inbound, ProtocolError>,
+    ) -> Vec<Action> {
         let message = match message {
             Ok(m) => m,
             Err(e) => return vec![Action::Reply(e.into())],
@@ -85,7 +92,11 @@ impl SessionTable {
     fn on_offer(&mut self, sid: &str, sdp: String) -> Vec<Action> {
         if self.closing {
             return vec![Action::Reply(
-                ProtocolError::new(ErrorCode::Internal, "The camera is shutting down; try again in a moment.").into(),
+                ProtocolError::new(
+                    ErrorCode::Internal,
+                    "The camera is shutting down; try again in a moment.",
+                )
+                .into(),
             )];
         }
         if let Err(e) = protocol::check_offer_sdp(&sdp) {
@@ -167,11 +178,23 @@ mod tests {
     #[test]
     fn limits_sessions_and_frees_slots() {
         let mut t = SessionTable::new(2);
-        assert!(matches!(t.on_message("a", offer())[..], [Action::Start { generation: 1, .. }]));
-        assert!(matches!(t.on_message("b", offer())[..], [Action::Start { generation: 2, .. }]));
-        assert_eq!(code(&t.on_message("c", offer())), Some(ErrorCode::TooManySessions));
+        assert!(matches!(
+            t.on_message("a", offer())[..],
+            [Action::Start { generation: 1, .. }]
+        ));
+        assert!(matches!(
+            t.on_message("b", offer())[..],
+            [Action::Start { generation: 2, .. }]
+        ));
+        assert_eq!(
+            code(&t.on_message("c", offer())),
+            Some(ErrorCode::TooManySessions)
+        );
         assert!(t.on_ended("a", 1));
-        assert!(matches!(t.on_message("c", offer())[..], [Action::Start { generation: 3, .. }]));
+        assert!(matches!(
+            t.on_message("c", offer())[..],
+            [Action::Start { generation: 3, .. }]
+        ));
     }
 
     #[test]
@@ -181,9 +204,19 @@ mod tests {
         let actions = t.on_message("a", offer());
         assert!(matches!(
             actions[..],
-            [Action::End { generation: 1, tell_viewer: false, .. }, Action::Start { generation: 2, .. }]
+            [
+                Action::End {
+                    generation: 1,
+                    tell_viewer: false,
+                    ..
+                },
+                Action::Start { generation: 2, .. }
+            ]
         ));
-        assert!(!t.on_ended("a", 1), "the replaced session ending late must not remove its successor");
+        assert!(
+            !t.on_ended("a", 1),
+            "the replaced session ending late must not remove its successor"
+        );
         assert_eq!(t.len(), 1);
     }
 
@@ -195,10 +228,22 @@ mod tests {
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
         });
-        assert_eq!(code(&t.on_message("x", Ok(cand.clone()))), Some(ErrorCode::UnknownSession));
+        assert_eq!(
+            code(&t.on_message("x", Ok(cand.clone()))),
+            Some(ErrorCode::UnknownSession)
+        );
         t.on_message("x", offer());
-        assert!(matches!(t.on_message("x", Ok(cand))[..], [Action::Candidate { generation: 1, .. }]));
-        assert!(matches!(t.on_message("x", Ok(Inbound::Bye))[..], [Action::End { tell_viewer: false, .. }]));
+        assert!(matches!(
+            t.on_message("x", Ok(cand))[..],
+            [Action::Candidate { generation: 1, .. }]
+        ));
+        assert!(matches!(
+            t.on_message("x", Ok(Inbound::Bye))[..],
+            [Action::End {
+                tell_viewer: false,
+                ..
+            }]
+        ));
         assert!(t.on_message("x", Ok(Inbound::Bye)).is_empty());
         assert!(t.is_empty());
     }
@@ -206,7 +251,12 @@ mod tests {
     #[test]
     fn bad_offers_and_parse_errors_are_replied() {
         let mut t = SessionTable::new(4);
-        let bad = t.on_message("x", Ok(Inbound::Offer { sdp: "nonsense".into() }));
+        let bad = t.on_message(
+            "x",
+            Ok(Inbound::Offer {
+                sdp: "nonsense".into(),
+            }),
+        );
         assert_eq!(code(&bad), Some(ErrorCode::BadSdp));
         let err = ProtocolError::new(ErrorCode::BadJson, "m");
         assert_eq!(code(&t.on_message("x", Err(err))), Some(ErrorCode::BadJson));
@@ -220,7 +270,13 @@ mod tests {
         t.on_message("b", offer());
         let ended = t.close_all("camera shutting down");
         assert_eq!(ended.len(), 2);
-        assert!(ended.iter().all(|(_, a)| matches!(a, Action::End { tell_viewer: true, .. })));
+        assert!(ended.iter().all(|(_, a)| matches!(
+            a,
+            Action::End {
+                tell_viewer: true,
+                ..
+            }
+        )));
         assert_eq!(code(&t.on_message("c", offer())), Some(ErrorCode::Internal));
     }
 }

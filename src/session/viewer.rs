@@ -6,8 +6,9 @@ use super::table::Generation;
 use crate::media::{EncodedFrame, Media};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
-use std::sync::Arc;
 use crate::util::sleep_until;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
@@ -32,7 +33,13 @@ pub struct Viewer {
     pub input: mpsc::UnboundedReceiver<SessionInput>,
     pub ended: mpsc::UnboundedSender<(String, Generation)>,
     pub disconnect_timeout: Duration,
+    pub stats: Arc<super::SessionStats>,
+    pub controller: crate::control::exec::Controller,
+    pub requester: crate::control::exec::Requester,
 }
+
+/// How often a session measures its round-trip time and send rate.
+const STATS_EVERY: Duration = Duration::from_secs(2);
 
 impl Viewer {
     pub async fn run(mut self) {
@@ -84,6 +91,10 @@ impl Viewer {
         let mut waiting_for_keyframe = true;
         let mut deadline = Some(Instant::now() + CONNECT_TIMEOUT);
         let mut write_failed = false;
+        let mut stats_tick = tokio::time::interval(STATS_EVERY);
+        // The control channel's task lives as long as the session, no longer.
+        let mut channel_task: Option<tokio::task::JoinHandle<()>> = None;
+        let mut last_bytes = 0u64;
         let outcome = loop {
             tokio::select! {
                 // Cancel-safe: mpsc recv.
@@ -119,6 +130,7 @@ impl Viewer {
                     }
                     PeerEvent::State(PeerState::Connected) => {
                         deadline = None;
+                        self.stats.connected.store(true, Ordering::Relaxed);
                         if frames.is_none() {
                             tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
                             frames = Some(self.media.subscribe());
@@ -128,21 +140,43 @@ impl Viewer {
                         }
                     }
                     PeerEvent::State(PeerState::Disconnected) => {
+                        self.stats.connected.store(false, Ordering::Relaxed);
                         deadline = Some(Instant::now() + self.disconnect_timeout);
                     }
                     PeerEvent::State(PeerState::Failed) => break ("connection failed (ICE)".into(), true),
                     PeerEvent::State(PeerState::Closed) => break ("connection closed".into(), false),
                     PeerEvent::State(PeerState::Connecting) => {}
+                    PeerEvent::ControlChannel(channel) => {
+                        if let Some(old) = channel_task.take() {
+                            old.abort();
+                        }
+                        channel_task = Some(tokio::spawn(crate::control::channel::serve(
+                            channel,
+                            self.controller.clone(),
+                            self.requester,
+                            self.sid.clone(),
+                        )));
+                    }
                 },
                 // Cancel-safe: broadcast recv loses nothing when dropped before completing.
                 frame = recv_frame(&mut frames) => match frame {
                     Ok(frame) => {
                         if waiting_for_keyframe && !frame.keyframe {
+                            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                         waiting_for_keyframe = false;
                         match peer.write_frame(&frame).await {
-                            Ok(()) => write_failed = false,
+                            Ok(()) => {
+                                write_failed = false;
+                                let sent = self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                                self.stats.bytes_sent.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                                if sent == 0 {
+                                    let ms = started.elapsed().as_millis().max(1) as u64;
+                                    self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
+                                    tracing::info!(sid = %self.sid, "first frame sent {ms} ms after the offer");
+                                }
+                            }
                             Err(e) if !write_failed => {
                                 tracing::debug!(sid = %self.sid, "cannot send frame: {e}");
                                 write_failed = true;
@@ -155,10 +189,21 @@ impl Viewer {
                         // way to show a clean picture again.
                         tracing::debug!(sid = %self.sid, "viewer lagged {n} frames; waiting for a keyframe");
                         waiting_for_keyframe = true;
+                        self.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
                         self.media.request_keyframe();
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
                 },
+                // Cancel-safe: an interval tick is not lost by being dropped, it fires next turn.
+                _ = stats_tick.tick() => {
+                    if let Some(rtt) = peer.rtt().await {
+                        self.stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                    }
+                    let bytes = self.stats.bytes_sent.load(Ordering::Relaxed);
+                    let kbps = (bytes - last_bytes) * 8 / 1000 / STATS_EVERY.as_secs();
+                    self.stats.bitrate_kbps.store(kbps, Ordering::Relaxed);
+                    last_bytes = bytes;
+                }
                 // Cancel-safe: a timer recreated each turn.
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     break if frames.is_none() {
@@ -169,6 +214,9 @@ impl Viewer {
                 }
             }
         };
+        if let Some(task) = channel_task {
+            task.abort();
+        }
         peer.close().await;
         outcome
     }
@@ -182,4 +230,3 @@ async fn recv_frame(
         None => std::future::pending().await,
     }
 }
-

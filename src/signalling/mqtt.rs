@@ -10,7 +10,11 @@ use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
 use crate::health::Heartbeat;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use crate::control::{ControlRequest, Publication};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +87,12 @@ pub struct MqttLink {
     pub events: mpsc::Sender<SignalEvent>,
     /// What the session manager wants sent.
     pub outgoing: mpsc::Receiver<Outgoing>,
+    /// Where commands on `R/command` go.
+    pub commands: mpsc::Sender<ControlRequest>,
+    /// Anything else to publish: command replies, telemetry, snapshots, discovery.
+    pub publications: mpsc::Receiver<Publication>,
+    /// Retained messages to publish after every (re)connect, in order (e.g. discovery).
+    pub on_connect: watch::Receiver<Vec<Publication>>,
     /// Set true while connected to the broker; readiness and health checks watch it.
     pub connected: watch::Sender<bool>,
     /// Beats on every turn of the loop, so the systemd watchdog sees a hung loop.
@@ -90,16 +100,22 @@ pub struct MqttLink {
 }
 
 /// Builds client options: identity, limits, last will and transport from config.
-pub fn options(cfg: &MqttConfig, broker: &BrokerUrl, client_id: &str, topics: &Topics) -> Result<MqttOptions, MqttError> {
+pub fn options(
+    cfg: &MqttConfig,
+    broker: &BrokerUrl,
+    client_id: &str,
+    topics: &Topics,
+) -> Result<MqttOptions, MqttError> {
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
-    opts.set_clean_session(true);
-    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    opts.set_clean_start(true);
+    opts.set_max_packet_size(Some(MAX_PACKET as u32));
     opts.set_last_will(LastWill::new(
         topics.status(),
         Status::offline().to_json(),
         QoS::AtLeastOnce,
         true,
+        None,
     ));
     if !cfg.username.is_empty() {
         opts.set_credentials(cfg.username.clone(), cfg.password.clone());
@@ -125,8 +141,12 @@ pub fn options(cfg: &MqttConfig, broker: &BrokerUrl, client_id: &str, topics: &T
 
 /// Runs the MQTT connection until `shutdown`, then publishes the offline status and disconnects.
 pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
-    let (client, mut eventloop) = AsyncClient::new(link.options.clone(), 256);
-    let broker = format!("{}:{}", link.options.broker_address().0, link.options.broker_address().1);
+    let (client, mut eventloop) = AsyncClient::new(link.options.clone(), 1024);
+    let broker = format!(
+        "{}:{}",
+        link.options.broker_address().0,
+        link.options.broker_address().1
+    );
     let mut backoff = BACKOFF_FIRST;
     let mut was_connected = false;
     let mut logged_failure = false;
@@ -148,13 +168,33 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
                     was_connected = true;
                     let _ = link.connected.send(true);
                     // A clean session forgets subscriptions: renew them on every connect.
-                    if let Err(e) = client.try_subscribe(link.topics.session_in_filter(), QoS::AtLeastOnce) {
-                        tracing::warn!("cannot queue subscribe: {e}");
+                    for filter in [link.topics.session_in_filter(), link.topics.command()] {
+                        if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            tracing::warn!("cannot queue subscribe: {e}");
+                        }
                     }
                     publish_status(&client, &link.topics, &link.status.borrow());
+                    for p in link.on_connect.borrow().iter() {
+                        publish(&client, p);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    handle_publish(&client, &link.topics, &link.events, &p.topic, &p.payload).await;
+                    let topic = String::from_utf8_lossy(&p.topic);
+                    if topic == link.topics.command() {
+                        let props = p.properties.unwrap_or_default();
+                        let request = ControlRequest {
+                            payload: p.payload,
+                            response_topic: props.response_topic,
+                            correlation_data: props.correlation_data,
+                        };
+                        // Full queue: the controller is busy; a dropped command gets no reply,
+                        // which the requester sees as a timeout, rather than stalling signalling.
+                        if link.commands.try_send(request).is_err() {
+                            tracing::warn!("command queue full; dropped a command");
+                        }
+                    } else {
+                        handle_publish(&client, &link.topics, &link.events, &topic, &p.payload).await;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -182,6 +222,17 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             }
             // Cancel-safe: an interval tick that is dropped is taken on a later turn.
             _ = beat.tick() => {}
+            // Cancel-safe: mpsc recv.
+            Some(p) = link.publications.recv() => publish(&client, &p),
+            // Cancel-safe: `changed` only marks the value seen once it returns.
+            Ok(()) = link.on_connect.changed() => {
+                let list = link.on_connect.borrow_and_update().clone();
+                if was_connected {
+                    for p in &list {
+                        publish(&client, p);
+                    }
+                }
+            }
             // Cancel-safe: `changed` only marks the value seen once it returns.
             Ok(()) = link.status.changed() => {
                 let status = link.status.borrow_and_update().clone();
@@ -212,6 +263,33 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
     let _ = link.connected.send(false);
+}
+
+fn publish(client: &AsyncClient, p: &Publication) {
+    let result = match &p.correlation_data {
+        Some(data) => {
+            let props = PublishProperties {
+                correlation_data: Some(data.clone()),
+                ..Default::default()
+            };
+            client.try_publish_with_properties(
+                p.topic.clone(),
+                QoS::AtLeastOnce,
+                p.retain,
+                p.payload.clone(),
+                props,
+            )
+        }
+        None => client.try_publish(
+            p.topic.clone(),
+            QoS::AtLeastOnce,
+            p.retain,
+            p.payload.clone(),
+        ),
+    };
+    if let Err(e) = result {
+        tracing::warn!(topic = %p.topic, "dropping a publish, MQTT queue full: {e}");
+    }
 }
 
 fn publish_status(client: &AsyncClient, topics: &Topics, status: &Status) {
@@ -246,7 +324,12 @@ async fn handle_publish(
             let err = protocol::bad_sid_error(sid);
             tracing::info!("refused signalling message on {topic:?}: {err}");
             let out: Outbound = err.into();
-            let _ = client.try_publish(topics.session_out(sid), QoS::AtLeastOnce, false, out.to_json());
+            let _ = client.try_publish(
+                topics.session_out(sid),
+                QoS::AtLeastOnce,
+                false,
+                out.to_json(),
+            );
         }
         TopicTarget::Other => {}
     }
@@ -260,7 +343,11 @@ mod tests {
     fn broker_urls() {
         assert_eq!(
             BrokerUrl::parse("mqtt://10.0.0.2:1884").unwrap(),
-            BrokerUrl { tls: false, host: "10.0.0.2".into(), port: 1884 }
+            BrokerUrl {
+                tls: false,
+                host: "10.0.0.2".into(),
+                port: 1884
+            }
         );
         assert_eq!(BrokerUrl::parse("mqtts://broker.lan").unwrap().port, 8883);
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:1883").unwrap().host, "::1");

@@ -73,7 +73,11 @@ pub struct Candidate {
     pub candidate: String,
     #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sdp_mline_index: Option<u16>,
 }
 
@@ -105,17 +109,10 @@ pub enum Inbound {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outbound {
-    Answer {
-        sdp: String,
-    },
+    Answer { sdp: String },
     Candidate(Candidate),
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-    Bye {
-        reason: String,
-    },
+    Error { code: ErrorCode, message: String },
+    Bye { reason: String },
 }
 
 impl Outbound {
@@ -165,7 +162,9 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
             let sdp = obj.get("sdp").and_then(|s| s.as_str()).ok_or_else(|| {
                 ProtocolError::new(ErrorCode::BadMessage, "An offer needs an \"sdp\" string.")
             })?;
-            Ok(Inbound::Offer { sdp: sdp.to_string() })
+            Ok(Inbound::Offer {
+                sdp: sdp.to_string(),
+            })
         }
         "candidate" => {
             let candidate: Candidate = serde_json::from_value(value.clone()).map_err(|e| {
@@ -215,7 +214,11 @@ pub fn check_offer_sdp(sdp: &str) -> Result<(), ProtocolError> {
         } else if in_video {
             if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
                 if let Some(codec) = rtpmap.split_whitespace().nth(1) {
-                    let name = codec.split('/').next().unwrap_or_default().to_ascii_uppercase();
+                    let name = codec
+                        .split('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_ascii_uppercase();
                     if !video_codecs.contains(&name) {
                         video_codecs.push(name);
                     }
@@ -276,6 +279,24 @@ impl Topics {
 
     pub fn status(&self) -> String {
         format!("{}/status", self.root)
+    }
+
+    /// Commands for the device (docs/control.md).
+    pub fn command(&self) -> String {
+        format!("{}/command", self.root)
+    }
+
+    /// Where command replies go when the request names no other place.
+    pub fn command_reply(&self) -> String {
+        format!("{}/command/reply", self.root)
+    }
+
+    pub fn telemetry(&self) -> String {
+        format!("{}/telemetry", self.root)
+    }
+
+    pub fn snapshot(&self) -> String {
+        format!("{}/snapshot", self.root)
     }
 
     /// The one subscription rtcam needs for signalling.
@@ -347,6 +368,9 @@ pub struct Status {
     pub encoder: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub viewers: Option<usize>,
+    /// False while the owner has switched streaming off (privacy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
 }
 
 impl Status {
@@ -357,6 +381,7 @@ impl Status {
             source: None,
             encoder: None,
             viewers: None,
+            streaming: None,
         }
     }
 
@@ -393,7 +418,8 @@ mod tests {
         let Inbound::Candidate(c) = c else { panic!() };
         assert_eq!(c.sdp_mid.as_deref(), Some("0"));
         assert!(!c.is_end_of_candidates());
-        let Inbound::Candidate(end) = parse_inbound(br#"{"type":"candidate","candidate":""}"#).unwrap()
+        let Inbound::Candidate(end) =
+            parse_inbound(br#"{"type":"candidate","candidate":""}"#).unwrap()
         else {
             panic!()
         };
@@ -409,17 +435,29 @@ mod tests {
         assert_eq!(code(br#"{"sdp":"v=0"}"#), ErrorCode::BadMessage);
         assert_eq!(code(br#"{"type":"dance"}"#), ErrorCode::BadMessage);
         assert_eq!(code(br#"{"type":"offer"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(br#"{"type":"candidate","candidate":5}"#), ErrorCode::BadMessage);
-        assert_eq!(code(br#"{"type":"candidate","candidate":"hello"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(br#"{"type":"candidate","candidate":5}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(br#"{"type":"candidate","candidate":"hello"}"#),
+            ErrorCode::BadMessage
+        );
         let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_PAYLOAD));
         assert_eq!(code(big.as_bytes()), ErrorCode::PayloadTooLarge);
     }
 
     #[test]
     fn offer_sdp_checks() {
-        assert_eq!(check_offer_sdp("hello").unwrap_err().code, ErrorCode::BadSdp);
+        assert_eq!(
+            check_offer_sdp("hello").unwrap_err().code,
+            ErrorCode::BadSdp
+        );
         let audio_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
-        assert_eq!(check_offer_sdp(audio_only).unwrap_err().code, ErrorCode::NoVideoCodec);
+        assert_eq!(
+            check_offer_sdp(audio_only).unwrap_err().code,
+            ErrorCode::NoVideoCodec
+        );
         let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
         let err = check_offer_sdp(vp8).unwrap_err();
         assert_eq!(err.code, ErrorCode::NoVideoCodec);
@@ -433,8 +471,14 @@ mod tests {
         let t = Topics::new("rtcam", "cam1");
         assert_eq!(t.status(), "rtcam/cam1/status");
         assert_eq!(t.session_in_filter(), "rtcam/cam1/session/+/in");
-        assert_eq!(t.classify("rtcam/cam1/session/abc_1-2/in"), TopicTarget::SessionIn("abc_1-2"));
-        assert_eq!(t.classify("rtcam/cam1/session/a.b/in"), TopicTarget::BadSession("a.b"));
+        assert_eq!(
+            t.classify("rtcam/cam1/session/abc_1-2/in"),
+            TopicTarget::SessionIn("abc_1-2")
+        );
+        assert_eq!(
+            t.classify("rtcam/cam1/session/a.b/in"),
+            TopicTarget::BadSession("a.b")
+        );
         let long = format!("rtcam/cam1/session/{}/in", "a".repeat(65));
         assert!(matches!(t.classify(&long), TopicTarget::BadSession(_)));
         assert_eq!(t.classify("rtcam/cam1/session/abc/out"), TopicTarget::Other);
@@ -471,7 +515,8 @@ mod tests {
     #[test]
     fn mdns_candidates_are_recognised() {
         let c = Candidate {
-            candidate: "candidate:1 1 udp 2122260223 0b6b1a2e-1c1f-4e6a.local 54321 typ host".into(),
+            candidate: "candidate:1 1 udp 2122260223 0b6b1a2e-1c1f-4e6a.local 54321 typ host"
+                .into(),
             sdp_mid: None,
             sdp_mline_index: None,
         };

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod commander;
 pub mod viewer;
 
 use rtcam::app::App;
@@ -15,14 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+            }),
         )
         .with_test_writer()
         .try_init();
@@ -34,6 +40,7 @@ pub fn test_config(device: &str) -> Config {
     let mut c = Config::default();
     c.device.id = device.into();
     c.mqtt.embedded_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    c.mqtt.embedded_listen_v5 = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
     c.source.kind = SourceKind::Test;
     c.source.width = 320;
@@ -68,8 +75,13 @@ pub async fn start(config: Config) -> Running {
         let url = rtcam::signalling::mqtt::BrokerUrl::parse(&config.mqtt.url).unwrap();
         (url.host, url.port)
     };
-    let app = App::start(config).await.expect("rtcam starts");
-    assert!(app.wait_connected(Duration::from_secs(10)).await, "rtcam connected to its broker");
+    let app = App::start(config, rtcam::config::Origin::BuiltIn)
+        .await
+        .expect("rtcam starts");
+    assert!(
+        app.wait_connected(Duration::from_secs(10)).await,
+        "rtcam connected to its broker"
+    );
     Running { app, broker }
 }
 
@@ -106,7 +118,11 @@ impl Mosquitto {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mosquitto { port, child, _dir: dir }
+        Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        }
     }
 }
 
@@ -126,7 +142,11 @@ pub struct Probe {
 
 impl Probe {
     pub async fn connect(broker: (&str, u16), filters: &[String]) -> Probe {
-        let mut opts = MqttOptions::new(format!("probe-{}", rand::random::<u32>()), broker.0, broker.1);
+        let mut opts = MqttOptions::new(
+            format!("probe-{}", rand::random::<u32>()),
+            broker.0,
+            broker.1,
+        );
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -141,14 +161,19 @@ impl Probe {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subacked_tx.send(());
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => s2.lock().unwrap().push((p.topic.clone(), p.payload.to_vec())),
+                    Ok(Event::Incoming(Packet::Publish(p))) => s2
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec())),
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
         for _ in filters {
-            tokio::time::timeout(Duration::from_secs(5), subacked.recv()).await.expect("suback");
+            tokio::time::timeout(Duration::from_secs(5), subacked.recv())
+                .await
+                .expect("suback");
         }
         Probe { client, seen, task }
     }
@@ -161,7 +186,12 @@ impl Probe {
     }
 
     /// Waits for a JSON message on `topic` that `pred` accepts.
-    pub async fn wait_json(&self, topic: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn wait_json(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let found = self
@@ -182,18 +212,20 @@ impl Probe {
 
     /// Waits for `{"type":"error","code":code}` on `topic`.
     pub async fn wait_error(&self, topic: &str, code: &str) -> Value {
-        self.wait_json(topic, Duration::from_secs(5), |v| v["type"] == "error" && v["code"] == code)
-            .await
-            .unwrap_or_else(|| {
-                let seen: Vec<String> = self
-                    .seen
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(t, p)| format!("{t}: {}", String::from_utf8_lossy(p)))
-                    .collect();
-                panic!("no {code} error on {topic}; saw {seen:#?}")
-            })
+        self.wait_json(topic, Duration::from_secs(5), |v| {
+            v["type"] == "error" && v["code"] == code
+        })
+        .await
+        .unwrap_or_else(|| {
+            let seen: Vec<String> = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, p)| format!("{t}: {}", String::from_utf8_lossy(p)))
+                .collect();
+            panic!("no {code} error on {topic}; saw {seen:#?}")
+        })
     }
 }
 

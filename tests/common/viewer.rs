@@ -4,19 +4,20 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use rtc::shared::marshal::Marshal;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::shared::marshal::Marshal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
+    RTCPeerConnectionIceEvent, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 /// What the viewer has seen so far.
@@ -39,6 +40,10 @@ pub struct Viewer {
     pub messages: Arc<Mutex<Vec<Value>>>,
     _pipeline: Decoder,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    control: Option<Arc<dyn DataChannel>>,
+    /// Messages received on the control channel.
+    pub channel_messages: Arc<Mutex<Vec<Value>>>,
+    channel_open: tokio::sync::watch::Receiver<bool>,
 }
 
 struct Handler {
@@ -59,16 +64,12 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Options for how the viewer offers.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct ViewerOptions {
     /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
     pub no_trickle: bool,
-}
-
-impl Default for ViewerOptions {
-    fn default() -> Self {
-        Self { no_trickle: false }
-    }
+    /// Open a `control` data channel, as the viewer page does.
+    pub control_channel: bool,
 }
 
 impl Viewer {
@@ -85,7 +86,10 @@ impl Viewer {
         mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
         mqtt_opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
-        client.subscribe(&out_topic, QoS::AtLeastOnce).await.unwrap();
+        client
+            .subscribe(&out_topic, QoS::AtLeastOnce)
+            .await
+            .unwrap();
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Value>();
         let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
         let mqtt_task = tokio::spawn(async move {
@@ -121,7 +125,11 @@ impl Viewer {
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_include_loopback_candidate(true)
+                    .build(),
+            )
             .with_handler(Arc::new(Handler {
                 candidates: cand_tx,
                 tracks: track_tx,
@@ -139,6 +147,11 @@ impl Viewer {
         )
         .await
         .unwrap();
+        let control = if opts.control_channel {
+            Some(pc.create_data_channel("control", None).await.unwrap())
+        } else {
+            None
+        };
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer).await.unwrap();
 
@@ -151,7 +164,9 @@ impl Viewer {
         if opts.no_trickle {
             // Gathering on loopback is quick; wait for it so the offer carries every candidate.
             let mut gathered = Vec::new();
-            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(500), cand_rx.recv()).await {
+            while let Ok(Some(c)) =
+                tokio::time::timeout(Duration::from_millis(500), cand_rx.recv()).await
+            {
                 gathered.push(c);
             }
             assert!(!gathered.is_empty(), "viewer gathered no candidates");
@@ -178,7 +193,9 @@ impl Viewer {
         let appsrc = decoder.appsrc.clone();
         let counted = decoded.clone();
         tasks.push(tokio::spawn(async move {
-            let Some(track) = track_rx.recv().await else { return };
+            let Some(track) = track_rx.recv().await else {
+                return;
+            };
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     counted.lock().unwrap().rtp_packets += 1;
@@ -202,7 +219,9 @@ impl Viewer {
             messages.lock().unwrap().push(msg.clone());
             match msg["type"].as_str() {
                 Some("answer") => {
-                    let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_string()).unwrap();
+                    let answer =
+                        RTCSessionDescription::answer(msg["sdp"].as_str().unwrap().to_string())
+                            .unwrap();
                     pc.set_remote_description(answer).await.unwrap();
                     for c in pending_candidates.drain(..) {
                         let _ = pc.add_ice_candidate(c).await;
@@ -217,11 +236,33 @@ impl Viewer {
                 other => panic!("unexpected reply before answer: {other:?} {msg}"),
             }
         }
+        let channel_messages = Arc::new(Mutex::new(Vec::new()));
+        let (open, channel_open) = tokio::sync::watch::channel(false);
+        if let Some(dc) = control.clone() {
+            let msgs = channel_messages.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(event) = dc.poll().await {
+                    match event {
+                        DataChannelEvent::OnOpen => {
+                            let _ = open.send(true);
+                        }
+                        DataChannelEvent::OnMessage(m) => {
+                            if let Ok(v) = serde_json::from_slice::<Value>(&m.data) {
+                                msgs.lock().unwrap().push(v);
+                            }
+                        }
+                        DataChannelEvent::OnClose => break,
+                        _ => {}
+                    }
+                }
+            }));
+        }
         let (pc2, messages2) = (pc.clone(), messages.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 messages2.lock().unwrap().push(msg.clone());
-                if msg["type"] == "candidate" && !msg["candidate"].as_str().unwrap_or("").is_empty() {
+                if msg["type"] == "candidate" && !msg["candidate"].as_str().unwrap_or("").is_empty()
+                {
                     let _ = pc2.add_ice_candidate(candidate_init(&msg)).await;
                 }
             }
@@ -235,7 +276,62 @@ impl Viewer {
             messages,
             _pipeline: decoder,
             tasks,
+            control,
+            channel_messages,
+            channel_open,
         }
+    }
+
+    /// Sends a command on the control channel (waiting for it to open) and returns the reply.
+    pub async fn channel_request(&self, request: Value) -> Value {
+        let dc = self
+            .control
+            .as_ref()
+            .expect("viewer opened with a control channel");
+        let id = request["id"].clone();
+        let mut open = self.channel_open.clone();
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o))
+            .await
+            .expect("control channel opened")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        dc.send_text(&request.to_string()).await.unwrap();
+        loop {
+            let found = self
+                .channel_messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m.get("type").is_none() && m["id"] == id)
+                .cloned();
+            if let Some(reply) = found {
+                return reply;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reply on the control channel to {request}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a pushed message of `kind` ("status", "telemetry") that `pred` accepts.
+    pub async fn channel_push(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let found = self
+                .channel_messages
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|m| m["type"] == kind && pred(m))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     pub fn decoded(&self) -> Decoded {
@@ -255,7 +351,12 @@ impl Viewer {
     }
 
     pub fn has_message(&self, kind: &str) -> Option<Value> {
-        self.messages.lock().unwrap().iter().find(|m| m["type"] == kind).cloned()
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == kind)
+            .cloned()
     }
 
     pub async fn bye(self) {
@@ -292,7 +393,12 @@ fn add_candidates(sdp: &str, candidates: &[RTCIceCandidateInit]) -> String {
 
 pub async fn publish(client: &AsyncClient, topic: &str, body: Value) {
     client
-        .publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&body).unwrap())
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&body).unwrap(),
+        )
         .await
         .unwrap();
 }
@@ -314,8 +420,16 @@ impl Decoder {
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-        let appsrc = pipeline.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
-        let sink = pipeline.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        let appsrc = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {

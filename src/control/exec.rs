@@ -1,0 +1,354 @@
+//! Carrying out commands: the one place that turns a [`Command`] into changes on the media
+//! pipeline, the sessions and the configuration. Used by the MQTT command topic and by viewers'
+//! data channels alike.
+
+use super::telemetry::Telemetry;
+use super::{Command, CommandError, ControlRequest, ErrorCode, Publication, SetArgs};
+use crate::config::{Config, Origin};
+use crate::media::Media;
+use crate::session::Sessions;
+use crate::signalling::protocol::{Status, Topics};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Who sent a command; decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    /// A client of the broker: trusted to change state (brokers are where access is controlled).
+    Mqtt,
+    /// A viewer's data channel; state changes only when the config allows them.
+    Viewer { may_change_state: bool },
+}
+
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topics: Topics,
+    media: Media,
+    sessions: Sessions,
+    status: watch::Receiver<Status>,
+    telemetry: watch::Receiver<Telemetry>,
+    publications: mpsc::Sender<Publication>,
+    /// The configuration in force, for `reload` to compare against.
+    config: Mutex<Config>,
+    origin: Origin,
+}
+
+impl Controller {
+    pub fn new(
+        topics: Topics,
+        media: Media,
+        sessions: Sessions,
+        status: watch::Receiver<Status>,
+        telemetry: watch::Receiver<Telemetry>,
+        publications: mpsc::Sender<Publication>,
+        config: Config,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                topics,
+                media,
+                sessions,
+                status,
+                telemetry,
+                publications,
+                config: Mutex::new(config),
+                origin,
+            }),
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.status.clone()
+    }
+
+    pub fn telemetry(&self) -> watch::Receiver<Telemetry> {
+        self.inner.telemetry.clone()
+    }
+
+    /// Answers MQTT commands until `shutdown`. Each command runs on its own task, so a slow
+    /// snapshot does not hold up a `status`.
+    pub async fn serve_mqtt(
+        self,
+        mut requests: mpsc::Receiver<ControlRequest>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let request = tokio::select! {
+                // Cancel-safe: level-triggered token.
+                _ = shutdown.cancelled() => break,
+                // Cancel-safe: mpsc recv.
+                r = requests.recv() => match r { Some(r) => r, None => break },
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.answer_mqtt(request).await });
+        }
+    }
+
+    async fn answer_mqtt(&self, request: ControlRequest) {
+        let (env, command) = super::parse_request(&request.payload);
+        let result = match command {
+            Ok(cmd) => self.execute(cmd, Requester::Mqtt).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::info!("command refused: {}", e.message);
+        }
+        // MQTT 5 response topic first, then the payload's reply_to, then the default topic.
+        let (topic, correlation_data) = match request.response_topic {
+            Some(t) => (t, request.correlation_data),
+            None => (
+                env.reply_to
+                    .unwrap_or_else(|| self.inner.topics.command_reply()),
+                None,
+            ),
+        };
+        let publication = Publication {
+            topic,
+            payload: super::reply_body(&env.id, &result),
+            retain: false,
+            correlation_data,
+        };
+        let _ = self.inner.publications.send(publication).await;
+    }
+
+    /// Runs one command. Validation failures change nothing.
+    pub async fn execute(&self, command: Command, from: Requester) -> Result<Value, CommandError> {
+        if let Requester::Viewer {
+            may_change_state: false,
+        } = from
+        {
+            if command.changes_state() {
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    "Viewers may only read from this camera; its owner can allow changes with [control] viewer_commands = \"all\".",
+                ));
+            }
+        }
+        let inner = &self.inner;
+        match command {
+            Command::Status => {
+                Ok(serde_json::to_value(&*inner.status.borrow()).unwrap_or(Value::Null))
+            }
+            Command::Keyframe => {
+                inner.media.request_keyframe();
+                Ok(json!({"requested": true}))
+            }
+            Command::Sessions => Ok(json!(inner.sessions.list().await)),
+            Command::Kick { sid, reason } => {
+                if inner.sessions.kick(&sid, &reason).await {
+                    Ok(json!({"sid": sid, "ended": true}))
+                } else {
+                    Err(CommandError::new(
+                        ErrorCode::BadArgs,
+                        format!("There is no session {sid:?}."),
+                    ))
+                }
+            }
+            Command::Stream { on } => {
+                inner.media.set_streaming(on);
+                Ok(json!({"streaming": on}))
+            }
+            Command::Restart => {
+                inner.media.restart();
+                Ok(json!({"restarting": true}))
+            }
+            Command::Snapshot => {
+                let jpeg = inner
+                    .media
+                    .snapshot()
+                    .await
+                    .map_err(|e| CommandError::new(ErrorCode::Unavailable, e.to_string()))?;
+                let topic = inner.topics.snapshot();
+                let bytes = jpeg.len();
+                // Retained: the latest picture is there for whoever subscribes next (a home
+                // automation camera entity, say).
+                let _ = inner
+                    .publications
+                    .send(Publication::new(topic.clone(), jpeg, true))
+                    .await;
+                Ok(json!({"topic": topic, "bytes": bytes, "content_type": "image/jpeg"}))
+            }
+            Command::Controls => Err(CommandError::new(
+                ErrorCode::Unavailable,
+                "This video source has no camera controls.",
+            )),
+            Command::Set(args) => self.set(args),
+            Command::Reload => self.reload(),
+        }
+    }
+
+    fn set(&self, args: SetArgs) -> Result<Value, CommandError> {
+        let inner = &self.inner;
+        if !args.controls.is_empty() {
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                "This video source has no camera controls.",
+            ));
+        }
+        let mut config = inner
+            .config
+            .lock()
+            .expect("config lock is never poisoned: no panics while held");
+        let mut applied = serde_json::Map::new();
+        if let Some(kbps) = args.bitrate_kbps {
+            config.encoder.bitrate_kbps = kbps;
+            inner.media.set_bitrate(kbps);
+            applied.insert("bitrate_kbps".into(), json!(kbps));
+        }
+        if args.fps.is_some() || args.width.is_some() {
+            let s = &mut config.source;
+            s.fps = args.fps.unwrap_or(s.fps);
+            s.width = args.width.unwrap_or(s.width);
+            s.height = args.height.unwrap_or(s.height);
+            inner.media.reconfigure(s.width, s.height, s.fps);
+            applied.insert("width".into(), json!(s.width));
+            applied.insert("height".into(), json!(s.height));
+            applied.insert("fps".into(), json!(s.fps));
+        }
+        Ok(Value::Object(applied))
+    }
+
+    /// Re-reads the configuration file and applies what can change while running.
+    fn reload(&self) -> Result<Value, CommandError> {
+        let inner = &self.inner;
+        let Origin::File(path) = &inner.origin else {
+            return Err(CommandError::new(
+                ErrorCode::Unavailable,
+                "rtcam was started without a configuration file; there is nothing to reload.",
+            ));
+        };
+        let (mut new, _) = Config::load(Some(path))
+            .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
+        // The same secrets as at start, so a credential is not mistaken for a changed key.
+        crate::credentials::apply_from_env(&mut new)
+            .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
+        let mut current = inner
+            .config
+            .lock()
+            .expect("config lock is never poisoned: no panics while held");
+        let plan = reload_plan(&current, &new);
+        if plan
+            .applied
+            .iter()
+            .any(|k| k.starts_with("encoder.bitrate"))
+        {
+            inner.media.set_bitrate(new.encoder.bitrate_kbps);
+        }
+        if plan.applied.iter().any(|k| k.starts_with("source.")) {
+            inner
+                .media
+                .reconfigure(new.source.width, new.source.height, new.source.fps);
+        }
+        // What could not be applied stays as it runs, so the next reload reports it again.
+        let mut kept = new.clone();
+        kept.device = current.device.clone();
+        kept.mqtt = current.mqtt.clone();
+        kept.http = current.http.clone();
+        kept.webrtc = current.webrtc.clone();
+        kept.control = current.control.clone();
+        kept.source.kind = current.source.kind;
+        kept.source.device = current.source.device.clone();
+        kept.source.format = current.source.format;
+        kept.encoder.element = current.encoder.element.clone();
+        kept.encoder.keyframe_interval = current.encoder.keyframe_interval;
+        kept.encoder.keyframe_min_interval_ms = current.encoder.keyframe_min_interval_ms;
+        *current = kept;
+        tracing::info!(applied = ?plan.applied, restart_needed = ?plan.restart_needed, "configuration reloaded");
+        Ok(json!({"applied": plan.applied, "restart_needed": plan.restart_needed}))
+    }
+}
+
+/// What a reload changes: keys applied live, and keys that take effect only after a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    pub applied: Vec<&'static str>,
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Compares two configurations key by key (pure, so it is unit-tested).
+pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    let mut check = |changed: bool, key: &'static str, live: bool| {
+        if changed {
+            if live {
+                plan.applied.push(key);
+            } else {
+                plan.restart_needed.push(key);
+            }
+        }
+    };
+    check(
+        old.encoder.bitrate_kbps != new.encoder.bitrate_kbps,
+        "encoder.bitrate_kbps",
+        true,
+    );
+    check(old.source.width != new.source.width, "source.width", true);
+    check(
+        old.source.height != new.source.height,
+        "source.height",
+        true,
+    );
+    check(old.source.fps != new.source.fps, "source.fps", true);
+    check(old.source.kind != new.source.kind, "source.kind", false);
+    check(
+        old.source.device != new.source.device,
+        "source.device",
+        false,
+    );
+    check(
+        old.source.format != new.source.format,
+        "source.format",
+        false,
+    );
+    check(
+        old.encoder.element != new.encoder.element,
+        "encoder.element",
+        false,
+    );
+    check(
+        old.encoder.keyframe_interval != new.encoder.keyframe_interval,
+        "encoder.keyframe_interval",
+        false,
+    );
+    check(
+        old.encoder.keyframe_min_interval_ms != new.encoder.keyframe_min_interval_ms,
+        "encoder.keyframe_min_interval_ms",
+        false,
+    );
+    check(old.device.id != new.device.id, "device.id", false);
+    check(toml_differs(&old.mqtt, &new.mqtt), "mqtt", false);
+    check(toml_differs(&old.http, &new.http), "http", false);
+    check(toml_differs(&old.webrtc, &new.webrtc), "webrtc", false);
+    check(toml_differs(&old.control, &new.control), "control", false);
+    plan
+}
+
+fn toml_differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_plan_splits_live_and_restart_keys() {
+        let old = Config::default();
+        let mut new = Config::default();
+        assert_eq!(reload_plan(&old, &new), ReloadPlan::default());
+        new.encoder.bitrate_kbps = 900;
+        new.source.width = 640;
+        new.mqtt.url = "mqtt://elsewhere:1883".into();
+        new.webrtc.max_sessions = 3;
+        let plan = reload_plan(&old, &new);
+        assert_eq!(plan.applied, vec!["encoder.bitrate_kbps", "source.width"]);
+        assert_eq!(plan.restart_needed, vec!["mqtt", "webrtc"]);
+    }
+}

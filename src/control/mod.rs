@@ -1,0 +1,520 @@
+//! The control plane: commands with replies (docs/control.md).
+//!
+//! This file is the wire format, pure: a request's JSON becomes a [`Command`] with validated
+//! arguments or a [`CommandError`], and a result becomes the reply body. [`exec`] carries
+//! commands out; the same commands arrive over MQTT (`R/command`) and over a viewer's
+//! `control` data channel, and are answered in the same shape.
+
+pub mod channel;
+pub mod exec;
+pub mod ha;
+pub mod telemetry;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// Largest command payload accepted. Commands are small; anything bigger is a mistake.
+pub const MAX_COMMAND: usize = 16 * 1024;
+
+/// A command as it arrived over MQTT, with the MQTT 5 reply routing if the request had it.
+#[derive(Debug, Clone)]
+pub struct ControlRequest {
+    pub payload: Bytes,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+}
+
+/// Something to publish. The MQTT adapter sends these as they come.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    /// MQTT 5 correlation data echoed on a reply.
+    pub correlation_data: Option<Bytes>,
+}
+
+impl Publication {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, retain: bool) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+            correlation_data: None,
+        }
+    }
+}
+
+/// Error codes in replies. Tools match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is not JSON.
+    BadJson,
+    /// JSON, but not a request: not an object, no `command` string, `id` not a string.
+    BadRequest,
+    UnknownCommand,
+    /// Arguments missing, of the wrong type, or unknown.
+    BadArgs,
+    /// A value outside what the device accepts.
+    OutOfRange,
+    /// The command exists but cannot be done here (no camera controls on the test pattern…).
+    Unavailable,
+    /// This requester may not change state (a viewer's data channel by default).
+    Forbidden,
+    /// The command was valid but carrying it out failed.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn bad_args(message: impl Into<String>) -> CommandError {
+    CommandError::new(ErrorCode::BadArgs, message)
+}
+
+/// What `set` may change. Every field optional; at least one present.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SetArgs {
+    pub bitrate_kbps: Option<u32>,
+    pub fps: Option<u32>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Camera controls by name, validated against the device when applied.
+    pub controls: Vec<(String, i64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Status,
+    Snapshot,
+    Set(SetArgs),
+    Controls,
+    Stream { on: bool },
+    Keyframe,
+    Sessions,
+    Kick { sid: String, reason: String },
+    Restart,
+    Reload,
+}
+
+impl Command {
+    /// Whether the command changes the device's state; a read-only requester may not send it.
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Command::Set(_)
+                | Command::Stream { .. }
+                | Command::Kick { .. }
+                | Command::Restart
+                | Command::Reload
+        )
+    }
+}
+
+/// The parts of a request every reply needs, even when the rest of it is bad.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub id: Value,
+    pub reply_to: Option<String>,
+}
+
+/// Names the commands accept, for error messages.
+pub const COMMANDS: &[&str] = &[
+    "status", "snapshot", "set", "controls", "stream", "keyframe", "sessions", "kick", "restart",
+    "reload",
+];
+
+/// Parses a request. The envelope comes back even with an error, so the reply can carry the
+/// request's id and go where it asked.
+pub fn parse_request(payload: &[u8]) -> (Envelope, Result<Command, CommandError>) {
+    let mut env = Envelope {
+        id: Value::Null,
+        reply_to: None,
+    };
+    if payload.len() > MAX_COMMAND {
+        return (
+            env,
+            Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "The request is {} bytes; at most {MAX_COMMAND} are accepted.",
+                    payload.len()
+                ),
+            )),
+        );
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                env,
+                Err(CommandError::new(
+                    ErrorCode::BadJson,
+                    format!("The request is not valid JSON ({e})."),
+                )),
+            )
+        }
+    };
+    let Some(obj) = value.as_object() else {
+        return (
+            env,
+            Err(CommandError::new(
+                ErrorCode::BadRequest,
+                "The request must be a JSON object.",
+            )),
+        );
+    };
+    match obj.get("id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.len() <= 128 => env.id = Value::String(s.clone()),
+        Some(_) => {
+            return (
+                env,
+                Err(CommandError::new(
+                    ErrorCode::BadRequest,
+                    "\"id\" must be a string of at most 128 characters.",
+                )),
+            );
+        }
+    }
+    if let Some(r) = obj.get("reply_to") {
+        match r.as_str() {
+            Some(t) if valid_reply_topic(t) => env.reply_to = Some(t.to_string()),
+            _ => {
+                return (
+                    env,
+                    Err(CommandError::new(
+                        ErrorCode::BadRequest,
+                        "\"reply_to\" must be an MQTT topic without wildcards.",
+                    )),
+                )
+            }
+        }
+    }
+    let Some(name) = obj.get("command").and_then(Value::as_str) else {
+        return (
+            env,
+            Err(CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "The request has no \"command\" string; commands are: {}.",
+                    COMMANDS.join(", ")
+                ),
+            )),
+        );
+    };
+    let empty = Map::new();
+    let args = match obj.get("args") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return (env, Err(bad_args("\"args\" must be a JSON object."))),
+    };
+    (env, parse_command(name, args))
+}
+
+fn valid_reply_topic(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 256 && !t.contains(['+', '#', '\0'])
+}
+
+fn parse_command(name: &str, args: &Map<String, Value>) -> Result<Command, CommandError> {
+    let no_args = |cmd: Command| {
+        if let Some(k) = args.keys().next() {
+            Err(bad_args(format!("{name} takes no arguments (got {k:?}).")))
+        } else {
+            Ok(cmd)
+        }
+    };
+    match name {
+        "status" => no_args(Command::Status),
+        "snapshot" => no_args(Command::Snapshot),
+        "controls" => no_args(Command::Controls),
+        "keyframe" => no_args(Command::Keyframe),
+        "sessions" => no_args(Command::Sessions),
+        "restart" => no_args(Command::Restart),
+        "reload" => no_args(Command::Reload),
+        "stream" => {
+            only_keys(name, args, &["on"])?;
+            let on = match args.get("on") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) if s == "on" => true,
+                Some(Value::String(s)) if s == "off" => false,
+                _ => {
+                    return Err(bad_args(
+                        "stream needs \"on\": true or false (or \"on\"/\"off\").",
+                    ))
+                }
+            };
+            Ok(Command::Stream { on })
+        }
+        "kick" => {
+            only_keys(name, args, &["sid", "reason"])?;
+            let sid = args
+                .get("sid")
+                .and_then(Value::as_str)
+                .filter(|s| crate::signalling::protocol::is_valid_sid(s))
+                .ok_or_else(|| {
+                    bad_args(
+                        "kick needs \"sid\": the session id to end (see the sessions command).",
+                    )
+                })?;
+            let reason = match args.get("reason") {
+                None => "ended by the camera's owner".to_string(),
+                Some(Value::String(r)) if r.len() <= 200 => r.clone(),
+                Some(_) => {
+                    return Err(bad_args(
+                        "\"reason\" must be a string of at most 200 characters.",
+                    ))
+                }
+            };
+            Ok(Command::Kick {
+                sid: sid.to_string(),
+                reason,
+            })
+        }
+        "set" => parse_set(args).map(Command::Set),
+        other => Err(CommandError::new(
+            ErrorCode::UnknownCommand,
+            format!(
+                "Unknown command {:?}; commands are: {}.",
+                other.chars().take(40).collect::<String>(),
+                COMMANDS.join(", ")
+            ),
+        )),
+    }
+}
+
+fn only_keys(name: &str, args: &Map<String, Value>, allowed: &[&str]) -> Result<(), CommandError> {
+    match args.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad_args(format!(
+            "{name} does not take {k:?}; it takes: {}.",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
+    only_keys(
+        "set",
+        args,
+        &["bitrate_kbps", "fps", "width", "height", "controls"],
+    )?;
+    let num = |key: &str, min: u32, max: u32| -> Result<Option<u32>, CommandError> {
+        match args.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let n = v
+                    .as_u64()
+                    .ok_or_else(|| bad_args(format!("\"{key}\" must be a whole number.")))?;
+                if n < u64::from(min) || n > u64::from(max) {
+                    return Err(CommandError::new(
+                        ErrorCode::OutOfRange,
+                        format!("\"{key}\" is {n}; it must be between {min} and {max}."),
+                    ));
+                }
+                Ok(Some(n as u32))
+            }
+        }
+    };
+    let mut set = SetArgs {
+        bitrate_kbps: num("bitrate_kbps", 50, 50_000)?,
+        fps: num("fps", 1, 120)?,
+        width: num("width", 16, 7680)?,
+        height: num("height", 16, 4320)?,
+        controls: Vec::new(),
+    };
+    if set.width.is_some() != set.height.is_some() {
+        return Err(bad_args("Give \"width\" and \"height\" together."));
+    }
+    if set.width.is_some_and(|w| w % 2 != 0) || set.height.is_some_and(|h| h % 2 != 0) {
+        return Err(CommandError::new(
+            ErrorCode::OutOfRange,
+            "H.264 needs an even width and height.",
+        ));
+    }
+    if let Some(c) = args.get("controls") {
+        let map = c
+            .as_object()
+            .ok_or_else(|| bad_args("\"controls\" must be an object of control name → value."))?;
+        for (name, value) in map {
+            let v = match value {
+                Value::Bool(b) => i64::from(*b),
+                Value::Number(n) => n
+                    .as_i64()
+                    .ok_or_else(|| bad_args(format!("Control {name:?} needs a whole number.")))?,
+                _ => {
+                    return Err(bad_args(format!(
+                        "Control {name:?} needs a number or true/false."
+                    )))
+                }
+            };
+            set.controls.push((name.clone(), v));
+        }
+    }
+    if set == SetArgs::default() {
+        return Err(bad_args(
+            "set needs at least one of: bitrate_kbps, fps, width and height, controls.",
+        ));
+    }
+    Ok(set)
+}
+
+/// The reply body: `{"id":…,"ok":true,"result":…}` or `{"id":…,"ok":false,"error":{…}}`.
+pub fn reply_body(id: &Value, result: &Result<Value, CommandError>) -> Bytes {
+    let body = match result {
+        Ok(r) => json!({"id": id, "ok": true, "result": r}),
+        Err(e) => json!({"id": id, "ok": false, "error": {"code": e.code, "message": e.message}}),
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("reply JSON always serialises"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str) -> Result<Command, CommandError> {
+        parse_request(s.as_bytes()).1
+    }
+
+    fn code(s: &str) -> ErrorCode {
+        cmd(s).unwrap_err().code
+    }
+
+    #[test]
+    fn plain_commands() {
+        assert_eq!(
+            cmd(r#"{"id":"1","command":"status"}"#).unwrap(),
+            Command::Status
+        );
+        assert_eq!(
+            cmd(r#"{"command":"keyframe","args":{}}"#).unwrap(),
+            Command::Keyframe
+        );
+        assert_eq!(
+            cmd(r#"{"command":"stream","args":{"on":"off"}}"#).unwrap(),
+            Command::Stream { on: false }
+        );
+        assert_eq!(
+            cmd(r#"{"command":"kick","args":{"sid":"abc"}}"#).unwrap(),
+            Command::Kick {
+                sid: "abc".into(),
+                reason: "ended by the camera's owner".into()
+            }
+        );
+    }
+
+    #[test]
+    fn envelope_survives_errors() {
+        let (env, r) = parse_request(br#"{"id":"x7","command":"fly","reply_to":"me/replies"}"#);
+        assert_eq!(env.id, Value::String("x7".into()));
+        assert_eq!(env.reply_to.as_deref(), Some("me/replies"));
+        assert_eq!(r.unwrap_err().code, ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn bad_requests_have_codes() {
+        assert_eq!(code("nope"), ErrorCode::BadJson);
+        assert_eq!(code("[]"), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"id":5,"command":"status"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"command":"status","reply_to":"a/#"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"id":"1"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"command":"status","args":{"x":1}}"#),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(
+            code(r#"{"command":"status","args":[1]}"#),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(
+            code(r#"{"command":"stream","args":{"on":"maybe"}}"#),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(
+            code(r#"{"command":"kick","args":{"sid":"a b"}}"#),
+            ErrorCode::BadArgs
+        );
+    }
+
+    #[test]
+    fn set_is_validated() {
+        assert_eq!(
+            cmd(r#"{"command":"set","args":{"bitrate_kbps":900}}"#).unwrap(),
+            Command::Set(SetArgs {
+                bitrate_kbps: Some(900),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"bitrate_kbps":5}}"#),
+            ErrorCode::OutOfRange
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"fps":"fast"}}"#),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"width":640}}"#),
+            ErrorCode::BadArgs
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"width":641,"height":480}}"#),
+            ErrorCode::OutOfRange
+        );
+        assert_eq!(code(r#"{"command":"set","args":{}}"#), ErrorCode::BadArgs);
+        assert_eq!(
+            code(r#"{"command":"set","args":{"zoom":2}}"#),
+            ErrorCode::BadArgs
+        );
+        let Command::Set(s) =
+            cmd(r#"{"command":"set","args":{"controls":{"brightness":10,"auto":true}}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.controls.len(), 2);
+    }
+
+    #[test]
+    fn reply_shape() {
+        let ok: Value =
+            serde_json::from_slice(&reply_body(&json!("1"), &Ok(json!({"a":1})))).unwrap();
+        assert_eq!(ok, json!({"id":"1","ok":true,"result":{"a":1}}));
+        let err: Value = serde_json::from_slice(&reply_body(
+            &Value::Null,
+            &Err(CommandError::new(ErrorCode::OutOfRange, "m")),
+        ))
+        .unwrap();
+        assert_eq!(
+            err,
+            json!({"id":null,"ok":false,"error":{"code":"out_of_range","message":"m"}})
+        );
+    }
+
+    #[test]
+    fn state_changing_commands() {
+        assert!(Command::Restart.changes_state());
+        assert!(!Command::Status.changes_state());
+        assert!(!Command::Snapshot.changes_state());
+    }
+}

@@ -1,0 +1,281 @@
+//! Telemetry: what the device is doing, published on `R/telemetry` every interval and served as
+//! Prometheus text on `/metrics`.
+//!
+//! Rates are differences of counters between two samples; the process figures come from /proc
+//! and the SoC temperature from /sys/class/thermal where the board has one.
+
+use super::Publication;
+use crate::media::Media;
+use crate::session::{SessionInfo, Sessions};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Telemetry {
+    pub uptime_secs: u64,
+    /// Encoded frames per second leaving the pipeline.
+    pub fps_in: f64,
+    /// Frames per second each viewer was sent, averaged over viewers.
+    pub fps_out: f64,
+    /// Encoder output rate.
+    pub bitrate_kbps: f64,
+    pub frames_total: u64,
+    /// Frames viewers skipped (falling behind, waiting for a keyframe).
+    pub frames_dropped: u64,
+    pub pipeline_restarts: u64,
+    pub viewers: usize,
+    pub sessions: Vec<SessionInfo>,
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    pub streaming: bool,
+}
+
+/// Turns counters into rates between calls.
+pub struct Sampler {
+    media: Media,
+    sessions: Sessions,
+    started: Instant,
+    last: Option<Sample>,
+}
+
+struct Sample {
+    at: Instant,
+    frames: u64,
+    bytes: u64,
+    cpu_ticks: u64,
+    sent: HashMap<String, u64>,
+}
+
+impl Sampler {
+    pub fn new(media: Media, sessions: Sessions) -> Self {
+        Self {
+            media,
+            sessions,
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    pub async fn sample(&mut self) -> Telemetry {
+        let now = Instant::now();
+        let stats = self.media.stats();
+        let frames = stats.frames.load(Ordering::Relaxed);
+        let bytes = stats.bytes.load(Ordering::Relaxed);
+        let cpu_ticks = process_cpu_ticks().unwrap_or(0);
+        let sessions = self.sessions.list().await;
+        let sent: HashMap<String, u64> = sessions
+            .iter()
+            .map(|s| (s.sid.clone(), s.frames_sent))
+            .collect();
+        let mut t = Telemetry {
+            uptime_secs: self.started.elapsed().as_secs(),
+            frames_total: frames,
+            frames_dropped: sessions.iter().map(|s| s.frames_skipped).sum(),
+            pipeline_restarts: stats.restarts.load(Ordering::Relaxed),
+            viewers: sessions.len(),
+            rss_bytes: process_rss_bytes().unwrap_or(0),
+            temperature_c: soc_temperature(),
+            streaming: self.media.info().borrow().streaming,
+            ..Default::default()
+        };
+        if let Some(last) = &self.last {
+            let secs = now.duration_since(last.at).as_secs_f64().max(1e-3);
+            t.fps_in = round1((frames - last.frames) as f64 / secs);
+            t.bitrate_kbps = round1((bytes - last.bytes) as f64 * 8.0 / 1000.0 / secs);
+            // USER_HZ is 100 on every Linux architecture rtcam runs on.
+            t.cpu_percent =
+                round1((cpu_ticks.saturating_sub(last.cpu_ticks)) as f64 / 100.0 / secs * 100.0);
+            let per_viewer: Vec<f64> = sent
+                .iter()
+                .filter_map(|(sid, n)| last.sent.get(sid).map(|before| (n - before) as f64 / secs))
+                .collect();
+            if !per_viewer.is_empty() {
+                t.fps_out = round1(per_viewer.iter().sum::<f64>() / per_viewer.len() as f64);
+            }
+        }
+        t.sessions = sessions;
+        self.last = Some(Sample {
+            at: now,
+            frames,
+            bytes,
+            cpu_ticks,
+            sent,
+        });
+        t
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Publishes telemetry every `interval` and keeps the latest for `/metrics`.
+pub async fn run(
+    mut sampler: Sampler,
+    interval: Duration,
+    topic: String,
+    latest: watch::Sender<Telemetry>,
+    publications: mpsc::Sender<Publication>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Cancel-safe: level-triggered token.
+            _ = shutdown.cancelled() => break,
+            // Cancel-safe: an interval tick fires again next turn if dropped.
+            _ = tick.tick() => {}
+        }
+        let t = sampler.sample().await;
+        if let Ok(body) = serde_json::to_vec(&t) {
+            let _ = publications.try_send(Publication::new(topic.clone(), body, false));
+        }
+        latest.send_replace(t);
+    }
+}
+
+/// The same figures in Prometheus text exposition format.
+pub fn prometheus(t: &Telemetry, device: &str) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} {kind}\nrtcam_{name}{{device=\"{device}\"}} {value}");
+    };
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since rtcam started.",
+        t.uptime_secs as f64,
+    );
+    metric(
+        "frames_total",
+        "counter",
+        "Encoded frames produced.",
+        t.frames_total as f64,
+    );
+    metric(
+        "frames_dropped_total",
+        "counter",
+        "Frames viewers skipped.",
+        t.frames_dropped as f64,
+    );
+    metric(
+        "pipeline_restarts_total",
+        "counter",
+        "Media pipeline rebuilds after errors.",
+        t.pipeline_restarts as f64,
+    );
+    metric("fps_in", "gauge", "Encoded frames per second.", t.fps_in);
+    metric(
+        "fps_out",
+        "gauge",
+        "Frames per second sent to each viewer, averaged.",
+        t.fps_out,
+    );
+    metric(
+        "bitrate_kbps",
+        "gauge",
+        "Encoder output in kbit/s.",
+        t.bitrate_kbps,
+    );
+    metric("viewers", "gauge", "Connected viewers.", t.viewers as f64);
+    metric(
+        "cpu_percent",
+        "gauge",
+        "CPU used by rtcam, percent of one core.",
+        t.cpu_percent,
+    );
+    metric(
+        "rss_bytes",
+        "gauge",
+        "Resident memory of rtcam.",
+        t.rss_bytes as f64,
+    );
+    metric(
+        "streaming",
+        "gauge",
+        "1 while streaming, 0 while switched off.",
+        f64::from(u8::from(t.streaming)),
+    );
+    if let Some(c) = t.temperature_c {
+        metric("soc_temperature_celsius", "gauge", "SoC temperature.", c);
+    }
+    let _ = writeln!(out, "# HELP rtcam_session_rtt_ms Round-trip time to each viewer.\n# TYPE rtcam_session_rtt_ms gauge");
+    for s in &t.sessions {
+        if let Some(rtt) = s.rtt_ms {
+            let _ = writeln!(
+                out,
+                "rtcam_session_rtt_ms{{device=\"{device}\",sid=\"{}\"}} {rtt}",
+                s.sid
+            );
+        }
+    }
+    out
+}
+
+fn process_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The SoC temperature: the first thermal zone (on Raspberry Pi and most boards, the CPU).
+fn soc_temperature() -> Option<f64> {
+    let milli: f64 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(round1(milli / 1000.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_help_type_and_labels() {
+        let t = Telemetry {
+            viewers: 2,
+            fps_in: 29.9,
+            temperature_c: Some(51.2),
+            ..Default::default()
+        };
+        let text = prometheus(&t, "cam1");
+        assert!(
+            text.contains("# TYPE rtcam_viewers gauge\nrtcam_viewers{device=\"cam1\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("rtcam_fps_in{device=\"cam1\"} 29.9"));
+        assert!(text.contains("rtcam_soc_temperature_celsius{device=\"cam1\"} 51.2"));
+    }
+
+    #[test]
+    fn proc_readers_work_on_linux() {
+        assert!(process_cpu_ticks().is_some());
+        assert!(process_rss_bytes().unwrap() > 1024 * 1024);
+    }
+}
