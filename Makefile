@@ -23,7 +23,7 @@ TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
-	binutils lintian qemu-system-arm cpio kmod
+	binutils lintian qemu-system-arm cpio kmod coturn
 CROSS_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 TARGET ?= aarch64-unknown-linux-gnu
 # release for what goes on boards; make test builds the cheaper board-test profile (Cargo.toml).
@@ -32,7 +32,7 @@ DEB_ARCH = $(if $(findstring aarch64,$(TARGET)),arm64,armhf)
 
 MQTT_JS := web/vendor/mqtt.min.js
 
-.PHONY: all build demo test deps test-deps cross-deps cross deb deploy test-board test-packages web bench clean
+.PHONY: all build demo test deps test-deps cross-deps cross deb deploy test-board test-board-nat test-packages web bench clean
 
 all: build
 
@@ -84,6 +84,11 @@ deploy: deb
 # The emulated arm64 board (tests/board/run.sh): both cross builds capture from vivid in qemu.
 test-board: cross-deps web
 	tests/board/run.sh $(CROSS_TARGETS)
+
+# A board behind NAT (tests/board_nat.rs): the emulated arm64 board reaches a broker and a TURN
+# server on this machine through qemu's user-mode network; a viewer here watches via the relay.
+test-board-nat: test-deps cross-deps web
+	$(CARGO) test --test board_nat -- --ignored --nocapture
 
 # The .deb of each board target, from the board-test builds test-board made.
 test-packages: cross-deps

@@ -5,9 +5,9 @@
 //! disconnect → HTTP server.
 
 use crate::config::{Config, Origin, ViewerCommands};
-use crate::health::Heartbeat;
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
+use crate::health::Heartbeat;
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
 use crate::session::table::SessionTable;

@@ -5,9 +5,9 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod health;
-pub mod control;
 pub mod http;
 pub mod media;
 pub mod service;

@@ -9,8 +9,8 @@
 use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
-use crate::health::Heartbeat;
 use crate::control::{ControlRequest, Publication};
+use crate::health::Heartbeat;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
