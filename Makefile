@@ -116,6 +116,7 @@ test: test-deps cross-deps web
 	$(CARGO) test --all-targets
 	node --test web/protocol.test.mjs
 	$(MAKE) --no-print-directory test-board
+	$(MAKE) --no-print-directory test-board-nat
 	$(MAKE) --no-print-directory test-packages
 
 bench: deps web

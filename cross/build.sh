@@ -31,4 +31,9 @@ export "PKG_CONFIG_SYSROOT_DIR_$t=$sysroot"
 export "PKG_CONFIG_LIBDIR_$t=$sysroot/usr/lib/$triple/pkgconfig:$sysroot/usr/share/pkgconfig"
 # bindgen (v4l2-sys) parses the target's kernel headers, from linux-libc-dev-ARCH-cross.
 export "BINDGEN_EXTRA_CLANG_ARGS_$t=--target=$triple -isystem /usr/$triple/include"
+# Run from a test (cargo test sets CARGO_PKG_NAME, CARGO_MANIFEST_DIR… for it), these would look
+# like changed inputs to build scripts that watch them (ring does) and rebuild half the tree.
+for v in $(compgen -e | grep -E '^(CARGO_(PKG|MANIFEST|CRATE|BIN_EXE|PRIMARY|TARGET_TMPDIR)|OUT_DIR$)'); do
+	unset "$v"
+done
 cargo build --locked --target "$target" --profile "$profile"
