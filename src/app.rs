@@ -4,13 +4,14 @@
 //! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
 //! disconnect → HTTP server.
 
+use crate::auth::Authority;
 use crate::config::{Config, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
 use crate::health::Heartbeat;
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
-use crate::session::table::SessionTable;
+use crate::session::table::{Limits, SessionTable};
 use crate::session::{SessionManager, Sessions};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
@@ -103,6 +104,8 @@ impl App {
             media::start(&config.source, &config.encoder, media_stop.clone())?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let authority = (!config.auth.secret.is_empty())
+            .then(|| Authority::new(&config.auth.secret, &device_id));
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -124,7 +127,11 @@ impl App {
         );
         let sessions_stop = CancellationToken::new();
         let manager = SessionManager {
-            table: SessionTable::new(config.webrtc.max_sessions),
+            table: SessionTable::new(Limits {
+                max_sessions: config.webrtc.max_sessions,
+                offers_per_second: config.webrtc.offers_per_second,
+                max_candidates: config.webrtc.max_candidates_per_session,
+            }),
             factory,
             media: media.clone(),
             events: events_rx,
@@ -136,6 +143,7 @@ impl App {
             viewer_requester: Requester::Viewer {
                 may_change_state: viewers_may_change_state(&config),
             },
+            authority: authority.clone(),
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
@@ -187,6 +195,7 @@ impl App {
                 media: media.clone(),
                 telemetry: telemetry_rx,
                 device_id: device_id.clone(),
+                authority,
             },
             http_stop.clone(),
         ));

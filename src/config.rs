@@ -53,6 +53,15 @@ pub struct Config {
     pub encoder: EncoderConfig,
     pub webrtc: WebrtcConfig,
     pub control: ControlConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// When set, viewers need a token signed with this secret (`rtcam token`), and HTTP
+    /// requests for the page, snapshots, metrics and `/mqtt` need one too. Empty: open.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -81,6 +90,10 @@ pub struct MqttConfig {
     pub password: String,
     /// PEM file with the CA that signs an `mqtts://` broker's certificate. Empty: the system roots.
     pub ca_file: String,
+    /// For `mqtts://`: PEM client certificate and its key, to log in with a certificate. Needs
+    /// `ca_file`.
+    pub client_cert_file: String,
+    pub client_key_file: String,
     /// MQTT client id; empty means `rtcam-{device id}`.
     pub client_id: String,
     /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
@@ -101,6 +114,8 @@ impl Default for MqttConfig {
             username: String::new(),
             password: String::new(),
             ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
             client_id: String::new(),
             keep_alive_secs: 10,
             embedded_listen: "127.0.0.1:1883".parse().expect("literal address"),
@@ -220,6 +235,10 @@ pub struct WebrtcConfig {
     pub disconnect_timeout_secs: u64,
     /// Local addresses to gather ICE candidates on. Empty: every up interface, loopback included.
     pub udp_addrs: Vec<std::net::IpAddr>,
+    /// New sessions per second the device accepts (twice as many in a burst).
+    pub offers_per_second: u32,
+    /// Remote ICE candidates one session may send.
+    pub max_candidates_per_session: usize,
 }
 
 impl Default for WebrtcConfig {
@@ -229,6 +248,8 @@ impl Default for WebrtcConfig {
             max_sessions: 8,
             disconnect_timeout_secs: 15,
             udp_addrs: Vec::new(),
+            offers_per_second: 5,
+            max_candidates_per_session: 64,
         }
     }
 }
@@ -255,6 +276,9 @@ pub struct ControlConfig {
     pub ha_discovery: bool,
     /// Home Assistant's discovery prefix.
     pub ha_prefix: String,
+    /// Commands per second accepted over MQTT (all requesters together) and per data channel,
+    /// with bursts of twice that.
+    pub commands_per_second: u32,
 }
 
 impl Default for ControlConfig {
@@ -264,6 +288,7 @@ impl Default for ControlConfig {
             viewer_commands: ViewerCommands::ReadOnly,
             ha_discovery: true,
             ha_prefix: "homeassistant".into(),
+            commands_per_second: 20,
         }
     }
 }
@@ -352,6 +377,20 @@ impl Config {
             crate::signalling::mqtt::BrokerUrl::parse(&self.mqtt.url)
                 .map_err(|e| invalid("mqtt.url", e.to_string()))?;
         }
+        let m = &self.mqtt;
+        if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "give client_cert_file and client_key_file together".into(),
+            ));
+        }
+        if !m.client_cert_file.is_empty() && m.ca_file.is_empty() {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "a client certificate needs ca_file, the CA that signed the broker's certificate"
+                    .into(),
+            ));
+        }
         let s = &self.source;
         if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
             return Err(invalid(
@@ -413,6 +452,18 @@ impl Config {
             return Err(invalid(
                 "control.ha_prefix",
                 "must be a topic prefix without wildcards".into(),
+            ));
+        }
+        if self.control.commands_per_second == 0 {
+            return Err(invalid(
+                "control.commands_per_second",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.webrtc.offers_per_second == 0 {
+            return Err(invalid(
+                "webrtc.offers_per_second",
+                "must be at least 1".into(),
             ));
         }
         if self.webrtc.max_sessions == 0 {

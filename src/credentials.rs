@@ -1,6 +1,8 @@
 //! Secrets from systemd credentials instead of the config file.
 //!
-//! With `LoadCredential=mqtt_password:/etc/rtcam/credentials/mqtt_password` in the unit, systemd
+//! Three secrets can come this way: the MQTT password, the TURN credential and the secret that
+//! signs viewer tokens. With `LoadCredential=mqtt_password:/etc/rtcam/credentials/mqtt_password`
+//! in the unit, systemd
 //! hands rtcam the file in `$CREDENTIALS_DIRECTORY`, readable by rtcam alone and never on a
 //! path the config (or a backup of /etc/rtcam) shows. A secret the config file sets wins; a
 //! credential fills only what the config leaves empty. An empty credential file counts as none,
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub const MQTT_PASSWORD: &str = "mqtt_password";
 /// Credential for every `turn:`/`turns:` ICE server whose `credential` is empty.
 pub const TURN_CREDENTIAL: &str = "turn_credential";
+/// Credential with the secret that signs viewer tokens (`auth.secret`).
+pub const AUTH_SECRET: &str = "auth_secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -63,6 +67,12 @@ pub fn apply(
             used.push(MQTT_PASSWORD);
         }
     }
+    if config.auth.secret.is_empty() {
+        if let Some(secret) = read(dir, AUTH_SECRET)? {
+            config.auth.secret = secret;
+            used.push(AUTH_SECRET);
+        }
+    }
     let wants_turn = |s: &crate::config::IceServer| {
         s.credential.is_empty()
             && s.urls
@@ -103,6 +113,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(MQTT_PASSWORD), "s3cret\n").unwrap();
         std::fs::write(dir.path().join(TURN_CREDENTIAL), "relay-pass").unwrap();
+        std::fs::write(dir.path().join(AUTH_SECRET), "token-key\r\n").unwrap();
         let mut config = Config::default();
         config.webrtc.ice_servers = vec![
             turn(""),
@@ -113,16 +124,19 @@ mod tests {
             },
         ];
         let used = apply(&mut config, Some(dir.path())).unwrap();
-        assert_eq!(used, vec![MQTT_PASSWORD, TURN_CREDENTIAL]);
+        assert_eq!(used, vec![MQTT_PASSWORD, AUTH_SECRET, TURN_CREDENTIAL]);
         assert_eq!(config.mqtt.password, "s3cret");
+        assert_eq!(config.auth.secret, "token-key");
         assert_eq!(config.webrtc.ice_servers[0].credential, "relay-pass");
         assert_eq!(config.webrtc.ice_servers[1].credential, "from-config");
         assert_eq!(config.webrtc.ice_servers[2].credential, "");
 
         let mut config = Config::default();
         config.mqtt.password = "in-file".into();
+        config.auth.secret = "in-file".into();
         assert!(apply(&mut config, Some(dir.path())).unwrap().is_empty());
         assert_eq!(config.mqtt.password, "in-file");
+        assert_eq!(config.auth.secret, "in-file");
     }
 
     #[test]

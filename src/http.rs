@@ -2,13 +2,15 @@
 //! a WebSocket that carries the page's MQTT connection to the broker, so a person needs this
 //! one URL and nothing else. The only file that uses `axum`.
 
+use crate::auth::Right;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,6 +46,38 @@ pub struct HttpState {
     /// Latest telemetry, for `/metrics`.
     pub telemetry: tokio::sync::watch::Receiver<crate::control::telemetry::Telemetry>,
     pub device_id: String,
+    /// Checks tokens when `[auth] secret` is set.
+    pub authority: Option<crate::auth::Authority>,
+}
+
+/// The token of a request: `?token=` (what a link carries) or `Authorization: Bearer`.
+fn token_of<'a>(query: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Option<&'a str> {
+    query.get("token").map(String::as_str).or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    })
+}
+
+/// Lets the request through when the camera is open or its token grants `right`.
+fn authorize(
+    state: &HttpState,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    right: Right,
+) -> Result<(), Response> {
+    let Some(authority) = &state.authority else {
+        return Ok(());
+    };
+    authority
+        .verify(
+            token_of(query, headers),
+            right,
+            std::time::SystemTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| (StatusCode::UNAUTHORIZED, format!("Not allowed: {e}.\n")).into_response())
 }
 
 /// An address to connect to for a listening address: a wildcard bind is reached on loopback.
@@ -86,7 +120,14 @@ pub async fn serve(
     }
 }
 
-async fn index() -> Response {
+async fn index(
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
+        return refusal;
+    }
     serve_asset("index.html")
 }
 
@@ -117,7 +158,14 @@ fn serve_asset(path: &str) -> Response {
     }
 }
 
-async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
+async fn page_config(
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
+        return refusal;
+    }
     (
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -128,12 +176,26 @@ async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+async fn metrics(
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &q, &headers, Right::Metrics) {
+        return refusal;
+    }
     let text = crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
+async fn snapshot(
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
+        return refusal;
+    }
     match state.media.snapshot().await {
         Ok(jpeg) => (
             [
@@ -147,7 +209,23 @@ async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
-async fn mqtt_ws(ws: WebSocketUpgrade, State(state): State<Arc<HttpState>>) -> Response {
+async fn mqtt_ws(
+    ws: Option<WebSocketUpgrade>,
+    State(state): State<Arc<HttpState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    // The broker behind /mqtt carries every session's signalling: no token, no connection.
+    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
+        return refusal;
+    }
+    let Some(ws) = ws else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "/mqtt is a WebSocket carrying MQTT; open it with a WebSocket client",
+        )
+            .into_response();
+    };
     let Some(target) = state.broker_tcp.clone() else {
         return (
             StatusCode::NOT_FOUND,

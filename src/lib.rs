@@ -3,10 +3,12 @@
 //! See ARCHITECTURE.md for the map of this crate and the rules it keeps.
 
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;
 pub mod credentials;
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod media;

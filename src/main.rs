@@ -29,6 +29,15 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a signed viewer token (needs [auth] secret in the configuration).
+    Token {
+        /// How long it is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// What it allows: view, control (change the camera from the page), metrics.
+        #[arg(long, value_delimiter = ',', default_value = "view")]
+        rights: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -55,6 +64,7 @@ fn main() -> std::process::ExitCode {
             print!("{}", config::EXAMPLE);
             Ok(())
         }
+        Command::Token { ttl, rights } => token(cli.config, &ttl, &rights),
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
             .map(|_| println!("{}: ok", path.display()))
             .map_err(anyhow::Error::from),
@@ -111,6 +121,38 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::Result<()> {
+    use rtcam::auth::{Authority, Right};
+    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    // As the service sees it: `sudo CREDENTIALS_DIRECTORY=/etc/rtcam/credentials rtcam token`.
+    credentials::apply_from_env(&mut config)?;
+    if config.auth.secret.is_empty() {
+        anyhow::bail!(
+            "{origin} has no [auth] secret; tokens are only needed (and checked) when it has one"
+        );
+    }
+    let ttl = rtcam::auth::parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    let rights = rights
+        .iter()
+        .map(|r| match r.trim() {
+            "view" => Ok(Right::View),
+            "control" => Ok(Right::Control),
+            "metrics" => Ok(Right::Metrics),
+            other => Err(anyhow::anyhow!(
+                "unknown right {other:?}; use view, control, metrics"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let authority = Authority::new(&config.auth.secret, &config.device_id());
+    let token = authority.mint(&authority.claims(ttl, rights, std::time::SystemTime::now()));
+    println!("{token}");
+    eprintln!(
+        "Viewing link: {}?token={token}",
+        app::viewer_url(config.http.listen)
+    );
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -10,3 +10,64 @@ pub async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A token bucket: `burst` requests at once, then `per_second` on average. Pure; the caller
+/// passes the time.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(2, 4);
+        assert!((0..4).all(|_| r.try_take(t0)));
+        assert!(!r.try_take(t0));
+        assert!(!r.try_take(t0 + Duration::from_millis(400)));
+        assert!(
+            r.try_take(t0 + Duration::from_millis(600)),
+            "half a second buys one token"
+        );
+        assert!(!r.try_take(t0 + Duration::from_millis(600)));
+        assert!(
+            (0..4).all(|_| r.try_take(t0 + Duration::from_secs(60))),
+            "refills to the burst, no more"
+        );
+        assert!(!r.try_take(t0 + Duration::from_secs(60)));
+    }
+}

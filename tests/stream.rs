@@ -166,3 +166,44 @@ async fn broker_restart_is_survived() {
     newcomer.bye().await;
     rt.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_pli_forces_a_keyframe_and_a_flood_is_merged() {
+    let mut config = test_config("pli");
+    // No scheduled keyframes during the test: every one seen was forced.
+    config.encoder.keyframe_interval = 100_000;
+    let rt = start(config).await;
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    assert!(viewer.wait_frames(30, WITHIN).await.frames >= 30);
+    let keyframes = || {
+        rt.app
+            .media()
+            .stats()
+            .keyframes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let before = keyframes();
+    viewer.send_pli().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while keyframes() == before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(keyframes() > before, "a PLI forced a keyframe");
+
+    // Twenty requests at once cost at most two keyframes per 500 ms window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = keyframes();
+    for _ in 0..20 {
+        viewer.send_pli().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let forced = keyframes() - before;
+    assert!(
+        (1..=2).contains(&forced),
+        "{forced} keyframes for 20 requests"
+    );
+    viewer.bye().await;
+    rt.app.stop().await;
+}

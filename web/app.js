@@ -1,6 +1,8 @@
 // Viewer page: finds the camera on the MQTT broker, negotiates a receive-only
 // WebRTC session with it (signalling protocol v1, see protocol.js) and keeps
 // retrying until video plays. `mqtt` is the global from vendor/mqtt.min.js.
+// The control bar and stats overlay (panel.js) ride on each session's
+// `control` data channel.
 
 import {
   PROTOCOL_VERSION,
@@ -12,12 +14,16 @@ import {
   isEndOfCandidates,
   newSid,
   offerMessage,
+  tokenFrom,
+  tokenQuery,
   parseOutMessage,
   parseStatus,
   resolveSettings,
   sessionTopics,
   statusTopic,
 } from './protocol.js';
+import { CONTROL_LABEL } from './control.js';
+import { createPanel } from './panel.js';
 
 const STATUS_WAIT_MS = 3000;
 const ANSWER_TIMEOUT_MS = 15000;
@@ -51,6 +57,7 @@ const rtcam = {
 window.rtcam = rtcam;
 
 let settings = null;
+let panel = null;
 let client = null;
 let brokerUp = false;
 let everConnected = false;
@@ -111,7 +118,14 @@ async function fetchConfig() {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), 5000);
   try {
-    const res = await fetch('config.json', { cache: 'no-store', signal: abort.signal });
+    const res = await fetch(`config.json${tokenQuery(tokenFrom(location.search))}`, {
+      cache: 'no-store',
+      signal: abort.signal,
+    });
+    if (res.status === 401) {
+      log('this camera needs a viewing link with a token (?token=…)');
+      return null;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     return await res.json();
   } catch (err) {
@@ -222,6 +236,7 @@ function onStatus(payload) {
   const restarted = online && deviceOnline === false;
   deviceOnline = online;
   setFact('Camera status', status.state);
+  panel?.cameraStatus(status);
   if (typeof status.version === 'string') setFact('Camera version', status.version);
   if (changed) log(`camera ${settings.deviceId} is ${online ? 'online' : 'offline'}`);
 
@@ -328,6 +343,9 @@ async function startSession() {
   s.pc = pc;
   rtcam.pc = pc;
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  // Created before the offer so the offer carries the data channel's
+  // m-line; the camera only accepts channels the viewer opens.
+  panel.attach({ pc, dc: pc.createDataChannel(CONTROL_LABEL), sid });
 
   pc.ontrack = (e) => {
     el.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
@@ -344,7 +362,7 @@ async function startSession() {
   await pc.setLocalDescription(offer);
   if (session !== s) return;
   s.mid = transceiver.mid ?? '0';
-  publish(s, offerMessage(pc.localDescription.sdp));
+  publish(s, offerMessage(pc.localDescription.sdp, settings.token));
   s.offerSent = true;
   for (const msg of s.localQueue.splice(0)) publish(s, msg);
   log(`offer sent (session ${sid})`);
@@ -465,6 +483,7 @@ function endSession(s, { sendBye }) {
     if (sendBye && s.offerSent) publish(s, byeMessage());
     client.unsubscribe(s.topics.out);
   }
+  panel.detach();
   if (s.pc) {
     s.pc.onconnectionstatechange = null;
     s.pc.onicecandidate = null;
@@ -525,6 +544,7 @@ async function main() {
     return;
   }
   settings = resolved.settings;
+  panel = createPanel({ settings, rtcam, log, setFact });
   rtcam.deviceId = settings.deviceId;
   rtcam.brokerUrl = settings.brokerUrl;
 

@@ -91,10 +91,21 @@ export function sessionTopics(prefix, deviceId, sid) {
   return { in: `${base}/in`, out: `${base}/out` };
 }
 
-/** Same-origin broker endpoint, used when config.json has no broker_url. */
-export function defaultBrokerUrl(location) {
+/** Same-origin broker endpoint, used when config.json has no broker_url. A viewer
+ * token (cameras with [auth] secret) goes along: /mqtt refuses connections without one. */
+export function defaultBrokerUrl(location, token = null) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  return `${scheme}//${location.host}/mqtt`;
+  return `${scheme}//${location.host}/mqtt${tokenQuery(token)}`;
+}
+
+/** `?token=…` for the camera's own HTTP endpoints, or nothing when there is no token. */
+export function tokenQuery(token) {
+  return token ? `?token=${encodeURIComponent(token)}` : '';
+}
+
+/** The viewer token from the page's address (`?token=`), if any. */
+export function tokenFrom(search) {
+  return new URLSearchParams(search ?? '').get('token') || null;
 }
 
 /**
@@ -123,21 +134,39 @@ export function resolveSettings(config, search, location) {
   if (!isValidPrefix(prefix)) {
     return { ok: false, error: `"${prefix}" is not a usable topic prefix.` };
   }
-  const brokerUrl = brokerParam || cfg?.broker_url || defaultBrokerUrl(location);
+  const token = params.get('token') || null;
+  const brokerUrl = brokerParam || cfg?.broker_url || defaultBrokerUrl(location, token);
   if (!/^wss?:\/\//i.test(brokerUrl)) {
     return { ok: false, error: `The broker address ${brokerUrl} must start with ws:// or wss://.` };
   }
+  // The HTTP side of the page (/snapshot.jpg, config.json's viewer_commands)
+  // describes the camera that served it; with a query string pointing
+  // elsewhere it says nothing about the camera being watched.
+  const watchingServer =
+    !!cfg &&
+    deviceId === cfg.device_id &&
+    prefix === (cfg.prefix || DEFAULT_PREFIX) &&
+    (!brokerParam || brokerParam === (cfg.broker_url || defaultBrokerUrl(location, token)));
   return {
     ok: true,
     settings: {
       deviceId,
       prefix,
       brokerUrl,
+      token,
+      watchingServer,
+      viewerCommands: watchingServer ? viewerCommandsOf(cfg) : 'unknown',
       iceServers: normalizeIceServers(cfg?.ice_servers),
       version: typeof cfg?.version === 'string' ? cfg.version : null,
       video: cfg?.video ?? null,
     },
   };
+}
+
+// Older daemons have no viewer_commands in config.json; "unknown" leaves the
+// controls enabled and lets the camera's reply say what is allowed.
+function viewerCommandsOf(cfg) {
+  return cfg.viewer_commands === 'all' || cfg.viewer_commands === 'read-only' ? cfg.viewer_commands : 'unknown';
 }
 
 // The daemon sends empty username/credential for STUN entries; browsers reject
@@ -223,8 +252,8 @@ export function isEndOfCandidates(msg) {
   return msg.type === 'candidate' && msg.candidate === '';
 }
 
-export function offerMessage(sdp) {
-  return { type: 'offer', sdp };
+export function offerMessage(sdp, token = null) {
+  return token ? { type: 'offer', sdp, token } : { type: 'offer', sdp };
 }
 
 /**

@@ -101,6 +101,7 @@ test('device ids and prefixes must not contain wildcards or empty levels', () =>
 test('defaultBrokerUrl uses the page origin and matches its security', () => {
   assert.equal(defaultBrokerUrl(httpLocation), 'ws://127.0.0.1:8080/mqtt');
   assert.equal(defaultBrokerUrl({ protocol: 'https:', host: 'cam.local' }), 'wss://cam.local/mqtt');
+  assert.equal(defaultBrokerUrl(httpLocation, 'a b'), 'ws://127.0.0.1:8080/mqtt?token=a%20b');
 });
 
 test('resolveSettings uses config.json and the same-origin broker', () => {
@@ -124,6 +125,25 @@ test('query parameters override config.json', () => {
   assert.equal(r.settings.deviceId, 'porch');
   assert.equal(r.settings.brokerUrl, 'wss://b.test/ws');
   assert.equal(r.settings.prefix, 'home');
+});
+
+test('the page knows whether it watches the camera that served it', () => {
+  const own = resolveSettings({ ...config, viewer_commands: 'all' }, '', httpLocation).settings;
+  assert.equal(own.watchingServer, true);
+  assert.equal(own.viewerCommands, 'all');
+  const explicit = resolveSettings(config, '?device=cam1&broker=ws://127.0.0.1:8080/mqtt', httpLocation).settings;
+  assert.equal(explicit.watchingServer, true);
+  assert.equal(explicit.viewerCommands, 'unknown', 'an older daemon without viewer_commands');
+  assert.equal(
+    resolveSettings({ ...config, viewer_commands: 'read-only' }, '', httpLocation).settings.viewerCommands,
+    'read-only',
+  );
+  for (const query of ['?device=porch', '?broker=wss://b.test/ws', '?prefix=home']) {
+    const other = resolveSettings({ ...config, viewer_commands: 'all' }, query, httpLocation).settings;
+    assert.equal(other.watchingServer, false, query);
+    assert.equal(other.viewerCommands, 'unknown', query);
+  }
+  assert.equal(resolveSettings(null, '?device=porch&broker=wss://b.test/ws', httpLocation).settings.watchingServer, false);
 });
 
 test('without config.json both device and broker are required', () => {
@@ -231,6 +251,7 @@ test('candidateMessage mirrors the browser candidate and marks the end', () => {
 
 test('offer and bye messages have the v1 shape', () => {
   assert.deepEqual(offerMessage('v=0\r\n'), { type: 'offer', sdp: 'v=0\r\n' });
+  assert.deepEqual(offerMessage('v=0', 'tok'), { type: 'offer', sdp: 'v=0', token: 'tok' });
   assert.deepEqual(byeMessage(), { type: 'bye' });
 });
 
@@ -264,3 +285,7 @@ test('encodePublishQos0 builds an MQTT 3.1.1 QoS 0 PUBLISH', () => {
   // Multi-byte UTF-8 topics count bytes, not characters.
   assert.deepEqual([...encodePublishQos0('é', '').slice(0, 4)], [0x30, 4, 0, 2]);
 });
+
+// The control channel's helpers have their own file; importing it here means
+// the one command the Makefile runs (node --test web/protocol.test.mjs) covers both.
+import './control.test.mjs';

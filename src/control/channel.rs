@@ -14,6 +14,7 @@ pub async fn serve(
 ) {
     let mut status = controller.status();
     let mut telemetry = controller.telemetry();
+    let mut rate = controller.channel_rate();
     // The page wants the current state at once, not at the next change.
     let first = serde_json::to_value(&*status.borrow_and_update()).ok();
     push(&channel, "status", first).await;
@@ -25,6 +26,7 @@ pub async fn serve(
                 ChannelEvent::Message(bytes) => {
                     let (env, command) = super::parse_request(&bytes);
                     let result = match command {
+                        Ok(_) if !rate.try_take(std::time::Instant::now()) => Err(controller.rate_limited()),
                         Ok(cmd) => controller.execute(cmd, requester).await,
                         Err(e) => Err(e),
                     };

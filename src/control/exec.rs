@@ -8,8 +8,10 @@ use crate::config::{Config, Origin};
 use crate::media::Media;
 use crate::session::Sessions;
 use crate::signalling::protocol::{Status, Topics};
+use crate::util::RateLimiter;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,9 @@ struct Inner {
     /// The configuration in force, for `reload` to compare against.
     config: Mutex<Config>,
     origin: Origin,
+    /// Shared by every MQTT requester: the broker does not tell rtcam who is who.
+    mqtt_rate: Mutex<RateLimiter>,
+    commands_per_second: u32,
 }
 
 impl Controller {
@@ -58,6 +63,11 @@ impl Controller {
                 status,
                 telemetry,
                 publications,
+                mqtt_rate: Mutex::new(RateLimiter::new(
+                    config.control.commands_per_second,
+                    config.control.commands_per_second * 2,
+                )),
+                commands_per_second: config.control.commands_per_second,
                 config: Mutex::new(config),
                 origin,
             }),
@@ -93,7 +103,14 @@ impl Controller {
 
     async fn answer_mqtt(&self, request: ControlRequest) {
         let (env, command) = super::parse_request(&request.payload);
+        let allowed = self
+            .inner
+            .mqtt_rate
+            .lock()
+            .expect("rate lock is never poisoned: no panics while held")
+            .try_take(Instant::now());
         let result = match command {
+            Ok(_) if !allowed => Err(self.rate_limited()),
             Ok(cmd) => self.execute(cmd, Requester::Mqtt).await,
             Err(e) => Err(e),
         };
@@ -116,6 +133,25 @@ impl Controller {
             correlation_data,
         };
         let _ = self.inner.publications.send(publication).await;
+    }
+
+    /// The refusal for a requester sending too fast.
+    pub fn rate_limited(&self) -> CommandError {
+        CommandError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "More than {} commands per second; slow down and try again.",
+                self.inner.commands_per_second
+            ),
+        )
+    }
+
+    /// A fresh limiter at the configured command rate, for one data channel.
+    pub fn channel_rate(&self) -> RateLimiter {
+        RateLimiter::new(
+            self.inner.commands_per_second,
+            self.inner.commands_per_second * 2,
+        )
     }
 
     /// Runs one command. Validation failures change nothing.

@@ -65,6 +65,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The command was valid but carrying it out failed.
     Failed,
+    /// More commands per second than `[control] commands_per_second` allows.
+    RateLimited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,14 +7,17 @@ pub mod peer;
 pub mod table;
 pub mod viewer;
 
+use crate::auth::Right;
+use crate::control::exec::Requester;
 use crate::media::Media;
+use crate::signalling::protocol::{ErrorCode, Inbound, ProtocolError};
 use crate::signalling::{Outgoing, SignalEvent};
 use peer::PeerFactory;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use table::{Action, Generation, SessionTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -35,6 +38,8 @@ pub struct SessionStats {
     pub bytes_sent: AtomicU64,
     /// Offer to first frame sent, in ms; 0 until then.
     pub first_frame_ms: AtomicU64,
+    /// PLI/FIR received from the viewer.
+    pub keyframe_requests: AtomicU64,
     /// Latest ICE round-trip time in µs; 0 until measured.
     pub rtt_us: AtomicU64,
     /// Send rate over the last few seconds.
@@ -51,6 +56,7 @@ impl SessionStats {
             bytes_sent: AtomicU64::new(0),
             first_frame_ms: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
+            keyframe_requests: AtomicU64::new(0),
             bitrate_kbps: AtomicU64::new(0),
         }
     }
@@ -66,6 +72,7 @@ pub struct SessionInfo {
     pub bitrate_kbps: u64,
     pub frames_sent: u64,
     pub frames_skipped: u64,
+    pub keyframe_requests: u64,
     pub rtt_ms: Option<f64>,
     pub time_to_first_frame_ms: Option<u64>,
 }
@@ -84,6 +91,7 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
         bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
         frames_sent: s.frames_sent.load(Ordering::Relaxed),
         frames_skipped: s.frames_skipped.load(Ordering::Relaxed),
+        keyframe_requests: s.keyframe_requests.load(Ordering::Relaxed),
         rtt_ms: nonzero(s.rtt_us.load(Ordering::Relaxed)).map(|us| us as f64 / 1000.0),
         time_to_first_frame_ms: nonzero(s.first_frame_ms.load(Ordering::Relaxed)),
     }
@@ -148,6 +156,8 @@ pub struct SessionManager {
     pub controller: crate::control::exec::Controller,
     /// What those channels may do.
     pub viewer_requester: crate::control::exec::Requester,
+    /// Checks viewer tokens when `[auth] secret` is set.
+    pub authority: Option<crate::auth::Authority>,
 }
 
 struct Running {
@@ -171,9 +181,10 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let actions = self.table.on_message(&event.sid, event.message);
+                    let (message, may_control) = self.authorize(event.message);
+                    let actions = self.table.on_message(&event.sid, message, Instant::now());
                     for action in actions {
-                        self.apply(&event.sid, action, &mut running, &mut tasks, &mut owners, &ended_tx).await;
+                        self.apply(&event.sid, action, may_control, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
                 }
                 // Cancel-safe: mpsc recv.
@@ -223,6 +234,7 @@ impl SessionManager {
             self.apply(
                 &sid,
                 action,
+                false,
                 &mut running,
                 &mut tasks,
                 &mut owners,
@@ -238,10 +250,37 @@ impl SessionManager {
         }
     }
 
+    /// With `[auth] secret` set, an offer needs a token granting `view`; a token that also
+    /// grants `control` lets that viewer change the camera over its data channel.
+    fn authorize(
+        &self,
+        message: Result<Inbound, ProtocolError>,
+    ) -> (Result<Inbound, ProtocolError>, bool) {
+        let (Some(authority), Ok(Inbound::Offer { token, .. })) = (&self.authority, &message)
+        else {
+            return (message, false);
+        };
+        match authority.verify(token.as_deref(), Right::View, SystemTime::now()) {
+            Ok(claims) => {
+                let control = claims.rights.contains(&Right::Control);
+                (message, control)
+            }
+            Err(e) => (
+                Err(ProtocolError::new(
+                    ErrorCode::Unauthorized,
+                    format!("Not allowed to watch: {e}."),
+                )),
+                false,
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         sid: &str,
         action: Action,
+        may_control: bool,
         running: &mut HashMap<String, Running>,
         tasks: &mut JoinSet<()>,
         owners: &mut HashMap<tokio::task::Id, (String, Generation)>,
@@ -302,7 +341,12 @@ impl SessionManager {
                     disconnect_timeout: self.disconnect_timeout,
                     stats,
                     controller: self.controller.clone(),
-                    requester: self.viewer_requester,
+                    requester: match self.viewer_requester {
+                        Requester::Viewer { may_change_state } => Requester::Viewer {
+                            may_change_state: may_change_state || may_control,
+                        },
+                        other => other,
+                    },
                 };
                 let handle = tasks.spawn(viewer.run());
                 owners.insert(handle.id(), (sid.to_string(), generation));

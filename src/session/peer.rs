@@ -10,21 +10,28 @@ use crate::media::EncodedFrame;
 use crate::signalling::protocol::Candidate;
 use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
+};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
@@ -212,6 +219,9 @@ impl PeerFactory {
                 .map_err(setup)?;
         }
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
+        // Application-most slot: every other interceptor (NACK, reports, congestion feedback)
+        // has seen the inbound RTCP before this one hands keyframe requests to rtcam.
+        let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             // The crate's default (query mode) binds UDP 5353 for every viewer, where a board's
@@ -330,6 +340,22 @@ impl Peer {
             .map_err(|e| PeerError::Offer(e.to_string()))
     }
 
+    /// Waits for the viewer's next PLI or FIR (its decoder lost the picture); pends forever
+    /// once the track is gone. Cancel-safe: the track's event queue keeps undelivered events.
+    pub async fn keyframe_request(&self) {
+        loop {
+            match self.track.poll().await {
+                Some(TrackLocalEvent::OnRtcpPacket(packets))
+                    if packets.iter().any(is_keyframe_request) =>
+                {
+                    return
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
     pub fn mid(&self) -> &str {
         &self.mid
     }
@@ -429,9 +455,67 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// Hands PLI and FIR to the application: the crate's interceptors keep inbound RTCP to
+/// themselves unless one marks it. Everything else stops here, at the end of the chain.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p))
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = InterceptorPacket::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// Drops `a=candidate` lines with mDNS host names: rtcam does not resolve `.local` names, and
 /// the browser's checks from those hosts arrive anyway as peer-reflexive candidates.
-fn without_mdns_candidates(sdp: &str) -> String {
+pub fn without_mdns_candidates(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let is_mdns = line.starts_with("a=candidate:")

@@ -4,7 +4,9 @@
 //! rules (limits, replacement, unknown sessions) are unit-tested without any network.
 
 use crate::signalling::protocol::{self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError};
+use crate::util::RateLimiter;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// A session's identity: its sid plus a generation, so an old session ending late cannot
 /// remove the one that replaced it under the same sid.
@@ -30,18 +32,46 @@ pub enum Action {
     },
 }
 
+/// The limits that keep one noisy or hostile viewer from starving the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions: usize,
+    /// New offers per second for the whole device, with a burst of twice that.
+    pub offers_per_second: u32,
+    /// Remote candidates one session may send; a browser sends a handful.
+    pub max_candidates: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 8,
+            offers_per_second: 5,
+            max_candidates: 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    generation: Generation,
+    candidates: usize,
+}
+
 #[derive(Debug)]
 pub struct SessionTable {
-    max_sessions: usize,
-    live: HashMap<String, Generation>,
+    limits: Limits,
+    offers: RateLimiter,
+    live: HashMap<String, Live>,
     next_generation: Generation,
     closing: bool,
 }
 
 impl SessionTable {
-    pub fn new(max_sessions: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Self {
-            max_sessions,
+            limits,
+            offers: RateLimiter::new(limits.offers_per_second, limits.offers_per_second * 2),
             live: HashMap::new(),
             next_generation: 1,
             closing: false,
@@ -60,15 +90,32 @@ impl SessionTable {
         &mut self,
         sid: &str,
         message: Result<Inbound, ProtocolError>,
+        now: Instant,
     ) -> Vec<Action> {
         let message = match message {
             Ok(m) => m,
             Err(e) => return vec![Action::Reply(e.into())],
         };
         match message {
-            Inbound::Offer { sdp } => self.on_offer(sid, sdp),
-            Inbound::Candidate(candidate) => match self.live.get(sid) {
-                Some(&generation) => vec![Action::Candidate { generation, candidate }],
+            Inbound::Offer { sdp, .. } => self.on_offer(sid, sdp, now),
+            Inbound::Candidate(candidate) => match self.live.get_mut(sid) {
+                Some(live) if live.candidates >= self.limits.max_candidates => vec![Action::Reply(
+                    ProtocolError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "This session has sent {} candidates, the most rtcam accepts; further ones are ignored.",
+                            self.limits.max_candidates
+                        ),
+                    )
+                    .into(),
+                )],
+                Some(live) => {
+                    live.candidates += 1;
+                    vec![Action::Candidate {
+                        generation: live.generation,
+                        candidate,
+                    }]
+                }
                 None => vec![Action::Reply(
                     ProtocolError::new(
                         ErrorCode::UnknownSession,
@@ -78,7 +125,7 @@ impl SessionTable {
                 )],
             },
             Inbound::Bye => match self.live.remove(sid) {
-                Some(generation) => vec![Action::End {
+                Some(Live { generation, .. }) => vec![Action::End {
                     generation,
                     reason: "viewer said bye".into(),
                     tell_viewer: false,
@@ -89,7 +136,7 @@ impl SessionTable {
         }
     }
 
-    fn on_offer(&mut self, sid: &str, sdp: String) -> Vec<Action> {
+    fn on_offer(&mut self, sid: &str, sdp: String, now: Instant) -> Vec<Action> {
         if self.closing {
             return vec![Action::Reply(
                 ProtocolError::new(
@@ -102,21 +149,37 @@ impl SessionTable {
         if let Err(e) = protocol::check_offer_sdp(&sdp) {
             return vec![Action::Reply(e.into())];
         }
+        // Checked after validation so garbage does not use up the budget of real viewers.
+        if !self.offers.try_take(now) {
+            return vec![Action::Reply(
+                ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "The camera is receiving more than {} new sessions per second; try again in a moment.",
+                        self.limits.offers_per_second
+                    ),
+                )
+                .into(),
+            )];
+        }
         let mut actions = Vec::new();
         // A new offer on a live sid replaces that session (a viewer restarting its peer).
-        if let Some(old) = self.live.remove(sid) {
+        if let Some(Live {
+            generation: old, ..
+        }) = self.live.remove(sid)
+        {
             actions.push(Action::End {
                 generation: old,
                 reason: "replaced by a new offer".into(),
                 tell_viewer: false,
             });
-        } else if self.live.len() >= self.max_sessions {
+        } else if self.live.len() >= self.limits.max_sessions {
             return vec![Action::Reply(
                 ProtocolError::new(
                     ErrorCode::TooManySessions,
                     format!(
                         "The camera is already serving its maximum of {} viewers; try again later.",
-                        self.max_sessions
+                        self.limits.max_sessions
                     ),
                 )
                 .into(),
@@ -124,14 +187,24 @@ impl SessionTable {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.live.insert(sid.to_string(), generation);
+        self.live.insert(
+            sid.to_string(),
+            Live {
+                generation,
+                candidates: 0,
+            },
+        );
         actions.push(Action::Start { generation, sdp });
         actions
     }
 
     /// A session ended on its own (ICE failure, timeout). Returns whether it was still current.
     pub fn on_ended(&mut self, sid: &str, generation: Generation) -> bool {
-        if self.live.get(sid) == Some(&generation) {
+        if self
+            .live
+            .get(sid)
+            .is_some_and(|l| l.generation == generation)
+        {
             self.live.remove(sid);
             true
         } else {
@@ -144,7 +217,7 @@ impl SessionTable {
         self.closing = true;
         self.live
             .drain()
-            .map(|(sid, generation)| {
+            .map(|(sid, Live { generation, .. })| {
                 (
                     sid,
                     Action::End {
@@ -162,10 +235,71 @@ impl SessionTable {
 mod tests {
     use super::*;
 
+    fn table(max_sessions: usize) -> SessionTable {
+        SessionTable::new(Limits {
+            max_sessions,
+            offers_per_second: 1000,
+            max_candidates: 3,
+        })
+    }
+
+    #[test]
+    fn offers_are_rate_limited_and_candidates_capped() {
+        let t0 = Instant::now();
+        let mut t = SessionTable::new(Limits {
+            max_sessions: 100,
+            offers_per_second: 2,
+            max_candidates: 2,
+        });
+        for i in 0..4 {
+            assert!(matches!(
+                t.on_message(&format!("s{i}"), offer(), t0)[..],
+                [Action::Start { .. }]
+            ));
+        }
+        assert_eq!(
+            code(&t.on_message("s9", offer(), t0)),
+            Some(ErrorCode::RateLimited)
+        );
+        assert!(matches!(
+            t.on_message("s9", offer(), t0 + std::time::Duration::from_secs(1))[..],
+            [Action::Start { .. }]
+        ));
+        let cand = || {
+            Ok(Inbound::Candidate(Candidate {
+                candidate: "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
+                sdp_mid: None,
+                sdp_mline_index: None,
+            }))
+        };
+        assert!(matches!(
+            t.on_message("s0", cand(), t0)[..],
+            [Action::Candidate { .. }]
+        ));
+        assert!(matches!(
+            t.on_message("s0", cand(), t0)[..],
+            [Action::Candidate { .. }]
+        ));
+        assert_eq!(
+            code(&t.on_message("s0", cand(), t0)),
+            Some(ErrorCode::RateLimited)
+        );
+        assert!(
+            matches!(
+                t.on_message("s1", cand(), t0)[..],
+                [Action::Candidate { .. }]
+            ),
+            "per session"
+        );
+    }
+
     const SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
 
     fn offer() -> Result<Inbound, ProtocolError> {
-        Ok(Inbound::Offer { sdp: SDP.into() })
+        Ok(Inbound::Offer {
+            sdp: SDP.into(),
+            token: None,
+        })
     }
 
     fn code(actions: &[Action]) -> Option<ErrorCode> {
@@ -177,31 +311,31 @@ mod tests {
 
     #[test]
     fn limits_sessions_and_frees_slots() {
-        let mut t = SessionTable::new(2);
+        let mut t = table(2);
         assert!(matches!(
-            t.on_message("a", offer())[..],
+            t.on_message("a", offer(), Instant::now())[..],
             [Action::Start { generation: 1, .. }]
         ));
         assert!(matches!(
-            t.on_message("b", offer())[..],
+            t.on_message("b", offer(), Instant::now())[..],
             [Action::Start { generation: 2, .. }]
         ));
         assert_eq!(
-            code(&t.on_message("c", offer())),
+            code(&t.on_message("c", offer(), Instant::now())),
             Some(ErrorCode::TooManySessions)
         );
         assert!(t.on_ended("a", 1));
         assert!(matches!(
-            t.on_message("c", offer())[..],
+            t.on_message("c", offer(), Instant::now())[..],
             [Action::Start { generation: 3, .. }]
         ));
     }
 
     #[test]
     fn new_offer_replaces_even_at_the_limit() {
-        let mut t = SessionTable::new(1);
-        t.on_message("a", offer());
-        let actions = t.on_message("a", offer());
+        let mut t = table(1);
+        t.on_message("a", offer(), Instant::now());
+        let actions = t.on_message("a", offer(), Instant::now());
         assert!(matches!(
             actions[..],
             [
@@ -222,52 +356,59 @@ mod tests {
 
     #[test]
     fn candidates_and_byes() {
-        let mut t = SessionTable::new(4);
+        let mut t = table(4);
         let cand = Inbound::Candidate(Candidate {
             candidate: "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
         });
         assert_eq!(
-            code(&t.on_message("x", Ok(cand.clone()))),
+            code(&t.on_message("x", Ok(cand.clone()), Instant::now())),
             Some(ErrorCode::UnknownSession)
         );
-        t.on_message("x", offer());
+        t.on_message("x", offer(), Instant::now());
         assert!(matches!(
-            t.on_message("x", Ok(cand))[..],
+            t.on_message("x", Ok(cand), Instant::now())[..],
             [Action::Candidate { generation: 1, .. }]
         ));
         assert!(matches!(
-            t.on_message("x", Ok(Inbound::Bye))[..],
+            t.on_message("x", Ok(Inbound::Bye), Instant::now())[..],
             [Action::End {
                 tell_viewer: false,
                 ..
             }]
         ));
-        assert!(t.on_message("x", Ok(Inbound::Bye)).is_empty());
+        assert!(t
+            .on_message("x", Ok(Inbound::Bye), Instant::now())
+            .is_empty());
         assert!(t.is_empty());
     }
 
     #[test]
     fn bad_offers_and_parse_errors_are_replied() {
-        let mut t = SessionTable::new(4);
+        let mut t = table(4);
         let bad = t.on_message(
             "x",
             Ok(Inbound::Offer {
                 sdp: "nonsense".into(),
+                token: None,
             }),
+            Instant::now(),
         );
         assert_eq!(code(&bad), Some(ErrorCode::BadSdp));
         let err = ProtocolError::new(ErrorCode::BadJson, "m");
-        assert_eq!(code(&t.on_message("x", Err(err))), Some(ErrorCode::BadJson));
+        assert_eq!(
+            code(&t.on_message("x", Err(err), Instant::now())),
+            Some(ErrorCode::BadJson)
+        );
         assert!(t.is_empty());
     }
 
     #[test]
     fn closing_ends_everyone_and_refuses_newcomers() {
-        let mut t = SessionTable::new(4);
-        t.on_message("a", offer());
-        t.on_message("b", offer());
+        let mut t = table(4);
+        t.on_message("a", offer(), Instant::now());
+        t.on_message("b", offer(), Instant::now());
         let ended = t.close_all("camera shutting down");
         assert_eq!(ended.len(), 2);
         assert!(ended.iter().all(|(_, a)| matches!(
@@ -277,6 +418,9 @@ mod tests {
                 ..
             }
         )));
-        assert_eq!(code(&t.on_message("c", offer())), Some(ErrorCode::Internal));
+        assert_eq!(
+            code(&t.on_message("c", offer(), Instant::now())),
+            Some(ErrorCode::Internal)
+        );
     }
 }

@@ -194,6 +194,13 @@ impl Viewer {
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
                 },
+                // Cancel-safe: see `Peer::keyframe_request`. The media task merges requests
+                // from every viewer, so a lossy one cannot flood the encoder with keyframes.
+                _ = peer.keyframe_request() => {
+                    tracing::debug!(sid = %self.sid, "viewer asked for a keyframe (PLI/FIR)");
+                    self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    self.media.request_keyframe();
+                }
                 // Cancel-safe: an interval tick is not lost by being dropped, it fires next turn.
                 _ = stats_tick.tick() => {
                     if let Some(rtt) = peer.rtt().await {

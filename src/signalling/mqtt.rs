@@ -33,7 +33,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum MqttError {
     #[error("{0:?} is not a broker URL: use embedded, mqtt://host:port or mqtts://host:port")]
     BadUrl(String),
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     CaFile {
         path: String,
         source: std::io::Error,
@@ -121,17 +121,26 @@ pub fn options(
         opts.set_credentials(cfg.username.clone(), cfg.password.clone());
     }
     if broker.tls {
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|source| MqttError::CaFile {
+                path: path.to_string(),
+                source,
+            })
+        };
+        // A client certificate logs rtcam in without a password (brokers can map its name to
+        // the username); it needs the CA file that verifies the broker too.
+        let client_auth = if cfg.client_cert_file.is_empty() {
+            None
+        } else {
+            Some((read(&cfg.client_cert_file)?, read(&cfg.client_key_file)?))
+        };
         let tls = if cfg.ca_file.is_empty() {
             TlsConfiguration::default()
         } else {
-            let ca = std::fs::read(&cfg.ca_file).map_err(|source| MqttError::CaFile {
-                path: cfg.ca_file.clone(),
-                source,
-            })?;
             TlsConfiguration::Simple {
-                ca,
+                ca: read(&cfg.ca_file)?,
                 alpn: None,
-                client_auth: None,
+                client_auth,
             }
         };
         opts.set_transport(Transport::tls_with_config(tls));

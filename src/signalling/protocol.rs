@@ -25,6 +25,10 @@ pub enum ErrorCode {
     TooManySessions,
     UnknownSession,
     PayloadTooLarge,
+    /// The camera needs a viewer token and the offer had none, or a bad one.
+    Unauthorized,
+    /// A limit on how fast or how much one may send (offers per second, candidates per session).
+    RateLimited,
     Internal,
 }
 
@@ -38,6 +42,8 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }
@@ -100,7 +106,11 @@ impl Candidate {
 /// A message from a viewer on `R/session/{sid}/in`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    Offer { sdp: String },
+    /// `token` is required when the camera has an `[auth] secret`.
+    Offer {
+        sdp: String,
+        token: Option<String>,
+    },
     Candidate(Candidate),
     Bye,
 }
@@ -162,8 +172,19 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
             let sdp = obj.get("sdp").and_then(|s| s.as_str()).ok_or_else(|| {
                 ProtocolError::new(ErrorCode::BadMessage, "An offer needs an \"sdp\" string.")
             })?;
+            let token = match obj.get("token") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(t)) if t.len() <= 4096 => Some(t.clone()),
+                Some(_) => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadMessage,
+                        "\"token\" must be a string.",
+                    ));
+                }
+            };
             Ok(Inbound::Offer {
                 sdp: sdp.to_string(),
+                token,
             })
         }
         "candidate" => {
@@ -409,7 +430,10 @@ mod tests {
     fn parses_the_three_inbound_types() {
         assert_eq!(
             parse_inbound(br#"{"type":"offer","sdp":"v=0"}"#).unwrap(),
-            Inbound::Offer { sdp: "v=0".into() }
+            Inbound::Offer {
+                sdp: "v=0".into(),
+                token: None
+            }
         );
         let c = parse_inbound(
             br#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0}"#,

@@ -10,11 +10,8 @@
 // Uses the system Chromium (Debian's /usr/bin/chromium, or $CHROMIUM); it never
 // downloads a browser.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { DEFAULT_CHROMIUM, closeWithin, openBrowser } from './lib.mjs';
 
 const USAGE =
   'usage: node tests/browser/view.mjs --url URL [--width W --height H] [--frames N] ' +
@@ -34,7 +31,7 @@ function parseCli() {
         timeout: { type: 'string', default: '20000' },
         screenshot: { type: 'string' },
         'expect-error': { type: 'string' },
-        chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+        chromium: { type: 'string', default: DEFAULT_CHROMIUM },
         'chromium-arg': { type: 'string', multiple: true, default: [] },
         help: { type: 'boolean', short: 'h' },
       },
@@ -105,69 +102,16 @@ async function samplePage() {
 
 async function main() {
   const opts = parseCli();
-  const userDataDir = await mkdtemp(join(tmpdir(), 'rtcam-chromium-'));
-  const consoleLines = [];
-  const pageErrors = [];
-  let context = null;
+  let browser = null;
   let page = null;
   let exitCode = 1;
   let result = { ok: false };
-
-  const cleanup = async () => {
-    if (page) {
-      // Leaving the page fires its pagehide handler, which says bye to the
-      // camera; otherwise the viewer slot stays taken until ICE times out and
-      // a test run right after this one could be refused.
-      const p = page;
-      page = null;
-      await p.goto('about:blank', { timeout: 3000 }).catch(() => {});
-    }
-    if (context) {
-      const c = context;
-      context = null;
-      await c.close().catch(() => {});
-    }
-    await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
-  };
-  for (const sig of ['SIGINT', 'SIGTERM']) {
-    process.once(sig, () => {
-      cleanup().finally(() => process.exit(130));
-    });
-  }
+  let consoleLines = [];
+  let pageErrors = [];
 
   try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: opts.executablePath,
-      headless: true,
-      viewport: { width: 800, height: 900 },
-      args: [
-        '--headless=new',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--autoplay-policy=no-user-gesture-required',
-        // Lets ICE use 127.0.0.1 when the test runs with the camera on the same
-        // host and no other interface is up.
-        '--allow-loopback-in-peer-connection',
-        ...opts.extraArgs,
-      ],
-    });
-    page = context.pages()[0] ?? (await context.newPage());
-    page.on('console', (msg) => {
-      const line = `[${msg.type()}] ${msg.text()}`;
-      consoleLines.push(line);
-      if (msg.type() === 'error') console.error(`page console: ${line}`);
-    });
-    page.on('pageerror', (err) => {
-      const line = `[pageerror] ${err.message}`;
-      pageErrors.push(err.message);
-      consoleLines.push(line);
-      console.error(`page error: ${err.message}`);
-    });
+    browser = await openBrowser({ executablePath: opts.executablePath, extraArgs: opts.extraArgs });
+    ({ page, consoleLines, pageErrors } = browser);
 
     const started = Date.now();
     const deadline = started + opts.timeout;
@@ -225,13 +169,7 @@ async function main() {
     if (pageErrors.length) result.pageErrors = pageErrors;
     exitCode = 1;
   } finally {
-    // A browser that refuses to close must not hang the test run.
-    const guard = setTimeout(() => {
-      console.error('browser did not close in time');
-      process.exit(exitCode || 1);
-    }, 15000);
-    await cleanup();
-    clearTimeout(guard);
+    if (browser) await closeWithin(browser.close, 15000, exitCode);
   }
 
   process.stdout.write(JSON.stringify(result) + '\n');

@@ -41,6 +41,7 @@ pub struct Viewer {
     _pipeline: Decoder,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     control: Option<Arc<dyn DataChannel>>,
+    track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
     /// Messages received on the control channel.
     pub channel_messages: Arc<Mutex<Vec<Value>>>,
     channel_open: tokio::sync::watch::Receiver<bool>,
@@ -64,8 +65,10 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Options for how the viewer offers.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct ViewerOptions {
+    /// A viewer token for cameras with `[auth] secret`.
+    pub token: Option<String>,
     /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
     pub no_trickle: bool,
     /// Open a `control` data channel, as the viewer page does.
@@ -172,10 +175,20 @@ impl Viewer {
             assert!(!gathered.is_empty(), "viewer gathered no candidates");
             let sdp = pc.local_description().await.unwrap().sdp;
             let sdp = add_candidates(&sdp, &gathered);
-            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+            publish(
+                &client,
+                &in_topic,
+                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+            )
+            .await;
         } else {
             let sdp = pc.local_description().await.unwrap().sdp;
-            publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await;
+            publish(
+                &client,
+                &in_topic,
+                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+            )
+            .await;
             let (c2, t2) = (client.clone(), in_topic.clone());
             tasks.push(tokio::spawn(async move {
                 while let Some(c) = cand_rx.recv().await {
@@ -192,10 +205,13 @@ impl Viewer {
         // Track → decoder.
         let appsrc = decoder.appsrc.clone();
         let counted = decoded.clone();
+        let track_slot: Arc<Mutex<Option<Arc<dyn TrackRemote>>>> = Arc::new(Mutex::new(None));
+        let slot = track_slot.clone();
         tasks.push(tokio::spawn(async move {
             let Some(track) = track_rx.recv().await else {
                 return;
             };
+            *slot.lock().unwrap() = Some(track.clone());
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     counted.lock().unwrap().rtp_packets += 1;
@@ -277,6 +293,7 @@ impl Viewer {
             _pipeline: decoder,
             tasks,
             control,
+            track: track_slot,
             channel_messages,
             channel_open,
         }
@@ -332,6 +349,21 @@ impl Viewer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Sends a picture loss indication, as a browser does when its decoder loses the picture.
+    pub async fn send_pli(&self) {
+        let track = self.track.lock().unwrap().clone().expect("track received");
+        let media_ssrc = *track.ssrcs().await.first().unwrap();
+        track
+            .write_rtcp(vec![Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                },
+            )])
+            .await
+            .unwrap();
     }
 
     pub fn decoded(&self) -> Decoded {

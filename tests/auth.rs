@@ -1,0 +1,268 @@
+//! Signed viewer tokens: refused without, watched with; HTTP guarded the same way; the `rtcam
+//! token` command; and no secret in logs, status or telemetry.
+
+mod common;
+
+use common::viewer::{Viewer, ViewerOptions};
+use common::{start, test_config, Probe};
+use rtcam::auth::{Authority, Right};
+use serde_json::json;
+use std::time::{Duration, SystemTime};
+
+const SECRET: &str = "correct-horse-battery-staple";
+
+fn token(device: &str, rights: Vec<Right>, ttl: Duration) -> String {
+    let a = Authority::new(SECRET, device);
+    a.mint(&a.claims(ttl, rights, SystemTime::now()))
+}
+
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[9..12]).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_and_http_need_a_valid_token() {
+    let mut config = test_config("authcam");
+    config.auth.secret = SECRET.into();
+    let rt = start(config).await;
+    let root = rt.root();
+    let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;
+    let offer = |token: Option<String>| {
+        serde_json::to_vec(&json!({"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n","token":token})).unwrap()
+    };
+    for (sid, t, why) in [
+        ("none", None, "no token"),
+        (
+            "expired",
+            Some(token("authcam", vec![Right::View], Duration::from_secs(0))),
+            "expired",
+        ),
+        (
+            "forged",
+            Some(Authority::new("guess", "authcam").mint(
+                &Authority::new("guess", "authcam").claims(
+                    Duration::from_secs(60),
+                    vec![Right::View],
+                    SystemTime::now(),
+                ),
+            )),
+            "signature",
+        ),
+        (
+            "othercam",
+            Some(token(
+                "othercam",
+                vec![Right::View],
+                Duration::from_secs(60),
+            )),
+            "another camera",
+        ),
+        (
+            "metricsonly",
+            Some(token(
+                "authcam",
+                vec![Right::Metrics],
+                Duration::from_secs(60),
+            )),
+            "does not grant",
+        ),
+    ] {
+        probe
+            .send(&format!("{root}/session/{sid}/in"), offer(t))
+            .await;
+        let e = probe
+            .wait_error(&format!("{root}/session/{sid}/out"), "unauthorized")
+            .await;
+        assert!(e["message"].as_str().unwrap().contains(why), "{sid}: {e}");
+    }
+
+    // With a token granting view, a real viewer watches; read-only on its data channel.
+    let view = token("authcam", vec![Right::View], Duration::from_secs(300));
+    let viewer = Viewer::connect_with(
+        rt.broker(),
+        &root,
+        ViewerOptions {
+            token: Some(view.clone()),
+            control_channel: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(viewer.wait_frames(20, Duration::from_secs(10)).await.frames >= 20);
+    let r = viewer
+        .channel_request(json!({"id":"1","command":"stream","args":{"on":true}}))
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    viewer.bye().await;
+
+    // A token with the control right may change the camera from its data channel.
+    let control = token(
+        "authcam",
+        vec![Right::View, Right::Control],
+        Duration::from_secs(300),
+    );
+    let viewer = Viewer::connect_with(
+        rt.broker(),
+        &root,
+        ViewerOptions {
+            token: Some(control),
+            control_channel: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = viewer
+        .channel_request(json!({"id":"2","command":"set","args":{"bitrate_kbps":600}}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    viewer.bye().await;
+
+    // HTTP: the page, its config, snapshots and /mqtt need view; /metrics needs metrics.
+    let addr = rt.app.http_addr();
+    for path in ["/", "/config.json", "/snapshot.jpg", "/metrics", "/mqtt"] {
+        assert_eq!(http_status(addr, path).await, 401, "{path} without a token");
+    }
+    assert_eq!(http_status(addr, &format!("/?token={view}")).await, 200);
+    assert_eq!(
+        http_status(addr, &format!("/config.json?token={view}")).await,
+        200
+    );
+    assert_eq!(
+        http_status(addr, &format!("/metrics?token={view}")).await,
+        401,
+        "view does not grant metrics"
+    );
+    let metrics = token("authcam", vec![Right::Metrics], Duration::from_secs(60));
+    assert_eq!(
+        http_status(addr, &format!("/metrics?token={metrics}")).await,
+        200
+    );
+    // Static files carry no secrets and load without a token, so a page opened with one works.
+    assert_eq!(http_status(addr, "/app.js").await, 200);
+    rt.app.stop().await;
+}
+
+#[test]
+fn token_command_mints_what_the_camera_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        format!("[device]\nid = \"tokcam\"\n[auth]\nsecret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "token",
+            "--ttl",
+            "2h",
+            "--rights",
+            "view,control",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let claims = Authority::new(SECRET, "tokcam")
+        .verify(Some(&t), Right::Control, SystemTime::now())
+        .unwrap();
+    let in_2h = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 7200;
+    assert!(claims.exp <= in_2h && claims.exp > in_2h - 60);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("?token="));
+
+    // Without a secret there is nothing to sign with: a clear error.
+    std::fs::write(&path, "[device]\nid = \"tokcam\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args(["--config", path.to_str().unwrap(), "token"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[auth] secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_status_or_telemetry() {
+    let mosquitto = common::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    let mut config = test_config("leakcam");
+    config.mqtt.url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    config.mqtt.username = "cam".into();
+    config.mqtt.password = "mqtt-password-7731".into();
+    config.auth.secret = "auth-secret-5519".into();
+    config.control.telemetry_interval_secs = 1;
+    config.webrtc.ice_servers = vec![rtcam::config::IceServer {
+        urls: vec!["turn:127.0.0.1:3478".into()],
+        username: "turnuser".into(),
+        credential: "turn-credential-2287".into(),
+    }];
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let root = "rtcam/leakcam";
+    let probe = Probe::connect(("127.0.0.1", mosquitto.port), &[format!("{root}/#")]).await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("RTCAM_LOG", "debug,rumqttd=off,webrtc=info,rtc=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    probe
+        .wait_json(
+            &format!("{root}/telemetry"),
+            Duration::from_secs(10),
+            |_| true,
+        )
+        .await
+        .expect("telemetry");
+    // Exercise the paths that log: a refused offer and a command.
+    probe.send(&format!("{root}/session/x1/in"), br#"{"type":"offer","sdp":"v=0\r\nm=video 9 RTP 1\r\na=rtpmap:1 H264/90000\r\n","token":"bogus"}"#.to_vec()).await;
+    probe
+        .send(
+            &format!("{root}/command"),
+            br#"{"id":"1","command":"status"}"#.to_vec(),
+        )
+        .await;
+    probe
+        .wait_error(&format!("{root}/session/x1/out"), "unauthorized")
+        .await;
+    unsafe { libc_kill(child.id() as i32) };
+    let out = child.wait_with_output().unwrap();
+    let mut everything = String::from_utf8_lossy(&out.stderr).to_string();
+    everything.push_str(&String::from_utf8_lossy(&out.stdout));
+    for (_, payload) in probe.seen.lock().unwrap().iter() {
+        everything.push_str(&String::from_utf8_lossy(payload));
+    }
+    assert!(everything.contains("leakcam"), "captured something");
+    for secret in [
+        "mqtt-password-7731",
+        "auth-secret-5519",
+        "turn-credential-2287",
+    ] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
+
+/// SIGTERM, for an orderly stop that flushes the logs.
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    kill(pid, 15);
+}
