@@ -32,7 +32,7 @@ DEB_ARCH = $(if $(findstring aarch64,$(TARGET)),arm64,armhf)
 
 MQTT_JS := web/vendor/mqtt.min.js
 
-.PHONY: all build demo test deps test-deps cross-deps cross deb deploy test-board test-board-nat test-packages web bench clean
+.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench clean
 
 all: build
 
@@ -75,11 +75,14 @@ deb: cross
 
 # Copies the package to the board, installs it (which enables and starts the service) and
 # shows the service's state. HOST is anything ssh accepts; sudo on the board asks as usual.
-deploy: deb
-	@[ -n "$(HOST)" ] || { echo "usage: make deploy HOST=user@board [TARGET=$(TARGET)]"; exit 2; }
+# apt installs the local .deb with dpkg and fetches the GStreamer packages it depends on.
+deploy: deploy-host deb
 	deb=$$(ls -t target/$(TARGET)/debian/rtcam_*_$(DEB_ARCH).deb | head -1); \
 	scp "$$deb" $(HOST):/tmp/rtcam.deb && \
-	ssh -t $(HOST) 'sudo dpkg -i /tmp/rtcam.deb && rm /tmp/rtcam.deb && sleep 2 && systemctl status --no-pager rtcam'
+	ssh -t $(HOST) 'sudo apt-get install -y /tmp/rtcam.deb && rm /tmp/rtcam.deb && sleep 2 && systemctl status --no-pager rtcam'
+
+deploy-host:
+	@[ -n "$(HOST)" ] || { echo "usage: make deploy HOST=user@board [TARGET=$(TARGET)]"; exit 2; }
 
 # The emulated arm64 board (tests/board/run.sh): both cross builds capture from vivid in qemu.
 test-board: cross-deps web

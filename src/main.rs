@@ -89,6 +89,9 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM while rtcam is still starting (systemd stopping it early,
+        // the emulated board test) waits here for an orderly stop instead of killing it.
+        let mut signals = Signals::install().context("cannot install signal handlers")?;
         tracing::info!("rtcam {} starting with {origin}", app::VERSION);
         if !used.is_empty() {
             tracing::info!("using systemd credentials: {}", used.join(", "));
@@ -103,18 +106,12 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
         // READY=1 once the broker is connected, watchdog pings, STATUS=, then STOPPING=1 on the
         // first signal; all no-ops outside systemd.
-        let signal = async {
-            // Without signal handlers rtcam could not be stopped cleanly: stop now instead.
-            if let Err(e) = wait_for_signal().await {
-                tracing::error!("cannot wait for signals: {e}");
-            }
-        };
-        rtcam::service::supervise(&app, &notifier, &url, signal).await;
+        rtcam::service::supervise(&app, &notifier, &url, signals.recv()).await;
         tracing::info!("stopping");
         // A second signal while stopping exits at once.
         tokio::select! {
             _ = app.stop() => {}
-            _ = wait_for_signal() => {
+            _ = signals.recv() => {
                 tracing::warn!("second signal: exiting immediately");
                 std::process::exit(130);
             }
@@ -155,13 +152,28 @@ fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed; one that arrives before
+/// anyone waits is kept for the next `recv`.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            // Cancel-safe: a signal stream keeps a delivered signal until it is received.
+            _ = self.term.recv() => {}
+            // Cancel-safe: as above.
+            _ = self.int.recv() => {}
+        }
+    }
 }
