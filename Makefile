@@ -3,6 +3,9 @@
 #   make demo    install what is missing, build, and run rtcam with built-in defaults
 #   make test    install what the tests need, then run every test
 #   make bench   benchmarks (not part of make test)
+#   make cross TARGET=aarch64-unknown-linux-gnu   cross-build for a board (or armv7-unknown-linux-gnueabihf)
+#   make deb TARGET=…                             the .deb for that board (target/TARGET/debian/)
+#   make deploy HOST=user@board TARGET=…          install it on a board over ssh and show the service
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -15,15 +18,24 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
-# Tests also run a mosquitto server and headless Chromium, and boot a Debian kernel in qemu
-# with the vivid camera driver (tests/vivid.rs: busybox for the guest, cpio and kmod to build
-# its initramfs).
-TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium \
+# Tests also run a mosquitto server and headless Chromium, check the systemd unit, and boot a
+# Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
+# cpio and kmod to build its initramfs).
+TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd \
 	qemu-system-x86 busybox-static cpio kmod binutils
+# Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
+# library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
+CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
+	binutils lintian qemu-system-arm cpio kmod coturn
+CROSS_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+TARGET ?= aarch64-unknown-linux-gnu
+# release for what goes on boards; make test builds the cheaper board-test profile (Cargo.toml).
+PROFILE ?= release
+DEB_ARCH = $(if $(findstring aarch64,$(TARGET)),arm64,armhf)
 
 MQTT_JS := web/vendor/mqtt.min.js
 
-.PHONY: all build demo test deps test-deps web bench clean
+.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench clean
 
 all: build
 
@@ -50,6 +62,48 @@ test-deps:
 		$(SUDO) systemctl disable --now mosquitto; fi
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
+# Toolchains for boards: apt packages, rustup targets, cargo-deb; each only when missing.
+cross-deps:
+	$(call apt_install,$(CROSS_PKGS))
+	@installed=$$(rustup target list --installed); for t in $(CROSS_TARGETS); do \
+		grep -qx $$t <<<"$$installed" || rustup target add $$t; done
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+
+cross: deps cross-deps web
+	cross/build.sh $(TARGET) $(PROFILE)
+
+deb: cross
+	$(CARGO) deb --no-build --target $(TARGET) --profile $(PROFILE) -o target/$(TARGET)/debian/
+	@ls -l target/$(TARGET)/debian/rtcam_*_$(DEB_ARCH).deb
+
+# Copies the package to the board, installs it (which enables and starts the service) and
+# shows the service's state. HOST is anything ssh accepts; sudo on the board asks as usual.
+# apt installs the local .deb with dpkg and fetches the GStreamer packages it depends on.
+deploy: deploy-host deb
+	deb=$$(ls -t target/$(TARGET)/debian/rtcam_*_$(DEB_ARCH).deb | head -1); \
+	scp "$$deb" $(HOST):/tmp/rtcam.deb && \
+	ssh -t $(HOST) 'sudo apt-get install -y /tmp/rtcam.deb && rm /tmp/rtcam.deb && sleep 2 && systemctl status --no-pager rtcam'
+
+deploy-host:
+	@[ -n "$(HOST)" ] || { echo "usage: make deploy HOST=user@board [TARGET=$(TARGET)]"; exit 2; }
+
+# The emulated arm64 board (tests/board/run.sh): both cross builds capture from vivid in qemu.
+test-board: cross-deps web
+	tests/board/run.sh $(CROSS_TARGETS)
+
+# A board behind NAT (tests/board_nat.rs): the emulated arm64 board reaches a broker and a TURN
+# server on this machine through qemu's user-mode network; a viewer here watches via the relay.
+test-board-nat: test-deps cross-deps web
+	$(CARGO) test --test board_nat -- --ignored --nocapture
+
+# The .deb of each board target, from the board-test builds test-board made.
+test-packages: cross-deps
+	@for t in $(CROSS_TARGETS); do \
+		arch=$$(case $$t in aarch64*) echo arm64;; *) echo armhf;; esac); \
+		$(CARGO) deb --fast --no-build --target $$t --profile board-test -o target/$$t/debian/ >/dev/null && \
+		tests/package/check.sh target/$$t/debian/rtcam_*_$$arch.deb $$arch || exit 1; \
+	done
+
 # mqtt.js for the viewer page comes from npm at build time and is embedded in the binary.
 $(MQTT_JS): web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
@@ -64,9 +118,12 @@ demo: build
 	@echo "Starting rtcam (Ctrl-C to stop)…"
 	./target/release/rtcam
 
-test: test-deps web
+test: test-deps cross-deps web
 	$(CARGO) test --all-targets
 	node --test web/protocol.test.mjs
+	$(MAKE) --no-print-directory test-board
+	$(MAKE) --no-print-directory test-board-nat
+	$(MAKE) --no-print-directory test-packages
 
 bench: deps web
 	$(CARGO) build --release

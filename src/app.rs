@@ -8,6 +8,7 @@ use crate::auth::Authority;
 use crate::config::{Config, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
+use crate::health::Heartbeat;
 use crate::media::{self, Media};
 use crate::session::peer::PeerFactory;
 use crate::session::table::{Limits, SessionTable};
@@ -32,6 +33,10 @@ pub struct App {
     media: Media,
     mqtt_connected: watch::Receiver<bool>,
     viewers: watch::Receiver<usize>,
+    /// What rtcam publishes as its status (source, encoder, viewers), for systemd's STATUS=.
+    status: watch::Receiver<Status>,
+    /// The liveness of the loops the systemd watchdog vouches for.
+    heartbeats: Vec<Heartbeat>,
     controller: Controller,
     /// Each part has its own token so shutdown can stop them in order.
     sessions_stop: CancellationToken,
@@ -151,6 +156,9 @@ impl App {
         };
         let options = mqtt::options(&config.mqtt, &broker_url, &client_id, &topics)?;
         let (connected_tx, connected_rx) = watch::channel(false);
+        let mqtt_heartbeat = Heartbeat::new("MQTT loop");
+        let heartbeats = vec![media.heartbeat(), mqtt_heartbeat.clone()];
+        let status = status_rx.clone();
 
         // The control plane: commands, telemetry, discovery.
         let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -200,6 +208,7 @@ impl App {
                 events: events_tx,
                 outgoing: outgoing_rx,
                 connected: connected_tx,
+                heartbeat: mqtt_heartbeat,
                 commands: commands_tx,
                 publications: publications_rx,
                 on_connect: discovery_rx,
@@ -214,6 +223,8 @@ impl App {
             media,
             mqtt_connected: connected_rx,
             viewers: viewers_rx,
+            status,
+            heartbeats,
             controller,
             sessions_stop,
             control_stop,
@@ -247,6 +258,21 @@ impl App {
 
     pub fn viewers(&self) -> usize {
         *self.viewers.borrow()
+    }
+
+    /// The status rtcam publishes (online, source, encoder, viewers); changes as they do.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Whether rtcam's MQTT client is connected now; changes as it does.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.mqtt_connected.clone()
+    }
+
+    /// The heartbeats of the media pipeline and the MQTT loop, for the systemd watchdog.
+    pub fn heartbeats(&self) -> Vec<Heartbeat> {
+        self.heartbeats.clone()
     }
 
     /// Waits until connected to the broker, up to `timeout`. Returns whether it is.

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rtcam::app::{self, App};
 use rtcam::config::{self, Config};
+use rtcam::credentials;
+use rtcam::service::Notifier;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -132,14 +134,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, origin) = Config::load(config_path.as_deref())?;
+    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    // Secrets systemd passes with LoadCredential= fill what the config file leaves empty.
+    let used = credentials::apply_from_env(&mut config)?;
+    let notifier = Notifier::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rtcam")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM while rtcam is still starting (systemd stopping it early,
+        // the emulated board test) waits here for an orderly stop instead of killing it.
+        let mut signals = Signals::install().context("cannot install signal handlers")?;
         tracing::info!("rtcam {} starting with {origin}", app::VERSION);
+        if !used.is_empty() {
+            tracing::info!("using systemd credentials: {}", used.join(", "));
+        }
+        notifier.status("starting");
         let app = App::start(config, origin).await?;
         let url = app::viewer_url(app.http_addr());
         tracing::info!("viewer page: {url}");
@@ -147,12 +159,14 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "rtcam is running. Open {url} in a browser to watch camera {:?}.",
             app.device_id()
         );
-        wait_for_signal().await?;
+        // READY=1 once the broker is connected, watchdog pings, STATUS=, then STOPPING=1 on the
+        // first signal; all no-ops outside systemd.
+        rtcam::service::supervise(&app, &notifier, &url, signals.recv()).await;
         tracing::info!("stopping");
         // A second signal while stopping exits at once.
         tokio::select! {
             _ = app.stop() => {}
-            _ = wait_for_signal() => {
+            _ = signals.recv() => {
                 tracing::warn!("second signal: exiting immediately");
                 std::process::exit(130);
             }
@@ -163,7 +177,9 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::Result<()> {
     use rtcam::auth::{Authority, Right};
-    let (config, origin) = Config::load(config_path.as_deref())?;
+    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    // As the service sees it: `sudo CREDENTIALS_DIRECTORY=/etc/rtcam/credentials rtcam token`.
+    credentials::apply_from_env(&mut config)?;
     if config.auth.secret.is_empty() {
         anyhow::bail!(
             "{origin} has no [auth] secret; tokens are only needed (and checked) when it has one"
@@ -191,13 +207,28 @@ fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed; one that arrives before
+/// anyone waits is kept for the next `recv`.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            // Cancel-safe: a signal stream keeps a delivered signal until it is received.
+            _ = self.term.recv() => {}
+            // Cancel-safe: as above.
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -269,7 +269,10 @@ impl Controller {
                 "rtcam was started without a configuration file; there is nothing to reload.",
             ));
         };
-        let (new, _) = Config::load(Some(path))
+        let (mut new, _) = Config::load(Some(path))
+            .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
+        // The same secrets as at start, so a credential is not mistaken for a changed key.
+        crate::credentials::apply_from_env(&mut new)
             .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
         let mut current = inner
             .config

@@ -14,6 +14,7 @@ pub mod keyframe;
 pub mod v4l2;
 
 use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
+use crate::health::Heartbeat;
 use crate::util::sleep_until;
 use bytes::Bytes;
 use encoder::{EncoderChoice, EncoderSettings};
@@ -38,6 +39,12 @@ const RESTART_FIRST: Duration = Duration::from_millis(250);
 /// How often a running pipeline checks whether anyone still wants its frames.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(10);
+
+/// How long a new pipeline counts as alive before its first frames: a USB camera can take a
+/// few seconds to start streaming, an emulated board longer. After this only frames count.
+const STARTUP_GRACE: Duration = Duration::from_secs(20);
+/// How often the pipeline loop beats while it waits in a healthy state (starting, backing off).
+const BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// One encoded access unit (all NAL units of one frame, Annex B byte-stream).
 #[derive(Debug, Clone)]
@@ -157,6 +164,9 @@ pub struct Media {
     commands: mpsc::UnboundedSender<MediaCommand>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
+    /// Beats with every frame, and while the loop waits for a good reason; a stalled pipeline
+    /// stops it, which stops the systemd watchdog pings.
+    heartbeat: Heartbeat,
     stats: Arc<MediaStats>,
 }
 
@@ -222,6 +232,11 @@ impl Media {
     pub fn encoders_running(&self) -> usize {
         self.encoders_running.load(Ordering::Relaxed)
     }
+
+    /// The pipeline's liveness, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
 }
 
 /// The resolved source: what `auto` turned into.
@@ -280,12 +295,14 @@ pub fn start(
         ..Default::default()
     });
     let encoders_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heartbeat = Heartbeat::new("media pipeline");
     let stats = Arc::new(MediaStats::default());
     let media = Media {
         frames: frames.clone(),
         commands: commands_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
+        heartbeat: heartbeat.clone(),
         stats: stats.clone(),
     };
     let runner = Runner {
@@ -301,6 +318,7 @@ pub fn start(
         info: info_tx,
         encoders_running,
         uses_camera: false,
+        heartbeat,
         stats,
         streaming: true,
         always_on: source.always_on,
@@ -322,6 +340,7 @@ struct Runner {
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
     /// The source is a camera (set once resolved): failures then mean "camera lost".
     uses_camera: bool,
+    heartbeat: Heartbeat,
     stats: Arc<MediaStats>,
     /// The privacy switch; while off no pipeline runs.
     streaming: bool,
@@ -411,9 +430,15 @@ impl Runner {
 
     /// Between pipelines: serves commands until `until` (or, without it, until streaming is
     /// switched back on or a rebuild is asked for). Returns false on shutdown.
+    ///
+    /// Waiting is healthy (a camera unplugged or busy, streaming switched off): restarting rtcam
+    /// would not change it, so the loop beats for the watchdog while it waits.
     async fn wait(&mut self, shutdown: &CancellationToken, until: Option<Instant>) -> bool {
+        let mut beat = tokio::time::interval(BEAT_EVERY);
         loop {
             tokio::select! {
+                // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+                _ = beat.tick() => self.heartbeat.beat(),
                 // Cancel-safe: level-triggered token.
                 _ = shutdown.cancelled() => return false,
                 // Cancel-safe: a timer; when it fires the wait is over.
@@ -664,6 +689,9 @@ impl Runner {
             .by_name("rawsink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
         let frames = self.frames.clone();
+        let heartbeat = self.heartbeat.clone();
+        let first_frame_logged = Arc::new(AtomicBool::new(false));
+        let source_name = info.source.clone();
         let stats = self.stats.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
         sink.set_callbacks(
@@ -690,6 +718,15 @@ impl Runner {
                             .unwrap_or(nominal),
                         produced: Instant::now(),
                     };
+                    heartbeat.beat();
+                    // Once per pipeline, so logs (and the emulated-board test) show frames flow.
+                    if !first_frame_logged.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "first encoded frame from {source_name}: {} bytes, keyframe: {}",
+                            frame.data.len(),
+                            frame.keyframe
+                        );
+                    }
                     // No receivers is normal (no viewer yet); nothing to report.
                     let _ = frames.send(frame);
                     Ok(gst::FlowSuccess::Ok)
@@ -771,6 +808,10 @@ impl Runner {
         }
         let mut demand_check = tokio::time::interval(IDLE_CHECK);
         let mut unwatched_since: Option<Instant> = None;
+        // Until STARTUP_GRACE has passed the loop vouches for the pipeline; after that only
+        // frames do, so a pipeline that stops producing lets the heartbeat go stale.
+        let grace_end = tokio::time::Instant::now() + STARTUP_GRACE;
+        let mut grace_tick = tokio::time::interval(BEAT_EVERY);
         let result = loop {
             let deadline = self.limiter.deadline();
             tokio::select! {
@@ -858,6 +899,10 @@ impl Runner {
                     if self.limiter.poll(Instant::now()) {
                         force_keyframe(&sink);
                     }
+                }
+                // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+                _ = grace_tick.tick(), if tokio::time::Instant::now() < grace_end => {
+                    self.heartbeat.beat();
                 }
                 // Cancel-safe: a oneshot keeps its value until read.
                 done = &mut capture_done, if capture_running => {

@@ -10,6 +10,7 @@ use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
 use crate::control::{ControlRequest, Publication};
+use crate::health::Heartbeat;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -94,6 +95,8 @@ pub struct MqttLink {
     pub on_connect: watch::Receiver<Vec<Publication>>,
     /// Set true while connected to the broker; readiness and health checks watch it.
     pub connected: watch::Sender<bool>,
+    /// Beats on every turn of the loop, so the systemd watchdog sees a hung loop.
+    pub heartbeat: Heartbeat,
 }
 
 /// Builds client options: identity, limits, last will and transport from config.
@@ -157,7 +160,11 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
     let mut was_connected = false;
     let mut logged_failure = false;
     let mut pending_subacks = 0u32;
+    // A turn at least every second even when the broker is quiet, so the heartbeat measures
+    // whether this loop still runs rather than whether anyone is talking.
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
     loop {
+        link.heartbeat.beat();
         tokio::select! {
             // Cancel-safe: the shutdown token is level-triggered.
             _ = shutdown.cancelled() => break,
@@ -232,6 +239,8 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
                     tracing::warn!(sid = %out.sid, "dropping signalling message, MQTT queue full: {e}");
                 }
             }
+            // Cancel-safe: an interval tick that is dropped is taken on a later turn.
+            _ = beat.tick() => {}
             // Cancel-safe: mpsc recv.
             Some(p) = link.publications.recv() => publish(&client, &p),
             // Cancel-safe: `changed` only marks the value seen once it returns.
