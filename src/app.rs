@@ -314,6 +314,7 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
         viewers: Some(viewers),
         camera: info.camera.as_status().map(String::from),
+        pipeline: Some(if info.running { "running" } else { "idle" }.into()),
         streaming: Some(info.streaming),
     }
 }

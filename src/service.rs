@@ -110,6 +110,9 @@ pub const MIN_STALL: Duration = Duration::from_secs(2);
 
 /// One line for `systemctl status`: what streams, to how many, where to watch.
 pub fn status_line(status: &Status, connected: bool, page: &str) -> String {
+    if connected && status.streaming != Some(false) && status.pipeline.as_deref() == Some("idle") {
+        return format!("waiting for a viewer (camera and encoder start on demand); page {page}");
+    }
     let (Some(source), Some(encoder)) = (status.source.as_deref(), status.encoder.as_deref())
     else {
         // The pipeline reports what it runs once it runs; until then say so.
@@ -281,6 +284,7 @@ mod tests {
             viewers: Some(1),
             streaming: Some(true),
             camera: None,
+            pipeline: Some("running".into()),
         };
         assert_eq!(
             status_line(&status, true, "http://10.0.0.5:8080/"),

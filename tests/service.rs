@@ -108,14 +108,18 @@ fn ready_after_broker_and_http_then_watchdog_pings_then_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let (mqtt_port, http_port) = (common::free_port(), common::free_port());
+    let (mqtt_port, http_port, v5_port) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let config = dir.path().join("rtcam.toml");
     std::fs::write(
         &config,
         format!(
-            "[device]\nid = \"svc\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\n\
+            "[device]\nid = \"svc\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\nembedded_listen_v5 = \"127.0.0.1:{v5_port}\"\n\
              [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-             [source]\nkind = \"test\"\nwidth = 320\nheight = 240\nfps = 15\n\
+             [source]\nkind = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nalways_on = true\n\
              [webrtc]\nudp_addrs = [\"127.0.0.1\"]\n"
         ),
     )

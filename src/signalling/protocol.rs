@@ -393,6 +393,9 @@ pub struct Status {
     /// returns); absent when no camera is used (test pattern).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub camera: Option<String>,
+    /// `running` while the camera and encoder run, `idle` while they wait for a viewer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// False while the owner has switched streaming off (privacy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streaming: Option<bool>,
@@ -407,6 +410,7 @@ impl Status {
             encoder: None,
             viewers: None,
             camera: None,
+            pipeline: None,
             streaming: None,
         }
     }
