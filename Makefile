@@ -67,10 +67,16 @@ demo: build
 test: test-deps web
 	$(CARGO) test --all-targets
 	node --test web/protocol.test.mjs
+	@# A few seconds of the benchmark harness (2 viewers) against the debug rtcam, so it keeps
+	@# working; the figures come only from `make bench`.
+	$(CARGO) build --bin rtcam
+	$(CARGO) run -p rtcam-bench -- --smoke
 
+# Minutes of measuring on a release build; rewrites the results in docs/benchmarks.md and the
+# plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.
 bench: deps web
-	$(CARGO) build --release
-	@echo "benchmarks: see docs/benchmarks.md"
+	$(CARGO) build --release -p rtcam -p rtcam-bench
+	./target/release/rtcam-bench
 
 clean:
 	$(CARGO) clean
