@@ -153,28 +153,7 @@ impl Viewer {
             .await
             .context("no SUBACK from the broker in 10 s")??;
 
-        let mut media = MediaEngine::default();
-        media.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
-        let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-        let (track_tx, mut track_rx) = mpsc::unbounded_channel();
-        let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
-                    .build(),
-            )
-            .with_handler(Arc::new(Handler {
-                candidates: cand_tx,
-                tracks: track_tx,
-                shared: shared.clone(),
-            }))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
-            .build()
-            .await?;
+        let (pc, mut cand_rx, track_rx) = build_pc(&shared, "127.0.0.1:0").await?;
         pc.add_transceiver_from_kind(
             RtpCodecKind::Video,
             Some(RTCRtpTransceiverInit {
@@ -196,54 +175,7 @@ impl Viewer {
         } else {
             None
         };
-        let appsrc = decoder.as_ref().map(|d| d.appsrc.clone());
-
-        // Track → counters (→ decoder).
-        let counted = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            let Some(track) = track_rx.recv().await else {
-                return;
-            };
-            let mut first_seq: Option<u64> = None;
-            let mut highest: u64 = 0;
-            while let Some(event) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-                    continue;
-                };
-                counted.mark(|s| &mut s.first_rtp);
-                {
-                    // Extend the 16-bit sequence number across wraps to count gaps (loss).
-                    let seq = u64::from(packet.header.sequence_number);
-                    let ext = match first_seq {
-                        None => {
-                            first_seq = Some(seq);
-                            highest = seq;
-                            seq
-                        }
-                        Some(_) => {
-                            let base = highest & !0xffff;
-                            let mut cand = base | seq;
-                            if cand + 0x8000 < highest {
-                                cand += 0x10000;
-                            } else if cand > highest + 0x8000 && cand >= 0x10000 {
-                                cand -= 0x10000;
-                            }
-                            cand
-                        }
-                    };
-                    highest = highest.max(ext);
-                    let mut c = counted.counters();
-                    c.rtp_packets += 1;
-                    c.rtp_frames += u64::from(packet.header.marker);
-                    c.expected = highest - first_seq.unwrap_or(highest) + 1;
-                }
-                if let Some(appsrc) = &appsrc {
-                    if let Ok(bytes) = packet.marshal() {
-                        let _ = appsrc.push_buffer(gst::Buffer::from_slice(bytes.to_vec()));
-                    }
-                }
-            }
-        }));
+        tasks.push(spawn_track_counter(track_rx, shared.clone(), decoder.as_ref().map(|d| d.appsrc.clone())));
 
         // The clock starts as the offer goes out: everything after is the camera's doing.
         *shared.start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -430,4 +362,247 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+type Candidates = mpsc::UnboundedReceiver<RTCIceCandidateInit>;
+type Tracks = mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>;
+
+/// A receive-only peer connection bound to `udp_addr`, reporting into `shared`.
+async fn build_pc(
+    shared: &Arc<Shared>,
+    udp_addr: &str,
+) -> Result<(impl PeerConnection, Candidates, Tracks)> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let (cand_tx, cand_rx) = mpsc::unbounded_channel();
+    let (track_tx, track_rx) = mpsc::unbounded_channel();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_include_loopback_candidate(true)
+                .build(),
+        )
+        .with_handler(Arc::new(Handler {
+            candidates: cand_tx,
+            tracks: track_tx,
+            shared: shared.clone(),
+        }))
+        .with_udp_addrs(vec![udp_addr.to_string()])
+        .build()
+        .await?;
+    Ok((pc, cand_rx, track_rx))
+}
+
+/// Counts the first track's packets, frames and sequence gaps; feeds the decoder if any.
+fn spawn_track_counter(
+    mut track_rx: Tracks,
+    counted: Arc<Shared>,
+    appsrc: Option<gst_app::AppSrc>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(track) = track_rx.recv().await else {
+            return;
+        };
+        let mut first_seq: Option<u64> = None;
+        let mut highest: u64 = 0;
+        while let Some(event) = track.poll().await {
+            let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                continue;
+            };
+            counted.mark(|s| &mut s.first_rtp);
+            {
+                // Extend the 16-bit sequence number across wraps to count gaps (loss).
+                let seq = u64::from(packet.header.sequence_number);
+                let ext = match first_seq {
+                    None => {
+                        first_seq = Some(seq);
+                        highest = seq;
+                        seq
+                    }
+                    Some(_) => {
+                        let base = highest & !0xffff;
+                        let mut cand = base | seq;
+                        if cand + 0x8000 < highest {
+                            cand += 0x10000;
+                        } else if cand > highest + 0x8000 && cand >= 0x10000 {
+                            cand -= 0x10000;
+                        }
+                        cand
+                    }
+                };
+                highest = highest.max(ext);
+                let mut c = counted.counters();
+                c.rtp_packets += 1;
+                c.rtp_frames += u64::from(packet.header.marker);
+                c.expected = highest - first_seq.unwrap_or(highest) + 1;
+            }
+            if let Some(appsrc) = &appsrc {
+                if let Ok(bytes) = packet.marshal() {
+                    let _ = appsrc.push_buffer(gst::Buffer::from_slice(bytes.to_vec()));
+                }
+            }
+        }
+    })
+}
+
+/// A viewer of a Janus streaming mountpoint through Janus's HTTP API: create a session, attach
+/// the streaming plugin, `watch` (Janus offers), answer, `start`, trickle candidates; a task
+/// long-polls the session's events, which also keeps it alive.
+pub struct JanusViewer {
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    handle_url: String,
+}
+
+impl JanusViewer {
+    pub async fn connect(base: &str, mountpoint: u64, udp_addr: &str) -> Result<JanusViewer> {
+        let shared = Arc::new(Shared {
+            start: Mutex::new(Some(Instant::now())),
+            stages: Mutex::new(Stages::default()),
+            counters: Mutex::new(Counters::default()),
+        });
+        let created = janus_post(base, json!({"janus":"create"})).await?;
+        let session = created["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("janus create: {created}"))?;
+        let session_url = format!("{base}/{session}");
+        let attached =
+            janus_post(&session_url, json!({"janus":"attach","plugin":"janus.plugin.streaming"}))
+                .await?;
+        let handle = attached["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("janus attach: {attached}"))?;
+        let handle_url = format!("{session_url}/{handle}");
+
+        let (events_tx, mut events) = mpsc::unbounded_channel::<Value>();
+        let poll_url = format!("{session_url}?maxev=10");
+        let mut tasks = vec![tokio::spawn(async move {
+            loop {
+                match janus_get(&poll_url).await {
+                    Ok(Value::Array(list)) => list.into_iter().for_each(|e| {
+                        let _ = events_tx.send(e);
+                    }),
+                    Ok(e) => {
+                        let _ = events_tx.send(e);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })];
+
+        let (pc, mut cand_rx, track_rx) = build_pc(&shared, udp_addr).await?;
+        tasks.push(spawn_track_counter(track_rx, shared.clone(), None));
+        janus_post(&handle_url, json!({"janus":"message","body":{"request":"watch","id":mountpoint}}))
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let offer = loop {
+            let e = tokio::time::timeout_at(deadline.into(), events.recv())
+                .await
+                .context("no offer from Janus in 10 s")?
+                .ok_or_else(|| anyhow!("janus event poll ended"))?;
+            if let Some(sdp) = e["jsep"]["sdp"].as_str() {
+                break sdp.to_string();
+            }
+        };
+        pc.set_remote_description(RTCSessionDescription::offer(offer)?)
+            .await?;
+        let answer = pc.create_answer(None).await?;
+        pc.set_local_description(answer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp;
+        janus_post(
+            &handle_url,
+            json!({"janus":"message","body":{"request":"start"},"jsep":{"type":"answer","sdp":sdp}}),
+        )
+        .await?;
+        let url = handle_url.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(c) = cand_rx.recv().await {
+                let _ = janus_post(
+                    &url,
+                    json!({"janus":"trickle","candidate":{"candidate":c.candidate,"sdpMid":c.sdp_mid,"sdpMLineIndex":c.sdp_mline_index}}),
+                )
+                .await;
+            }
+        }));
+        Ok(JanusViewer {
+            pc: Arc::new(pc),
+            shared,
+            tasks,
+            handle_url,
+        })
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.shared.counters().clone()
+    }
+
+    pub async fn wait_first_frame(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.counters().rtp_frames > 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    pub async fn close(self) {
+        let _ = janus_post(&self.handle_url, json!({"janus":"detach"})).await;
+        let _ = self.pc.close().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One request with a transaction id added; the harness needs no HTTP client crate for it.
+async fn janus_post(url: &str, mut body: Value) -> Result<Value> {
+    body["transaction"] = json!(format!("{:x}", rand::random::<u64>()));
+    http("POST", url, Some(body.to_string())).await
+}
+
+async fn janus_get(url: &str) -> Result<Value> {
+    http("GET", url, None).await
+}
+
+/// Plain HTTP/1.1 to Janus on loopback, one connection per request (`Connection: close`).
+async fn http(method: &str, url: &str, body: Option<String>) -> Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("not an http:// URL: {url}"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let body = body.unwrap_or_default();
+    let request = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("bad HTTP response from Janus"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("Janus: {}", head.lines().next().unwrap_or(""));
+    }
+    let v: Value = serde_json::from_str(payload.trim())
+        .with_context(|| format!("Janus body: {payload}"))?;
+    if v["janus"] == "error" {
+        bail!("Janus error: {v}");
+    }
+    Ok(v)
 }
