@@ -21,6 +21,9 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium \
 	qemu-system-x86 busybox-static cpio kmod binutils
 
+# Benchmarks compare against the Janus streaming plugin on the same machine.
+BENCH_PKGS := $(BUILD_PKGS) janus
+
 MQTT_JS := web/vendor/mqtt.min.js
 
 .PHONY: all build demo test deps test-deps web bench clean
@@ -74,9 +77,10 @@ test: test-deps web
 
 # Minutes of measuring on a release build; rewrites the results in docs/benchmarks.md and the
 # plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.
-bench: deps web
+bench: web
+	$(call apt_install,$(BENCH_PKGS))
 	$(CARGO) build --release -p rtcam -p rtcam-bench
-	./target/release/rtcam-bench
+	./target/release/rtcam-bench --janus
 
 clean:
 	$(CARGO) clean

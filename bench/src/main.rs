@@ -8,6 +8,7 @@
 
 mod report;
 mod daemon;
+mod janus;
 mod viewer;
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +17,7 @@ use report::{FanoutRow, Results, TtffSample};
 use daemon::{ProcSample, Rtcam, Setup};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use viewer::Viewer;
+use viewer::{JanusViewer, Viewer};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks rtcam: time to first frame, latency, fan-out cost")]
@@ -46,6 +47,9 @@ struct Args {
     /// rtcam starts for the start-to-ready figure.
     #[arg(long, default_value_t = 5)]
     starts: usize,
+    /// Also run the fan-out through Janus's streaming plugin (Debian package `janus`).
+    #[arg(long)]
+    janus: bool,
     /// The markdown file whose results section is rewritten; plots go beside it.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -154,57 +158,31 @@ async fn run(args: &Args) -> Result<Results> {
 
     // Fan-out: n viewers that count RTP but do not decode (32 decoders would starve rtcam of
     // the 2 cores it is measured on).
-    let me = std::process::id();
     for &n in &args.viewers {
-        let mut viewers = Vec::new();
-        let connects = (0..n).map(|_| {
-            let (host, port, root) = (cam.broker.0.clone(), cam.broker.1, cam.root.clone());
-            async move { Viewer::connect((&host, port), &root, false).await }
-        });
-        for v in futures_join(connects).await {
-            viewers.push(v?);
-        }
-        for v in &viewers {
-            if !v.wait_first_frame(Duration::from_secs(20)).await {
-                eprintln!("fan-out {n}: a viewer got no frame in 20 s");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let before: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
-        let (a, own_a) = (cam.sample()?, ProcSample::read(me)?);
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.window)).await;
-        let (b, own_b) = (cam.sample()?, ProcSample::read(me)?);
-        let secs = started.elapsed().as_secs_f64();
-        let after: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
-        let mut row = FanoutRow {
-            viewers: n,
-            cpu: a.cpu_percent(&b),
-            rss_kb: b.rss_kb,
-            harness_cpu: own_a.cpu_percent(&own_b),
-            load: report::loadavg(),
-            fps: Vec::new(),
-            loss: Vec::new(),
+        let target = Target::Rtcam {
+            host: cam.broker.0.clone(),
+            port: cam.broker.1,
+            root: cam.root.clone(),
         };
-        for (x, y) in before.iter().zip(&after) {
-            row.fps.push((y.rtp_frames - x.rtp_frames) as f64 / secs);
-            let expected = y.expected.saturating_sub(x.expected);
-            let got = y.rtp_packets.saturating_sub(x.rtp_packets);
-            row.loss
-                .push(expected.saturating_sub(got) as f64 / expected.max(1) as f64);
-        }
-        eprintln!(
-            "fan-out {n}: rtcam {:.1} % CPU, {} kB; harness {:.1} %",
-            row.cpu, row.rss_kb, row.harness_cpu
-        );
+        let row = fanout(&target, n, args.window, cam.pid()).await?;
         results.fanout.push(row);
-        for v in viewers {
-            v.bye().await;
+    }
+    cam.stop();
+
+    if args.janus {
+        let j = janus::Janus::start(setup.width, setup.height, setup.fps, setup.bitrate_kbps)?;
+        // Let Janus load and the feeder's first keyframe reach the mountpoint.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for &n in &args.viewers {
+            let target = Target::Janus { base: j.base.clone() };
+            let row = fanout(&target, n, args.window, j.pid()).await?;
+            results.janus_fanout.push(row);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let a = ProcSample::read(j.feeder_pid())?;
+        tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
+        results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(j.feeder_pid())?));
     }
     results.load_end = report::loadavg();
-    cam.stop();
     Ok(results)
 }
 
@@ -224,4 +202,105 @@ where
         }
     }
     out
+}
+
+/// What the fan-out viewers watch.
+enum Target {
+    Rtcam { host: String, port: u16, root: String },
+    Janus { base: String },
+}
+
+enum AnyViewer {
+    Rtcam(Viewer),
+    Janus(JanusViewer),
+}
+
+impl AnyViewer {
+    async fn connect(target: &Target) -> Result<AnyViewer> {
+        Ok(match target {
+            Target::Rtcam { host, port, root } => {
+                AnyViewer::Rtcam(Viewer::connect((host, *port), root, false).await?)
+            }
+            Target::Janus { base } => {
+                AnyViewer::Janus(JanusViewer::connect(base, janus::MOUNTPOINT).await?)
+            }
+        })
+    }
+    fn counters(&self) -> viewer::Counters {
+        match self {
+            AnyViewer::Rtcam(v) => v.counters(),
+            AnyViewer::Janus(v) => v.counters(),
+        }
+    }
+    async fn wait_first_frame(&self, timeout: Duration) -> bool {
+        match self {
+            AnyViewer::Rtcam(v) => v.wait_first_frame(timeout).await,
+            AnyViewer::Janus(v) => v.wait_first_frame(timeout).await,
+        }
+    }
+    async fn close(self) {
+        match self {
+            AnyViewer::Rtcam(v) => v.bye().await,
+            AnyViewer::Janus(v) => v.close().await,
+        }
+    }
+}
+
+/// n viewers connect together; once each has a frame and after 2 s to settle, the server's CPU
+/// and RSS over the window, and each viewer's frame rate and loss over the same window.
+async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<FanoutRow> {
+    let mut viewers = Vec::new();
+    let connects = (0..n).map(|_| {
+        let target = match target {
+            Target::Rtcam { host, port, root } => Target::Rtcam {
+                host: host.clone(),
+                port: *port,
+                root: root.clone(),
+            },
+            Target::Janus { base } => Target::Janus { base: base.clone() },
+        };
+        async move { AnyViewer::connect(&target).await }
+    });
+    for v in futures_join(connects).await {
+        viewers.push(v?);
+    }
+    for v in &viewers {
+        if !v.wait_first_frame(Duration::from_secs(20)).await {
+            eprintln!("fan-out {n}: a viewer got no frame in 20 s");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let me = std::process::id();
+    let before: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let (a, own_a) = (ProcSample::read(pid)?, ProcSample::read(me)?);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let (b, own_b) = (ProcSample::read(pid)?, ProcSample::read(me)?);
+    let secs = started.elapsed().as_secs_f64();
+    let after: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let mut row = FanoutRow {
+        viewers: n,
+        cpu: a.cpu_percent(&b),
+        rss_kb: b.rss_kb,
+        harness_cpu: own_a.cpu_percent(&own_b),
+        load: report::loadavg(),
+        fps: Vec::new(),
+        loss: Vec::new(),
+    };
+    for (x, y) in before.iter().zip(&after) {
+        row.fps.push((y.rtp_frames - x.rtp_frames) as f64 / secs);
+        let expected = y.expected.saturating_sub(x.expected);
+        let got = y.rtp_packets.saturating_sub(x.rtp_packets);
+        row.loss
+            .push(expected.saturating_sub(got) as f64 / expected.max(1) as f64);
+    }
+    eprintln!(
+        "fan-out {n}: server {:.1} % CPU, {} kB; harness {:.1} %",
+        row.cpu, row.rss_kb, row.harness_cpu
+    );
+    for v in viewers {
+        v.close().await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(row)
 }

@@ -45,6 +45,10 @@ pub struct Results {
     pub latencies_ms: Vec<i64>,
     pub unreadable: u64,
     pub fanout: Vec<FanoutRow>,
+    /// The same fan-out through Janus, when asked for.
+    pub janus_fanout: Vec<FanoutRow>,
+    /// The gst-launch feeder's CPU (Janus's "encoder"), for comparing totals.
+    pub janus_feeder_cpu: Option<f64>,
 }
 
 impl Results {
@@ -65,14 +69,15 @@ impl Results {
             latencies_ms: Vec::new(),
             unreadable: 0,
             fanout: Vec::new(),
+            janus_fanout: Vec::new(),
+            janus_feeder_cpu: None,
         }
     }
 
     /// CPU per added viewer: the least-squares slope over the rows with at least one viewer
     /// (the 0-viewer row may have the pipeline stopped, a different regime).
-    pub fn cpu_per_viewer(&self) -> Option<f64> {
-        let pts: Vec<(f64, f64)> = self
-            .fanout
+    pub fn cpu_per_viewer(rows: &[FanoutRow]) -> Option<f64> {
+        let pts: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.viewers > 0)
             .map(|r| (r.viewers as f64, r.cpu))
@@ -244,10 +249,44 @@ pub fn tables(r: &Results) -> String {
     );
 
     s += "### Fan-out\n\n\
-          Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n\
-          | viewers | rtcam CPU (% of a core) | rtcam RSS | harness CPU | fps per viewer (min / mean) | loss (max) | load avg |\n\
-          |---|---|---|---|---|---|---|\n";
-    for row in &r.fanout {
+          Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n";
+    s += &fanout_table("rtcam", &r.fanout);
+    let rtcam_slope = Results::cpu_per_viewer(&r.fanout);
+    if let Some(slope) = rtcam_slope {
+        s += &format!(
+            "\nrtcam CPU per added viewer (least-squares slope over the rows with viewers): {slope:.2} % of a core.\n\n"
+        );
+    }
+    if !r.janus_fanout.is_empty() {
+        s += "#### Janus streaming plugin, same viewers\n\n\
+              Janus 1.x (Debian package) with only the streaming plugin and HTTP transport; one H.264 \
+              RTP mountpoint fed by `gst-launch-1.0` with the same test pattern and x264enc settings \
+              in its own process, so Janus's CPU below is fan-out only.\n\n";
+        s += &fanout_table("Janus", &r.janus_fanout);
+        if let Some(feeder) = r.janus_feeder_cpu {
+            s += &format!("\nThe feeder (test pattern + x264enc + RTP) took {feeder:.1} % of a core.\n");
+        }
+        let janus_slope = Results::cpu_per_viewer(&r.janus_fanout);
+        if let Some(j) = janus_slope {
+            s += &format!("\nJanus CPU per added viewer: {j:.2} % of a core.\n");
+        }
+        if let (Some(a), Some(b)) = (rtcam_slope, janus_slope) {
+            if b > 0.0 {
+                s += &format!("\n**CPU per added viewer, rtcam ÷ Janus: {:.2}**\n", a / b);
+            }
+        }
+        s += "\n";
+    }
+    s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
+    s
+}
+
+fn fanout_table(server: &str, rows: &[FanoutRow]) -> String {
+    let mut s = format!(
+        "| viewers | {server} CPU (% of a core) | {server} RSS | harness CPU | fps per viewer (min / mean) | loss (max) | load avg |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    for row in rows {
         let (fps, loss) = if row.viewers == 0 {
             ("–".to_string(), "–".to_string())
         } else {
@@ -267,12 +306,6 @@ pub fn tables(r: &Results) -> String {
             row.load
         );
     }
-    if let Some(slope) = r.cpu_per_viewer() {
-        s += &format!(
-            "\nCPU per added viewer (least-squares slope over the rows with viewers): {slope:.2} % of a core.\n"
-        );
-    }
-    s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
     s
 }
 
@@ -341,10 +374,11 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
 fn plot_cpu(r: &Results, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max_n = r.fanout.iter().map(|f| f.viewers).max().unwrap_or(1).max(1) as f64;
-    let max_cpu = r.fanout.iter().map(|f| f.cpu).fold(10.0, f64::max) * 1.15;
+    let all = || r.fanout.iter().chain(&r.janus_fanout);
+    let max_n = all().map(|f| f.viewers).max().unwrap_or(1).max(1) as f64;
+    let max_cpu = all().map(|f| f.cpu).fold(10.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption("rtcam CPU against viewers (720p30, 2 Mbit/s)", ("sans-serif", 18))
+        .caption("CPU against viewers (720p30, 2 Mbit/s)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -360,10 +394,19 @@ fn plot_cpu(r: &Results, path: &Path) -> Result<()> {
         .label("rtcam")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
+    if !r.janus_fanout.is_empty() {
+        let pts: Vec<(f64, f64)> = r.janus_fanout.iter().map(|f| (f.viewers as f64, f.cpu)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), RED.stroke_width(2)))?
+            .label("Janus (fan-out only; its feeder excluded)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, RED.filled())))?;
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()?;
     root.present()?;
     Ok(())

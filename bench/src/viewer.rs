@@ -460,7 +460,7 @@ pub struct JanusViewer {
 }
 
 impl JanusViewer {
-    pub async fn connect(base: &str, mountpoint: u64, udp_addr: &str) -> Result<JanusViewer> {
+    pub async fn connect(base: &str, mountpoint: u64) -> Result<JanusViewer> {
         let shared = Arc::new(Shared {
             start: Mutex::new(Some(Instant::now())),
             stages: Mutex::new(Stages::default()),
@@ -495,8 +495,6 @@ impl JanusViewer {
             }
         })];
 
-        let (pc, mut cand_rx, track_rx) = build_pc(&shared, udp_addr).await?;
-        tasks.push(spawn_track_counter(track_rx, shared.clone(), None));
         janus_post(&handle_url, json!({"janus":"message","body":{"request":"watch","id":mountpoint}}))
             .await?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -509,6 +507,15 @@ impl JanusViewer {
                 break sdp.to_string();
             }
         };
+        // Janus offers only the host's own address (libnice leaves loopback out); bind there,
+        // which is still local traffic through the kernel like rtcam's viewers on 127.0.0.1.
+        let udp_addr = offer
+            .lines()
+            .find_map(|l| l.strip_prefix("c=IN IP4 "))
+            .map(|ip| format!("{}:0", ip.trim()))
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let (pc, mut cand_rx, track_rx) = build_pc(&shared, &udp_addr).await?;
+        tasks.push(spawn_track_counter(track_rx, shared.clone(), None));
         pc.set_remote_description(RTCSessionDescription::offer(offer)?)
             .await?;
         let answer = pc.create_answer(None).await?;
@@ -575,7 +582,8 @@ async fn janus_get(url: &str) -> Result<Value> {
     http("GET", url, None).await
 }
 
-/// Plain HTTP/1.1 to Janus on loopback, one connection per request (`Connection: close`).
+/// Plain HTTP/1.0 to Janus on loopback, one connection per request: 1.0 so the reply is never
+/// chunked and ends when the connection does.
 async fn http(method: &str, url: &str, body: Option<String>) -> Result<Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
@@ -585,7 +593,7 @@ async fn http(method: &str, url: &str, body: Option<String>) -> Result<Value> {
     let mut stream = tokio::net::TcpStream::connect(host).await?;
     let body = body.unwrap_or_default();
     let request = format!(
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+        "{method} /{path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
