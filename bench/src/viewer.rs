@@ -364,6 +364,10 @@ impl Drop for Decoder {
     }
 }
 
+/// The viewers' ICE check interval when set (`--viewer-ice-check-ms`): an experiment to tell
+/// which side's 200 ms default paces session setup.
+pub static ICE_CHECK_INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 type Candidates = mpsc::UnboundedReceiver<RTCIceCandidateInit>;
 type Tracks = mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>;
 
@@ -384,6 +388,7 @@ async fn build_pc(
         .with_setting_engine(
             SettingEngineBuilder::new()
                 .with_include_loopback_candidate(true)
+                .with_ice_connection_attempts(ICE_CHECK_INTERVAL.get().copied(), None)
                 .build(),
         )
         .with_handler(Arc::new(Handler {
