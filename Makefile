@@ -21,8 +21,9 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium \
 	qemu-system-x86 busybox-static cpio kmod binutils
 
-# Benchmarks compare against the Janus streaming plugin on the same machine.
-BENCH_PKGS := $(BUILD_PKGS) janus
+# Benchmarks compare against the Janus streaming plugin on the same machine, and measure
+# latency in headless Chromium too (with the browser tests' playwright-core).
+BENCH_PKGS := $(BUILD_PKGS) janus chromium
 
 MQTT_JS := web/vendor/mqtt.min.js
 
@@ -79,8 +80,9 @@ test: test-deps web
 # plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.
 bench: web
 	$(call apt_install,$(BENCH_PKGS))
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	$(CARGO) build --release -p rtcam -p rtcam-bench
-	./target/release/rtcam-bench --janus
+	./target/release/rtcam-bench --janus --chromium
 
 clean:
 	$(CARGO) clean

@@ -24,6 +24,8 @@ pub struct Rtcam {
     child: Child,
     pub broker: (String, u16),
     pub root: String,
+    /// The viewer page, for the browser benchmark.
+    pub page_url: String,
     /// Process start → retained `{"state":"online"}` seen by a client of its broker.
     pub start_to_ready: Duration,
     _dir: TempDir,
@@ -47,6 +49,7 @@ impl Rtcam {
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
         let port = free_port()?;
+        let http_port = free_port()?;
         let config = format!(
             r#"[device]
 id = "bench"
@@ -55,7 +58,7 @@ url = "embedded"
 embedded_listen = "127.0.0.1:{port}"
 embedded_listen_v5 = "127.0.0.1:{v5}"
 [http]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{http_port}"
 [source]
 kind = "test"
 width = {w}
@@ -73,6 +76,7 @@ offers_per_second = 100
 ha_discovery = false
 "#,
             v5 = free_port()?,
+            http_port = http_port,
             w = setup.width,
             h = setup.height,
             fps = setup.fps,
@@ -98,6 +102,7 @@ ha_discovery = false
             child,
             broker: ("127.0.0.1".into(), port),
             root,
+            page_url: format!("http://127.0.0.1:{http_port}/"),
             start_to_ready: Duration::ZERO,
             _dir: dir,
         };

@@ -47,6 +47,13 @@ struct Args {
     /// rtcam starts for the start-to-ready figure.
     #[arg(long, default_value_t = 5)]
     starts: usize,
+    /// The viewers' ICE check interval in ms (webrtc-rs default 200), to see how much of the
+    /// time to first frame is the viewer's pacing rather than rtcam's.
+    #[arg(long)]
+    viewer_ice_check_ms: Option<u64>,
+    /// Also measure glass to glass in headless Chromium (tests/browser needs `npm ci`).
+    #[arg(long)]
+    chromium: bool,
     /// Also run the fan-out through Janus's streaming plugin (Debian package `janus`).
     #[arg(long)]
     janus: bool,
@@ -64,6 +71,9 @@ fn main() -> Result<()> {
         args.idle = 1;
         args.latency_secs = 2;
         args.starts = 1;
+    }
+    if let Some(ms) = args.viewer_ice_check_ms {
+        let _ = viewer::ICE_CHECK_INTERVAL.set(Duration::from_millis(ms));
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let results = runtime.block_on(run(&args))?;
@@ -155,6 +165,17 @@ async fn run(args: &Args) -> Result<Results> {
         v.bye().await;
     }
     eprintln!("latency: {} samples", results.latencies_ms.len());
+    if args.chromium {
+        match chromium_latency(&cam.page_url, args.latency_secs).await {
+            Ok((lat, unreadable)) => {
+                results.chromium_latencies_ms = lat;
+                results.chromium_unreadable = unreadable;
+            }
+            // The browser is optional equipment; its failure is reported, not fatal.
+            Err(e) => results.chromium_error = Some(format!("{e:#}")),
+        }
+        eprintln!("chromium: {} samples", results.chromium_latencies_ms.len());
+    }
 
     // Fan-out: n viewers that count RTP but do not decode (32 decoders would starve rtcam of
     // the 2 cores it is measured on).
@@ -303,4 +324,31 @@ async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<Fano
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(row)
+}
+
+/// Runs bench/chromium.mjs against rtcam's own viewer page; returns its latency samples.
+async fn chromium_latency(url: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/chromium.mjs");
+    let out = tokio::time::timeout(
+        Duration::from_secs(secs + 60),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg(url)
+            .arg(secs.to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("chromium did not finish")??;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
+        .context("chromium.mjs printed no JSON")?;
+    let lat = v["latencies_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+        .unwrap_or_default();
+    Ok((lat, v["unreadable"].as_u64().unwrap_or(0)))
 }

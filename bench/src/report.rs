@@ -44,6 +44,10 @@ pub struct Results {
     pub ttff: Vec<TtffSample>,
     pub latencies_ms: Vec<i64>,
     pub unreadable: u64,
+    /// The same in headless Chromium (presented frames), when asked for.
+    pub chromium_latencies_ms: Vec<i64>,
+    pub chromium_unreadable: u64,
+    pub chromium_error: Option<String>,
     pub fanout: Vec<FanoutRow>,
     /// The same fan-out through Janus, when asked for.
     pub janus_fanout: Vec<FanoutRow>,
@@ -68,6 +72,9 @@ impl Results {
             ttff: Vec::new(),
             latencies_ms: Vec::new(),
             unreadable: 0,
+            chromium_latencies_ms: Vec::new(),
+            chromium_unreadable: 0,
+            chromium_error: None,
             fanout: Vec::new(),
             janus_fanout: Vec::new(),
             janus_feeder_cpu: None,
@@ -248,6 +255,27 @@ pub fn tables(r: &Results) -> String {
         lat.last().map_or("–".into(), |v| v.to_string()),
     );
 
+    if !r.chromium_latencies_ms.is_empty() {
+        let mut lat = r.chromium_latencies_ms.clone();
+        lat.sort();
+        let p = |q| pct(&lat, q).map_or("–".into(), |v: i64| v.to_string());
+        s += &format!(
+            "### Glass to glass (headless Chromium, rtcam's viewer page)\n\n\
+             Capture → frame presented (`requestVideoFrameCallback`, barcode read from a canvas), \
+             {} frames, {} without a readable stamp. Software decoding (`--disable-gpu`).\n\n\
+             | p50 | p90 | p99 | min | max |\n|---|---|---|---|---|\n| {} ms | {} ms | {} ms | {} ms | {} ms |\n\n",
+            lat.len(),
+            r.chromium_unreadable,
+            p(50.0),
+            p(90.0),
+            p(99.0),
+            lat.first().map_or("–".into(), |v| v.to_string()),
+            lat.last().map_or("–".into(), |v| v.to_string()),
+        );
+    }
+    if let Some(e) = &r.chromium_error {
+        s += &format!("Chromium latency not measured: {}\n\n", e.lines().next().unwrap_or(""));
+    }
     s += "### Fan-out\n\n\
           Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n";
     s += &fanout_table("rtcam", &r.fanout);
@@ -334,13 +362,21 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let lat = &r.latencies_ms;
-    let hi = lat.iter().copied().max().unwrap_or(100).max(10) as u32 + 2;
-    let lo = lat.iter().copied().min().unwrap_or(0).max(0) as u32;
-    let mut bins = vec![0u32; (hi + 1) as usize];
-    for &v in lat {
-        bins[v.clamp(0, i64::from(hi)) as usize] += 1;
-    }
-    let top = bins.iter().copied().max().unwrap_or(1).max(1);
+    let all = || lat.iter().chain(&r.chromium_latencies_ms);
+    let hi = all().copied().max().unwrap_or(100).max(10) as u32 + 2;
+    let lo = all().copied().min().unwrap_or(0).max(0) as u32;
+    let top = [lat, &r.chromium_latencies_ms]
+        .iter()
+        .map(|l| {
+            let mut bins = vec![0u32; (hi + 1) as usize];
+            for &v in l.iter() {
+                bins[v.clamp(0, i64::from(hi)) as usize] += 1;
+            }
+            bins.into_iter().max().unwrap_or(1)
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -362,11 +398,29 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
         .x_desc("capture → decoded (ms)")
         .y_desc("pictures")
         .draw()?;
-    chart.draw_series(
-        Histogram::vertical(&chart)
-            .style(BLUE.mix(0.6).filled())
-            .data(lat.iter().map(|&v| (v.max(0) as u32, 1u32))),
-    )?;
+    chart
+        .draw_series(
+            Histogram::vertical(&chart)
+                .style(BLUE.mix(0.6).filled())
+                .data(lat.iter().map(|&v| (v.max(0) as u32, 1u32))),
+        )?
+        .label("Rust viewer (decoded)")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], BLUE.mix(0.6).filled()));
+    if !r.chromium_latencies_ms.is_empty() {
+        chart
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .style(RED.mix(0.5).filled())
+                    .data(r.chromium_latencies_ms.iter().map(|&v| (v.max(0) as u32, 1u32))),
+            )?
+            .label("headless Chromium (presented)")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.mix(0.5).filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
