@@ -401,6 +401,7 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
     chart
         .draw_series(
             Histogram::vertical(&chart)
+                .margin(0)
                 .style(BLUE.mix(0.6).filled())
                 .data(lat.iter().map(|&v| (v.max(0) as u32, 1u32))),
         )?
@@ -410,6 +411,7 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
         chart
             .draw_series(
                 Histogram::vertical(&chart)
+                    .margin(0)
                     .style(RED.mix(0.5).filled())
                     .data(r.chromium_latencies_ms.iter().map(|&v| (v.max(0) as u32, 1u32))),
             )?
@@ -445,7 +447,7 @@ fn plot_cpu(r: &Results, path: &Path) -> Result<()> {
     let pts: Vec<(f64, f64)> = r.fanout.iter().map(|f| (f.viewers as f64, f.cpu)).collect();
     chart
         .draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(2)))?
-        .label("rtcam")
+        .label("rtcam (its encoder included)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
     if !r.janus_fanout.is_empty() {
