@@ -135,7 +135,12 @@ ha_discovery = false
 
 /// Polls the broker (it only exists once rtcam has started it) until the retained online status
 /// arrives. Polling every 2 ms bounds the error of the figure to about that.
-async fn wait_online(port: u16, root: &str, started: Instant, child: &mut Child) -> Result<Duration> {
+async fn wait_online(
+    port: u16,
+    root: &str,
+    started: Instant,
+    child: &mut Child,
+) -> Result<Duration> {
     let deadline = started + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -146,7 +151,11 @@ async fn wait_online(port: u16, root: &str, started: Instant, child: &mut Child)
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut opts = MqttOptions::new(format!("bench-ready-{}", rand::random::<u32>()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(
+        format!("bench-ready-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     client

@@ -6,15 +6,15 @@
 //!
 //! A separate workspace member, not part of the daemon: rtcam never links plotters or the viewer.
 
-mod report;
 mod daemon;
 mod janus;
+mod report;
 mod viewer;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use report::{FanoutRow, Results, TtffSample};
 use daemon::{ProcSample, Rtcam, Setup};
+use report::{FanoutRow, Results, TtffSample};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use viewer::{JanusViewer, Viewer};
@@ -124,7 +124,11 @@ async fn run(args: &Args) -> Result<Results> {
     let cam = Rtcam::start(&setup).await?;
     results.start_to_ready.push(cam.start_to_ready);
     let broker = (cam.broker.0.as_str(), cam.broker.1);
-    eprintln!("rtcam ready in {:?} (pid {})", cam.start_to_ready, cam.pid());
+    eprintln!(
+        "rtcam ready in {:?} (pid {})",
+        cam.start_to_ready,
+        cam.pid()
+    );
 
     // Idle: settle first, so start-up work is not counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -195,7 +199,9 @@ async fn run(args: &Args) -> Result<Results> {
         // Let Janus load and the feeder's first keyframe reach the mountpoint.
         tokio::time::sleep(Duration::from_secs(3)).await;
         for &n in &args.viewers {
-            let target = Target::Janus { base: j.base.clone() };
+            let target = Target::Janus {
+                base: j.base.clone(),
+            };
             let row = fanout(&target, n, args.window, j.pid()).await?;
             results.janus_fanout.push(row);
         }
@@ -227,8 +233,14 @@ where
 
 /// What the fan-out viewers watch.
 enum Target {
-    Rtcam { host: String, port: u16, root: String },
-    Janus { base: String },
+    Rtcam {
+        host: String,
+        port: u16,
+        root: String,
+    },
+    Janus {
+        base: String,
+    },
 }
 
 enum AnyViewer {

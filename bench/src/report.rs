@@ -129,10 +129,17 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or("?".into(), |kb| format!("{} GiB", kb / 1024 / 1024));
-    format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", sh("uname", &["-r"]))
+    format!(
+        "{cpu}, {cores} cores, {mem} RAM, Linux {}",
+        sh("uname", &["-r"])
+    )
 }
 
 fn versions(binary: &Path) -> String {
@@ -220,7 +227,10 @@ pub fn tables(r: &Results) -> String {
         ms(s2r.last().copied())
     );
     s += &format!("| CPU with no viewer | {:.2} % of a core |\n", r.idle_cpu);
-    s += &format!("| RSS with no viewer | {:.1} MB |\n\n", r.idle_rss_kb as f64 / 1024.0);
+    s += &format!(
+        "| RSS with no viewer | {:.1} MB |\n\n",
+        r.idle_rss_kb as f64 / 1024.0
+    );
 
     s += &format!(
         "### Time to first frame ({} sessions, one at a time)\n\n\
@@ -274,7 +284,10 @@ pub fn tables(r: &Results) -> String {
         );
     }
     if let Some(e) = &r.chromium_error {
-        s += &format!("Chromium latency not measured: {}\n\n", e.lines().next().unwrap_or(""));
+        s += &format!(
+            "Chromium latency not measured: {}\n\n",
+            e.lines().next().unwrap_or("")
+        );
     }
     s += "### Fan-out\n\n\
           Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n";
@@ -292,7 +305,9 @@ pub fn tables(r: &Results) -> String {
               in its own process, so Janus's CPU below is fan-out only.\n\n";
         s += &fanout_table("Janus", &r.janus_fanout);
         if let Some(feeder) = r.janus_feeder_cpu {
-            s += &format!("\nThe feeder (test pattern + x264enc + RTP) took {feeder:.1} % of a core.\n");
+            s += &format!(
+                "\nThe feeder (test pattern + x264enc + RTP) took {feeder:.1} % of a core.\n"
+            );
         }
         let janus_slope = Results::cpu_per_viewer(&r.janus_fanout);
         if let Some(j) = janus_slope {
@@ -391,7 +406,10 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d((lo.saturating_sub(2)..hi).into_segmented(), 0u32..top + top / 10 + 1)?;
+        .build_cartesian_2d(
+            (lo.saturating_sub(2)..hi).into_segmented(),
+            0u32..top + top / 10 + 1,
+        )?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -413,7 +431,11 @@ fn plot_latency(r: &Results, path: &Path) -> Result<()> {
                 Histogram::vertical(&chart)
                     .margin(0)
                     .style(RED.mix(0.5).filled())
-                    .data(r.chromium_latencies_ms.iter().map(|&v| (v.max(0) as u32, 1u32))),
+                    .data(
+                        r.chromium_latencies_ms
+                            .iter()
+                            .map(|&v| (v.max(0) as u32, 1u32)),
+                    ),
             )?
             .label("headless Chromium (presented)")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], RED.mix(0.5).filled()));
@@ -451,7 +473,11 @@ fn plot_cpu(r: &Results, path: &Path) -> Result<()> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
     if !r.janus_fanout.is_empty() {
-        let pts: Vec<(f64, f64)> = r.janus_fanout.iter().map(|f| (f.viewers as f64, f.cpu)).collect();
+        let pts: Vec<(f64, f64)> = r
+            .janus_fanout
+            .iter()
+            .map(|f| (f.viewers as f64, f.cpu))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), RED.stroke_width(2)))?
             .label("Janus (fan-out only; its feeder excluded)")

@@ -175,7 +175,11 @@ impl Viewer {
         } else {
             None
         };
-        tasks.push(spawn_track_counter(track_rx, shared.clone(), decoder.as_ref().map(|d| d.appsrc.clone())));
+        tasks.push(spawn_track_counter(
+            track_rx,
+            shared.clone(),
+            decoder.as_ref().map(|d| d.appsrc.clone()),
+        ));
 
         // The clock starts as the offer goes out: everything after is the camera's doing.
         *shared.start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -476,9 +480,11 @@ impl JanusViewer {
             .as_u64()
             .ok_or_else(|| anyhow!("janus create: {created}"))?;
         let session_url = format!("{base}/{session}");
-        let attached =
-            janus_post(&session_url, json!({"janus":"attach","plugin":"janus.plugin.streaming"}))
-                .await?;
+        let attached = janus_post(
+            &session_url,
+            json!({"janus":"attach","plugin":"janus.plugin.streaming"}),
+        )
+        .await?;
         let handle = attached["data"]["id"]
             .as_u64()
             .ok_or_else(|| anyhow!("janus attach: {attached}"))?;
@@ -500,8 +506,11 @@ impl JanusViewer {
             }
         })];
 
-        janus_post(&handle_url, json!({"janus":"message","body":{"request":"watch","id":mountpoint}}))
-            .await?;
+        janus_post(
+            &handle_url,
+            json!({"janus":"message","body":{"request":"watch","id":mountpoint}}),
+        )
+        .await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let offer = loop {
             let e = tokio::time::timeout_at(deadline.into(), events.recv())
@@ -612,8 +621,8 @@ async fn http(method: &str, url: &str, body: Option<String>) -> Result<Value> {
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         bail!("Janus: {}", head.lines().next().unwrap_or(""));
     }
-    let v: Value = serde_json::from_str(payload.trim())
-        .with_context(|| format!("Janus body: {payload}"))?;
+    let v: Value =
+        serde_json::from_str(payload.trim()).with_context(|| format!("Janus body: {payload}"))?;
     if v["janus"] == "error" {
         bail!("Janus error: {v}");
     }

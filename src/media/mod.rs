@@ -456,13 +456,12 @@ impl Runner {
                     ""
                 };
                 // Benchmark aid (see `stamp`): I420 so the probe knows where the luma plane is.
-                let (format, stamp) = if stamp::enabled()
-                    && stamp::fits(s.width as usize, s.height as usize)
-                {
-                    (",format=I420", "identity name=stamp ! ")
-                } else {
-                    ("", "")
-                };
+                let (format, stamp) =
+                    if stamp::enabled() && stamp::fits(s.width as usize, s.height as usize) {
+                        (",format=I420", "identity name=stamp ! ")
+                    } else {
+                        ("", "")
+                    };
                 let head = format!(
                     "videotestsrc is-live=true pattern=smpte horizontal-speed=2 ! \
                      video/x-raw{format},width={w},height={h},framerate={fps}/1 ! {overlay}{stamp}",
