@@ -33,6 +33,10 @@ TARGET ?= aarch64-unknown-linux-gnu
 PROFILE ?= release
 DEB_ARCH = $(if $(findstring aarch64,$(TARGET)),arm64,armhf)
 
+# Benchmarks compare against the Janus streaming plugin on the same machine, and measure
+# latency in headless Chromium too (with the browser tests' playwright-core).
+BENCH_PKGS := $(BUILD_PKGS) janus chromium
+
 MQTT_JS := web/vendor/mqtt.min.js
 
 .PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench clean
@@ -124,10 +128,18 @@ test: test-deps cross-deps web
 	$(MAKE) --no-print-directory test-board
 	$(MAKE) --no-print-directory test-board-nat
 	$(MAKE) --no-print-directory test-packages
+	@# A few seconds of the benchmark harness (2 viewers) against the debug rtcam, so it keeps
+	@# working; the figures come only from `make bench`.
+	$(CARGO) build --bin rtcam
+	$(CARGO) run -p rtcam-bench -- --smoke
 
-bench: deps web
-	$(CARGO) build --release
-	@echo "benchmarks: see docs/benchmarks.md"
+# Minutes of measuring on a release build; rewrites the results in docs/benchmarks.md and the
+# plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.
+bench: web
+	$(call apt_install,$(BENCH_PKGS))
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	$(CARGO) build --release -p rtcam -p rtcam-bench
+	./target/release/rtcam-bench --janus --chromium
 
 clean:
 	$(CARGO) clean

@@ -110,12 +110,13 @@ async fn board_behind_nat_streams_through_a_turn_relay() {
         .expect("tests/board/run.sh starts");
     let mut board = Group(board);
 
-    // Online on the host's broker: the board reached out through the NAT.
+    // Online on the host's broker: the board reached out through the NAT. (Its camera starts
+    // on demand, with the viewer below, so the status names no source yet.)
     let root = "rtcam/natcam";
     let probe = Probe::connect(("127.0.0.1", broker.port), &[format!("{root}/status")]).await;
     let online = probe
         .wait_json(&format!("{root}/status"), Duration::from_secs(300), |v| {
-            v["state"] == "online" && v["source"].as_str().is_some_and(|s| s.contains("vivid"))
+            v["state"] == "online"
         })
         .await;
     assert!(

@@ -11,6 +11,7 @@ pub mod camera;
 pub mod check;
 pub mod encoder;
 pub mod keyframe;
+pub mod stamp;
 pub mod v4l2;
 
 use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
@@ -521,9 +522,16 @@ impl Runner {
                     );
                     ""
                 };
+                // Benchmark aid (see `stamp`): I420 so the probe knows where the luma plane is.
+                let (format, stamp) =
+                    if stamp::enabled() && stamp::fits(s.width as usize, s.height as usize) {
+                        (",format=I420", "identity name=stamp ! ")
+                    } else {
+                        ("", "")
+                    };
                 let head = format!(
                     "videotestsrc is-live=true pattern=smpte horizontal-speed=2 ! \
-                     video/x-raw,width={w},height={h},framerate={fps}/1 ! {overlay}",
+                     video/x-raw{format},width={w},height={h},framerate={fps}/1 ! {overlay}{stamp}",
                     w = s.width,
                     h = s.height,
                     fps = s.fps
@@ -685,6 +693,9 @@ impl Runner {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
+        if let Some(identity) = pipeline.by_name("stamp") {
+            install_stamp(&identity);
+        }
         let rawsink = pipeline
             .by_name("rawsink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok());
@@ -993,4 +1004,34 @@ impl Drop for PipelineGuard {
     fn drop(&mut self) {
         let _ = self.0.set_state(gst::State::Null);
     }
+}
+
+/// Writes the capture time into every frame leaving `element` (the `stamp` benchmark aid).
+fn install_stamp(element: &gst::Element) {
+    use gstreamer_video::VideoFrameExt;
+    let Some(pad) = element.static_pad("src") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
+        let Some(caps) = pad.current_caps() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(video) = gstreamer_video::VideoInfo::from_caps(&caps) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if let Some(buffer) = info.buffer_mut() {
+            // make_mut copies only if someone else holds the buffer; the test source does not.
+            let buffer = buffer.make_mut();
+            if let Ok(mut frame) =
+                gstreamer_video::VideoFrameRef::from_buffer_ref_writable(buffer, &video)
+            {
+                let stride = frame.plane_stride()[0] as usize;
+                let (w, h) = (video.width() as usize, video.height() as usize);
+                if let Ok(plane) = frame.plane_data_mut(0) {
+                    stamp::write(plane, stride, w, h, stamp::now_ms());
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }

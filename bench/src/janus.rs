@@ -1,0 +1,156 @@
+//! The reference: Janus (Debian package `janus`) with only its streaming plugin and HTTP
+//! transport, one H.264 RTP mountpoint fed by `gst-launch-1.0` running the same test pattern and
+//! the same x264enc settings as rtcam (`src/media/encoder.rs`). The feeder is its own process,
+//! so Janus's CPU is the fan-out alone; compare per added viewer, where rtcam's encoder cost
+//! cancels out too.
+
+use anyhow::{bail, Context, Result};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MOUNTPOINT: u64 = 10;
+
+pub struct Janus {
+    janus: Child,
+    feeder: Child,
+    pub base: String,
+    dir: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Janus {
+    pub fn start(width: u32, height: u32, fps: u32, kbps: u32) -> Result<Janus> {
+        let dir = std::env::temp_dir().join(format!("rtcam-bench-janus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let http_port = free_port()?;
+        let rtp_port = free_port()?;
+        let lib = "/usr/lib/x86_64-linux-gnu/janus";
+        let lib = if std::path::Path::new(lib).exists() {
+            lib.to_string()
+        } else {
+            // Other architectures (a board) keep Janus under their own triplet.
+            let triplet = Command::new("gcc").arg("-print-multiarch").output()?.stdout;
+            format!("/usr/lib/{}/janus", String::from_utf8(triplet)?.trim())
+        };
+        std::fs::write(
+            dir.join("janus.jcfg"),
+            format!(
+                r#"general: {{
+    configs_folder = "{dir}"
+    plugins_folder = "{lib}/plugins"
+    transports_folder = "{lib}/transports"
+    events_folder = "{lib}/events"
+    loggers_folder = "{lib}/loggers"
+    debug_level = 2
+}}
+media: {{ rtp_port_range = "30000-39999" }}
+nat: {{ ice_enforce_list = "lo" }}
+plugins: {{ disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so" }}
+transports: {{ disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so" }}
+events: {{ broadcast = false }}
+"#,
+                dir = dir.display()
+            ),
+        )?;
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            format!(
+                "general: {{ json = \"compact\" base_path = \"/janus\" http = true port = {http_port} ip = \"127.0.0.1\" https = false }}\n\
+                 admin: {{ admin_http = false admin_https = false }}\n"
+            ),
+        )?;
+        std::fs::write(
+            dir.join("janus.plugin.streaming.jcfg"),
+            format!(
+                r#"general: {{ }}
+bench: {{
+    type = "rtp"
+    id = {MOUNTPOINT}
+    description = "rtcam-bench"
+    audio = false
+    video = true
+    videoport = {rtp_port}
+    videopt = 96
+    videocodec = "h264"
+    videofmtp = "profile-level-id=42e01f;packetization-mode=1"
+}}
+"#
+            ),
+        )?;
+        let janus = Command::new("janus")
+            .arg("-C")
+            .arg(dir.join("janus.jcfg"))
+            .arg("-F")
+            .arg(&dir)
+            .arg("-L")
+            .arg(dir.join("janus.log"))
+            .arg("-N")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting janus (apt-get install janus)")?;
+        // The same pattern and encoder settings as rtcam's test source with x264enc.
+        let feeder = Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(
+                format!(
+                    "videotestsrc is-live=true pattern=smpte horizontal-speed=2 ! \
+                     video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 ! \
+                     x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} \
+                     key-int-max=60 byte-stream=true threads=2 ! \
+                     video/x-h264,profile=constrained-baseline ! \
+                     rtph264pay pt=96 config-interval=-1 mtu=1200 ! \
+                     udpsink host=127.0.0.1 port={rtp_port} sync=false"
+                )
+                .split_whitespace(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting gst-launch-1.0")?;
+        let mut j = Janus {
+            janus,
+            feeder,
+            base: format!("http://127.0.0.1:{http_port}/janus"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            if let Ok(Some(status)) = j.janus.try_wait() {
+                bail!(
+                    "janus exited ({status}); see its log:\n{}",
+                    std::fs::read_to_string(j.dir.join("janus.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("janus's HTTP API did not come up in 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(j)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.janus.id()
+    }
+
+    pub fn feeder_pid(&self) -> u32 {
+        self.feeder.id()
+    }
+}
+
+impl Drop for Janus {
+    fn drop(&mut self) {
+        let _ = self.feeder.kill();
+        let _ = self.feeder.wait();
+        let _ = self.janus.kill();
+        let _ = self.janus.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

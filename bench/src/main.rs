@@ -1,0 +1,366 @@
+//! rtcam-bench: starts a release rtcam (test pattern, x264enc, embedded broker) as a child
+//! process and measures it from outside with real WebRTC viewers in this process: start to
+//! ready, idle cost, time to first frame by stage, glass-to-glass latency from a barcode in the
+//! picture, and CPU, memory, frame rate and loss as viewers are added. Writes the results into
+//! docs/benchmarks.md and SVG plots beside it.
+//!
+//! A separate workspace member, not part of the daemon: rtcam never links plotters or the viewer.
+
+mod daemon;
+mod janus;
+mod report;
+mod viewer;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use daemon::{ProcSample, Rtcam, Setup};
+use report::{FanoutRow, Results, TtffSample};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use viewer::{JanusViewer, Viewer};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks rtcam: time to first frame, latency, fan-out cost")]
+struct Args {
+    /// The rtcam binary to measure (default: `rtcam` beside this binary, else target/release/rtcam;
+    /// or RTCAM_BIN).
+    #[arg(long)]
+    rtcam: Option<PathBuf>,
+    /// A short run that only checks the harness works (2 viewers, a few seconds); writes nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Sessions for time to first frame, one after another.
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    /// Viewer counts for the fan-out table.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,4,16,32")]
+    viewers: Vec<usize>,
+    /// Seconds of each fan-out measuring window.
+    #[arg(long, default_value_t = 10)]
+    window: u64,
+    /// Seconds of the idle measuring window (long: one clock tick is 10 ms of CPU).
+    #[arg(long, default_value_t = 20)]
+    idle: u64,
+    /// Seconds one decoding viewer collects latency samples for.
+    #[arg(long, default_value_t = 20)]
+    latency_secs: u64,
+    /// rtcam starts for the start-to-ready figure.
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
+    /// The viewers' ICE check interval in ms (webrtc-rs default 200), to see how much of the
+    /// time to first frame is the viewer's pacing rather than rtcam's.
+    #[arg(long)]
+    viewer_ice_check_ms: Option<u64>,
+    /// Also measure glass to glass in headless Chromium (tests/browser needs `npm ci`).
+    #[arg(long)]
+    chromium: bool,
+    /// Also run the fan-out through Janus's streaming plugin (Debian package `janus`).
+    #[arg(long)]
+    janus: bool,
+    /// The markdown file whose results section is rewritten; plots go beside it.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.sessions = 2;
+        args.viewers = vec![2];
+        args.window = 2;
+        args.idle = 1;
+        args.latency_secs = 2;
+        args.starts = 1;
+    }
+    if let Some(ms) = args.viewer_ice_check_ms {
+        let _ = viewer::ICE_CHECK_INTERVAL.set(Duration::from_millis(ms));
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let results = runtime.block_on(run(&args))?;
+    print!("{}", report::summary(&results));
+    if args.smoke {
+        smoke_checks(&results)?;
+    } else {
+        report::write(&results, &args.out)?;
+        eprintln!("wrote {} and its plots", args.out.display());
+    }
+    // The runtime's viewer tasks may still hold sockets; they go with the process.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// What `make test` relies on: every stage measured, frames decoded with readable stamps.
+fn smoke_checks(r: &Results) -> Result<()> {
+    if r.ttff.is_empty() || r.ttff.iter().any(|s| s.stages.first_frame.is_none()) {
+        bail!("smoke: a session decoded no frame");
+    }
+    if r.latencies_ms.is_empty() {
+        bail!("smoke: no latency stamp read back");
+    }
+    if r.fanout.iter().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
+        bail!("smoke: a fan-out viewer received no frames");
+    }
+    eprintln!("smoke: ok");
+    Ok(())
+}
+
+async fn run(args: &Args) -> Result<Results> {
+    let setup = Setup {
+        binary: args.rtcam.clone().unwrap_or_else(daemon::default_binary),
+        width: 1280,
+        height: 720,
+        fps: 30,
+        bitrate_kbps: 2000,
+        max_sessions: 40,
+    };
+    let mut results = Results::new(&setup, args.smoke);
+
+    // Start to ready: separate starts, each to the first retained online status.
+    for _ in 1..args.starts {
+        let r = Rtcam::start(&setup).await?;
+        results.start_to_ready.push(r.start_to_ready);
+        r.stop();
+    }
+    let cam = Rtcam::start(&setup).await?;
+    results.start_to_ready.push(cam.start_to_ready);
+    let broker = (cam.broker.0.as_str(), cam.broker.1);
+    eprintln!(
+        "rtcam ready in {:?} (pid {})",
+        cam.start_to_ready,
+        cam.pid()
+    );
+
+    // Idle: settle first, so start-up work is not counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = cam.sample()?;
+    tokio::time::sleep(Duration::from_secs(args.idle)).await;
+    let b = cam.sample()?;
+    results.idle_cpu = a.cpu_percent(&b);
+    results.idle_rss_kb = b.rss_kb;
+    eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
+
+    // Time to first frame: one session at a time, each ended before the next, so every one
+    // starts from an idle camera as a viewer opening the page does.
+    for i in 0..args.sessions {
+        let v = Viewer::connect(broker, &cam.root, true)
+            .await
+            .with_context(|| format!("session {i}"))?;
+        if !v.wait_first_frame(Duration::from_secs(10)).await {
+            eprintln!("session {i}: no frame in 10 s");
+        }
+        results.ttff.push(TtffSample { stages: v.stages() });
+        v.bye().await;
+        // rtcam frees the session on bye; a short gap keeps sessions from overlapping.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("time to first frame: {} sessions", results.ttff.len());
+
+    // Glass to glass: one decoding viewer reading the barcode from every picture.
+    {
+        let v = Viewer::connect(broker, &cam.root, true).await?;
+        v.wait_first_frame(Duration::from_secs(10)).await;
+        // The first second holds the join keyframe's catch-up; measure the steady state.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let skip = v.counters().latencies_ms.len();
+        tokio::time::sleep(Duration::from_secs(args.latency_secs)).await;
+        let c = v.counters();
+        results.latencies_ms = c.latencies_ms[skip.min(c.latencies_ms.len())..].to_vec();
+        results.unreadable = c.unreadable;
+        v.bye().await;
+    }
+    eprintln!("latency: {} samples", results.latencies_ms.len());
+    if args.chromium {
+        match chromium_latency(&cam.page_url, args.latency_secs).await {
+            Ok((lat, unreadable)) => {
+                results.chromium_latencies_ms = lat;
+                results.chromium_unreadable = unreadable;
+            }
+            // The browser is optional equipment; its failure is reported, not fatal.
+            Err(e) => results.chromium_error = Some(format!("{e:#}")),
+        }
+        eprintln!("chromium: {} samples", results.chromium_latencies_ms.len());
+    }
+
+    // Fan-out: n viewers that count RTP but do not decode (32 decoders would starve rtcam of
+    // the 2 cores it is measured on).
+    for &n in &args.viewers {
+        let target = Target::Rtcam {
+            host: cam.broker.0.clone(),
+            port: cam.broker.1,
+            root: cam.root.clone(),
+        };
+        let row = fanout(&target, n, args.window, cam.pid()).await?;
+        results.fanout.push(row);
+    }
+    cam.stop();
+
+    if args.janus {
+        let j = janus::Janus::start(setup.width, setup.height, setup.fps, setup.bitrate_kbps)?;
+        // Let Janus load and the feeder's first keyframe reach the mountpoint.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for &n in &args.viewers {
+            let target = Target::Janus {
+                base: j.base.clone(),
+            };
+            let row = fanout(&target, n, args.window, j.pid()).await?;
+            results.janus_fanout.push(row);
+        }
+        let a = ProcSample::read(j.feeder_pid())?;
+        tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
+        results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(j.feeder_pid())?));
+    }
+    results.load_end = report::loadavg();
+    Ok(results)
+}
+
+/// Runs the connects concurrently, as viewers arriving together would.
+async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            // A connect that panicked is a harness bug; the run goes on without that viewer.
+            Err(e) => eprintln!("viewer task failed: {e}"),
+        }
+    }
+    out
+}
+
+/// What the fan-out viewers watch.
+enum Target {
+    Rtcam {
+        host: String,
+        port: u16,
+        root: String,
+    },
+    Janus {
+        base: String,
+    },
+}
+
+enum AnyViewer {
+    Rtcam(Viewer),
+    Janus(JanusViewer),
+}
+
+impl AnyViewer {
+    async fn connect(target: &Target) -> Result<AnyViewer> {
+        Ok(match target {
+            Target::Rtcam { host, port, root } => {
+                AnyViewer::Rtcam(Viewer::connect((host, *port), root, false).await?)
+            }
+            Target::Janus { base } => {
+                AnyViewer::Janus(JanusViewer::connect(base, janus::MOUNTPOINT).await?)
+            }
+        })
+    }
+    fn counters(&self) -> viewer::Counters {
+        match self {
+            AnyViewer::Rtcam(v) => v.counters(),
+            AnyViewer::Janus(v) => v.counters(),
+        }
+    }
+    async fn wait_first_frame(&self, timeout: Duration) -> bool {
+        match self {
+            AnyViewer::Rtcam(v) => v.wait_first_frame(timeout).await,
+            AnyViewer::Janus(v) => v.wait_first_frame(timeout).await,
+        }
+    }
+    async fn close(self) {
+        match self {
+            AnyViewer::Rtcam(v) => v.bye().await,
+            AnyViewer::Janus(v) => v.close().await,
+        }
+    }
+}
+
+/// n viewers connect together; once each has a frame and after 2 s to settle, the server's CPU
+/// and RSS over the window, and each viewer's frame rate and loss over the same window.
+async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<FanoutRow> {
+    let mut viewers = Vec::new();
+    let connects = (0..n).map(|_| {
+        let target = match target {
+            Target::Rtcam { host, port, root } => Target::Rtcam {
+                host: host.clone(),
+                port: *port,
+                root: root.clone(),
+            },
+            Target::Janus { base } => Target::Janus { base: base.clone() },
+        };
+        async move { AnyViewer::connect(&target).await }
+    });
+    for v in futures_join(connects).await {
+        viewers.push(v?);
+    }
+    for v in &viewers {
+        if !v.wait_first_frame(Duration::from_secs(20)).await {
+            eprintln!("fan-out {n}: a viewer got no frame in 20 s");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let me = std::process::id();
+    let before: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let (a, own_a) = (ProcSample::read(pid)?, ProcSample::read(me)?);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let (b, own_b) = (ProcSample::read(pid)?, ProcSample::read(me)?);
+    let secs = started.elapsed().as_secs_f64();
+    let after: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let mut row = FanoutRow {
+        viewers: n,
+        cpu: a.cpu_percent(&b),
+        rss_kb: b.rss_kb,
+        harness_cpu: own_a.cpu_percent(&own_b),
+        load: report::loadavg(),
+        fps: Vec::new(),
+        loss: Vec::new(),
+    };
+    for (x, y) in before.iter().zip(&after) {
+        row.fps.push((y.rtp_frames - x.rtp_frames) as f64 / secs);
+        let expected = y.expected.saturating_sub(x.expected);
+        let got = y.rtp_packets.saturating_sub(x.rtp_packets);
+        row.loss
+            .push(expected.saturating_sub(got) as f64 / expected.max(1) as f64);
+    }
+    eprintln!(
+        "fan-out {n}: server {:.1} % CPU, {} kB; harness {:.1} %",
+        row.cpu, row.rss_kb, row.harness_cpu
+    );
+    for v in viewers {
+        v.close().await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(row)
+}
+
+/// Runs bench/chromium.mjs against rtcam's own viewer page; returns its latency samples.
+async fn chromium_latency(url: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/chromium.mjs");
+    let out = tokio::time::timeout(
+        Duration::from_secs(secs + 60),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg(url)
+            .arg(secs.to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("chromium did not finish")??;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
+        .context("chromium.mjs printed no JSON")?;
+    let lat = v["latencies_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+        .unwrap_or_default();
+    Ok((lat, v["unreadable"].as_u64().unwrap_or(0)))
+}
