@@ -4,43 +4,8 @@
 mod common;
 
 use common::viewer::Viewer;
-use common::{start, test_config, Probe};
+use common::{real_offer_sdp, start, test_config, Probe};
 use std::time::Duration;
-
-/// A real offer from a real peer, to fill sessions without running a viewer behind them.
-async fn real_offer_sdp() -> String {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use webrtc::peer_connection::{
-        MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder,
-    };
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    struct NoEvents;
-    #[async_trait::async_trait]
-    impl webrtc::peer_connection::PeerConnectionEventHandler for NoEvents {}
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_handler(std::sync::Arc::new(NoEvents))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await
-        .unwrap();
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
-    let offer = pc.create_offer(None).await.unwrap();
-    let sdp = offer.sdp.clone();
-    let _ = pc.close().await;
-    sdp
-}
 
 fn offer(sdp: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"type":"offer","sdp":sdp})).unwrap()

@@ -11,37 +11,9 @@ use std::time::{Duration, Instant};
 
 const WITHIN: Duration = Duration::from_secs(10);
 
-/// An offer a real peer made, for sessions without a viewer behind them.
+/// An offer a real peer made, as a signalling payload.
 async fn offer_payload() -> Vec<u8> {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use webrtc::peer_connection::{
-        MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder,
-    };
-    struct NoEvents;
-    #[async_trait::async_trait]
-    impl webrtc::peer_connection::PeerConnectionEventHandler for NoEvents {}
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().unwrap();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_handler(std::sync::Arc::new(NoEvents))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await
-        .unwrap();
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
-    let sdp = pc.create_offer(None).await.unwrap().sdp;
-    let _ = pc.close().await;
+    let sdp = common::real_offer_sdp().await;
     serde_json::to_vec(&json!({"type":"offer","sdp":sdp})).unwrap()
 }
 
