@@ -4,8 +4,9 @@
 
 use crate::auth::Right;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -61,23 +62,38 @@ fn token_of<'a>(query: &'a HashMap<String, String>, headers: &'a HeaderMap) -> O
 }
 
 /// Lets the request through when the camera is open or its token grants `right`.
-fn authorize(
-    state: &HttpState,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    right: Right,
-) -> Result<(), Response> {
-    let Some(authority) = &state.authority else {
-        return Ok(());
-    };
-    authority
-        .verify(
-            token_of(query, headers),
+async fn require(state: &HttpState, right: Right, request: Request, next: Next) -> Response {
+    if let Some(authority) = &state.authority {
+        let query = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+            .map(|Query(q)| q)
+            .unwrap_or_default();
+        let verdict = authority.verify(
+            token_of(&query, request.headers()),
             right,
             std::time::SystemTime::now(),
-        )
-        .map(|_| ())
-        .map_err(|e| (StatusCode::UNAUTHORIZED, format!("Not allowed: {e}.\n")).into_response())
+        );
+        if let Err(e) = verdict {
+            return (StatusCode::UNAUTHORIZED, format!("Not allowed: {e}.\n")).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The page, its config, snapshots and `/mqtt` (which carries every session's signalling).
+async fn require_view(
+    State(state): State<Arc<HttpState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    require(&state, Right::View, request, next).await
+}
+
+async fn require_metrics(
+    State(state): State<Arc<HttpState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    require(&state, Right::Metrics, request, next).await
 }
 
 /// An address to connect to for a listening address: a wildcard bind is reached on loopback.
@@ -104,14 +120,28 @@ pub async fn serve(
     state: HttpState,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
+    let state = Arc::new(state);
+    // Token checks wrap whole routes, so every guarded one is guarded the same way and before
+    // its extractors run (a refused `/mqtt` is a 401, not a failed upgrade).
+    let viewing = Router::new()
         .route("/", get(index))
         .route("/config.json", get(page_config))
         .route("/mqtt", get(mqtt_ws))
-        .route("/metrics", get(metrics))
         .route("/snapshot.jpg", get(snapshot))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_view));
+    let metering =
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_metrics,
+            ));
+    // Static files carry no secrets and stay open, so a page opened with a token can load them.
+    let app = Router::new()
+        .merge(viewing)
+        .merge(metering)
         .route("/*path", get(asset))
-        .with_state(Arc::new(state));
+        .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -120,14 +150,7 @@ pub async fn serve(
     }
 }
 
-async fn index(
-    State(state): State<Arc<HttpState>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
-        return refusal;
-    }
+async fn index() -> Response {
     serve_asset("index.html")
 }
 
@@ -158,14 +181,7 @@ fn serve_asset(path: &str) -> Response {
     }
 }
 
-async fn page_config(
-    State(state): State<Arc<HttpState>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
-        return refusal;
-    }
+async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -176,26 +192,12 @@ async fn page_config(
         .into_response()
 }
 
-async fn metrics(
-    State(state): State<Arc<HttpState>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = authorize(&state, &q, &headers, Right::Metrics) {
-        return refusal;
-    }
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let text = crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn snapshot(
-    State(state): State<Arc<HttpState>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
-        return refusal;
-    }
+async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
     match state.media.snapshot().await {
         Ok(jpeg) => (
             [
@@ -209,16 +211,7 @@ async fn snapshot(
     }
 }
 
-async fn mqtt_ws(
-    ws: Option<WebSocketUpgrade>,
-    State(state): State<Arc<HttpState>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    // The broker behind /mqtt carries every session's signalling: no token, no connection.
-    if let Err(refusal) = authorize(&state, &q, &headers, Right::View) {
-        return refusal;
-    }
+async fn mqtt_ws(ws: Option<WebSocketUpgrade>, State(state): State<Arc<HttpState>>) -> Response {
     let Some(ws) = ws else {
         return (
             StatusCode::BAD_REQUEST,
