@@ -5,6 +5,9 @@
 //! run_once with backoff) while the channel lives on, so viewers keep their track and simply see
 //! frames again once a new pipeline runs.
 //!
+//! With `[audio]` the same pipeline also encodes the microphone to Opus, published on a second
+//! broadcast channel (see [`audio`], which also explains how the two stay in sync).
+//!
 //! This module and its children are the only users of GStreamer and v4l.
 
 pub mod audio;

@@ -1,5 +1,5 @@
-//! One WebRTC peer connection that sends rtcam's video: the only file that uses the `webrtc` and
-//! `rtc` crates.
+//! One WebRTC peer connection that sends rtcam's video (and, with `[audio]`, its sound, and
+//! receives the viewer's for talkback): the only file that uses the `webrtc` and `rtc` crates.
 //!
 //! It hides the crate's types behind rtcam's own ([`PeerEvent`], [`Candidate`]), and carries
 //! the workarounds the crate needs (see the comments at each), so the session logic reads as
@@ -253,7 +253,6 @@ impl PeerFactory {
                     RTCRtpCodecParameters {
                         rtp_codec: opus_codec(),
                         payload_type: OPUS_PT,
-                        ..Default::default()
                     },
                     RtpCodecKind::Audio,
                 )
