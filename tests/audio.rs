@@ -146,3 +146,22 @@ async fn audio_offer_to_a_camera_without_audio() {
     viewer.bye().await;
     rt.app.stop().await;
 }
+
+/// A microphone that cannot be opened (here a Pulse device that does not exist) costs the sound,
+/// not the picture: the pipeline is rebuilt without it and the viewer decodes video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_microphone_leaves_the_video() {
+    let mut config = test_config("audio4");
+    config.audio.enabled = true;
+    config.audio.source = "pulse:rtcam-no-such-device".into();
+    let rt = start(config).await;
+    let viewer = Viewer::connect_with(rt.broker(), &rt.root(), audio_viewer()).await;
+    let d = viewer.wait_frames(60, WITHIN).await;
+    assert!(d.frames >= 60, "video frames decoded: {}", d.frames);
+    let stats = rt.app.media().audio_stats();
+    assert!(stats.mic_failed.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(stats.packets.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(d.audio_packets, 0);
+    viewer.bye().await;
+    rt.app.stop().await;
+}

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -48,6 +48,16 @@ pub struct AudioStats {
     pub packets: AtomicU64,
     /// Samples (at 48 kHz) the talkback sink received.
     pub talkback_samples: AtomicU64,
+    /// The microphone failed and the video runs without it for now.
+    pub mic_failed: AtomicBool,
+}
+
+/// The name of the microphone element in the pipeline, so its errors can be told apart.
+const MIC_ELEMENT: &str = "micsrc";
+
+/// Whether a pipeline error came from the microphone (missing device, unplugged, no server).
+pub fn is_microphone_error(e: &MediaError) -> bool {
+    matches!(e, MediaError::Runtime { source_name, .. } if source_name.contains(MIC_ELEMENT))
 }
 
 /// Checks at start that the elements the config needs are installed, so a missing plugin is
@@ -83,11 +93,13 @@ pub fn check_elements(cfg: &AudioConfig) -> Result<(), MediaError> {
 /// checked by the config (letters, digits and `:,._-=` only), so they cannot break the syntax.
 pub fn branch(cfg: &AudioConfig) -> String {
     let source = match cfg.source() {
-        Ok(AudioEndpoint::Alsa(dev)) => format!("alsasrc device={dev}"),
-        Ok(AudioEndpoint::Pulse(Some(dev))) => format!("pulsesrc device={dev}"),
-        Ok(AudioEndpoint::Pulse(None)) => "pulsesrc".into(),
+        Ok(AudioEndpoint::Alsa(dev)) => format!("alsasrc name={MIC_ELEMENT} device={dev}"),
+        Ok(AudioEndpoint::Pulse(Some(dev))) => format!("pulsesrc name={MIC_ELEMENT} device={dev}"),
+        Ok(AudioEndpoint::Pulse(None)) => format!("pulsesrc name={MIC_ELEMENT}"),
         // A quiet tone: a test that hears it knows the whole path works.
-        _ => "audiotestsrc is-live=true wave=sine freq=440 volume=0.2 samplesperbuffer=960".into(),
+        _ => format!(
+            "audiotestsrc name={MIC_ELEMENT} is-live=true wave=sine freq=440 volume=0.2 samplesperbuffer=960"
+        ),
     };
     // Inband FEC is a feature of Opus's SILK (speech) layer, which restricted-lowdelay turns
     // off; with FEC asked for, the voice application keeps SILK, at a few ms more delay.
@@ -348,7 +360,7 @@ mod tests {
         cfg.source = "alsa:hw:1,0".into();
         cfg.fec = true;
         let d = branch(&cfg);
-        assert!(d.contains("alsasrc device=hw:1,0"), "{d}");
+        assert!(d.contains("alsasrc name=micsrc device=hw:1,0"), "{d}");
         assert!(
             d.contains("audio-type=voice") && d.contains("inband-fec=true"),
             "{d}"

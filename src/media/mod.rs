@@ -395,6 +395,8 @@ pub fn start(
         always_on: source.always_on,
         idle_stop: Duration::from_secs(source.idle_stop_secs),
         pending_snapshots: Vec::new(),
+        mic_failed: false,
+        audio_stats: audio_stats.clone(),
         audio: audio_packets.map(|tx| (audio_cfg.clone(), tx, audio_stats)),
     };
     let task = tokio::spawn(runner.run(shutdown));
@@ -422,6 +424,9 @@ struct Runner {
     idle_stop: Duration,
     /// Snapshots asked for while idle, answered by the pipeline they start.
     pending_snapshots: Vec<tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>>,
+    /// The microphone failed: pipelines run without it until the next start from idle.
+    mic_failed: bool,
+    audio_stats: Arc<audio::AudioStats>,
     /// The microphone branch's settings and where its packets go, with audio enabled.
     audio: Option<(
         AudioConfig,
@@ -467,9 +472,25 @@ impl Runner {
             let started = Instant::now();
             match self.run_once(&shutdown).await {
                 Ok(Exit::Shutdown) => break,
-                Ok(Exit::Rebuild) | Ok(Exit::Paused) | Ok(Exit::Idle) => {
+                Ok(exit @ (Exit::Rebuild | Exit::Paused | Exit::Idle)) => {
+                    // A pipeline started afresh (after idle or pause) tries the microphone again.
+                    if !matches!(exit, Exit::Rebuild) {
+                        self.mic_failed = false;
+                    }
                     self.info.send_modify(|i| i.running = false);
                     delay = RESTART_FIRST;
+                    continue;
+                }
+                Err(e)
+                    if self.audio.is_some()
+                        && !self.mic_failed
+                        && audio::is_microphone_error(&e) =>
+                {
+                    // A missing or failing microphone must not cost the picture: the next
+                    // pipelines run without sound until the camera next starts from idle.
+                    tracing::warn!("microphone failed: {e}; streaming video without sound");
+                    self.mic_failed = true;
+                    self.audio_stats.mic_failed.store(true, Ordering::Relaxed);
                     continue;
                 }
                 Err(e) => {
@@ -758,9 +779,13 @@ impl Runner {
         // With audio, both sinks release buffers by the pipeline clock so that sound and
         // picture captured together leave together (see `audio`); without, video leaves as
         // soon as it is encoded, as before.
+        let with_mic = self.audio.is_some() && !self.mic_failed;
+        if with_mic {
+            self.audio_stats.mic_failed.store(false, Ordering::Relaxed);
+        }
         let (video_sync, audio_branch) = match &self.audio {
-            Some((cfg, _, _)) => ("true", audio::branch(cfg)),
-            None => ("false", String::new()),
+            Some((cfg, _, _)) if with_mic => ("true", audio::branch(cfg)),
+            _ => ("false", String::new()),
         };
         let desc = format!(
             "{head}{encode}h264parse config-interval=-1 ! \
@@ -777,7 +802,7 @@ impl Runner {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
-        if let Some((_, packets, stats)) = &self.audio {
+        if let Some((_, packets, stats)) = self.audio.as_ref().filter(|_| with_mic) {
             audio::attach(&pipeline, packets.clone(), stats.clone())?;
         }
         if let Some(identity) = pipeline.by_name("stamp") {
