@@ -7,6 +7,7 @@ mod common;
 
 use common::viewer::{Decoded, Viewer, ViewerOptions};
 use common::{start, test_config};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -105,6 +106,24 @@ async fn audio_and_video_arrive_in_step() {
         (audio - video).abs() < 80.0,
         "audio {audio:.1} ms vs video {video:.1} ms apart"
     );
+
+    // And at the source: sound and picture captured together leave the pipeline together, so
+    // sending each at once keeps them together. Sampled over two seconds while both flow.
+    let stats = rt.app.media().audio_stats();
+    let (mut audio_delay, mut video_delay) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        audio_delay.push(stats.audio_delay_us.load(Ordering::Relaxed) as f64 / 1000.0);
+        video_delay.push(stats.video_delay_us.load(Ordering::Relaxed) as f64 / 1000.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (audio_delay, video_delay) = (median(audio_delay), median(video_delay));
+    eprintln!(
+        "capture to leaving the pipeline: audio {audio_delay:.1} ms, video {video_delay:.1} ms"
+    );
+    assert!(
+        (audio_delay - video_delay).abs() < 40.0,
+        "audio leaves {audio_delay:.1} ms after capture, video {video_delay:.1} ms"
+    );
     viewer.bye().await;
     rt.app.stop().await;
 }
@@ -136,11 +155,7 @@ async fn audio_offer_to_a_camera_without_audio() {
     assert!(!answer.contains("opus"), "{answer}");
     assert_eq!(d.audio_packets, 0);
     assert_eq!(
-        rt.app
-            .media()
-            .audio_stats()
-            .packets
-            .load(std::sync::atomic::Ordering::Relaxed),
+        rt.app.media().audio_stats().packets.load(Ordering::Relaxed),
         0
     );
     viewer.bye().await;
@@ -159,8 +174,8 @@ async fn a_failing_microphone_leaves_the_video() {
     let d = viewer.wait_frames(60, WITHIN).await;
     assert!(d.frames >= 60, "video frames decoded: {}", d.frames);
     let stats = rt.app.media().audio_stats();
-    assert!(stats.mic_failed.load(std::sync::atomic::Ordering::Relaxed));
-    assert_eq!(stats.packets.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(stats.mic_failed.load(Ordering::Relaxed));
+    assert_eq!(stats.packets.load(Ordering::Relaxed), 0);
     assert_eq!(d.audio_packets, 0);
     viewer.bye().await;
     rt.app.stop().await;

@@ -817,6 +817,7 @@ impl Runner {
         let source_name = info.source.clone();
         let stats = self.stats.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
+        let audio_stats = self.audio_stats.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -825,6 +826,7 @@ impl Runner {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    audio::note_delay(sink, &sample, &audio_stats.video_delay_us);
                     let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     let produced = Instant::now();
                     // The buffer keeps its capture timestamp through the encoder: its age on
