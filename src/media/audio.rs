@@ -11,7 +11,8 @@
 //! stream's RTP time to the time it was sent, so the browser lines them up.
 //!
 //! The talkback player is its own small pipeline, built when a viewer starts talking and torn
-//! down when it stops: nothing plays (and no sound device is held) while nobody talks.
+//! down when that viewer's microphone track ends (it leaves) or another viewer takes over: no
+//! sound device is held before anyone talks.
 
 use super::MediaError;
 use crate::config::{AudioConfig, AudioEndpoint};
