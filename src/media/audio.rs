@@ -90,14 +90,14 @@ pub fn check_elements(cfg: &AudioConfig) -> Result<(), MediaError> {
     let mut needed = vec![("opusenc", "gstreamer1.0-plugins-base")];
     needed.push(match source {
         AudioEndpoint::Alsa(_) => ("alsasrc", "gstreamer1.0-alsa"),
-        AudioEndpoint::Pulse(_) => ("pulsesrc", "gstreamer1.0-pulseaudio"),
+        AudioEndpoint::Pulse(_) => ("pulsesrc", "gstreamer1.0-plugins-good"),
         _ => ("audiotestsrc", "gstreamer1.0-plugins-base"),
     });
     if cfg.talkback {
         needed.push(("opusdec", "gstreamer1.0-plugins-base"));
         needed.push(match cfg.sink().map_err(MediaError::Audio)? {
             AudioEndpoint::Alsa(_) => ("alsasink", "gstreamer1.0-alsa"),
-            AudioEndpoint::Pulse(_) => ("pulsesink", "gstreamer1.0-pulseaudio"),
+            AudioEndpoint::Pulse(_) => ("pulsesink", "gstreamer1.0-plugins-good"),
             AudioEndpoint::Auto => ("autoaudiosink", "gstreamer1.0-plugins-good"),
             AudioEndpoint::Test => ("fakesink", "gstreamer1.0 (core)"),
         });
