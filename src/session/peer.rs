@@ -654,6 +654,11 @@ impl PeerConnectionEventHandler for Handler {
                 track,
                 depacketizer: OpusPacket,
             }));
+        } else {
+            // Unwanted media (a viewer sending sound to a camera without talkback) is read and
+            // dropped: left unread, the track's queue fills and the crate logs every packet
+            // it then has to drop. Ends with the track, when the connection closes.
+            tokio::spawn(async move { while track.poll().await.is_some() {} });
         }
     }
 
