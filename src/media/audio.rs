@@ -20,7 +20,7 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -53,26 +53,13 @@ pub struct AudioStats {
     pub mic_failed: AtomicBool,
     /// How long after its capture the latest video frame and Opus packet left the pipeline,
     /// in µs of the pipeline clock. In sync when the two are equal (see the module doc).
-    pub video_delay_us: AtomicI64,
-    pub audio_delay_us: AtomicI64,
+    pub video_delay_us: AtomicU64,
+    pub audio_delay_us: AtomicU64,
 }
 
-/// Records how long after its capture `sample` reaches `sink`: the pipeline clock's time now
-/// minus the base time and the buffer's running time (its capture time, for a live source).
-/// Running time, not the raw PTS: encoders shift PTS by their segment (x264enc by 1000 hours,
-/// to leave room for DTS before PTS).
-pub fn note_delay(sink: &gst_app::AppSink, sample: &gst::Sample, into: &AtomicI64) {
-    let running = sample
-        .segment()
-        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
-        .zip(sample.buffer().and_then(|b| b.pts()))
-        .and_then(|(segment, pts)| segment.to_running_time(pts));
-    let (Some(clock), Some(base), Some(running)) = (sink.clock(), sink.base_time(), running) else {
-        return;
-    };
-    let now = clock.time().map_or(0, |t| t.nseconds() as i64);
-    let delay_ns = now - base.nseconds() as i64 - running.nseconds() as i64;
-    into.store(delay_ns / 1000, Ordering::Relaxed);
+/// Records how long after its capture a buffer left the pipeline (see `capture_age`).
+pub fn record_delay(into: &AtomicU64, age: Duration) {
+    into.store(age.as_micros() as u64, Ordering::Relaxed);
 }
 
 /// The name of the microphone element in the pipeline, so its errors can be told apart.
@@ -158,7 +145,9 @@ pub fn attach(
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                note_delay(sink, &sample, &stats.audio_delay_us);
+                if let Some(age) = super::capture_age(sink, &sample) {
+                    record_delay(&stats.audio_delay_us, age);
+                }
                 stats.packets.fetch_add(1, Ordering::Relaxed);
                 let packet = AudioPacket {
                     data: Bytes::copy_from_slice(map.as_slice()),

@@ -826,7 +826,6 @@ impl Runner {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                    audio::note_delay(sink, &sample, &audio_stats.video_delay_us);
                     let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     let produced = Instant::now();
                     // The buffer keeps its capture timestamp through the encoder: its age on
@@ -834,6 +833,7 @@ impl Runner {
                     let age = capture_age(sink, &sample);
                     if let Some(age) = age {
                         latency::StageLatency::record(&stats.latency.capture_to_encoded, age);
+                        audio::record_delay(&audio_stats.video_delay_us, age);
                     }
                     stats.frames.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
