@@ -98,10 +98,16 @@ impl App {
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
             "viewer_commands": config.control.viewer_commands,
+            // The page adds an audio transceiver (and a talk button) only when these say so.
+            "audio": { "enabled": config.audio.enabled, "talkback": config.audio.enabled && config.audio.talkback },
         }))?;
         let media_stop = CancellationToken::new();
-        let (media, media_task) =
-            media::start(&config.source, &config.encoder, media_stop.clone())?;
+        let (media, media_task) = media::start(
+            &config.source,
+            &config.encoder,
+            &config.audio,
+            media_stop.clone(),
+        )?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
         let authority = (!config.auth.secret.is_empty())

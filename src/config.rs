@@ -54,6 +54,108 @@ pub struct Config {
     pub webrtc: WebrtcConfig,
     pub control: ControlConfig,
     pub auth: AuthConfig,
+    pub audio: AudioConfig,
+}
+
+/// Sound: a microphone sent to every viewer (Opus), and optionally a viewer's microphone
+/// played on the board. Off unless `enabled`; a config without `[audio]` streams video only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Capture sound and offer it to viewers whose offer has an Opus audio section.
+    pub enabled: bool,
+    /// `test` (a tone), `alsa:DEVICE` (e.g. `alsa:hw:1,0`), `pulse` or `pulse:DEVICE`.
+    pub source: String,
+    /// Opus bitrate in kbit/s (6–510).
+    pub bitrate_kbps: u32,
+    /// Opus in-band forward error correction: costs bitrate, hides single lost packets.
+    pub fec: bool,
+    /// Play a viewer's microphone on the board (one talking viewer at a time).
+    pub talkback: bool,
+    /// Where talkback is played: `auto` (autoaudiosink), `alsa:DEVICE`, `pulse`, or `fake`
+    /// (played nowhere, only counted: for tests and boards without a speaker).
+    pub sink: String,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            source: "test".into(),
+            bitrate_kbps: 32,
+            fec: false,
+            talkback: false,
+            sink: "auto".into(),
+        }
+    }
+}
+
+/// Where sound comes from or goes to, parsed from `[audio] source` / `sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioEndpoint {
+    /// The test tone (`source`) or the counting sink (`sink`).
+    Test,
+    /// GStreamer's automatic choice (`sink = "auto"` only).
+    Auto,
+    /// An ALSA device such as `hw:1,0`.
+    Alsa(String),
+    /// PulseAudio (or PipeWire's Pulse server); `None` is the default device.
+    Pulse(Option<String>),
+}
+
+impl AudioEndpoint {
+    /// Parses `test`/`fake`, `auto`, `alsa:DEVICE`, `pulse`, `pulse:DEVICE`. `test_word` is the
+    /// word for the test endpoint (`test` for sources, `fake` for sinks).
+    pub fn parse(text: &str, test_word: &str, auto_allowed: bool) -> Result<Self, String> {
+        let device_ok = |d: &str| {
+            !d.is_empty()
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ":,._-=".contains(c))
+        };
+        match text {
+            t if t == test_word => Ok(Self::Test),
+            "auto" if auto_allowed => Ok(Self::Auto),
+            "pulse" => Ok(Self::Pulse(None)),
+            t => match t.split_once(':') {
+                Some(("alsa", dev)) if device_ok(dev) => Ok(Self::Alsa(dev.into())),
+                Some(("pulse", dev)) if device_ok(dev) => Ok(Self::Pulse(Some(dev.into()))),
+                _ => Err(format!(
+                    "{t:?} is not {test_word:?}{}, \"alsa:DEVICE\" (e.g. alsa:hw:1,0), \"pulse\" or \"pulse:DEVICE\"",
+                    if auto_allowed { ", \"auto\"" } else { "" }
+                )),
+            },
+        }
+    }
+}
+
+impl AudioConfig {
+    /// The validated source; `validate` has checked it parses.
+    pub fn source(&self) -> Result<AudioEndpoint, String> {
+        AudioEndpoint::parse(&self.source, "test", false)
+    }
+
+    /// The validated talkback sink.
+    pub fn sink(&self) -> Result<AudioEndpoint, String> {
+        AudioEndpoint::parse(&self.sink, "fake", true)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.source().map_err(|m| ("audio.source", m))?;
+        self.sink().map_err(|m| ("audio.sink", m))?;
+        if !(6..=510).contains(&self.bitrate_kbps) {
+            return Err((
+                "audio.bitrate_kbps",
+                format!("{} is not between 6 and 510", self.bitrate_kbps),
+            ));
+        }
+        if self.talkback && !self.enabled {
+            return Err((
+                "audio.talkback",
+                "needs enabled = true: talkback rides on the audio section rtcam negotiates".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -526,6 +628,9 @@ impl Config {
                 }
             }
         }
+        self.audio
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 
@@ -643,6 +748,35 @@ mod tests {
             .replace("# auto_exposure", "auto_exposure");
         let c = Config::parse(&uncommented, Path::new("example")).unwrap();
         assert_eq!(c.source.controls.len(), 3);
+    }
+
+    #[test]
+    fn audio_section_is_off_by_default_and_checked() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.audio.enabled && !c.audio.talkback);
+        let c = Config::parse(
+            "[audio]\nenabled = true\nsource = \"alsa:hw:1,0\"\ntalkback = true\nsink = \"pulse\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.audio.source(), Ok(AudioEndpoint::Alsa("hw:1,0".into())));
+        assert_eq!(c.audio.sink(), Ok(AudioEndpoint::Pulse(None)));
+        for (text, key) in [
+            ("[audio]\nsource = \"mic\"\n", "audio.source"),
+            ("[audio]\nsource = \"alsa:\"\n", "audio.source"),
+            (
+                "[audio]\nsource = \"alsa:hw:1 ! filesink\"\n",
+                "audio.source",
+            ),
+            ("[audio]\nsink = \"speaker\"\n", "audio.sink"),
+            ("[audio]\nbitrate_kbps = 1000\n", "audio.bitrate_kbps"),
+            ("[audio]\ntalkback = true\n", "audio.talkback"),
+        ] {
+            let msg = Config::parse(text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]

@@ -223,3 +223,52 @@ async fn chromium_watches_with_a_token_link() {
     assert_eq!(report["frameWidth"], 320, "{report}");
     rt.app.stop().await;
 }
+
+/// A camera with a microphone (the test tone) and talkback into a counting sink: Chromium on
+/// the served page receives the sound (getStats: samples arriving, little concealment), then
+/// presses Talk with its fake microphone and the board's sink receives the samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_hears_the_camera_and_talks_back() {
+    let mut config = test_config("browseraudio");
+    config.webrtc.udp_addrs.clear();
+    config.source.width = 160;
+    config.source.height = 120;
+    config.audio.enabled = true;
+    config.audio.talkback = true;
+    config.audio.sink = "fake".into();
+    let rt = start(config).await;
+    let url = format!("http://{}/", rt.app.http_addr());
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        run_script(
+            "audio.mjs",
+            &url,
+            &["--timeout", "45000", "--talk-ms", "3000"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "the page did not receive and send audio: {output}");
+    assert!(report["talkShown"] == true, "{report}");
+    let played = rt
+        .app
+        .media()
+        .audio_stats()
+        .talkback_samples
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Three seconds of talking; at least one second of it reached the sink, under load.
+    assert!(
+        played >= 48_000,
+        "the board's sink got {played} samples: {report}"
+    );
+    assert!(
+        rt.app
+            .media()
+            .audio_stats()
+            .packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 50,
+        "the microphone branch produced packets"
+    );
+    eprintln!("chromium audio: {report}; talkback samples played: {played}");
+    rt.app.stop().await;
+}

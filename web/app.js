@@ -41,6 +41,8 @@ const el = {
   facts: document.getElementById('facts'),
   log: document.getElementById('log'),
   video: document.getElementById('video'),
+  unmute: document.getElementById('unmute'),
+  talk: document.getElementById('talk'),
 };
 
 // Read by tests (tests/browser/view.mjs); kept current at every change.
@@ -354,12 +356,26 @@ async function startSession() {
   s.pc = pc;
   rtcam.pc = pc;
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  // After the video, so the video keeps the first m-line (and its mid) the
+  // candidates refer to. sendrecv only with talkback: the microphone is
+  // attached later, by the talk button, without renegotiating.
+  s.audio = settings.audio.enabled
+    ? pc.addTransceiver('audio', { direction: settings.audio.talkback ? 'sendrecv' : 'recvonly' })
+    : null;
   // Created before the offer so the offer carries the data channel's
   // m-line; the camera only accepts channels the viewer opens.
   panel.attach({ pc, dc: pc.createDataChannel(CONTROL_LABEL), sid });
 
   pc.ontrack = (e) => {
-    el.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
+    // rtcam puts its video and sound in one stream; the one <video> plays both.
+    const current = el.video.srcObject;
+    if (e.streams[0]) {
+      if (current !== e.streams[0]) el.video.srcObject = e.streams[0];
+    } else if (current instanceof MediaStream) {
+      current.addTrack(e.track);
+    } else {
+      el.video.srcObject = new MediaStream([e.track]);
+    }
     el.video.play().catch(() => {});
   };
   pc.onicecandidate = (e) => {
@@ -507,6 +523,55 @@ function endSession(s, { sendBye }) {
   rtcam.pc = null;
   rtcam.sid = null;
   el.video.srcObject = null;
+  stopTalking();
+}
+
+// ------------------------------------------------------------------- sound
+
+// Autoplay rules start the video muted; one click turns the sound on.
+el.unmute.addEventListener('click', () => {
+  el.video.muted = !el.video.muted;
+  el.unmute.setAttribute('aria-pressed', String(!el.video.muted));
+  el.unmute.textContent = el.video.muted ? 'Unmute' : 'Mute';
+  el.video.play().catch(() => {});
+});
+
+let microphone = null;
+
+// Talk toggles the microphone on the session's audio sender. The camera plays
+// one viewer at a time: while someone else talks, this one is not heard.
+el.talk.addEventListener('click', async () => {
+  if (microphone) {
+    stopTalking();
+    return;
+  }
+  const sender = session?.audio?.sender;
+  if (!sender) return;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    if (session?.audio?.sender !== sender) {
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    microphone = stream;
+    await sender.replaceTrack(stream.getAudioTracks()[0]);
+    el.talk.setAttribute('aria-pressed', 'true');
+    el.talk.textContent = 'Stop talking';
+    rtcam.talking = true;
+    log('talking: the camera plays your microphone');
+  } catch (err) {
+    log(`microphone not available: ${err.message}`);
+  }
+});
+
+function stopTalking() {
+  if (!microphone) return;
+  microphone.getTracks().forEach((t) => t.stop());
+  microphone = null;
+  session?.audio?.sender.replaceTrack(null).catch(() => {});
+  el.talk.setAttribute('aria-pressed', 'false');
+  el.talk.textContent = 'Talk';
+  rtcam.talking = false;
 }
 
 function failSession(s, code, message, hint = '', { sendBye = true } = {}) {
@@ -569,6 +634,8 @@ async function main() {
   setFact('Topic prefix', settings.prefix);
   if (settings.version) setFact('Server version', settings.version);
   setFact('Protocol', `v${PROTOCOL_VERSION}`);
+  el.unmute.hidden = !settings.audio.enabled;
+  el.talk.hidden = !settings.audio.talkback;
 
   connectBroker();
 }

@@ -159,8 +159,17 @@ export function resolveSettings(config, search, location) {
       iceServers: normalizeIceServers(cfg?.ice_servers),
       version: typeof cfg?.version === 'string' ? cfg.version : null,
       video: cfg?.video ?? null,
+      audio: watchingServer ? audioOf(cfg) : { enabled: false, talkback: false },
     },
   };
+}
+
+// Whether the page asks for the camera's sound, and offers a talk button. An
+// audio section the camera did not enable would only be refused, and another
+// camera (chosen by query string) may have none: off unless config.json says so.
+export function audioOf(cfg) {
+  const enabled = cfg?.audio?.enabled === true;
+  return { enabled, talkback: enabled && cfg.audio.talkback === true };
 }
 
 // Older daemons have no viewer_commands in config.json; "unknown" leaves the

@@ -21,6 +21,7 @@ import {
   parseOutMessage,
   parseStatus,
   resolveSettings,
+  audioOf,
   sessionTopics,
   statusTopic,
 } from './protocol.js';
@@ -289,3 +290,14 @@ test('encodePublishQos0 builds an MQTT 3.1.1 QoS 0 PUBLISH', () => {
 // The control channel's helpers have their own file; importing it here means
 // the one command the Makefile runs (node --test web/protocol.test.mjs) covers both.
 import './control.test.mjs';
+
+test('audio is asked for only when the serving camera has it', () => {
+  assert.deepEqual(resolveSettings(config, '', httpLocation).settings.audio, { enabled: false, talkback: false });
+  const withAudio = { ...config, audio: { enabled: true, talkback: true } };
+  assert.deepEqual(resolveSettings(withAudio, '', httpLocation).settings.audio, { enabled: true, talkback: true });
+  // Another camera, named in the query, may have no microphone.
+  const other = resolveSettings(withAudio, '?device=porch&broker=wss://b.test/ws', httpLocation).settings;
+  assert.deepEqual(other.audio, { enabled: false, talkback: false });
+  assert.deepEqual(audioOf({ audio: { enabled: false, talkback: true } }), { enabled: false, talkback: false });
+  assert.deepEqual(audioOf({ audio: 'yes' }), { enabled: false, talkback: false });
+});

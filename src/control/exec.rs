@@ -377,6 +377,8 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
     check(toml_differs(&old.http, &new.http), "http", false);
     check(toml_differs(&old.webrtc, &new.webrtc), "webrtc", false);
     check(toml_differs(&old.control, &new.control), "control", false);
+    // The page's config and every session's negotiation depend on it: restart to apply.
+    check(old.audio != new.audio, "audio", false);
     plan
 }
 

@@ -39,6 +39,10 @@ pub struct Telemetry {
     /// Where a frame's time goes inside rtcam over the last interval (capture → encoded →
     /// sent); stages without a frame in the interval are left out.
     pub latency: StageSummary,
+    /// Opus packets the microphone branch produced (0 without `[audio]`).
+    pub audio_packets_total: u64,
+    /// Samples (48 kHz) of viewers' microphones the board's talkback sink received.
+    pub talkback_samples_total: u64,
 }
 
 /// Turns counters into rates between calls.
@@ -88,6 +92,12 @@ impl Sampler {
             temperature_c: soc_temperature(),
             streaming: self.media.info().borrow().streaming,
             latency: stats.latency.take(),
+            audio_packets_total: self.media.audio_stats().packets.load(Ordering::Relaxed),
+            talkback_samples_total: self
+                .media
+                .audio_stats()
+                .talkback_samples
+                .load(Ordering::Relaxed),
             ..Default::default()
         };
         if let Some(last) = &self.last {
@@ -208,6 +218,18 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
         "gauge",
         "1 while streaming, 0 while switched off.",
         f64::from(u8::from(t.streaming)),
+    );
+    metric(
+        "audio_packets_total",
+        "counter",
+        "Opus packets from the microphone.",
+        t.audio_packets_total as f64,
+    );
+    metric(
+        "talkback_samples_total",
+        "counter",
+        "Samples of viewers' microphones played on the board.",
+        t.talkback_samples_total as f64,
     );
     if let Some(c) = t.temperature_c {
         metric("soc_temperature_celsius", "gauge", "SoC temperature.", c);

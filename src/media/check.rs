@@ -106,7 +106,8 @@ pub async fn run(
 ) -> Result<CheckReport, MediaError> {
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let (media, task) = super::start(source, encoder, stop.clone())?;
+    // `rtcam check` is about the camera: no microphone.
+    let (media, task) = super::start(source, encoder, &Default::default(), stop.clone())?;
     let mut frames_rx = media.subscribe();
     let mut info_rx = media.info();
     let mut report = CheckReport {

@@ -5,8 +5,12 @@
 //! run_once with backoff) while the channel lives on, so viewers keep their track and simply see
 //! frames again once a new pipeline runs.
 //!
+//! With `[audio]` the same pipeline also encodes the microphone to Opus, published on a second
+//! broadcast channel (see [`audio`], which also explains how the two stay in sync).
+//!
 //! This module and its children are the only users of GStreamer and v4l.
 
+pub mod audio;
 pub mod camera;
 pub mod check;
 pub mod encoder;
@@ -15,7 +19,7 @@ pub mod latency;
 pub mod stamp;
 pub mod v4l2;
 
-use crate::config::{EncoderConfig, PixelFormat, SourceConfig, SourceKind};
+use crate::config::{AudioConfig, EncoderConfig, PixelFormat, SourceConfig, SourceKind};
 use crate::health::Heartbeat;
 use crate::util::sleep_until;
 use bytes::Bytes;
@@ -89,6 +93,8 @@ pub enum MediaError {
     NoControls,
     #[error(transparent)]
     Control(#[from] v4l2::controls::ControlError),
+    #[error("audio: {0}")]
+    Audio(String),
 }
 
 /// Whether the camera is delivering, for `R/status` and `rtcam check`.
@@ -189,9 +195,34 @@ pub struct Media {
     /// stops it, which stops the systemd watchdog pings.
     heartbeat: Heartbeat,
     stats: Arc<MediaStats>,
+    /// Opus packets of the microphone branch; `None` without `[audio] enabled`.
+    audio: Option<broadcast::Sender<audio::AudioPacket>>,
+    /// The board's speaker for viewers' microphones; `None` without `[audio] talkback`.
+    talkback: Option<audio::Talkback>,
+    audio_stats: Arc<audio::AudioStats>,
 }
 
 impl Media {
+    /// A receiver of every Opus packet from now on, if the camera has audio. Subscribe to the
+    /// video first: that is what starts the pipeline, and the audio runs with it.
+    pub fn subscribe_audio(&self) -> Option<broadcast::Receiver<audio::AudioPacket>> {
+        self.audio.as_ref().map(|a| a.subscribe())
+    }
+
+    /// Whether viewers are offered audio.
+    pub fn has_audio(&self) -> bool {
+        self.audio.is_some()
+    }
+
+    /// The speaker for viewers' microphones, when talkback is enabled.
+    pub fn talkback(&self) -> Option<&audio::Talkback> {
+        self.talkback.as_ref()
+    }
+
+    pub fn audio_stats(&self) -> &audio::AudioStats {
+        &self.audio_stats
+    }
+
     /// A receiver of every frame from now on. Start sending at the first keyframe.
     /// On demand: the first receiver starts the pipeline if it is idle.
     pub fn subscribe(&self) -> broadcast::Receiver<EncodedFrame> {
@@ -295,9 +326,13 @@ fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaE
 pub fn start(
     source: &SourceConfig,
     encoder_cfg: &EncoderConfig,
+    audio_cfg: &AudioConfig,
     shutdown: CancellationToken,
 ) -> Result<(Media, tokio::task::JoinHandle<()>), MediaError> {
     gst::init()?;
+    if audio_cfg.enabled {
+        audio::check_elements(audio_cfg)?;
+    }
     if source.kind == SourceKind::Libcamera && gst::ElementFactory::find("libcamerasrc").is_none() {
         return Err(MediaError::LibcameraMissing);
     }
@@ -318,7 +353,22 @@ pub fn start(
     let encoders_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let heartbeat = Heartbeat::new("media pipeline");
     let stats = Arc::new(MediaStats::default());
+    let audio_stats = Arc::new(audio::AudioStats::default());
+    let audio_packets = audio_cfg
+        .enabled
+        .then(|| broadcast::channel(audio::AUDIO_BUFFER).0);
+    let talkback = (audio_cfg.enabled && audio_cfg.talkback)
+        .then(|| {
+            audio_cfg
+                .sink()
+                .map(|s| audio::Talkback::new(s, audio_stats.clone()))
+        })
+        .transpose()
+        .map_err(MediaError::Audio)?;
     let media = Media {
+        audio: audio_packets.clone(),
+        talkback,
+        audio_stats: audio_stats.clone(),
         frames: frames.clone(),
         commands: commands_tx,
         info: info_rx,
@@ -345,6 +395,9 @@ pub fn start(
         always_on: source.always_on,
         idle_stop: Duration::from_secs(source.idle_stop_secs),
         pending_snapshots: Vec::new(),
+        mic_failed: false,
+        audio_stats: audio_stats.clone(),
+        audio: audio_packets.map(|tx| (audio_cfg.clone(), tx, audio_stats)),
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -371,6 +424,15 @@ struct Runner {
     idle_stop: Duration,
     /// Snapshots asked for while idle, answered by the pipeline they start.
     pending_snapshots: Vec<tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>>,
+    /// The microphone failed: pipelines run without it until the next start from idle.
+    mic_failed: bool,
+    audio_stats: Arc<audio::AudioStats>,
+    /// The microphone branch's settings and where its packets go, with audio enabled.
+    audio: Option<(
+        AudioConfig,
+        broadcast::Sender<audio::AudioPacket>,
+        Arc<audio::AudioStats>,
+    )>,
 }
 
 /// Why one pipeline run ended without an error.
@@ -410,9 +472,25 @@ impl Runner {
             let started = Instant::now();
             match self.run_once(&shutdown).await {
                 Ok(Exit::Shutdown) => break,
-                Ok(Exit::Rebuild) | Ok(Exit::Paused) | Ok(Exit::Idle) => {
+                Ok(exit @ (Exit::Rebuild | Exit::Paused | Exit::Idle)) => {
+                    // A pipeline started afresh (after idle or pause) tries the microphone again.
+                    if !matches!(exit, Exit::Rebuild) {
+                        self.mic_failed = false;
+                    }
                     self.info.send_modify(|i| i.running = false);
                     delay = RESTART_FIRST;
+                    continue;
+                }
+                Err(e)
+                    if self.audio.is_some()
+                        && !self.mic_failed
+                        && audio::is_microphone_error(&e) =>
+                {
+                    // A missing or failing microphone must not cost the picture: the next
+                    // pipelines run without sound until the camera next starts from idle.
+                    tracing::warn!("microphone failed: {e}; streaming video without sound");
+                    self.mic_failed = true;
+                    self.audio_stats.mic_failed.store(true, Ordering::Relaxed);
                     continue;
                 }
                 Err(e) => {
@@ -698,10 +776,21 @@ impl Runner {
              appsink name=rawsink sync=false max-buffers=1 drop=true async=false"
         };
         // config-interval=-1 puts SPS/PPS in front of every IDR, so any keyframe is a start point.
+        // With audio, both sinks release buffers by the pipeline clock so that sound and
+        // picture captured together leave together (see `audio`); without, video leaves as
+        // soon as it is encoded, as before.
+        let with_mic = self.audio.is_some() && !self.mic_failed;
+        if with_mic {
+            self.audio_stats.mic_failed.store(false, Ordering::Relaxed);
+        }
+        let (video_sync, audio_branch) = match &self.audio {
+            Some((cfg, _, _)) if with_mic => ("true", audio::branch(cfg)),
+            _ => ("false", String::new()),
+        };
         let desc = format!(
             "{head}{encode}h264parse config-interval=-1 ! \
              video/x-h264,stream-format=byte-stream,alignment=au ! \
-             appsink name=sink sync=false max-buffers=8 drop=true{snapshot_branch}"
+             appsink name=sink sync={video_sync} max-buffers=8 drop=true{snapshot_branch}{audio_branch}"
         );
         tracing::debug!("pipeline: {desc}");
         let pipeline = gst::parse::launch(&desc)
@@ -713,6 +802,9 @@ impl Runner {
             .by_name("sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .ok_or_else(|| MediaError::Build(desc.clone(), "no appsink".into()))?;
+        if let Some((_, packets, stats)) = self.audio.as_ref().filter(|_| with_mic) {
+            audio::attach(&pipeline, packets.clone(), stats.clone())?;
+        }
         if let Some(identity) = pipeline.by_name("stamp") {
             install_stamp(&identity);
         }
@@ -725,6 +817,7 @@ impl Runner {
         let source_name = info.source.clone();
         let stats = self.stats.clone();
         let nominal = Duration::from_secs_f64(1.0 / info.fps.max(1.0));
+        let audio_stats = self.audio_stats.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -740,6 +833,7 @@ impl Runner {
                     let age = capture_age(sink, &sample);
                     if let Some(age) = age {
                         latency::StageLatency::record(&stats.latency.capture_to_encoded, age);
+                        audio::record_delay(&audio_stats.video_delay_us, age);
                     }
                     stats.frames.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);

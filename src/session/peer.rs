@@ -1,11 +1,12 @@
-//! One WebRTC peer connection that sends rtcam's video: the only file that uses the `webrtc` and
-//! `rtc` crates.
+//! One WebRTC peer connection that sends rtcam's video (and, with `[audio]`, its sound, and
+//! receives the viewer's for talkback): the only file that uses the `webrtc` and `rtc` crates.
 //!
 //! It hides the crate's types behind rtcam's own ([`PeerEvent`], [`Candidate`]), and carries
 //! the workarounds the crate needs (see the comments at each), so the session logic reads as
 //! the protocol does.
 
 use crate::config::WebrtcConfig;
+use crate::media::audio::AudioPacket;
 use crate::media::EncodedFrame;
 use crate::signalling::protocol::Candidate;
 use rtc::crypto::SignatureScheme;
@@ -18,6 +19,8 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::codec::opus::OpusPacket;
+use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -32,6 +35,7 @@ use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
@@ -58,6 +62,20 @@ const H264_FMTPS: [(&str, u8); 2] = [
 /// (together 1.4 s, the crate's default budget, at a tenth of its 200 ms pacing).
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 const ICE_MAX_BINDING_REQUESTS: u16 = 70;
+
+/// The Opus rtcam registers when it negotiates audio: what browsers offer (RFC 7587 always
+/// says two channels; the stream itself is mono), with in-band FEC allowed.
+const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+const OPUS_PT: u8 = 111;
+
+/// What audio rtcam may negotiate with a viewer (from `[audio]`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AudioOptions {
+    /// The camera has a microphone: answer an offer's Opus audio section with a track.
+    pub send: bool,
+    /// Play what the viewer sends on that section (talkback).
+    pub talkback: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -92,6 +110,34 @@ pub enum PeerEvent {
     State(PeerState),
     /// The viewer opened a data channel labelled `control`.
     ControlChannel(ControlChannel),
+    /// The viewer's microphone arrived (talkback enabled, sendrecv audio section).
+    Microphone(Microphone),
+}
+
+/// A viewer's microphone: Opus packets out of its RTP.
+pub struct Microphone {
+    track: Arc<dyn TrackRemote>,
+    depacketizer: OpusPacket,
+}
+
+impl Microphone {
+    /// The next Opus packet; `None` once the track has ended. Cancel-safe: the track's event
+    /// queue keeps what was not yet taken, and a packet is depacketized only once taken.
+    pub async fn next(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            match self.track.poll().await? {
+                TrackRemoteEvent::OnRtpPacket(packet) => {
+                    // A malformed payload is the viewer's loss, not a reason to stop listening.
+                    match self.depacketizer.depacketize(&packet.payload) {
+                        Ok(opus) if !opus.is_empty() => return Some(opus),
+                        _ => {}
+                    }
+                }
+                TrackRemoteEvent::OnEnded => return None,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The viewer's `control` data channel: text messages both ways.
@@ -194,8 +240,24 @@ impl PeerFactory {
         &self,
         offer_sdp: &str,
         events: mpsc::UnboundedSender<PeerEvent>,
+        audio: AudioOptions,
     ) -> Result<(Peer, String), PeerError> {
         let mut media = MediaEngine::default();
+        // Opus is registered only for an offer that can take it: a video-only offer (or any
+        // offer to a camera without audio) meets exactly the media engine it always did, and
+        // an audio section without Opus is refused in the answer as before.
+        let with_audio = audio.send && offers_opus(offer_sdp);
+        if with_audio {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: opus_codec(),
+                        payload_type: OPUS_PT,
+                    },
+                    RtpCodecKind::Audio,
+                )
+                .map_err(setup)?;
+        }
         let feedback = vec![
             RTCPFeedback {
                 typ: "goog-remb".into(),
@@ -256,7 +318,10 @@ impl PeerFactory {
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
-            .with_handler(Arc::new(Handler { events }))
+            .with_handler(Arc::new(Handler {
+                events,
+                talkback: with_audio && audio.talkback,
+            }))
             .with_udp_addrs(addrs)
             .build()
             .await
@@ -290,6 +355,46 @@ impl PeerFactory {
             .await
             .map_err(setup)?;
 
+        // Added with both directions: the crate pairs a viewer's sendrecv section (a browser
+        // sending its microphone) only with a sendrecv or recvonly transceiver, and a recvonly
+        // section with this one too. Without talkback, whatever the viewer sends is dropped.
+        let audio_out = if with_audio {
+            let ssrc = rand::random::<u32>();
+            let track = Arc::new(
+                TrackLocalStaticSample::new(
+                    Instant::now(),
+                    MediaStreamTrack::new(
+                        "rtcam".to_owned(),
+                        "audio".to_owned(),
+                        "rtcam audio".to_owned(),
+                        RtpCodecKind::Audio,
+                        vec![RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                ssrc: Some(ssrc),
+                                ..Default::default()
+                            },
+                            active: true,
+                            codec: opus_codec(),
+                            ..Default::default()
+                        }],
+                    ),
+                )
+                .map_err(setup)?,
+            );
+            let sender = pc
+                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await
+                .map_err(setup)?;
+            Some(AudioOut {
+                track,
+                sender,
+                ssrc,
+                payload_type: None,
+            })
+        } else {
+            None
+        };
+
         let offer = RTCSessionDescription::offer(without_mdns_candidates(offer_sdp))
             .map_err(|e| PeerError::Offer(e.to_string()))?;
         pc.set_remote_description(offer)
@@ -312,9 +417,40 @@ impl PeerFactory {
             ssrc,
             payload_type: None,
             mid,
+            audio: audio_out,
         };
         Ok((peer, local.sdp))
     }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS.to_owned(),
+        clock_rate: crate::media::audio::OPUS_RATE,
+        channels: 2,
+        sdp_fmtp_line: OPUS_FMTP.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Whether the offer has an audio section that lists Opus (`a=rtpmap:N opus/48000/2`).
+pub fn offers_opus(sdp: &str) -> bool {
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            // A section with port 0 is rejected or stopped; nothing to answer there.
+            in_audio = m.starts_with("audio ") && !m.starts_with("audio 0 ");
+        } else if in_audio
+            && line.starts_with("a=rtpmap:")
+            && line
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|codec| codec.to_ascii_lowercase().starts_with("opus/48000"))
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn h264_codec(fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
@@ -338,6 +474,16 @@ pub struct Peer {
     payload_type: Option<u8>,
     /// The media id to stamp on outgoing candidates; the crate leaves it empty.
     mid: String,
+    /// The audio track, when this viewer's offer took audio.
+    audio: Option<AudioOut>,
+}
+
+/// The viewer's audio track and what writing to it needs (as for video).
+struct AudioOut {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    ssrc: u32,
+    payload_type: Option<u8>,
 }
 
 impl Peer {
@@ -402,6 +548,43 @@ impl Peer {
             .map_err(setup)
     }
 
+    /// Whether this viewer negotiated audio (its offer had an Opus section).
+    pub fn has_audio(&self) -> bool {
+        self.audio.is_some()
+    }
+
+    /// Sends one Opus packet; does nothing for a viewer without audio. Errors mean the
+    /// connection is going away.
+    pub async fn write_audio(&mut self, packet: &AudioPacket) -> Result<(), PeerError> {
+        let Some(out) = self.audio.as_mut() else {
+            return Ok(());
+        };
+        let pt = match out.payload_type {
+            Some(pt) => pt,
+            None => {
+                let params = out.sender.get_parameters().await.map_err(setup)?;
+                let pt = params
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+                    .ok_or_else(|| setup("no negotiated audio codec"))?;
+                out.payload_type = Some(pt);
+                pt
+            }
+        };
+        let sample = Sample {
+            data: packet.data.clone(),
+            duration: packet.duration,
+            ..Sample::new(Instant::now())
+        };
+        out.track
+            .sample_writer(out.ssrc, pt)
+            .write_sample(&sample)
+            .await
+            .map_err(setup)
+    }
+
     /// Round-trip time to the viewer from the nominated ICE pair's latest check, if measured.
     pub async fn rtt(&self) -> Option<std::time::Duration> {
         let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
@@ -427,6 +610,8 @@ impl Peer {
 
 struct Handler {
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// Hand the viewer's audio track to the session (talkback); otherwise it is ignored.
+    talkback: bool,
 }
 
 #[async_trait::async_trait]
@@ -460,6 +645,20 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         if state == RTCIceConnectionState::Connected {
             let _ = self.events.send(PeerEvent::IceConnected);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if self.talkback && track.kind().await == RtpCodecKind::Audio {
+            let _ = self.events.send(PeerEvent::Microphone(Microphone {
+                track,
+                depacketizer: OpusPacket,
+            }));
+        } else {
+            // Unwanted media (a viewer sending sound to a camera without talkback) is read and
+            // dropped: left unread, the track's queue fills and the crate logs every packet
+            // it then has to drop. Ends with the track, when the connection closes.
+            tokio::spawn(async move { while track.poll().await.is_some() {} });
         }
     }
 
@@ -566,5 +765,20 @@ mod tests {
         assert!(!out.contains(".local"));
         assert!(out.contains("10.0.0.2"));
         assert_eq!(first_mid(&out).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn opus_is_found_only_in_a_live_audio_section() {
+        let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n";
+        assert!(!offers_opus(video));
+        let audio = format!("{video}m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:111 opus/48000/2\r\n");
+        assert!(offers_opus(&audio));
+        assert!(!offers_opus(&audio.replace("m=audio 9", "m=audio 0")));
+        let pcmu_only = format!("{video}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n");
+        assert!(!offers_opus(&pcmu_only));
+        // Opus listed under video is not audio.
+        assert!(!offers_opus(
+            "m=video 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
     }
 }

@@ -1,8 +1,9 @@
 //! One viewer's session: answer its offer, trade candidates, then send it the shared video
 //! until it leaves, fails or is told to end.
 
-use super::peer::{Peer, PeerError, PeerEvent, PeerFactory, PeerState};
+use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerState};
 use super::table::Generation;
+use crate::media::audio::AudioPacket;
 use crate::media::latency::StageLatency;
 use crate::media::{EncodedFrame, Media};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
@@ -48,7 +49,11 @@ impl Viewer {
     pub async fn run(mut self) {
         let started = Instant::now();
         let (events_tx, events) = mpsc::unbounded_channel();
-        match self.factory.answer(&self.offer_sdp, events_tx).await {
+        let audio = AudioOptions {
+            send: self.media.has_audio(),
+            talkback: self.media.talkback().is_some(),
+        };
+        match self.factory.answer(&self.offer_sdp, events_tx, audio).await {
             Ok((peer, answer)) => {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
@@ -92,6 +97,9 @@ impl Viewer {
         started: Instant,
     ) -> (String, bool) {
         let mut frames: Option<broadcast::Receiver<EncodedFrame>> = None;
+        let mut sound: Option<broadcast::Receiver<AudioPacket>> = None;
+        // Plays the viewer's microphone (talkback); lives as long as the session, no longer.
+        let mut microphone_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut waiting_for_keyframe = true;
         // Frames arrive from ICE connected on, but the track can carry them only once DTLS is
         // done: until then the newest keyframe and what follows it wait here.
@@ -141,6 +149,11 @@ impl Viewer {
                         // now lets the encoder make it meanwhile (docs/benchmarks.md).
                         if frames.is_none() {
                             frames = Some(self.media.subscribe());
+                            // After the video: subscribing to it is what starts the pipeline
+                            // that the audio runs in.
+                            if peer.has_audio() {
+                                sound = self.media.subscribe_audio();
+                            }
                             // Ask now, not at the next scheduled keyframe: the viewer sees
                             // nothing until one arrives.
                             self.media.request_keyframe();
@@ -155,6 +168,9 @@ impl Viewer {
                         }
                         if frames.is_none() {
                             frames = Some(self.media.subscribe());
+                            if peer.has_audio() {
+                                sound = self.media.subscribe_audio();
+                            }
                             self.media.request_keyframe();
                         }
                         for frame in std::mem::take(&mut held) {
@@ -168,6 +184,18 @@ impl Viewer {
                     PeerEvent::State(PeerState::Failed) => break ("connection failed (ICE)".into(), true),
                     PeerEvent::State(PeerState::Closed) => break ("connection closed".into(), false),
                     PeerEvent::State(PeerState::Connecting) => {}
+                    PeerEvent::Microphone(mut mic) => {
+                        if let (Some(talkback), None) = (self.media.talkback().cloned(), &microphone_task) {
+                            let sid = self.sid.clone();
+                            microphone_task = Some(tokio::spawn(async move {
+                                // Frees the speaker however the task ends, aborted included.
+                                let _release = Release(talkback.clone(), sid.clone());
+                                while let Some(opus) = mic.next().await {
+                                    talkback.play(&sid, opus);
+                                }
+                            }));
+                        }
+                    }
                     PeerEvent::ControlChannel(channel) => {
                         if let Some(old) = channel_task.take() {
                             old.abort();
@@ -210,6 +238,22 @@ impl Viewer {
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
                 },
+                // Cancel-safe: broadcast recv loses nothing when dropped before completing.
+                // Written as it comes, like the video: both leave the pipeline by the same clock
+                // (see `media::audio`), so sending at once keeps them in step.
+                packet = recv_audio(&mut sound) => match packet {
+                    // Sound from before DTLS is done is dropped, not held: unlike video, the
+                    // next packet needs nothing from this one.
+                    Ok(_) if !secure => {}
+                    Ok(packet) => {
+                        if let Err(e) = peer.write_audio(&packet).await {
+                            tracing::trace!(sid = %self.sid, "cannot send audio: {e}");
+                        }
+                    }
+                    // A lagging viewer just misses some sound; the next packet plays on.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => sound = None,
+                },
                 // Cancel-safe: see `Peer::keyframe_request`. The media task merges requests
                 // from every viewer, so a lossy one cannot flood the encoder with keyframes.
                 _ = peer.keyframe_request() => {
@@ -238,6 +282,9 @@ impl Viewer {
             }
         };
         if let Some(task) = channel_task {
+            task.abort();
+        }
+        if let Some(task) = microphone_task {
             task.abort();
         }
         peer.close().await;
@@ -277,6 +324,24 @@ impl Viewer {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Frees the board's speaker when a talking viewer's microphone task ends.
+struct Release(crate::media::audio::Talkback, String);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release(&self.1);
+    }
+}
+
+async fn recv_audio(
+    sound: &mut Option<broadcast::Receiver<AudioPacket>>,
+) -> Result<AudioPacket, broadcast::error::RecvError> {
+    match sound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,11 +4,17 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -28,6 +34,15 @@ pub struct Decoded {
     pub height: i32,
     pub rtp_packets: usize,
     pub first_frame_after: Option<Duration>,
+    /// Audio RTP packets received, and Opus buffers decoded from them (audio viewers).
+    pub audio_packets: usize,
+    pub audio_decoded: usize,
+    /// For each packet that arrived after a sender report of its stream: when it arrived minus
+    /// when that report's RTP↔NTP mapping says it was sent, in ms, by kind (`true` = audio).
+    /// A receiver lines audio and video up with exactly this mapping.
+    pub sync_offsets_ms: Vec<(bool, f64)>,
+    /// Sender reports received, per SSRC.
+    pub sender_reports: HashMap<u32, usize>,
 }
 
 pub struct Viewer {
@@ -39,6 +54,7 @@ pub struct Viewer {
     /// Messages received on the session's `out` topic, for assertions on signalling.
     pub messages: Arc<Mutex<Vec<Value>>>,
     _pipeline: Decoder,
+    _audio_pipeline: Option<AudioDecoder>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     control: Option<Arc<dyn DataChannel>>,
     track: Arc<Mutex<Option<Arc<dyn TrackRemote>>>>,
@@ -73,6 +89,9 @@ pub struct ViewerOptions {
     pub no_trickle: bool,
     /// Open a `control` data channel, as the viewer page does.
     pub control_channel: bool,
+    /// Offer a receive-only Opus audio section too, decode what arrives, and record sender
+    /// reports.
+    pub audio: bool,
 }
 
 impl Viewer {
@@ -121,7 +140,9 @@ impl Viewer {
 
         let mut media = MediaEngine::default();
         media.register_default_codecs().unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .unwrap()
+            .with(Slot::from(14_000), SenderReportsToApp::default());
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
         let (track_tx, mut track_rx) = mpsc::unbounded_channel();
         let pc = PeerConnectionBuilder::new()
@@ -150,6 +171,17 @@ impl Viewer {
         )
         .await
         .unwrap();
+        if opts.audio {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        }
         let control = if opts.control_channel {
             Some(pc.create_data_channel("control", None).await.unwrap())
         } else {
@@ -202,23 +234,83 @@ impl Viewer {
             }));
         }
 
-        // Track → decoder.
+        // Tracks → decoders: video to the H.264 decoder, audio to the Opus one.
         let appsrc = decoder.appsrc.clone();
+        let audio_decoder = opts.audio.then(|| AudioDecoder::new(decoded.clone()));
+        let audio_appsrc = audio_decoder.as_ref().map(|d| d.appsrc.clone());
         let counted = decoded.clone();
         let track_slot: Arc<Mutex<Option<Arc<dyn TrackRemote>>>> = Arc::new(Mutex::new(None));
         let slot = track_slot.clone();
+        let reports: Arc<Mutex<HashMap<u32, (u64, u32)>>> = Arc::default();
         tasks.push(tokio::spawn(async move {
-            let Some(track) = track_rx.recv().await else {
-                return;
-            };
-            *slot.lock().unwrap() = Some(track.clone());
-            while let Some(event) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
-                    counted.lock().unwrap().rtp_packets += 1;
-                    if let Ok(bytes) = packet.marshal() {
-                        let _ = appsrc.push_buffer(gst::Buffer::from_slice(bytes.to_vec()));
+            let mut readers = Vec::new();
+            while let Some(track) = track_rx.recv().await {
+                let audio = track.kind().await == RtpCodecKind::Audio;
+                let sink = if audio {
+                    match audio_appsrc.clone() {
+                        Some(a) => a,
+                        None => continue,
                     }
-                }
+                } else {
+                    *slot.lock().unwrap() = Some(track.clone());
+                    appsrc.clone()
+                };
+                let (counted, reports) = (counted.clone(), reports.clone());
+                readers.push(tokio::spawn(async move {
+                    let rate = if audio { 48_000.0 } else { 90_000.0 };
+                    while let Some(event) = track.poll().await {
+                        match event {
+                            TrackRemoteEvent::OnRtpPacket(packet) => {
+                                let at = std::time::SystemTime::now();
+                                let mut d = counted.lock().unwrap();
+                                if audio {
+                                    d.audio_packets += 1;
+                                } else {
+                                    d.rtp_packets += 1;
+                                }
+                                let sr = reports.lock().unwrap().get(&packet.header.ssrc).copied();
+                                if let Some((ntp, rtp)) = sr {
+                                    let sent_unix = rtc::shared::time::SystemInstant::ntp2unix(ntp)
+                                        .as_secs_f64()
+                                        + f64::from(
+                                            packet.header.timestamp.wrapping_sub(rtp) as i32
+                                        ) / rate;
+                                    let at_unix = at
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap()
+                                        .as_secs_f64();
+                                    d.sync_offsets_ms
+                                        .push((audio, (at_unix - sent_unix) * 1000.0));
+                                }
+                                drop(d);
+                                if let Ok(bytes) = packet.marshal() {
+                                    let _ =
+                                        sink.push_buffer(gst::Buffer::from_slice(bytes.to_vec()));
+                                }
+                            }
+                            TrackRemoteEvent::OnRtcpPacket(packets) => {
+                                for p in &packets {
+                                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                                        reports
+                                            .lock()
+                                            .unwrap()
+                                            .insert(sr.ssrc, (sr.ntp_time, sr.rtp_time));
+                                        *counted
+                                            .lock()
+                                            .unwrap()
+                                            .sender_reports
+                                            .entry(sr.ssrc)
+                                            .or_default() += 1;
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }));
+            }
+            for r in readers {
+                let _ = r.await;
             }
         }));
 
@@ -291,6 +383,7 @@ impl Viewer {
             decoded,
             messages,
             _pipeline: decoder,
+            _audio_pipeline: audio_decoder,
             tasks,
             control,
             track: track_slot,
@@ -490,4 +583,105 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// Decodes the audio track's Opus, counting decoded buffers.
+struct AudioDecoder {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+}
+
+impl AudioDecoder {
+    fn new(decoded: Arc<Mutex<Decoded>>) -> AudioDecoder {
+        gst::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=src is-live=true format=time do-timestamp=true \
+             caps=application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111 ! \
+             rtpopusdepay ! opusdec ! appsink name=sink sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let appsrc = pipeline
+            .by_name("src")
+            .unwrap()
+            .downcast::<gst_app::AppSrc>()
+            .unwrap();
+        let sink = pipeline
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let _ = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    decoded.lock().unwrap().audio_decoded += 1;
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).unwrap();
+        AudioDecoder { pipeline, appsrc }
+    }
+}
+
+impl Drop for AudioDecoder {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Hands sender reports to the application (the tracks' `OnRtcpPacket`), as rtcam's own
+/// keyframe-request interceptor does for PLI: the crate keeps inbound RTCP to its interceptors
+/// otherwise. Everything else stops here, at the end of the chain.
+#[derive(Default)]
+struct SenderReportsToApp {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for SenderReportsToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+            let reports: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| p.as_any().is::<SenderReport>())
+                .cloned()
+                .collect();
+            if reports.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = InterceptorPacket::Rtcp(reports);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for SenderReportsToApp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
