@@ -131,6 +131,7 @@ impl App {
                 max_sessions: config.webrtc.max_sessions,
                 offers_per_second: config.webrtc.offers_per_second,
                 max_candidates: config.webrtc.max_candidates_per_session,
+                vp8_fallback: config.encoder.vp8_fallback,
             }),
             factory,
             media: media.clone(),

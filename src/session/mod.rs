@@ -317,7 +317,11 @@ impl SessionManager {
                     let _ = r.input.send(SessionInput::Candidate(candidate));
                 }
             }
-            Action::Start { generation, sdp } => {
+            Action::Start {
+                generation,
+                sdp,
+                codec,
+            } => {
                 tracing::info!(%sid, "new session");
                 let (input_tx, input_rx) = mpsc::unbounded_channel();
                 let stats = Arc::new(SessionStats::new());
@@ -333,6 +337,7 @@ impl SessionManager {
                     sid: sid.to_string(),
                     generation,
                     offer_sdp: sdp,
+                    codec,
                     factory: self.factory.clone(),
                     media: self.media.clone(),
                     outgoing: self.outgoing.clone(),

@@ -3,7 +3,7 @@
 
 use super::peer::{Peer, PeerError, PeerEvent, PeerFactory, PeerState};
 use super::table::Generation;
-use crate::media::{EncodedFrame, Media};
+use crate::media::{EncodedFrame, Media, VideoCodec};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
 use crate::util::sleep_until;
@@ -27,6 +27,9 @@ pub struct Viewer {
     pub sid: String,
     pub generation: Generation,
     pub offer_sdp: String,
+    /// What the viewer receives, decided from its offer: frames and keyframe requests go to
+    /// that codec's encoder.
+    pub codec: VideoCodec,
     pub factory: Arc<PeerFactory>,
     pub media: Media,
     pub outgoing: mpsc::Sender<Outgoing>,
@@ -45,7 +48,11 @@ impl Viewer {
     pub async fn run(mut self) {
         let started = Instant::now();
         let (events_tx, events) = mpsc::unbounded_channel();
-        match self.factory.answer(&self.offer_sdp, events_tx).await {
+        match self
+            .factory
+            .answer(&self.offer_sdp, self.codec, events_tx)
+            .await
+        {
             Ok((peer, answer)) => {
                 self.send(Outbound::Answer { sdp: answer }).await;
                 let (reason, tell_viewer) = self.drive(peer, events, started).await;
@@ -132,11 +139,11 @@ impl Viewer {
                         deadline = None;
                         self.stats.connected.store(true, Ordering::Relaxed);
                         if frames.is_none() {
-                            tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
-                            frames = Some(self.media.subscribe());
+                            tracing::info!(sid = %self.sid, codec = self.codec.as_str(), "viewer connected after {} ms", started.elapsed().as_millis());
+                            frames = Some(self.media.subscribe_codec(self.codec));
                             // Ask now, not at the next scheduled keyframe: the viewer sees
                             // nothing until one arrives.
-                            self.media.request_keyframe();
+                            self.media.request_keyframe_for(self.codec);
                         }
                     }
                     PeerEvent::State(PeerState::Disconnected) => {
@@ -190,7 +197,7 @@ impl Viewer {
                         tracing::debug!(sid = %self.sid, "viewer lagged {n} frames; waiting for a keyframe");
                         waiting_for_keyframe = true;
                         self.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
-                        self.media.request_keyframe();
+                        self.media.request_keyframe_for(self.codec);
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
                 },
@@ -199,7 +206,7 @@ impl Viewer {
                 _ = peer.keyframe_request() => {
                     tracing::debug!(sid = %self.sid, "viewer asked for a keyframe (PLI/FIR)");
                     self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media.request_keyframe();
+                    self.media.request_keyframe_for(self.codec);
                 }
                 // Cancel-safe: an interval tick is not lost by being dropped, it fires next turn.
                 _ = stats_tick.tick() => {
