@@ -21,7 +21,7 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # Tests also run a mosquitto server and headless Chromium, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs).
-TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd \
+TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd \
 	qemu-system-x86 busybox-static cpio kmod binutils
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).

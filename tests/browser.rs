@@ -386,3 +386,41 @@ async fn chromium_decodes_every_encoder_present() {
     }
     eprintln!("encoders proven in Chromium: {ran:?}");
 }
+
+/// "Any browser": headless Firefox ESR, driven over WebDriver BiDi (puppeteer-core,
+/// tests/browser/firefox.mjs), decodes the served page's video in whichever codec it
+/// negotiates. Without network access Firefox cannot fetch its OpenH264 plugin, so this is
+/// normally the VP8 fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_decodes_the_served_page() {
+    let mut config = test_config("browserfirefox");
+    config.webrtc.udp_addrs.clear();
+    let rt = start(config).await;
+    let url = format!("http://{}/", rt.app.http_addr());
+    let started = std::time::Instant::now();
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        run_script(
+            "firefox.mjs",
+            &url,
+            &["--frames", "30", "--timeout", "60000"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "Firefox did not decode the stream: {output}");
+    assert!(
+        report["framesDecoded"].as_u64().unwrap_or(0) >= 30,
+        "{report}"
+    );
+    assert_eq!(report["frameWidth"], 320, "{report}");
+    let mime = report["mimeType"].as_str().unwrap_or_default();
+    assert!(
+        mime.eq_ignore_ascii_case("video/VP8") || mime.eq_ignore_ascii_case("video/H264"),
+        "{report}"
+    );
+    eprintln!(
+        "firefox: {report} ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    rt.app.stop().await;
+}

@@ -18,7 +18,7 @@
 // downloads a browser.
 
 import { parseArgs } from 'node:util';
-import { DEFAULT_CHROMIUM, closeWithin, openBrowser } from './lib.mjs';
+import { DEFAULT_CHROMIUM, closeWithin, openBrowser, samplePage } from './lib.mjs';
 
 const USAGE =
   'usage: node tests/browser/view.mjs --url URL [--width W --height H] [--frames N] ' +
@@ -79,38 +79,6 @@ function parseCli() {
 function usageError(message) {
   console.error(`${message}\n${USAGE}`);
   process.exit(2);
-}
-
-// Runs inside the page. Reads window.rtcam (kept current by web/app.js) and the
-// inbound video report of the current peer connection.
-async function samplePage() {
-  const r = window.rtcam;
-  const sample = {
-    state: r?.state ?? document.body?.dataset.state ?? null,
-    statusText: r?.statusText ?? document.getElementById('status')?.textContent ?? null,
-    lastError: r?.lastError ?? null,
-    sid: r?.sid ?? null,
-    framesDecoded: 0,
-    frameWidth: 0,
-    frameHeight: 0,
-  };
-  if (r?.pc) {
-    try {
-      const reports = await r.pc.getStats();
-      reports.forEach((s) => {
-        if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'video') {
-          sample.framesDecoded = s.framesDecoded ?? 0;
-          sample.frameWidth = s.frameWidth ?? 0;
-          sample.frameHeight = s.frameHeight ?? 0;
-          sample.codecId = s.codecId;
-        }
-      });
-      if (sample.codecId) sample.mimeType = reports.get(sample.codecId)?.mimeType ?? null;
-    } catch {
-      // The page may be swapping peer connections between retries.
-    }
-  }
-  return sample;
 }
 
 // Runs in the page before its scripts: every video transceiver the page adds
