@@ -18,7 +18,7 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
-# Tests also run a mosquitto server and headless Chromium, check the systemd unit, and boot a
+# Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs).
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd \

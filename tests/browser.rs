@@ -352,6 +352,11 @@ async fn chromium_decodes_every_encoder_present() {
             .await
             .expect("the VP8 branch stops after its last viewer left")
             .unwrap();
+            assert_eq!(
+                media.encoders_running(),
+                1,
+                "only the H.264 encoder is left"
+            );
             let frames = || {
                 media
                     .stats()

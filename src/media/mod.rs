@@ -1,4 +1,6 @@
 //! The media pipeline: camera or test pattern → H.264 encoder → encoded frames for every viewer.
+//! Viewers whose browser has no H.264 get VP8 from a second branch ([`vp8`]) that runs only
+//! while one of them watches.
 //!
 //! One pipeline serves all viewers: it publishes [`EncodedFrame`]s on a broadcast channel and
 //! each session packetizes them for its own peer. The pipeline is rebuilt after an error (run /
@@ -168,6 +170,8 @@ pub struct Media {
     frames: broadcast::Sender<EncodedFrame>,
     /// VP8 frames from the fallback encoder, which runs only while this has receivers.
     vp8_frames: broadcast::Sender<EncodedFrame>,
+    /// `[encoder] vp8_fallback` is on and GStreamer has `vp8enc`.
+    vp8_available: bool,
     commands: mpsc::UnboundedSender<MediaCommand>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
@@ -249,9 +253,16 @@ impl Media {
         self.info.clone()
     }
 
-    /// Encoder instances alive now: 1 while a pipeline runs, whatever the number of viewers.
+    /// Encoder instances alive now: 1 while a pipeline runs, whatever the number of viewers,
+    /// plus 1 while the VP8 fallback runs.
     pub fn encoders_running(&self) -> usize {
         self.encoders_running.load(Ordering::Relaxed)
+    }
+
+    /// Whether viewers without H.264 can be served VP8: asked for by the config and the
+    /// encoder present.
+    pub fn vp8_available(&self) -> bool {
+        self.vp8_available
     }
 
     /// The pipeline's liveness, for the watchdog.
@@ -309,6 +320,14 @@ pub fn start(
         "encoder chosen: {}",
         choice.reason
     );
+    let vp8_available =
+        encoder_cfg.vp8_fallback && gst::ElementFactory::find(encoder::VP8.element).is_some();
+    if encoder_cfg.vp8_fallback && !vp8_available {
+        tracing::warn!(
+            "[encoder] vp8_fallback: GStreamer has no vp8enc (install gstreamer1.0-plugins-good); \
+             browsers without H.264 get no_video_codec"
+        );
+    }
     let (frames, _) = broadcast::channel(FRAME_BUFFER);
     let (vp8_frames, _) = broadcast::channel(FRAME_BUFFER);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -322,6 +341,7 @@ pub fn start(
     let media = Media {
         frames: frames.clone(),
         vp8_frames: vp8_frames.clone(),
+        vp8_available,
         commands: commands_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
@@ -499,6 +519,11 @@ impl Runner {
         match self.vp8.sync(pipeline, self.settings, picture) {
             Ok(true) => {
                 let running = self.vp8.running();
+                if running {
+                    self.encoders_running.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.encoders_running.fetch_sub(1, Ordering::Relaxed);
+                }
                 self.info.send_modify(|i| i.vp8_running = running);
             }
             Ok(false) => {}
@@ -1002,6 +1027,9 @@ impl Runner {
         };
         self.encoders_running
             .fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        if self.vp8.running() {
+            self.encoders_running.fetch_sub(1, Ordering::Relaxed);
+        }
         self.vp8.pipeline_ended();
         self.info.send_modify(|i| i.vp8_running = false);
         // Commands that arrived too late for this pipeline are served by the next.
