@@ -145,6 +145,9 @@ pub struct MediaStats {
     pub bytes: std::sync::atomic::AtomicU64,
     pub keyframes: std::sync::atomic::AtomicU64,
     pub restarts: std::sync::atomic::AtomicU64,
+    /// Frames and keyframes of the VP8 fallback encoder, counted apart from the H.264 ones.
+    pub vp8_frames: std::sync::atomic::AtomicU64,
+    pub vp8_keyframes: std::sync::atomic::AtomicU64,
 }
 
 /// Requests to the media task.
@@ -516,7 +519,10 @@ impl Runner {
     /// Starts or stops the VP8 branch to match its viewers; a failure to start it is logged
     /// and retried at the next check, the H.264 viewers never notice.
     fn sync_vp8(&mut self, pipeline: &gst::Pipeline, picture: Picture) {
-        match self.vp8.sync(pipeline, self.settings, picture) {
+        match self
+            .vp8
+            .sync(pipeline, self.settings, picture, self.stats.clone())
+        {
             Ok(true) => {
                 let running = self.vp8.running();
                 if running {

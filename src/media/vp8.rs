@@ -12,11 +12,13 @@
 
 use super::encoder::{self, EncoderSettings, Picture};
 use super::keyframe::{Decision, KeyframeLimiter};
-use super::{EncodedFrame, MediaError};
+use super::{EncodedFrame, MediaError, MediaStats};
 use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -63,6 +65,7 @@ impl Fallback {
         pipeline: &gst::Pipeline,
         settings: EncoderSettings,
         picture: Picture,
+        stats: Arc<MediaStats>,
     ) -> Result<bool, MediaError> {
         match (self.wanted(), self.branch.is_some()) {
             (true, false) if self.failed => Ok(false),
@@ -77,8 +80,9 @@ impl Fallback {
                     }
                     return Ok(false);
                 }
-                let branch = Branch::attach(pipeline, settings, picture, self.frames.clone())
-                    .inspect_err(|_| self.failed = true)?;
+                let branch =
+                    Branch::attach(pipeline, settings, picture, self.frames.clone(), stats)
+                        .inspect_err(|_| self.failed = true)?;
                 tracing::info!("VP8 encoder started for a viewer without H.264");
                 self.branch = Some(branch);
                 Ok(true)
@@ -148,6 +152,7 @@ impl Branch {
         settings: EncoderSettings,
         picture: Picture,
         frames: broadcast::Sender<EncodedFrame>,
+        stats: Arc<MediaStats>,
     ) -> Result<Self, MediaError> {
         // A leaky queue: a VP8 encoder slower than the camera drops its own frames, never
         // holding up the tee and so the H.264 viewers. videoconvert is a no-op when the raw
@@ -188,6 +193,10 @@ impl Branch {
                             .unwrap_or(nominal),
                         produced: Instant::now(),
                     };
+                    stats.vp8_frames.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .vp8_keyframes
+                        .fetch_add(u64::from(frame.keyframe), Ordering::Relaxed);
                     // No receiver for a moment (the last viewer just left) is normal.
                     let _ = frames.send(frame);
                     Ok(gst::FlowSuccess::Ok)
