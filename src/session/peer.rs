@@ -222,7 +222,6 @@ impl PeerFactory {
                     RTCRtpCodecParameters {
                         rtp_codec,
                         payload_type,
-                        ..Default::default()
                     },
                     RtpCodecKind::Video,
                 )

@@ -148,7 +148,6 @@ impl Viewer {
                             rtcp_feedback: feedback,
                         },
                         payload_type: 96,
-                        ..Default::default()
                     },
                     RtpCodecKind::Video,
                 )
