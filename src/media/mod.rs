@@ -969,12 +969,14 @@ impl Runner {
                     }
                     MediaCommand::Keyframe(VideoCodec::Vp8) => self.vp8.request_keyframe(Instant::now()),
                     MediaCommand::SetBitrate(kbps) => {
-                        let old = encoder::h264_level(picture, self.settings.bitrate_kbps);
                         self.settings.bitrate_kbps = kbps;
                         self.vp8.set_bitrate(kbps);
-                        // A bitrate past the level's limit needs a new level, set at start.
-                        let level_holds = encoder::h264_level(picture, kbps) == old;
-                        if level_holds && set_bitrate_live(&pipeline, &self.choice.spec, kbps) {
+                        // The H.264 level stays what the pipeline started with, even if the
+                        // new bitrate is past its limit: rebuilding for that would interrupt
+                        // every viewer at each change (bitrate adaptation makes many), and
+                        // browsers do not enforce a level's bitrate limit. The next rebuild
+                        // picks the level for the bitrate then.
+                        if set_bitrate_live(&pipeline, &self.choice.spec, kbps) {
                             tracing::info!("bitrate now {kbps} kbit/s");
                             self.info.send_modify(|i| i.bitrate_kbps = kbps);
                         } else {
