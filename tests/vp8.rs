@@ -62,6 +62,13 @@ async fn vp8_viewer_beside_h264_with_its_own_keyframes() {
         "VP8 starts on a keyframe"
     );
 
+    // A bitrate change reaches the running VP8 encoder too (live, no rebuild); both viewers
+    // keep decoding.
+    media.set_bitrate(400);
+    let seen = vp8.decoded().frames;
+    assert!(vp8.wait_frames(seen + 10, WITHIN).await.frames >= seen + 10);
+    assert_eq!(media.info().borrow().bitrate_kbps, 400);
+
     // Let the join requests' merge window (500 ms) pass, so each PLI below forces at once.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (h_before, v_before) = (

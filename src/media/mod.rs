@@ -1059,8 +1059,12 @@ fn set_bitrate_live(pipeline: &gst::Pipeline, spec: &encoder::EncoderSpec, kbps:
     else {
         return false;
     };
-    let value = u64::from(kbps) * u64::from(scale);
-    // Encoders declare the property as uint or int; set it in the type they declare.
+    set_number(&element, property, u64::from(kbps) * u64::from(scale))
+}
+
+/// Sets a numeric property in the type the element declares it (encoders differ: uint, int,
+/// uint64); false if it has no such numeric property. Setting the wrong type would panic.
+fn set_number(element: &gst::Element, property: &str, value: u64) -> bool {
     match element.find_property(property).map(|p| p.value_type()) {
         Some(t) if t == u32::static_type() => {
             element.set_property(property, value.min(u64::from(u32::MAX)) as u32)

@@ -129,10 +129,10 @@ impl Fallback {
     pub fn set_bitrate(&self, kbps: u32) {
         if let Some(branch) = &self.branch {
             if let Some((property, scale)) = encoder::live_bitrate(&encoder::VP8) {
-                branch.encoder.set_property(
-                    property,
-                    (u64::from(kbps) * u64::from(scale)).min(i32::MAX as u64) as i32,
-                );
+                let value = u64::from(kbps) * u64::from(scale);
+                if !super::set_number(&branch.encoder, property, value) {
+                    tracing::debug!("vp8enc did not take the bitrate change");
+                }
             }
         }
     }
@@ -166,7 +166,8 @@ impl Branch {
         );
         let build = |e: &dyn std::fmt::Display| MediaError::Build(desc.clone(), e.to_string());
         let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| build(&e))?;
-        bin.set_property("name", "vp8branch");
+        // No fixed name: a branch being removed may still be in the pipeline when the next is
+        // added, and names must be unique there.
         let sink = bin
             .by_name("vp8sink")
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
