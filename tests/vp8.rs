@@ -57,6 +57,22 @@ async fn vp8_viewer_beside_h264_with_its_own_keyframes() {
     assert_eq!((decoded.width, decoded.height), (320, 240), "{decoded:?}");
     assert!(media.info().borrow().vp8_running);
     assert_eq!(media.encoders_running(), 2, "H.264 and VP8");
+    // Each answer names only the codec its viewer gets.
+    let answer = |v: &Viewer| {
+        v.has_message("answer").unwrap()["sdp"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a264, avp8) = (answer(&h264), answer(&vp8));
+    assert!(
+        avp8.contains("VP8/90000") && !avp8.contains("H264"),
+        "{avp8}"
+    );
+    assert!(
+        a264.contains("H264/90000") && !a264.contains("VP8"),
+        "{a264}"
+    );
     assert!(
         count(&media, |s| &s.vp8_keyframes) >= 1,
         "VP8 starts on a keyframe"
