@@ -57,6 +57,38 @@ async fn vp8_viewer_beside_h264_with_its_own_keyframes() {
     assert_eq!((decoded.width, decoded.height), (320, 240), "{decoded:?}");
     assert!(media.info().borrow().vp8_running);
     assert_eq!(media.encoders_running(), 2, "H.264 and VP8");
+    // Status names the second encoder while it runs; the sessions list says who gets what.
+    let mut status = rt.app.status();
+    tokio::time::timeout(
+        WITHIN,
+        status.wait_for(|s| {
+            s.encoder
+                .as_deref()
+                .is_some_and(|e| e.ends_with(", vp8enc"))
+        }),
+    )
+    .await
+    .expect("R/status names vp8enc while it runs")
+    .unwrap();
+    let sessions = rt
+        .app
+        .controller()
+        .execute(
+            rtcam::control::Command::Sessions,
+            rtcam::control::exec::Requester::Mqtt,
+        )
+        .await
+        .unwrap();
+    let codec_of = |sid: &str| {
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["sid"] == sid)
+            .map(|s| s["codec"].clone())
+    };
+    assert_eq!(codec_of(&h264.sid), Some("H264".into()), "{sessions}");
+    assert_eq!(codec_of(&vp8.sid), Some("VP8".into()), "{sessions}");
     // Each answer names only the codec its viewer gets.
     let answer = |v: &Viewer| {
         v.has_message("answer").unwrap()["sdp"]

@@ -175,7 +175,11 @@ impl Controller {
                 Ok(serde_json::to_value(&*inner.status.borrow()).unwrap_or(Value::Null))
             }
             Command::Keyframe => {
+                // Every encoder running: the VP8 one ignores it when no VP8 viewer watches.
                 inner.media.request_keyframe();
+                inner
+                    .media
+                    .request_keyframe_for(crate::media::VideoCodec::Vp8);
                 Ok(json!({"requested": true}))
             }
             Command::Sessions => Ok(json!(inner.sessions.list().await)),
