@@ -184,6 +184,12 @@ impl Branch {
                         return Ok(gst::FlowSuccess::Ok);
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                    let produced = Instant::now();
+                    // Capture time as for H.264 frames, so a VP8 viewer's latency figures
+                    // mean the same; the capture → encoded window stays H.264's alone.
+                    let captured = super::capture_age(sink, &sample)
+                        .and_then(|age| produced.checked_sub(age))
+                        .unwrap_or(produced);
                     let frame = EncodedFrame {
                         data: Bytes::copy_from_slice(map.as_slice()),
                         keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
@@ -192,7 +198,8 @@ impl Branch {
                             .map(|d| Duration::from_nanos(d.nseconds()))
                             .filter(|d| !d.is_zero())
                             .unwrap_or(nominal),
-                        produced: Instant::now(),
+                        produced,
+                        captured,
                     };
                     stats.vp8_frames.fetch_add(1, Ordering::Relaxed);
                     stats
