@@ -18,11 +18,11 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
-# Tests also run a mosquitto server and headless Chromium, check the systemd unit, and boot a
+# Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
 # (iproute2, nftables).
-TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd iproute2 nftables \
+TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables \
 	qemu-system-x86 busybox-static cpio kmod binutils
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).

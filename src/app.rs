@@ -137,6 +137,7 @@ impl App {
                 max_sessions: config.webrtc.max_sessions,
                 offers_per_second: config.webrtc.offers_per_second,
                 max_candidates: config.webrtc.max_candidates_per_session,
+                vp8_fallback: media.vp8_available(),
             }),
             factory,
             media: media.clone(),
@@ -317,7 +318,14 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         state: "online".into(),
         version: Some(VERSION.into()),
         source: (!info.source.is_empty()).then(|| info.source.clone()),
-        encoder: (!info.encoder.is_empty()).then(|| info.encoder.clone()),
+        // The VP8 fallback encoder is named beside the H.264 one while it runs.
+        encoder: (!info.encoder.is_empty()).then(|| {
+            if info.vp8_running {
+                format!("{}, {}", info.encoder, media::encoder::VP8.element)
+            } else {
+                info.encoder.clone()
+            }
+        }),
         viewers: Some(viewers),
         camera: info.camera.as_status().map(String::from),
         pipeline: Some(if info.running { "running" } else { "idle" }.into()),

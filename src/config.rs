@@ -338,6 +338,10 @@ pub struct EncoderConfig {
     /// Shortest time between two keyframes forced for joining viewers, so a crowd joining at
     /// once costs one keyframe, not one each.
     pub keyframe_min_interval_ms: u64,
+    /// Viewers whose browser offers no H.264 (Firefox without its OpenH264 plugin) get VP8 from
+    /// a second encoder (`vp8enc`, same bitrate and keyframe interval) that runs only while such
+    /// a viewer watches. `false`: such offers are refused with `no_video_codec`.
+    pub vp8_fallback: bool,
 }
 
 impl Default for EncoderConfig {
@@ -347,6 +351,7 @@ impl Default for EncoderConfig {
             bitrate_kbps: 2000,
             keyframe_interval: 60,
             keyframe_min_interval_ms: 500,
+            vp8_fallback: true,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub fn signalling(data: &[u8]) {
     let message = protocol::parse_inbound(data);
     if let Ok(protocol::Inbound::Offer { sdp, .. }) = &message {
-        let _ = protocol::check_offer_sdp(sdp);
+        let _ = protocol::check_offer_sdp(sdp, true);
         let _ = crate::session::peer::without_mdns_candidates(sdp);
     }
     let mut table = SessionTable::new(Limits::default());
@@ -40,6 +40,6 @@ pub fn topic_and_token(data: &[u8]) {
 /// An SDP offer on its own.
 pub fn sdp(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = protocol::check_offer_sdp(&text);
+    let _ = protocol::check_offer_sdp(&text, true);
     let _ = crate::session::peer::without_mdns_candidates(&text);
 }

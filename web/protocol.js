@@ -23,7 +23,7 @@ const HINTS = {
   bad_json: 'The camera could not read a message from this page. Reloading the page usually helps.',
   bad_message: 'The camera did not understand a message from this page; the page and the camera may be different versions.',
   bad_sdp: 'The camera could not use the video offer from this browser.',
-  no_video_codec: 'This browser offers no video format the camera can send (it needs H.264).',
+  no_video_codec: 'This browser offers no video format the camera can send (it needs H.264 or VP8).',
   too_many_sessions: 'The camera is serving its maximum number of viewers; try again later.',
   unknown_session: 'The camera no longer knows this viewing session (it may have restarted); starting a new one.',
   payload_too_large: 'A message from this page was too large for the camera.',

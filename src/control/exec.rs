@@ -175,7 +175,11 @@ impl Controller {
                 Ok(serde_json::to_value(&*inner.status.borrow()).unwrap_or(Value::Null))
             }
             Command::Keyframe => {
+                // Every encoder running: the VP8 one ignores it when no VP8 viewer watches.
                 inner.media.request_keyframe();
+                inner
+                    .media
+                    .request_keyframe_for(crate::media::VideoCodec::Vp8);
                 Ok(json!({"requested": true}))
             }
             Command::Sessions => Ok(json!(inner.sessions.list().await)),
@@ -304,6 +308,7 @@ impl Controller {
         kept.encoder.element = current.encoder.element.clone();
         kept.encoder.keyframe_interval = current.encoder.keyframe_interval;
         kept.encoder.keyframe_min_interval_ms = current.encoder.keyframe_min_interval_ms;
+        kept.encoder.vp8_fallback = current.encoder.vp8_fallback;
         *current = kept;
         tracing::info!(applied = ?plan.applied, restart_needed = ?plan.restart_needed, "configuration reloaded");
         Ok(json!({"applied": plan.applied, "restart_needed": plan.restart_needed}))
@@ -372,6 +377,12 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         "encoder.keyframe_min_interval_ms",
         false,
     );
+    // The session table decides codecs with the value it was started with.
+    check(
+        old.encoder.vp8_fallback != new.encoder.vp8_fallback,
+        "encoder.vp8_fallback",
+        false,
+    );
     check(old.device.id != new.device.id, "device.id", false);
     check(toml_differs(&old.mqtt, &new.mqtt), "mqtt", false);
     check(toml_differs(&old.http, &new.http), "http", false);
@@ -410,8 +421,12 @@ mod tests {
         new.source.width = 640;
         new.mqtt.url = "mqtt://elsewhere:1883".into();
         new.webrtc.max_sessions = 3;
+        new.encoder.vp8_fallback = false;
         let plan = reload_plan(&old, &new);
         assert_eq!(plan.applied, vec!["encoder.bitrate_kbps", "source.width"]);
-        assert_eq!(plan.restart_needed, vec!["mqtt", "webrtc"]);
+        assert_eq!(
+            plan.restart_needed,
+            vec!["encoder.vp8_fallback", "mqtt", "webrtc"]
+        );
     }
 }

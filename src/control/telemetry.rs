@@ -29,6 +29,8 @@ pub struct Telemetry {
     /// Frames viewers skipped (falling behind, waiting for a keyframe).
     pub frames_dropped: u64,
     pub pipeline_restarts: u64,
+    /// Frames from the VP8 fallback encoder (viewers without H.264), apart from `frames_total`.
+    pub vp8_frames_total: u64,
     pub viewers: usize,
     pub sessions: Vec<SessionInfo>,
     pub cpu_percent: f64,
@@ -87,6 +89,7 @@ impl Sampler {
             frames_total: frames,
             frames_dropped: sessions.iter().map(|s| s.frames_skipped).sum(),
             pipeline_restarts: stats.restarts.load(Ordering::Relaxed),
+            vp8_frames_total: stats.vp8_frames.load(Ordering::Relaxed),
             viewers: sessions.len(),
             rss_bytes: process_rss_bytes().unwrap_or(0),
             temperature_c: soc_temperature(),
@@ -186,6 +189,12 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
         "counter",
         "Media pipeline rebuilds after errors.",
         t.pipeline_restarts as f64,
+    );
+    metric(
+        "vp8_frames_total",
+        "counter",
+        "Frames from the VP8 fallback encoder.",
+        t.vp8_frames_total as f64,
     );
     metric("fps_in", "gauge", "Encoded frames per second.", t.fps_in);
     metric(
@@ -312,6 +321,7 @@ mod tests {
         let t = Telemetry {
             viewers: 2,
             fps_in: 29.9,
+            vp8_frames_total: 12,
             temperature_c: Some(51.2),
             latency: StageSummary {
                 capture_to_encoded: Some(LatencySummary {
@@ -330,6 +340,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rtcam_fps_in{device=\"cam1\"} 29.9"));
+        assert!(text.contains(
+            "# TYPE rtcam_vp8_frames_total counter\nrtcam_vp8_frames_total{device=\"cam1\"} 12\n"
+        ));
         assert!(text.contains("rtcam_soc_temperature_celsius{device=\"cam1\"} 51.2"));
         assert!(text.contains(
             "rtcam_latency_ms{device=\"cam1\",stage=\"capture_to_encoded\",quantile=\"0.95\"} 7.25"

@@ -1,4 +1,6 @@
 //! The media pipeline: camera or test pattern → H.264 encoder → encoded frames for every viewer.
+//! Viewers whose browser has no H.264 get VP8 from a second branch ([`vp8`]) that runs only
+//! while one of them watches.
 //!
 //! One pipeline serves all viewers: it publishes [`EncodedFrame`]s on a broadcast channel and
 //! each session packetizes them for its own peer. The pipeline is rebuilt after an error (run /
@@ -18,12 +20,14 @@ pub mod keyframe;
 pub mod latency;
 pub mod stamp;
 pub mod v4l2;
+pub mod vp8;
 
 use crate::config::{AudioConfig, EncoderConfig, PixelFormat, SourceConfig, SourceKind};
 use crate::health::Heartbeat;
 use crate::util::sleep_until;
 use bytes::Bytes;
-use encoder::{EncoderChoice, EncoderSettings};
+pub use encoder::VideoCodec;
+use encoder::{EncoderChoice, EncoderSettings, Picture};
 use futures::StreamExt;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -140,6 +144,8 @@ pub struct MediaInfo {
     pub device: Option<PathBuf>,
     /// False while the privacy switch is off.
     pub streaming: bool,
+    /// The VP8 fallback encoder runs (for viewers without H.264) beside `encoder`.
+    pub vp8_running: bool,
 }
 
 /// Counters the pipeline keeps; telemetry turns them into rates.
@@ -149,6 +155,9 @@ pub struct MediaStats {
     pub bytes: std::sync::atomic::AtomicU64,
     pub keyframes: std::sync::atomic::AtomicU64,
     pub restarts: std::sync::atomic::AtomicU64,
+    /// Frames and keyframes of the VP8 fallback encoder, counted apart from the H.264 ones.
+    pub vp8_frames: std::sync::atomic::AtomicU64,
+    pub vp8_keyframes: std::sync::atomic::AtomicU64,
     /// Capture → encoded → sent, for telemetry.
     pub latency: latency::StageLatency,
 }
@@ -158,7 +167,7 @@ pub struct MediaStats {
 enum MediaCommand {
     /// Someone subscribed to frames: start the pipeline if it is idle.
     Demand,
-    Keyframe,
+    Keyframe(VideoCodec),
     SetBitrate(u32),
     Reconfigure {
         width: u32,
@@ -188,6 +197,10 @@ fn capture_age(sink: &gst_app::AppSink, sample: &gst::Sample) -> Option<Duration
 #[derive(Clone)]
 pub struct Media {
     frames: broadcast::Sender<EncodedFrame>,
+    /// VP8 frames from the fallback encoder, which runs only while this has receivers.
+    vp8_frames: broadcast::Sender<EncodedFrame>,
+    /// `[encoder] vp8_fallback` is on and GStreamer has `vp8enc`.
+    vp8_available: bool,
     commands: mpsc::UnboundedSender<MediaCommand>,
     info: watch::Receiver<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
@@ -226,14 +239,28 @@ impl Media {
     /// A receiver of every frame from now on. Start sending at the first keyframe.
     /// On demand: the first receiver starts the pipeline if it is idle.
     pub fn subscribe(&self) -> broadcast::Receiver<EncodedFrame> {
-        let rx = self.frames.subscribe();
+        self.subscribe_codec(VideoCodec::H264)
+    }
+
+    /// A receiver of every frame in `codec` from now on. The first VP8 receiver starts the
+    /// VP8 encoder; it stops once the last one is dropped.
+    pub fn subscribe_codec(&self, codec: VideoCodec) -> broadcast::Receiver<EncodedFrame> {
+        let rx = match codec {
+            VideoCodec::H264 => self.frames.subscribe(),
+            VideoCodec::Vp8 => self.vp8_frames.subscribe(),
+        };
         let _ = self.commands.send(MediaCommand::Demand);
         rx
     }
 
     /// Asks for a keyframe soon; requests are merged so a crowd costs one.
     pub fn request_keyframe(&self) {
-        let _ = self.commands.send(MediaCommand::Keyframe);
+        self.request_keyframe_for(VideoCodec::H264);
+    }
+
+    /// Asks the encoder of `codec` for a keyframe soon, merged per encoder.
+    pub fn request_keyframe_for(&self, codec: VideoCodec) {
+        let _ = self.commands.send(MediaCommand::Keyframe(codec));
     }
 
     /// Changes the encoder bitrate; applied live where the encoder allows it, else by rebuilding
@@ -280,9 +307,16 @@ impl Media {
         self.info.clone()
     }
 
-    /// Encoder instances alive now: 1 while a pipeline runs, whatever the number of viewers.
+    /// Encoder instances alive now: 1 while a pipeline runs, whatever the number of viewers,
+    /// plus 1 while the VP8 fallback runs.
     pub fn encoders_running(&self) -> usize {
         self.encoders_running.load(Ordering::Relaxed)
+    }
+
+    /// Whether viewers without H.264 can be served VP8: asked for by the config and the
+    /// encoder present.
+    pub fn vp8_available(&self) -> bool {
+        self.vp8_available
     }
 
     /// The pipeline's liveness, for the watchdog.
@@ -344,7 +378,16 @@ pub fn start(
         "encoder chosen: {}",
         choice.reason
     );
+    let vp8_available =
+        encoder_cfg.vp8_fallback && gst::ElementFactory::find(encoder::VP8.element).is_some();
+    if encoder_cfg.vp8_fallback && !vp8_available {
+        tracing::warn!(
+            "[encoder] vp8_fallback: GStreamer has no vp8enc (install gstreamer1.0-plugins-good); \
+             browsers without H.264 get no_video_codec"
+        );
+    }
     let (frames, _) = broadcast::channel(FRAME_BUFFER);
+    let (vp8_frames, _) = broadcast::channel(FRAME_BUFFER);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let (info_tx, info_rx) = watch::channel(MediaInfo {
         streaming: true,
@@ -370,6 +413,8 @@ pub fn start(
         talkback,
         audio_stats: audio_stats.clone(),
         frames: frames.clone(),
+        vp8_frames: vp8_frames.clone(),
+        vp8_available,
         commands: commands_tx,
         info: info_rx,
         encoders_running: encoders_running.clone(),
@@ -381,11 +426,16 @@ pub fn start(
         settings: EncoderSettings {
             bitrate_kbps: encoder_cfg.bitrate_kbps,
             keyframe_interval: encoder_cfg.keyframe_interval,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         },
         choice,
         frames,
         commands: commands_rx,
         limiter: KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
+        vp8: vp8::Fallback::new(
+            vp8_frames,
+            KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms)),
+        ),
         info: info_tx,
         encoders_running,
         uses_camera: false,
@@ -410,6 +460,8 @@ struct Runner {
     frames: broadcast::Sender<EncodedFrame>,
     commands: mpsc::UnboundedReceiver<MediaCommand>,
     limiter: KeyframeLimiter,
+    /// The VP8 fallback branch, attached to the running pipeline while VP8 viewers watch.
+    vp8: vp8::Fallback,
     info: watch::Sender<MediaInfo>,
     encoders_running: Arc<std::sync::atomic::AtomicUsize>,
     /// The source is a camera (set once resolved): failures then mean "camera lost".
@@ -553,16 +605,49 @@ impl Runner {
         }
     }
 
+    /// The picture the encoders are asked for: what the source granted.
+    fn picture(&self, info: &MediaInfo) -> Picture {
+        Picture {
+            width: info.width,
+            height: info.height,
+            fps: info.fps.round().max(1.0) as u32,
+        }
+    }
+
+    /// Starts or stops the VP8 branch to match its viewers; a failure to start it is logged
+    /// and retried at the next check, the H.264 viewers never notice.
+    fn sync_vp8(&mut self, pipeline: &gst::Pipeline, picture: Picture) {
+        match self
+            .vp8
+            .sync(pipeline, self.settings, picture, self.stats.clone())
+        {
+            Ok(true) => {
+                let running = self.vp8.running();
+                if running {
+                    self.encoders_running.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.encoders_running.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.info.send_modify(|i| i.vp8_running = running);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("VP8 encoder cannot start: {e}"),
+        }
+    }
+
     /// No one wants frames: no viewer, no snapshot waiting, and not always on.
     fn is_idle(&self) -> bool {
-        !self.always_on && self.frames.receiver_count() == 0 && self.pending_snapshots.is_empty()
+        !self.always_on
+            && self.frames.receiver_count() == 0
+            && !self.vp8.wanted()
+            && self.pending_snapshots.is_empty()
     }
 
     /// A command while no pipeline runs. Returns true when it should start one now.
     fn apply_idle(&mut self, cmd: MediaCommand) -> bool {
         match cmd {
             MediaCommand::Demand => self.streaming,
-            MediaCommand::Keyframe => false,
+            MediaCommand::Keyframe(_) => false,
             MediaCommand::SetBitrate(kbps) => {
                 self.settings.bitrate_kbps = kbps;
                 self.info.send_modify(|i| i.bitrate_kbps = kbps);
@@ -647,6 +732,7 @@ impl Runner {
                     asked_fps: s.fps,
                     camera: CameraState::None,
                     device: None,
+                    vp8_running: false,
                 };
                 (None, head, info)
             }
@@ -681,6 +767,7 @@ impl Runner {
                     camera: CameraState::Ok,
                     device: None,
                     streaming: true,
+                    vp8_running: false,
                 };
                 (None, head, info)
             }
@@ -742,6 +829,7 @@ impl Runner {
                     camera: CameraState::Ok,
                     device: Some(neg.path.clone()),
                     streaming: true,
+                    vp8_running: false,
                 };
                 (Some((dev, neg)), head, info)
             }
@@ -759,14 +847,16 @@ impl Runner {
         };
         // Raw frames also go to `rawsink`, which keeps only the newest one (a reference, not a
         // copy) so a snapshot can be encoded from it on demand without touching the stream.
+        let picture = self.picture(&info);
         let encode = if passthrough {
             String::new()
         } else {
             format!(
-                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name=raw ! \
+                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name={tee} allow-not-linked=true ! \
                  queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! {enc} ! ",
                 fmt = self.choice.spec.input_format,
-                enc = encoder::launch_fragment(&self.choice.spec, self.settings)
+                tee = vp8::RAW_TEE,
+                enc = encoder::launch_fragment(&self.choice.spec, self.settings, picture)
             )
         };
         let snapshot_branch = if passthrough {
@@ -941,6 +1031,7 @@ impl Runner {
                 }
             }
         }
+        self.sync_vp8(&pipeline, picture);
         let mut demand_check = tokio::time::interval(IDLE_CHECK);
         let mut unwatched_since: Option<Instant> = None;
         // Until STARTUP_GRACE has passed the loop vouches for the pipeline; after that only
@@ -948,10 +1039,16 @@ impl Runner {
         let grace_end = tokio::time::Instant::now() + STARTUP_GRACE;
         let mut grace_tick = tokio::time::interval(BEAT_EVERY);
         let result = loop {
-            let deadline = self.limiter.deadline();
+            // The sooner of the two encoders' merged keyframe requests.
+            let deadline = match (self.limiter.deadline(), self.vp8.limiter.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 // Cancel-safe: an interval tick fires again next turn if dropped.
                 _ = demand_check.tick() => {
+                    // The VP8 viewers' receivers are dropped without a message; this notices.
+                    self.sync_vp8(&pipeline, picture);
                     if self.is_idle() {
                         let since = *unwatched_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= self.idle_stop {
@@ -985,14 +1082,24 @@ impl Runner {
                 }
                 // Cancel-safe: mpsc recv.
                 Some(cmd) = self.commands.recv() => match cmd {
-                    MediaCommand::Demand => unwatched_since = None,
-                    MediaCommand::Keyframe => {
+                    MediaCommand::Demand => {
+                        unwatched_since = None;
+                        self.sync_vp8(&pipeline, picture);
+                    }
+                    MediaCommand::Keyframe(VideoCodec::H264) => {
                         if self.limiter.request(Instant::now()) == Decision::Force {
                             force_keyframe(&sink);
                         }
                     }
+                    MediaCommand::Keyframe(VideoCodec::Vp8) => self.vp8.request_keyframe(Instant::now()),
                     MediaCommand::SetBitrate(kbps) => {
                         self.settings.bitrate_kbps = kbps;
+                        self.vp8.set_bitrate(kbps);
+                        // The H.264 level stays what the pipeline started with, even if the
+                        // new bitrate is past its limit: rebuilding for that would interrupt
+                        // every viewer at each change (bitrate adaptation makes many), and
+                        // browsers do not enforce a level's bitrate limit. The next rebuild
+                        // picks the level for the bitrate then.
                         if set_bitrate_live(&pipeline, &self.choice.spec, kbps) {
                             tracing::info!("bitrate now {kbps} kbit/s");
                             self.info.send_modify(|i| i.bitrate_kbps = kbps);
@@ -1031,9 +1138,11 @@ impl Runner {
                 },
                 // Cancel-safe: a timer; recreated each turn from the limiter's state.
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    if self.limiter.poll(Instant::now()) {
+                    let now = Instant::now();
+                    if self.limiter.poll(now) {
                         force_keyframe(&sink);
                     }
+                    self.vp8.poll_keyframe(now);
                 }
                 // Cancel-safe: an interval tick that is dropped is taken on a later turn.
                 _ = grace_tick.tick(), if tokio::time::Instant::now() < grace_end => {
@@ -1050,6 +1159,11 @@ impl Runner {
         };
         self.encoders_running
             .fetch_sub(usize::from(!passthrough), Ordering::Relaxed);
+        if self.vp8.running() {
+            self.encoders_running.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.vp8.pipeline_ended();
+        self.info.send_modify(|i| i.vp8_running = false);
         // Commands that arrived too late for this pipeline are served by the next.
         stop.store(true, Ordering::Relaxed);
         drop(guard);
@@ -1069,8 +1183,12 @@ fn set_bitrate_live(pipeline: &gst::Pipeline, spec: &encoder::EncoderSpec, kbps:
     else {
         return false;
     };
-    let value = u64::from(kbps) * u64::from(scale);
-    // Encoders declare the property as uint or int; set it in the type they declare.
+    set_number(&element, property, u64::from(kbps) * u64::from(scale))
+}
+
+/// Sets a numeric property in the type the element declares it (encoders differ: uint, int,
+/// uint64); false if it has no such numeric property. Setting the wrong type would panic.
+fn set_number(element: &gst::Element, property: &str, value: u64) -> bool {
     match element.find_property(property).map(|p| p.value_type()) {
         Some(t) if t == u32::static_type() => {
             element.set_property(property, value.min(u64::from(u32::MAX)) as u32)

@@ -44,11 +44,14 @@ pub struct SessionStats {
     pub rtt_us: AtomicU64,
     /// Send rate over the last few seconds.
     pub bitrate_kbps: AtomicU64,
+    /// What the viewer receives, decided from its offer.
+    pub codec: crate::media::VideoCodec,
 }
 
 impl SessionStats {
-    fn new() -> Self {
+    fn new(codec: crate::media::VideoCodec) -> Self {
         Self {
+            codec,
             started: Instant::now(),
             connected: AtomicBool::new(false),
             frames_sent: AtomicU64::new(0),
@@ -87,7 +90,7 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
             "connecting"
         },
         duration_secs: s.started.elapsed().as_secs(),
-        codec: "H264",
+        codec: s.codec.as_str(),
         bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
         frames_sent: s.frames_sent.load(Ordering::Relaxed),
         frames_skipped: s.frames_skipped.load(Ordering::Relaxed),
@@ -317,10 +320,14 @@ impl SessionManager {
                     let _ = r.input.send(SessionInput::Candidate(candidate));
                 }
             }
-            Action::Start { generation, sdp } => {
+            Action::Start {
+                generation,
+                sdp,
+                codec,
+            } => {
                 tracing::info!(%sid, "new session");
                 let (input_tx, input_rx) = mpsc::unbounded_channel();
-                let stats = Arc::new(SessionStats::new());
+                let stats = Arc::new(SessionStats::new(codec));
                 running.insert(
                     sid.to_string(),
                     Running {
@@ -333,6 +340,7 @@ impl SessionManager {
                     sid: sid.to_string(),
                     generation,
                     offer_sdp: sdp,
+                    codec,
                     factory: self.factory.clone(),
                     media: self.media.clone(),
                     outgoing: self.outgoing.clone(),

@@ -7,7 +7,7 @@
 
 use crate::config::WebrtcConfig;
 use crate::media::audio::AudioPacket;
-use crate::media::EncodedFrame;
+use crate::media::{EncodedFrame, VideoCodec};
 use crate::signalling::protocol::Candidate;
 use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;
@@ -234,11 +234,12 @@ impl PeerFactory {
             .collect()
     }
 
-    /// Creates a peer for one viewer's offer and returns it with the answer SDP. Candidates and
-    /// state changes arrive on `events`.
+    /// Creates a peer for one viewer's offer and returns it with the answer SDP, sending
+    /// `codec` (decided from the offer). Candidates and state changes arrive on `events`.
     pub async fn answer(
         &self,
         offer_sdp: &str,
+        codec: VideoCodec,
         events: mpsc::UnboundedSender<PeerEvent>,
         audio: AudioOptions,
     ) -> Result<(Peer, String), PeerError> {
@@ -276,13 +277,21 @@ impl PeerFactory {
                 parameter: "pli".into(),
             },
         ];
-        for (fmtp, pt) in H264_FMTPS {
+        // Only the codec this viewer gets is registered: the answer then cannot pick another,
+        // and the one track carries exactly what its encoder produces.
+        let codecs: Vec<(RTCRtpCodec, u8)> = match codec {
+            VideoCodec::H264 => H264_FMTPS
+                .iter()
+                .map(|(fmtp, pt)| (h264_codec(fmtp, feedback.clone()), *pt))
+                .collect(),
+            VideoCodec::Vp8 => vec![(vp8_codec(feedback.clone()), VP8_PAYLOAD_TYPE)],
+        };
+        for (rtp_codec, payload_type) in codecs {
             media
                 .register_codec(
                     RTCRtpCodecParameters {
-                        rtp_codec: h264_codec(fmtp, feedback.clone()),
-                        payload_type: pt,
-                        ..Default::default()
+                        rtp_codec,
+                        payload_type,
                     },
                     RtpCodecKind::Video,
                 )
@@ -343,7 +352,10 @@ impl PeerFactory {
                         },
                         // The crate's default encoding is inactive; an inactive one sends nothing.
                         active: true,
-                        codec: h264_codec(H264_FMTPS[0].0, vec![]),
+                        codec: match codec {
+                            VideoCodec::H264 => h264_codec(H264_FMTPS[0].0, vec![]),
+                            VideoCodec::Vp8 => vp8_codec(vec![]),
+                        },
                         ..Default::default()
                     }],
                 ),
@@ -453,6 +465,20 @@ pub fn offers_opus(sdp: &str) -> bool {
     false
 }
 
+/// VP8 for viewers without H.264; the number is the one browsers use, though they may pick
+/// their own (see `Peer::payload_type`).
+const VP8_PAYLOAD_TYPE: u8 = 96;
+
+fn vp8_codec(rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback,
+    }
+}
+
 fn h264_codec(fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264.to_owned(),
@@ -469,7 +495,7 @@ pub struct Peer {
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
     ssrc: u32,
-    /// The payload type the viewer chose for H.264; every packet must carry it (browsers pick
+    /// The payload type the viewer chose for the codec; every packet must carry it (browsers pick
     /// their own number, not the one rtcam registered). Read once the connection is up.
     payload_type: Option<u8>,
     /// The media id to stamp on outgoing candidates; the crate leaves it empty.

@@ -3,7 +3,9 @@
 //! Pure state, no I/O: given a viewer's message it returns the [`Action`]s to take, so the
 //! rules (limits, replacement, unknown sessions) are unit-tested without any network.
 
-use crate::signalling::protocol::{self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError};
+use crate::signalling::protocol::{
+    self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError, VideoCodec,
+};
 use crate::util::RateLimiter;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -23,8 +25,12 @@ pub enum Action {
         reason: String,
         tell_viewer: bool,
     },
-    /// Start a session for this offer.
-    Start { generation: Generation, sdp: String },
+    /// Start a session for this offer, sending it video in `codec`.
+    Start {
+        generation: Generation,
+        sdp: String,
+        codec: VideoCodec,
+    },
     /// Hand a remote candidate to the running session.
     Candidate {
         generation: Generation,
@@ -40,6 +46,10 @@ pub struct Limits {
     pub offers_per_second: u32,
     /// Remote candidates one session may send; a browser sends a handful.
     pub max_candidates: usize,
+    /// Whether an offer without H.264 is served VP8 by a second encoder (`[encoder]
+    /// vp8_fallback`) or refused with `no_video_codec`. Decided here, with the other reasons
+    /// to refuse an offer, so the viewer only carries the decision out.
+    pub vp8_fallback: bool,
 }
 
 impl Default for Limits {
@@ -48,6 +58,7 @@ impl Default for Limits {
             max_sessions: 8,
             offers_per_second: 5,
             max_candidates: 64,
+            vp8_fallback: true,
         }
     }
 }
@@ -146,9 +157,10 @@ impl SessionTable {
                 .into(),
             )];
         }
-        if let Err(e) = protocol::check_offer_sdp(&sdp) {
-            return vec![Action::Reply(e.into())];
-        }
+        let codec = match protocol::check_offer_sdp(&sdp, self.limits.vp8_fallback) {
+            Ok(codec) => codec,
+            Err(e) => return vec![Action::Reply(e.into())],
+        };
         // Checked after validation so garbage does not use up the budget of real viewers.
         if !self.offers.try_take(now) {
             return vec![Action::Reply(
@@ -194,7 +206,11 @@ impl SessionTable {
                 candidates: 0,
             },
         );
-        actions.push(Action::Start { generation, sdp });
+        actions.push(Action::Start {
+            generation,
+            sdp,
+            codec,
+        });
         actions
     }
 
@@ -240,6 +256,7 @@ mod tests {
             max_sessions,
             offers_per_second: 1000,
             max_candidates: 3,
+            vp8_fallback: true,
         })
     }
 
@@ -250,6 +267,7 @@ mod tests {
             max_sessions: 100,
             offers_per_second: 2,
             max_candidates: 2,
+            vp8_fallback: true,
         });
         for i in 0..4 {
             assert!(matches!(
@@ -329,6 +347,41 @@ mod tests {
             t.on_message("c", offer(), Instant::now())[..],
             [Action::Start { generation: 3, .. }]
         ));
+    }
+
+    #[test]
+    fn offers_without_h264_get_vp8_unless_switched_off() {
+        let vp8 = || {
+            Ok(Inbound::Offer {
+                sdp: "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n".into(),
+                token: None,
+            })
+        };
+        let now = Instant::now();
+        let mut t = table(4);
+        assert!(matches!(
+            t.on_message("h", offer(), now)[..],
+            [Action::Start {
+                codec: VideoCodec::H264,
+                ..
+            }]
+        ));
+        assert!(matches!(
+            t.on_message("v", vp8(), now)[..],
+            [Action::Start {
+                codec: VideoCodec::Vp8,
+                ..
+            }]
+        ));
+        let mut off = SessionTable::new(Limits {
+            vp8_fallback: false,
+            ..Limits::default()
+        });
+        assert_eq!(
+            code(&off.on_message("v", vp8(), now)),
+            Some(ErrorCode::NoVideoCodec)
+        );
+        assert_eq!(off.len(), 0, "a refused offer starts nothing");
     }
 
     #[test]

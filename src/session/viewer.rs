@@ -5,7 +5,7 @@ use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerSta
 use super::table::Generation;
 use crate::media::audio::AudioPacket;
 use crate::media::latency::StageLatency;
-use crate::media::{EncodedFrame, Media};
+use crate::media::{EncodedFrame, Media, VideoCodec};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
 use crate::util::sleep_until;
@@ -29,6 +29,9 @@ pub struct Viewer {
     pub sid: String,
     pub generation: Generation,
     pub offer_sdp: String,
+    /// What the viewer receives, decided from its offer: frames and keyframe requests go to
+    /// that codec's encoder.
+    pub codec: VideoCodec,
     pub factory: Arc<PeerFactory>,
     pub media: Media,
     pub outgoing: mpsc::Sender<Outgoing>,
@@ -53,7 +56,11 @@ impl Viewer {
             send: self.media.has_audio(),
             talkback: self.media.talkback().is_some(),
         };
-        match self.factory.answer(&self.offer_sdp, events_tx, audio).await {
+        match self
+            .factory
+            .answer(&self.offer_sdp, self.codec, events_tx, audio)
+            .await
+        {
             Ok((peer, answer)) => {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
@@ -148,7 +155,7 @@ impl Viewer {
                         // DTLS still has a round trip or two to go: asking for the keyframe
                         // now lets the encoder make it meanwhile (docs/benchmarks.md).
                         if frames.is_none() {
-                            frames = Some(self.media.subscribe());
+                            frames = Some(self.media.subscribe_codec(self.codec));
                             // After the video: subscribing to it is what starts the pipeline
                             // that the audio runs in.
                             if peer.has_audio() {
@@ -156,22 +163,22 @@ impl Viewer {
                             }
                             // Ask now, not at the next scheduled keyframe: the viewer sees
                             // nothing until one arrives.
-                            self.media.request_keyframe();
+                            self.media.request_keyframe_for(self.codec);
                         }
                     }
                     PeerEvent::State(PeerState::Connected) => {
                         deadline = None;
                         self.stats.connected.store(true, Ordering::Relaxed);
                         if !secure {
-                            tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
+                            tracing::info!(sid = %self.sid, codec = self.codec.as_str(), "viewer connected after {} ms", started.elapsed().as_millis());
                             secure = true;
                         }
                         if frames.is_none() {
-                            frames = Some(self.media.subscribe());
+                            frames = Some(self.media.subscribe_codec(self.codec));
                             if peer.has_audio() {
                                 sound = self.media.subscribe_audio();
                             }
-                            self.media.request_keyframe();
+                            self.media.request_keyframe_for(self.codec);
                         }
                         for frame in std::mem::take(&mut held) {
                             self.write_frame(&mut peer, &frame, started, &mut write_failed).await;
@@ -234,7 +241,7 @@ impl Viewer {
                         tracing::debug!(sid = %self.sid, "viewer lagged {n} frames; waiting for a keyframe");
                         waiting_for_keyframe = true;
                         self.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
-                        self.media.request_keyframe();
+                        self.media.request_keyframe_for(self.codec);
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
                 },
@@ -259,7 +266,7 @@ impl Viewer {
                 _ = peer.keyframe_request() => {
                     tracing::debug!(sid = %self.sid, "viewer asked for a keyframe (PLI/FIR)");
                     self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                    self.media.request_keyframe();
+                    self.media.request_keyframe_for(self.codec);
                 }
                 // Cancel-safe: an interval tick is not lost by being dropped, it fires next turn.
                 _ = stats_tick.tick() => {

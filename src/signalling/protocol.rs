@@ -4,6 +4,7 @@
 //! network is turned into a [`Inbound`] or a [`ProtocolError`] here, so the rest of rtcam never
 //! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
 
+pub use crate::media::encoder::VideoCodec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -215,8 +216,10 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
 }
 
 /// What an offer asks for, read from its SDP before any WebRTC state is touched, so that an
-/// unusable offer gets a precise error instead of a library message.
-pub fn check_offer_sdp(sdp: &str) -> Result<(), ProtocolError> {
+/// unusable offer gets a precise error instead of a library message. Returns the codec the
+/// answer will use: H.264 whenever the offer has it (one encoder for everyone), VP8 only for
+/// an offer without H.264 and only when `vp8_fallback` allows the second encoder.
+pub fn check_offer_sdp(sdp: &str, vp8_fallback: bool) -> Result<VideoCodec, ProtocolError> {
     let trimmed = sdp.trim_start();
     if !trimmed.starts_with("v=0") {
         return Err(ProtocolError::new(
@@ -253,21 +256,31 @@ pub fn check_offer_sdp(sdp: &str) -> Result<(), ProtocolError> {
             "The offer has no video section; add a video transceiver (recvonly) before creating it.",
         ));
     }
-    if !video_codecs.iter().any(|c| c == "H264") {
-        let offered = if video_codecs.is_empty() {
-            "none".to_string()
-        } else {
-            video_codecs.join(", ")
-        };
-        return Err(ProtocolError::new(
-            ErrorCode::NoVideoCodec,
-            format!(
-                "The offer has no H.264 video, which this camera sends (offered: {offered}). \
-                 Enable H.264 in the browser (Firefox: the OpenH264 plugin)."
-            ),
-        ));
+    if video_codecs.iter().any(|c| c == "H264") {
+        return Ok(VideoCodec::H264);
     }
-    Ok(())
+    if vp8_fallback && video_codecs.iter().any(|c| c == "VP8") {
+        return Ok(VideoCodec::Vp8);
+    }
+    let offered = if video_codecs.is_empty() {
+        "none".to_string()
+    } else {
+        video_codecs.join(", ")
+    };
+    let (sends, hint) = if vp8_fallback {
+        ("H.264 or VP8", "Enable H.264 or VP8 in the browser.")
+    } else {
+        (
+            "H.264 (its VP8 fallback is switched off)",
+            "Enable H.264 in the browser (Firefox: the OpenH264 plugin).",
+        )
+    };
+    Err(ProtocolError::new(
+        ErrorCode::NoVideoCodec,
+        format!(
+            "The offer has no video codec this camera sends, which is {sends} (offered: {offered}). {hint}"
+        ),
+    ))
 }
 
 /// The topics of one device: `{prefix}/{device_id}/…`.
@@ -483,20 +496,29 @@ mod tests {
     #[test]
     fn offer_sdp_checks() {
         assert_eq!(
-            check_offer_sdp("hello").unwrap_err().code,
+            check_offer_sdp("hello", true).unwrap_err().code,
             ErrorCode::BadSdp
         );
         let audio_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
         assert_eq!(
-            check_offer_sdp(audio_only).unwrap_err().code,
+            check_offer_sdp(audio_only, true).unwrap_err().code,
             ErrorCode::NoVideoCodec
         );
         let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
-        let err = check_offer_sdp(vp8).unwrap_err();
+        // The fallback takes an offer without H.264; switched off, the offer is refused and
+        // the message names what was offered.
+        assert_eq!(check_offer_sdp(vp8, true).unwrap(), VideoCodec::Vp8);
+        let err = check_offer_sdp(vp8, false).unwrap_err();
         assert_eq!(err.code, ErrorCode::NoVideoCodec);
-        assert!(err.message.contains("VP8"));
+        assert!(err.message.contains("offered: VP8"), "{}", err.message);
+        let vp9 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 VP9/90000\r\n";
+        let err = check_offer_sdp(vp9, true).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoVideoCodec);
+        assert!(err.message.contains("H.264 or VP8"), "{}", err.message);
+        // Both offered: H.264, so one encoder serves everyone.
         let h264 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
-        check_offer_sdp(h264).unwrap();
+        assert_eq!(check_offer_sdp(h264, true).unwrap(), VideoCodec::H264);
+        assert_eq!(check_offer_sdp(h264, false).unwrap(), VideoCodec::H264);
     }
 
     #[test]

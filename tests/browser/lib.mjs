@@ -96,3 +96,41 @@ export async function closeWithin(close, ms, exitCode) {
   await close();
   clearTimeout(guard);
 }
+
+// Runs inside the page. Reads window.rtcam (kept current by web/app.js) and the
+// inbound video report of the current peer connection.
+export async function samplePage() {
+  const r = window.rtcam;
+  const sample = {
+    state: r?.state ?? document.body?.dataset.state ?? null,
+    statusText: r?.statusText ?? document.getElementById('status')?.textContent ?? null,
+    lastError: r?.lastError ?? null,
+    sid: r?.sid ?? null,
+    framesDecoded: 0,
+    frameWidth: 0,
+    frameHeight: 0,
+  };
+  if (r?.pc) {
+    try {
+      const reports = await r.pc.getStats();
+      reports.forEach((s) => {
+        if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'video') {
+          sample.framesDecoded = s.framesDecoded ?? 0;
+          sample.frameWidth = s.frameWidth ?? 0;
+          sample.frameHeight = s.frameHeight ?? 0;
+          sample.codecId = s.codecId;
+        }
+      });
+      if (sample.codecId) sample.mimeType = reports.get(sample.codecId)?.mimeType ?? null;
+      // A browser whose inbound report lacks the size: the video element knows it.
+      if (!sample.frameWidth) {
+        const video = document.querySelector('video');
+        sample.frameWidth = video?.videoWidth ?? 0;
+        sample.frameHeight = video?.videoHeight ?? 0;
+      }
+    } catch {
+      // The page may be swapping peer connections between retries.
+    }
+  }
+  return sample;
+}

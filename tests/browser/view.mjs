@@ -6,16 +6,24 @@
 //
 //   node tests/browser/view.mjs --url http://127.0.0.1:8080/ --width 640 --height 480 \
 //        [--frames 30] [--timeout 20000] [--screenshot out.png] [--expect-error CODE]
+//        [--offer-codecs vp8] [--expect-codec video/VP8]
+//
+// --offer-codecs keeps only the named video codecs (and their retransmission
+// formats) in the page's offer, through setCodecPreferences on its transceiver:
+// "vp8" makes Chromium offer what Firefox without OpenH264 offers, so the
+// camera's VP8 fallback is what gets exercised. The report names the codec the
+// browser decodes (mimeType from getStats).
 //
 // Uses the system Chromium (Debian's /usr/bin/chromium, or $CHROMIUM); it never
 // downloads a browser.
 
 import { parseArgs } from 'node:util';
-import { DEFAULT_CHROMIUM, closeWithin, openBrowser } from './lib.mjs';
+import { DEFAULT_CHROMIUM, closeWithin, openBrowser, samplePage } from './lib.mjs';
 
 const USAGE =
   'usage: node tests/browser/view.mjs --url URL [--width W --height H] [--frames N] ' +
-  '[--timeout MS] [--screenshot FILE] [--expect-error CODE] [--chromium PATH] [--chromium-arg ARG]...';
+  '[--timeout MS] [--screenshot FILE] [--expect-error CODE] [--offer-codecs LIST] ' +
+  '[--expect-codec MIME] [--chromium PATH] [--chromium-arg ARG]...';
 
 const POLL_MS = 250;
 
@@ -31,6 +39,8 @@ function parseCli() {
         timeout: { type: 'string', default: '20000' },
         screenshot: { type: 'string' },
         'expect-error': { type: 'string' },
+        'offer-codecs': { type: 'string' },
+        'expect-codec': { type: 'string' },
         chromium: { type: 'string', default: DEFAULT_CHROMIUM },
         'chromium-arg': { type: 'string', multiple: true, default: [] },
         help: { type: 'boolean', short: 'h' },
@@ -59,6 +69,8 @@ function parseCli() {
     timeout: int('timeout', 1),
     screenshot: values.screenshot ?? null,
     expectError: values['expect-error'] ?? null,
+    offerCodecs: values['offer-codecs'] ? values['offer-codecs'].toLowerCase().split(',') : null,
+    expectCodec: values['expect-codec'] ?? null,
     executablePath: values.chromium,
     extraArgs: values['chromium-arg'],
   };
@@ -69,35 +81,21 @@ function usageError(message) {
   process.exit(2);
 }
 
-// Runs inside the page. Reads window.rtcam (kept current by web/app.js) and the
-// inbound video report of the current peer connection.
-async function samplePage() {
-  const r = window.rtcam;
-  const sample = {
-    state: r?.state ?? document.body?.dataset.state ?? null,
-    statusText: r?.statusText ?? document.getElementById('status')?.textContent ?? null,
-    lastError: r?.lastError ?? null,
-    sid: r?.sid ?? null,
-    framesDecoded: 0,
-    frameWidth: 0,
-    frameHeight: 0,
-  };
-  if (r?.pc) {
-    try {
-      const reports = await r.pc.getStats();
-      reports.forEach((s) => {
-        if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'video') {
-          sample.framesDecoded = s.framesDecoded ?? 0;
-          sample.frameWidth = s.frameWidth ?? 0;
-          sample.frameHeight = s.frameHeight ?? 0;
-          sample.codecId = s.codecId;
-        }
+// Runs in the page before its scripts: every video transceiver the page adds
+// offers only `names` (plus rtx, which carries their retransmissions).
+function restrictOfferCodecs(names) {
+  const add = RTCPeerConnection.prototype.addTransceiver;
+  RTCPeerConnection.prototype.addTransceiver = function (kind, init) {
+    const transceiver = add.call(this, kind, init);
+    if (kind === 'video') {
+      const keep = (RTCRtpReceiver.getCapabilities('video')?.codecs ?? []).filter((c) => {
+        const name = c.mimeType.split('/')[1].toLowerCase();
+        return names.includes(name) || name === 'rtx';
       });
-    } catch {
-      // The page may be swapping peer connections between retries.
+      transceiver.setCodecPreferences(keep);
     }
-  }
-  return sample;
+    return transceiver;
+  };
 }
 
 async function main() {
@@ -115,6 +113,7 @@ async function main() {
 
     const started = Date.now();
     const deadline = started + opts.timeout;
+    if (opts.offerCodecs) await page.addInitScript(restrictOfferCodecs, opts.offerCodecs);
     await page.goto(opts.url, { waitUntil: 'domcontentloaded', timeout: opts.timeout });
 
     let firstFrameAt = null;
@@ -131,7 +130,8 @@ async function main() {
           sample.framesDecoded >= opts.frames &&
           sample.frameWidth > 0 &&
           (opts.width === null || sample.frameWidth === opts.width) &&
-          (opts.height === null || sample.frameHeight === opts.height);
+          (opts.height === null || sample.frameHeight === opts.height) &&
+          (opts.expectCodec === null || sample.mimeType === opts.expectCodec);
       }
       if (passed) break;
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
@@ -143,6 +143,7 @@ async function main() {
       framesDecoded: sample?.framesDecoded ?? 0,
       frameWidth: sample?.frameWidth ?? 0,
       frameHeight: sample?.frameHeight ?? 0,
+      mimeType: sample?.mimeType ?? null,
       timeToFirstFrameMs: firstFrameAt === null ? null : firstFrameAt - started,
       elapsedMs: Date.now() - started,
       state: sample?.state ?? null,

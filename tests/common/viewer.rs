@@ -1,5 +1,6 @@
 //! A real WebRTC viewer for tests: speaks signalling protocol v1 over MQTT, receives rtcam's
-//! H.264 over WebRTC and decodes it with GStreamer, counting decoded frames and their size.
+//! H.264 (or, offering only VP8, VP8) over WebRTC and decodes it with GStreamer, counting
+//! decoded frames and their size.
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -92,6 +93,8 @@ pub struct ViewerOptions {
     /// Offer a receive-only Opus audio section too, decode what arrives, and record sender
     /// reports.
     pub audio: bool,
+    /// Offer VP8 and nothing else, as Firefox without OpenH264 does: rtcam's VP8 fallback.
+    pub vp8_only: bool,
 }
 
 impl Viewer {
@@ -139,7 +142,38 @@ impl Viewer {
             .unwrap();
 
         let mut media = MediaEngine::default();
-        media.register_default_codecs().unwrap();
+        if opts.vp8_only {
+            use rtc::rtp_transceiver::rtp_sender::{
+                RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters,
+            };
+            let feedback = ["nack", "nack pli", "ccm fir"]
+                .iter()
+                .map(|f| {
+                    let (typ, parameter) = f.split_once(' ').unwrap_or((f, ""));
+                    RTCPFeedback {
+                        typ: typ.into(),
+                        parameter: parameter.into(),
+                    }
+                })
+                .collect();
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: "video/VP8".into(),
+                            clock_rate: 90000,
+                            channels: 0,
+                            sdp_fmtp_line: String::new(),
+                            rtcp_feedback: feedback,
+                        },
+                        payload_type: 96,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .unwrap();
+        } else {
+            media.register_default_codecs().unwrap();
+        }
         let registry = register_default_interceptors(Registry::new(), &mut media)
             .unwrap()
             .with(Slot::from(14_000), SenderReportsToApp::default());
@@ -192,7 +226,7 @@ impl Viewer {
 
         let started = Instant::now();
         let decoded = Arc::new(Mutex::new(Decoded::default()));
-        let decoder = Decoder::new(decoded.clone(), started);
+        let decoder = Decoder::new(decoded.clone(), started, opts.vp8_only);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = vec![mqtt_task];
 
@@ -535,13 +569,18 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(decoded: Arc<Mutex<Decoded>>, started: Instant) -> Decoder {
+    fn new(decoded: Arc<Mutex<Decoded>>, started: Instant, vp8: bool) -> Decoder {
         gst::init().unwrap();
-        let pipeline = gst::parse::launch(
+        let (name, decode) = if vp8 {
+            ("VP8", "rtpvp8depay ! vp8dec")
+        } else {
+            ("H264", "rtph264depay ! h264parse ! avdec_h264")
+        };
+        let pipeline = gst::parse::launch(&format!(
             "appsrc name=src is-live=true format=time do-timestamp=true \
-             caps=application/x-rtp,media=video,encoding-name=H264,clock-rate=90000 ! \
-             rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! appsink name=sink sync=false",
-        )
+             caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000 ! \
+             {decode} ! videoconvert ! appsink name=sink sync=false"
+        ))
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
