@@ -1,8 +1,10 @@
 //! Viewer sessions: the manager that routes signalling to them, enforces limits and ends them.
 //!
-//! [`table`] decides (pure); [`viewer`] runs one session; [`peer`] wraps the WebRTC crate.
+//! [`table`] decides (pure); [`viewer`] runs one session; [`peer`] wraps the WebRTC crate;
+//! [`adapt`] decides the encoder's bitrate from the viewers' feedback (pure).
 //! The manager is the glue: one task, so session bookkeeping needs no locks.
 
+pub mod adapt;
 pub mod peer;
 pub mod table;
 pub mod viewer;
@@ -44,6 +46,15 @@ pub struct SessionStats {
     pub rtt_us: AtomicU64,
     /// Send rate over the last few seconds.
     pub bitrate_kbps: AtomicU64,
+    /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
+    pub estimate_kbps: AtomicU64,
+    /// Loss in the viewer's latest receiver reports, in hundredths of a percent; `u64::MAX`
+    /// until one arrived.
+    pub loss_centipercent: AtomicU64,
+    /// Packets the viewer asked to be resent (NACK).
+    pub nacked_packets: AtomicU64,
+    /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
+    pub paced: AtomicBool,
 }
 
 impl SessionStats {
@@ -58,6 +69,10 @@ impl SessionStats {
             rtt_us: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             bitrate_kbps: AtomicU64::new(0),
+            estimate_kbps: AtomicU64::new(0),
+            loss_centipercent: AtomicU64::new(u64::MAX),
+            nacked_packets: AtomicU64::new(0),
+            paced: AtomicBool::new(false),
         }
     }
 }
@@ -75,6 +90,14 @@ pub struct SessionInfo {
     pub keyframe_requests: u64,
     pub rtt_ms: Option<f64>,
     pub time_to_first_frame_ms: Option<u64>,
+    /// What bitrate adaptation estimates this viewer can take.
+    pub estimate_kbps: Option<u64>,
+    /// Packet loss in the viewer's latest receiver reports.
+    pub loss_percent: Option<f64>,
+    /// Packets the viewer asked to be resent (NACK); each one rtcam still held was resent.
+    pub nacked_packets: u64,
+    /// Sent below the encoder's rate, skipping to keyframes, because it cannot take more.
+    pub paced: bool,
 }
 
 fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
@@ -94,6 +117,13 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
         keyframe_requests: s.keyframe_requests.load(Ordering::Relaxed),
         rtt_ms: nonzero(s.rtt_us.load(Ordering::Relaxed)).map(|us| us as f64 / 1000.0),
         time_to_first_frame_ms: nonzero(s.first_frame_ms.load(Ordering::Relaxed)),
+        estimate_kbps: nonzero(s.estimate_kbps.load(Ordering::Relaxed)),
+        loss_percent: match s.loss_centipercent.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            c => Some(c as f64 / 100.0),
+        },
+        nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
+        paced: s.paced.load(Ordering::Relaxed),
     }
 }
 
@@ -158,6 +188,9 @@ pub struct SessionManager {
     pub viewer_requester: crate::control::exec::Requester,
     /// Checks viewer tokens when `[auth] secret` is set.
     pub authority: Option<crate::auth::Authority>,
+    /// Bitrate adaptation, shared by the sessions that feed it; `None` when it is off. A lock
+    /// rather than messages to this task: each session updates it once a second, briefly.
+    pub adaptation: Option<Arc<std::sync::Mutex<adapt::Adaptation>>>,
 }
 
 struct Running {
@@ -341,6 +374,7 @@ impl SessionManager {
                     disconnect_timeout: self.disconnect_timeout,
                     stats,
                     controller: self.controller.clone(),
+                    adaptation: self.adaptation.clone(),
                     requester: match self.viewer_requester {
                         Requester::Viewer { may_change_state } => Requester::Viewer {
                             may_change_state: may_change_state || may_control,

@@ -18,6 +18,9 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -26,7 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
@@ -219,9 +222,20 @@ impl PeerFactory {
                 .map_err(setup)?;
         }
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
+        let ssrc = rand::random::<u32>();
+        let feedback = Arc::new(Mutex::new(FeedbackLog::default()));
         // Application-most slot: every other interceptor (NACK, reports, congestion feedback)
-        // has seen the inbound RTCP before this one hands keyframe requests to rtcam.
-        let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
+        // has seen the inbound RTCP before this one hands keyframe requests to rtcam and notes
+        // the viewer's reception reports for bitrate adaptation.
+        let registry = registry.with(
+            Slot::from(14_000),
+            KeyframeRequests {
+                ssrc,
+                feedback: Arc::clone(&feedback),
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             // The crate's default (query mode) binds UDP 5353 for every viewer, where a board's
@@ -248,7 +262,6 @@ impl PeerFactory {
             .await
             .map_err(setup)?;
 
-        let ssrc = rand::random::<u32>();
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),
@@ -298,6 +311,7 @@ impl PeerFactory {
             ssrc,
             payload_type: None,
             mid,
+            feedback,
         };
         Ok((peer, local.sdp))
     }
@@ -324,6 +338,32 @@ pub struct Peer {
     payload_type: Option<u8>,
     /// The media id to stamp on outgoing candidates; the crate leaves it empty.
     mid: String,
+    /// What the viewer's RTCP said, written by the interceptor on the crate's side.
+    feedback: Arc<Mutex<FeedbackLog>>,
+}
+
+/// The viewer's reception feedback since the last [`Peer::take_feedback`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Feedback {
+    /// Mean fraction lost (0–1) over the receiver reports that came, if any did.
+    pub fraction_lost: Option<f64>,
+    /// Interarrival jitter from the latest report, in RTP timestamp units (1/90000 s).
+    pub jitter: Option<u32>,
+    /// The latest REMB, if the viewer sends them.
+    pub remb_kbps: Option<u32>,
+    /// Packets the viewer asked to be resent (NACK), since the session began; the crate's NACK
+    /// responder resends each one it still holds.
+    pub nacked_packets: u64,
+}
+
+/// What the interceptor accumulates between two reads.
+#[derive(Debug, Default)]
+struct FeedbackLog {
+    loss_sum: f64,
+    reports: u32,
+    jitter: Option<u32>,
+    remb_kbps: Option<u32>,
+    nacked_packets: u64,
 }
 
 impl Peer {
@@ -354,6 +394,22 @@ impl Peer {
                 None => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// The viewer's feedback since the last call (reports), and counters since the start.
+    pub fn take_feedback(&self) -> Feedback {
+        // A poisoned lock means the interceptor panicked mid-update; its numbers are still
+        // plain counters, good enough to read.
+        let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = Feedback {
+            fraction_lost: (log.reports > 0).then(|| log.loss_sum / f64::from(log.reports)),
+            jitter: log.jitter.take(),
+            remb_kbps: log.remb_kbps.take(),
+            nacked_packets: log.nacked_packets,
+        };
+        log.loss_sum = 0.0;
+        log.reports = 0;
+        taken
     }
 
     pub fn mid(&self) -> &str {
@@ -461,11 +517,43 @@ fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
 }
 
 /// Hands PLI and FIR to the application: the crate's interceptors keep inbound RTCP to
-/// themselves unless one marks it. Everything else stops here, at the end of the chain.
-#[derive(Default)]
+/// themselves unless one marks it. Receiver reports, REMB and NACKs about rtcam's stream are
+/// noted in the shared [`FeedbackLog`] (a lock rather than the track's event queue: that queue
+/// routes a compound packet by its first part and drops what it cannot route). Everything else
+/// stops here, at the end of the chain.
 struct KeyframeRequests {
+    /// rtcam's video SSRC: reports about other streams are not about rtcam's video.
+    ssrc: u32,
+    feedback: Arc<Mutex<FeedbackLog>>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl KeyframeRequests {
+    fn note(&self, packet: &dyn rtc::rtcp::Packet) {
+        let any = packet.as_any();
+        let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            for block in rr.reports.iter().filter(|b| b.ssrc == self.ssrc) {
+                log.loss_sum += f64::from(block.fraction_lost) / 256.0;
+                log.reports += 1;
+                log.jitter = Some(block.jitter);
+            }
+        } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+            if remb.ssrcs.contains(&self.ssrc) && remb.bitrate.is_finite() {
+                log.remb_kbps = Some((remb.bitrate / 1000.0).clamp(0.0, u32::MAX as f32) as u32);
+            }
+        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            if nack.media_ssrc == self.ssrc {
+                let packets: u64 = nack
+                    .nacks
+                    .iter()
+                    .map(|p| 1 + u64::from(p.lost_packets.count_ones()))
+                    .sum();
+                log.nacked_packets += packets;
+            }
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
@@ -477,6 +565,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+            for p in packets {
+                self.note(p.as_ref());
+            }
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
                 .filter(|p| is_keyframe_request(p))
