@@ -366,6 +366,21 @@ struct FeedbackLog {
     nacked_packets: u64,
 }
 
+impl FeedbackLog {
+    /// The feedback so far; report figures start again from nothing, counters keep counting.
+    fn take(&mut self) -> Feedback {
+        let taken = Feedback {
+            fraction_lost: (self.reports > 0).then(|| self.loss_sum / f64::from(self.reports)),
+            jitter: self.jitter.take(),
+            remb_kbps: self.remb_kbps.take(),
+            nacked_packets: self.nacked_packets,
+        };
+        self.loss_sum = 0.0;
+        self.reports = 0;
+        taken
+    }
+}
+
 impl Peer {
     pub async fn add_remote_candidate(&self, c: &Candidate) -> Result<(), PeerError> {
         let init = RTCIceCandidateInit {
@@ -400,16 +415,10 @@ impl Peer {
     pub fn take_feedback(&self) -> Feedback {
         // A poisoned lock means the interceptor panicked mid-update; its numbers are still
         // plain counters, good enough to read.
-        let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = Feedback {
-            fraction_lost: (log.reports > 0).then(|| log.loss_sum / f64::from(log.reports)),
-            jitter: log.jitter.take(),
-            remb_kbps: log.remb_kbps.take(),
-            nacked_packets: log.nacked_packets,
-        };
-        log.loss_sum = 0.0;
-        log.reports = 0;
-        taken
+        self.feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub fn mid(&self) -> &str {
@@ -629,6 +638,69 @@ fn first_mid(sdp: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::rtcp::reception_report::ReceptionReport;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+
+    #[test]
+    fn feedback_about_rtcams_stream_is_noted_and_the_rest_ignored() {
+        let feedback = Arc::new(Mutex::new(FeedbackLog::default()));
+        let i = KeyframeRequests {
+            ssrc: 42,
+            feedback: Arc::clone(&feedback),
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        };
+        let rr = |ssrc, fraction_lost| ReceiverReport {
+            ssrc: 1,
+            reports: vec![ReceptionReport {
+                ssrc,
+                fraction_lost,
+                jitter: 900,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        i.note(&rr(42, 64));
+        i.note(&rr(42, 0));
+        i.note(&rr(7, 255));
+        i.note(&ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 1,
+            bitrate: 1_500_000.0,
+            ssrcs: vec![42],
+        });
+        i.note(&TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 42,
+            // Packet 10, and 11 and 13 from the bitmap.
+            nacks: vec![NackPair {
+                packet_id: 10,
+                lost_packets: 0b101,
+            }],
+        });
+        i.note(&TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 7,
+            nacks: vec![NackPair {
+                packet_id: 1,
+                lost_packets: 0,
+            }],
+        });
+        let taken = feedback.lock().unwrap().take();
+        assert_eq!(
+            taken,
+            Feedback {
+                fraction_lost: Some(0.125),
+                jitter: Some(900),
+                remb_kbps: Some(1500),
+                nacked_packets: 3,
+            }
+        );
+        // Reports start again; counters go on.
+        let again = feedback.lock().unwrap().take();
+        assert_eq!(again.fraction_lost, None);
+        assert_eq!(again.remb_kbps, None);
+        assert_eq!(again.nacked_packets, 3);
+    }
 
     #[test]
     fn mdns_lines_are_dropped_and_others_kept() {
