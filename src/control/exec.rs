@@ -372,6 +372,22 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         "encoder.keyframe_min_interval_ms",
         false,
     );
+    // The adaptation's bounds are read when the sessions start (app.rs), so they need a restart.
+    check(
+        old.encoder.min_bitrate_kbps != new.encoder.min_bitrate_kbps,
+        "encoder.min_bitrate_kbps",
+        false,
+    );
+    check(
+        old.encoder.max_bitrate_kbps != new.encoder.max_bitrate_kbps,
+        "encoder.max_bitrate_kbps",
+        false,
+    );
+    check(
+        old.encoder.follow_ratio != new.encoder.follow_ratio,
+        "encoder.follow_ratio",
+        false,
+    );
     check(old.device.id != new.device.id, "device.id", false);
     check(toml_differs(&old.mqtt, &new.mqtt), "mqtt", false);
     check(toml_differs(&old.http, &new.http), "http", false);
@@ -411,5 +427,11 @@ mod tests {
         let plan = reload_plan(&old, &new);
         assert_eq!(plan.applied, vec!["encoder.bitrate_kbps", "source.width"]);
         assert_eq!(plan.restart_needed, vec!["mqtt", "webrtc"]);
+        let mut new = Config::default();
+        new.encoder.follow_ratio = 0.3;
+        assert_eq!(
+            reload_plan(&old, &new).restart_needed,
+            vec!["encoder.follow_ratio"]
+        );
     }
 }
