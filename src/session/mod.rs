@@ -254,6 +254,13 @@ impl SessionManager {
                         Err(e) => {
                             tracing::error!("a session task failed: {e}");
                             if let Some((sid, generation)) = owners.remove(&e.id()) {
+                                // A panicked session never said it left; its estimate must not
+                                // hold the encoder down.
+                                if let Some(a) = &self.adaptation {
+                                    a.lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .leave(&viewer::adapt_key(&sid, generation));
+                                }
                                 self.table.on_ended(&sid, generation);
                                 running.remove(&sid);
                             }

@@ -53,7 +53,7 @@ impl Viewer {
             Ok((peer, answer)) => {
                 self.send(Outbound::Answer { sdp: answer }).await;
                 let (reason, tell_viewer) = self.drive(peer, events, started).await;
-                self.with_adaptation(|a| a.leave(&self.sid));
+                self.with_adaptation(|a| a.leave(&adapt_key(&self.sid, self.generation)));
                 tracing::info!(sid = %self.sid, "session ended: {reason}");
                 if tell_viewer {
                     self.send(Outbound::Bye { reason }).await;
@@ -101,11 +101,12 @@ impl Viewer {
                 fraction_lost: feedback.fraction_lost,
                 remb_kbps: feedback.remb_kbps,
             };
-            a.report(&self.sid, report, now);
+            let key = adapt_key(&self.sid, self.generation);
+            a.report(&key, report, now);
             (
                 a.encoder_change(now),
-                a.estimate_kbps(&self.sid),
-                a.budget_kbps(&self.sid),
+                a.estimate_kbps(&key),
+                a.budget_kbps(&key),
             )
         })?;
         if let Some(kbps) = change {
@@ -188,7 +189,7 @@ impl Viewer {
                         self.stats.connected.store(true, Ordering::Relaxed);
                         if frames.is_none() {
                             tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
-                            self.with_adaptation(|a| a.join(&self.sid, Instant::now()));
+                            self.with_adaptation(|a| a.join(&adapt_key(&self.sid, self.generation), Instant::now()));
                             frames = Some(self.media.subscribe());
                             // Ask now, not at the next scheduled keyframe: the viewer sees
                             // nothing until one arrives.
@@ -295,6 +296,13 @@ impl Viewer {
         peer.close().await;
         outcome
     }
+}
+
+/// A session's name in bitrate adaptation: its sid and generation, because a viewer's new
+/// offer replaces its session under the same sid, and the old session leaving must not remove
+/// the new one.
+pub fn adapt_key(sid: &str, generation: Generation) -> String {
+    format!("{sid}#{generation}")
 }
 
 async fn recv_frame(
