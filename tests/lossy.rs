@@ -294,10 +294,16 @@ async fn bitrate_follows_a_limited_viewer_and_recovers(link: &mut LossyLink) {
     // The cut viewer's estimate keeps falling below what the encoder may go down to (a
     // quarter of the clean viewer's 1000): it is paced at its own rate, skipping to keyframes,
     // and the encoder stays at the floor for the clean viewer.
+    let floor = MAX / 4;
     let paced_within = Instant::now() + Duration::from_secs(40);
     let paced = loop {
         let list = sessions(&rt).await;
-        if let Some(s) = list.iter().find(|s| s["paced"] == true) {
+        // Pacing may also flicker on during the descent, while the encoder's once-a-second
+        // changes lag the estimate; the claim is about the viewer below the floor.
+        let below_floor = |s: &&Value| {
+            s["paced"] == true && s["estimate_kbps"].as_u64().unwrap_or(u64::MAX) < u64::from(floor)
+        };
+        if let Some(s) = list.iter().find(below_floor) {
             break Some(s.clone());
         }
         if Instant::now() > paced_within {
@@ -311,15 +317,10 @@ async fn bitrate_follows_a_limited_viewer_and_recovers(link: &mut LossyLink) {
             bitrate()
         )
     });
-    let floor = MAX / 4;
     eprintln!(
         "paced after {:?}: {paced}; encoder at {} kbit/s",
         cut.elapsed(),
         bitrate()
-    );
-    assert!(
-        paced["estimate_kbps"].as_u64().unwrap() < u64::from(floor),
-        "{paced}"
     );
     // Within the 5 % adaptation does not bother the encoder with.
     assert!(
