@@ -108,8 +108,10 @@ impl RemoteViewer {
                 "RTCAM_TEST_VIEWER",
                 format!("{} {} {}", CAM_ADDR, rt.broker.1, rt.root()),
             )
+            // Its panics and retries belong in this test's output.
+            .env("RTCAM_LOG", "warn,webrtc=error,rtc=error")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -162,16 +164,34 @@ async fn viewer_process() {
         parts.next().unwrap().parse::<u16>().unwrap(),
         parts.next().unwrap().to_string(),
     );
-    let viewer = Viewer::connect_with(
-        (&host, port),
-        &root,
-        ViewerOptions {
-            udp_addr: Some(VIEWER_ADDR.into()),
-            recover: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    // Signalling crosses the lossy path too (MQTT over TCP): on 5 % loss TCP's retransmission
+    // timeouts can outlast the helper's 10 s answer deadline now and then. A page would try
+    // again; so does this viewer, with a new session.
+    let mut attempt = 0;
+    let viewer = loop {
+        let (host, root) = (host.clone(), root.clone());
+        let joined = tokio::spawn(async move {
+            Viewer::connect_with(
+                (&host, port),
+                &root,
+                ViewerOptions {
+                    udp_addr: Some(VIEWER_ADDR.into()),
+                    recover: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+        .await;
+        match joined {
+            Ok(viewer) => break viewer,
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                eprintln!("lossy viewer: joining failed ({e}); trying again");
+            }
+            Err(e) => panic!("lossy viewer: joining failed {attempt} times: {e}"),
+        }
+    };
     loop {
         let d = viewer.decoded();
         println!(
@@ -192,8 +212,8 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
     let rt = common::start(c).await;
     let mut viewer = RemoteViewer::spawn(link, &rt);
 
-    // Signalling (MQTT over TCP) and ICE both cross the lossy path: allow for retries.
-    let first = viewer.wait(Duration::from_secs(60), |s| s.frames > 0).await;
+    // Signalling (MQTT over TCP) and ICE both cross the lossy path: the viewer may retry.
+    let first = viewer.wait(Duration::from_secs(90), |s| s.frames > 0).await;
     assert!(
         first.frames > 0,
         "the viewer decoded nothing through the lossy link: {first:?}"
@@ -209,6 +229,7 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
     let list = sessions(&rt).await;
     let session = list.first().cloned().unwrap_or_default();
     let nacked = session["nacked_packets"].as_u64().unwrap_or(0);
+    let resent = session["retransmitted_packets"].as_u64().unwrap_or(0);
     let keyframe_requests = session["keyframe_requests"].as_u64().unwrap_or(0);
     let keyframes = rt
         .app
@@ -218,7 +239,7 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
         .load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "lossy viewer: {fps:.1} fps decoded over {secs:.1} s (source {FPS}); {} RTP packets; \
-         rtcam: {nacked} packets NACKed, {keyframe_requests} PLI/FIR, {keyframes} keyframes; \
+         rtcam: {nacked} packets NACKed, {resent} resent, {keyframe_requests} PLI/FIR, {keyframes} keyframes; \
          viewer sent {} PLIs; loss reported {:?} %, estimate {:?} kbit/s",
         after.rtp - before.rtp,
         after.plis,
@@ -232,9 +253,9 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
         fps >= f64::from(FPS) / 2.0,
         "only {fps:.1} fps decoded (source {FPS})"
     );
-    // Retransmission was on: the viewer NACKed and rtcam resent (its NACK responder answers
-    // every NACK for a packet still in its 1024-packet buffer, which these all are).
+    // Retransmission was on: the viewer NACKed and rtcam resent from its send buffer.
     assert!(nacked > 0, "no NACK reached rtcam: {session}");
+    assert!(resent > 0, "rtcam resent nothing: {session}");
     // Keyframe recovery: the viewer asked, rtcam forced keyframes beyond the scheduled ones.
     assert!(after.plis > 0, "the viewer never asked for a keyframe");
     assert!(keyframe_requests > 0, "no PLI reached rtcam: {session}");

@@ -245,6 +245,14 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
             s.sid, s.nacked_packets
         );
     }
+    let _ = writeln!(out, "# HELP rtcam_session_retransmitted_packets_total Packets resent to each viewer for its NACKs.\n# TYPE rtcam_session_retransmitted_packets_total counter");
+    for s in &t.sessions {
+        let _ = writeln!(
+            out,
+            "rtcam_session_retransmitted_packets_total{{device=\"{device}\",sid=\"{}\"}} {}",
+            s.sid, s.retransmitted_packets
+        );
+    }
     out
 }
 

@@ -53,6 +53,8 @@ pub struct SessionStats {
     pub loss_centipercent: AtomicU64,
     /// Packets the viewer asked to be resent (NACK).
     pub nacked_packets: AtomicU64,
+    /// Packets resent for those NACKs.
+    pub retransmitted_packets: AtomicU64,
     /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
     pub paced: AtomicBool,
 }
@@ -72,6 +74,7 @@ impl SessionStats {
             estimate_kbps: AtomicU64::new(0),
             loss_centipercent: AtomicU64::new(u64::MAX),
             nacked_packets: AtomicU64::new(0),
+            retransmitted_packets: AtomicU64::new(0),
             paced: AtomicBool::new(false),
         }
     }
@@ -94,8 +97,10 @@ pub struct SessionInfo {
     pub estimate_kbps: Option<u64>,
     /// Packet loss in the viewer's latest receiver reports.
     pub loss_percent: Option<f64>,
-    /// Packets the viewer asked to be resent (NACK); each one rtcam still held was resent.
+    /// Packets the viewer asked to be resent (NACK).
     pub nacked_packets: u64,
+    /// Packets rtcam resent for them (those still in its 1024-packet send buffer).
+    pub retransmitted_packets: u64,
     /// Sent below the encoder's rate, skipping to keyframes, because it cannot take more.
     pub paced: bool,
 }
@@ -123,6 +128,7 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
             c => Some(c as f64 / 100.0),
         },
         nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
+        retransmitted_packets: s.retransmitted_packets.load(Ordering::Relaxed),
         paced: s.paced.load(Ordering::Relaxed),
     }
 }

@@ -227,15 +227,26 @@ impl PeerFactory {
         // Application-most slot: every other interceptor (NACK, reports, congestion feedback)
         // has seen the inbound RTCP before this one hands keyframe requests to rtcam and notes
         // the viewer's reception reports for bitrate adaptation.
-        let registry = registry.with(
-            Slot::from(14_000),
-            KeyframeRequests {
-                ssrc,
-                feedback: Arc::clone(&feedback),
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-            },
-        );
+        let registry = registry
+            .with(
+                Slot::from(14_000),
+                KeyframeRequests {
+                    ssrc,
+                    feedback: Arc::clone(&feedback),
+                    read: VecDeque::new(),
+                    write: VecDeque::new(),
+                },
+            )
+            // Wire-ward of the NACK responder (4_000), which emits its resends from there on
+            // the write leg, tagged as retransmissions: here they can be counted.
+            .with(
+                Slot::from(3_500),
+                Retransmissions {
+                    feedback: Arc::clone(&feedback),
+                    read: VecDeque::new(),
+                    write: VecDeque::new(),
+                },
+            );
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             // The crate's default (query mode) binds UDP 5353 for every viewer, where a board's
@@ -351,9 +362,10 @@ pub struct Feedback {
     pub jitter: Option<u32>,
     /// The latest REMB, if the viewer sends them.
     pub remb_kbps: Option<u32>,
-    /// Packets the viewer asked to be resent (NACK), since the session began; the crate's NACK
-    /// responder resends each one it still holds.
+    /// Packets the viewer asked to be resent (NACK), since the session began.
     pub nacked_packets: u64,
+    /// Packets the crate's NACK responder resent (those it still held), since the session began.
+    pub retransmitted_packets: u64,
 }
 
 /// What the interceptor accumulates between two reads.
@@ -364,6 +376,7 @@ struct FeedbackLog {
     jitter: Option<u32>,
     remb_kbps: Option<u32>,
     nacked_packets: u64,
+    retransmitted_packets: u64,
 }
 
 impl FeedbackLog {
@@ -374,6 +387,7 @@ impl FeedbackLog {
             jitter: self.jitter.take(),
             remb_kbps: self.remb_kbps.take(),
             nacked_packets: self.nacked_packets,
+            retransmitted_packets: self.retransmitted_packets,
         };
         self.loss_sum = 0.0;
         self.reports = 0;
@@ -613,6 +627,52 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// Counts the NACK responder's resends on their way to the wire; passes everything through.
+struct Retransmissions {
+    feedback: Arc<Mutex<FeedbackLog>>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if msg.message.has(&Attribute::Retransmission) {
+            self.feedback
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retransmitted_packets += 1;
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for Retransmissions {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// Drops `a=candidate` lines with mDNS host names: rtcam does not resolve `.local` names, and
 /// the browser's checks from those hosts arrive anyway as peer-reflexive candidates.
 pub fn without_mdns_candidates(sdp: &str) -> String {
@@ -693,6 +753,7 @@ mod tests {
                 jitter: Some(900),
                 remb_kbps: Some(1500),
                 nacked_packets: 3,
+                retransmitted_packets: 0,
             }
         );
         // Reports start again; counters go on.

@@ -90,6 +90,9 @@ impl Viewer {
         self.stats
             .nacked_packets
             .store(feedback.nacked_packets, Ordering::Relaxed);
+        self.stats
+            .retransmitted_packets
+            .store(feedback.retransmitted_packets, Ordering::Relaxed);
         if let Some(loss) = feedback.fraction_lost {
             self.stats
                 .loss_centipercent
