@@ -73,8 +73,17 @@ impl LossyLink {
         let (tap0, tap1) = (format!("{tap}0"), format!("{tap}1"));
         // qemu runs in the camera's namespace and creates both taps there; the viewer's tap
         // is then moved into the viewer's namespace (the open fd keeps working).
-        let mut qemu = cam
-            .command("qemu-system-x86_64")
+        let mut command = cam.command("qemu-system-x86_64");
+        // SAFETY: prctl is async-signal-safe. A test killed outright (a CI timeout) takes its
+        // qemu with it: `ip netns exec` execs qemu, which keeps this parent-death signal.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut qemu = command
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"])
             .args([
                 "-nographic",
