@@ -2,15 +2,34 @@
 // frame the browser presents (requestVideoFrameCallback) copies the top strip to a canvas, reads
 // the capture-time barcode that RTCAM_BENCH_STAMP=1 puts there (src/media/stamp.rs) and
 // subtracts it from Date.now(). Prints one JSON line: {"latencies_ms":[...],"unreadable":n}.
+// Then, when SESSIONS > 0, time to first frame: the page is loaded SESSIONS times, and each
+// time the span from the page's `rtcam:offer-sent` mark to the first presented frame is taken
+// ({"ttff_ms":[...]} on the same line).
 //
-//   node bench/chromium.mjs URL SECONDS
+//   node bench/chromium.mjs URL SECONDS [SESSIONS] [GAP_MS]
 //
 // Uses the Chromium launch of the browser tests (tests/browser, `npm ci` there first).
 
 import { openBrowser, closeWithin } from '../tests/browser/lib.mjs';
 
-const [url, secondsArg] = process.argv.slice(2);
+const [url, secondsArg, sessionsArg, gapArg] = process.argv.slice(2);
 const seconds = Number(secondsArg || 20);
+const sessions = Number(sessionsArg || 0);
+const gapMs = Number(gapArg || 700);
+
+// Runs in the page: milliseconds from the offer leaving the page to the first frame presented.
+function firstFrame() {
+  return new Promise((resolve, reject) => {
+    const video = document.getElementById('video');
+    const timer = setTimeout(() => reject(new Error('no frame in 10 s')), 10000);
+    video.requestVideoFrameCallback((now) => {
+      clearTimeout(timer);
+      const mark = performance.getEntriesByName('rtcam:offer-sent')[0];
+      if (!mark) reject(new Error('the page set no rtcam:offer-sent mark'));
+      else resolve(now - mark.startTime);
+    });
+  });
+}
 
 // Runs in the page. Must match src/media/stamp.rs: 48 blocks of 24x32 px, 40 bits of ms and an
 // 8-bit checksum (XOR of the five bytes, starting at 0x5a), most significant bit first.
@@ -69,6 +88,14 @@ try {
   );
   await browser.page.waitForTimeout(1000);
   const result = await browser.page.evaluate(collect, seconds);
+  result.ttff_ms = [];
+  for (let i = 0; i < sessions; i++) {
+    // The gap lets rtcam's keyframe limiter (keyframe_min_interval_ms) forget the last viewer,
+    // as for a viewer arriving alone; loading the page again ends the previous session.
+    await browser.page.waitForTimeout(gapMs);
+    await browser.page.goto(url, { waitUntil: 'domcontentloaded', timeout: 15000 });
+    result.ttff_ms.push(await browser.page.evaluate(firstFrame));
+  }
   console.log(JSON.stringify(result));
   code = 0;
 } catch (err) {

@@ -230,8 +230,26 @@ async fn telemetry_and_metrics() {
     assert!(t["rss_bytes"].as_u64().unwrap() > 1_000_000, "{t}");
     assert!(t["uptime_secs"].as_u64().is_some());
     assert_eq!(t["sessions"][0]["sid"], viewer.sid.as_str());
+    // Per-stage latency: capture → encoded → sent, each a plausible span of milliseconds and
+    // the whole no shorter than its first part.
+    let lat = &t["latency"];
+    for stage in ["capture_to_encoded", "encoded_to_sent", "capture_to_sent"] {
+        let p50 = lat[stage]["p50_ms"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..2000.0).contains(&p50), "{stage}: {t}");
+        assert!(lat[stage]["samples"].as_u64().unwrap() > 0, "{stage}: {t}");
+    }
+    assert!(
+        lat["capture_to_sent"]["p50_ms"].as_f64() >= lat["capture_to_encoded"]["p50_ms"].as_f64(),
+        "{t}"
+    );
 
     let metrics = http_get(rt.app.http_addr(), "/metrics").await;
+    assert!(
+        metrics.contains(
+            "rtcam_latency_ms{device=\"ctl-telemetry\",stage=\"capture_to_sent\",quantile=\"0.5\"}"
+        ),
+        "{metrics}"
+    );
     assert!(metrics.contains("# TYPE rtcam_fps_in gauge"), "{metrics}");
     assert!(
         metrics.contains("rtcam_viewers{device=\"ctl-telemetry\"} 1"),

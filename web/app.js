@@ -374,6 +374,9 @@ async function startSession() {
   if (session !== s) return;
   s.mid = transceiver.mid ?? '0';
   publish(s, offerMessage(pc.localDescription.sdp, settings.token));
+  // A User Timing mark, so time to first frame can be read from outside the page
+  // (rtcam-bench, a browser's performance panel).
+  performance.mark('rtcam:offer-sent');
   s.offerSent = true;
   for (const msg of s.localQueue.splice(0)) publish(s, msg);
   log(`offer sent (session ${sid})`);

@@ -43,6 +43,13 @@ impl Drop for TempDir {
     }
 }
 
+/// How long rtcam keeps its pipeline after the last viewer leaves (default 10 s): short, so
+/// the cold time-to-first-frame sessions do not wait long for an idle camera.
+pub const IDLE_STOP_SECS: u64 = 2;
+/// Between time-to-first-frame sessions: longer than rtcam's default
+/// `keyframe_min_interval_ms` (500), shorter than the idle stop.
+pub const SESSION_GAP: Duration = Duration::from_millis(700);
+
 impl Rtcam {
     pub async fn start(setup: &Setup) -> Result<Rtcam> {
         let dir = std::env::temp_dir().join(format!("rtcam-bench-{}", std::process::id()));
@@ -64,6 +71,7 @@ kind = "test"
 width = {w}
 height = {h}
 fps = {fps}
+idle_stop_secs = {idle_stop}
 [encoder]
 element = "x264enc"
 bitrate_kbps = {kbps}
@@ -82,6 +90,7 @@ ha_discovery = false
             fps = setup.fps,
             kbps = setup.bitrate_kbps,
             max = setup.max_sessions,
+            idle_stop = IDLE_STOP_SECS,
         );
         let path = dir.0.join("rtcam.toml");
         std::fs::write(&path, config)?;

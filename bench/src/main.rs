@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use viewer::{JanusViewer, Viewer};
 
+/// rtcam's `[source] idle_stop_secs` in the benchmark's configuration (daemon.rs).
+const IDLE_STOP: Duration = Duration::from_secs(daemon::IDLE_STOP_SECS);
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks rtcam: time to first frame, latency, fan-out cost")]
 struct Args {
@@ -33,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     sessions: usize,
     /// Viewer counts for the fan-out table.
-    #[arg(long, value_delimiter = ',', default_value = "0,1,4,16,32")]
+    #[arg(long, value_delimiter = ',', default_value = "0,1,4,8,16,32")]
     viewers: Vec<usize>,
     /// Seconds of each fan-out measuring window.
     #[arg(long, default_value_t = 10)]
@@ -47,13 +50,21 @@ struct Args {
     /// rtcam starts for the start-to-ready figure.
     #[arg(long, default_value_t = 5)]
     starts: usize,
-    /// The viewers' ICE check interval in ms (webrtc-rs default 200), to see how much of the
-    /// time to first frame is the viewer's pacing rather than rtcam's.
-    #[arg(long)]
-    viewer_ice_check_ms: Option<u64>,
+    /// The viewers' ICE check interval in ms. 50 is a browser's pace (Chromium checks a pair
+    /// that is not yet writable every 48 ms); webrtc-rs's own default, 200, would measure the
+    /// viewer library rather than rtcam.
+    #[arg(long, default_value_t = 50)]
+    viewer_ice_check_ms: u64,
+    /// Sessions for time to first frame started on an idle camera (the pipeline stopped, so
+    /// the viewer's arrival starts it); each waits out rtcam's idle stop first.
+    #[arg(long, default_value_t = 10)]
+    cold_sessions: usize,
     /// Also measure glass to glass in headless Chromium (tests/browser needs `npm ci`).
     #[arg(long)]
     chromium: bool,
+    /// Page loads for time to first frame in Chromium (with --chromium).
+    #[arg(long, default_value_t = 20)]
+    chromium_sessions: usize,
     /// Also run the fan-out through Janus's streaming plugin (Debian package `janus`).
     #[arg(long)]
     janus: bool,
@@ -71,10 +82,9 @@ fn main() -> Result<()> {
         args.idle = 1;
         args.latency_secs = 2;
         args.starts = 1;
+        args.cold_sessions = 1;
     }
-    if let Some(ms) = args.viewer_ice_check_ms {
-        let _ = viewer::ICE_CHECK_INTERVAL.set(Duration::from_millis(ms));
-    }
+    let _ = viewer::ICE_CHECK_INTERVAL.set(Duration::from_millis(args.viewer_ice_check_ms));
     let runtime = tokio::runtime::Runtime::new()?;
     let results = runtime.block_on(run(&args))?;
     print!("{}", report::summary(&results));
@@ -139,19 +149,39 @@ async fn run(args: &Args) -> Result<Results> {
     results.idle_rss_kb = b.rss_kb;
     eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
 
-    // Time to first frame: one session at a time, each ended before the next, so every one
-    // starts from an idle camera as a viewer opening the page does.
+    // Time to first frame, cold: the camera idle (pipeline stopped) when the viewer arrives, as
+    // for the first viewer of the day. Each session waits out the idle stop first.
+    for i in 0..args.cold_sessions {
+        tokio::time::sleep(IDLE_STOP + Duration::from_millis(1500)).await;
+        let v = Viewer::connect(broker, &cam.root, true)
+            .await
+            .with_context(|| format!("cold session {i}"))?;
+        if !v.wait_first_frame(Duration::from_secs(10)).await {
+            eprintln!("cold session {i}: no frame in 10 s");
+        }
+        results.ttff.push(TtffSample {
+            stages: v.stages(),
+            cold: true,
+        });
+        v.bye().await;
+    }
+    // Warm: one session at a time, each ended before the next, with the pipeline running. The
+    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
+    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
+    // that window of another shares the other's keyframe and waits up to the window for it.
     for i in 0..args.sessions {
+        tokio::time::sleep(daemon::SESSION_GAP).await;
         let v = Viewer::connect(broker, &cam.root, true)
             .await
             .with_context(|| format!("session {i}"))?;
         if !v.wait_first_frame(Duration::from_secs(10)).await {
             eprintln!("session {i}: no frame in 10 s");
         }
-        results.ttff.push(TtffSample { stages: v.stages() });
+        results.ttff.push(TtffSample {
+            stages: v.stages(),
+            cold: false,
+        });
         v.bye().await;
-        // rtcam frees the session on bye; a short gap keeps sessions from overlapping.
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("time to first frame: {} sessions", results.ttff.len());
 
@@ -170,10 +200,11 @@ async fn run(args: &Args) -> Result<Results> {
     }
     eprintln!("latency: {} samples", results.latencies_ms.len());
     if args.chromium {
-        match chromium_latency(&cam.page_url, args.latency_secs).await {
-            Ok((lat, unreadable)) => {
+        match chromium_latency(&cam.page_url, args.latency_secs, args.chromium_sessions).await {
+            Ok((lat, unreadable, ttff)) => {
                 results.chromium_latencies_ms = lat;
                 results.chromium_unreadable = unreadable;
+                results.chromium_ttff_ms = ttff;
             }
             // The browser is optional equipment; its failure is reported, not fatal.
             Err(e) => results.chromium_error = Some(format!("{e:#}")),
@@ -338,15 +369,22 @@ async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<Fano
     Ok(row)
 }
 
-/// Runs bench/chromium.mjs against rtcam's own viewer page; returns its latency samples.
-async fn chromium_latency(url: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
+/// Runs bench/chromium.mjs against rtcam's own viewer page; returns its latency samples, the
+/// count of unreadable frames and its time-to-first-frame samples.
+async fn chromium_latency(
+    url: &str,
+    secs: u64,
+    sessions: usize,
+) -> Result<(Vec<i64>, u64, Vec<f64>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/chromium.mjs");
     let out = tokio::time::timeout(
-        Duration::from_secs(secs + 60),
+        Duration::from_secs(secs + 60 + 12 * sessions as u64),
         tokio::process::Command::new("node")
             .arg(script)
             .arg(url)
             .arg(secs.to_string())
+            .arg(sessions.to_string())
+            .arg(daemon::SESSION_GAP.as_millis().to_string())
             .kill_on_drop(true)
             .output(),
     )
@@ -362,5 +400,9 @@ async fn chromium_latency(url: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
         .as_array()
         .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
         .unwrap_or_default();
-    Ok((lat, v["unreadable"].as_u64().unwrap_or(0)))
+    let ttff = v["ttff_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default();
+    Ok((lat, v["unreadable"].as_u64().unwrap_or(0), ttff))
 }

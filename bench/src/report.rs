@@ -14,6 +14,8 @@ const END: &str = "<!-- rtcam-bench results: end -->";
 
 pub struct TtffSample {
     pub stages: Stages,
+    /// The pipeline was stopped when the viewer arrived (its offer started the camera).
+    pub cold: bool,
 }
 
 pub struct FanoutRow {
@@ -47,6 +49,8 @@ pub struct Results {
     /// The same in headless Chromium (presented frames), when asked for.
     pub chromium_latencies_ms: Vec<i64>,
     pub chromium_unreadable: u64,
+    /// Time to first frame in Chromium, ms from the page's offer to the first presented frame.
+    pub chromium_ttff_ms: Vec<f64>,
     pub chromium_error: Option<String>,
     pub fanout: Vec<FanoutRow>,
     /// The same fan-out through Janus, when asked for.
@@ -74,6 +78,7 @@ impl Results {
             unreadable: 0,
             chromium_latencies_ms: Vec::new(),
             chromium_unreadable: 0,
+            chromium_ttff_ms: Vec::new(),
             chromium_error: None,
             fanout: Vec::new(),
             janus_fanout: Vec::new(),
@@ -232,22 +237,47 @@ pub fn tables(r: &Results) -> String {
         r.idle_rss_kb as f64 / 1024.0
     );
 
-    s += &format!(
-        "### Time to first frame ({} sessions, one at a time)\n\n\
-         Milliseconds from the viewer publishing its offer.\n\n\
-         | stage | p50 | p95 | max | reached |\n|---|---|---|---|---|\n",
-        r.ttff.len()
-    );
-    let n = r.ttff.len();
-    let col = |f: fn(&Stages) -> Option<Duration>| -> Vec<Duration> {
-        r.ttff.iter().filter_map(|t| f(&t.stages)).collect()
-    };
-    s += &stage_row("answer received (MQTT round trip)", col(|s| s.answer), n);
-    s += &stage_row("ICE connected", col(|s| s.ice_connected), n);
-    s += &stage_row("DTLS done (peer connected)", col(|s| s.dtls_connected), n);
-    s += &stage_row("first RTP packet", col(|s| s.first_rtp), n);
-    s += &stage_row("first frame decoded", col(|s| s.first_frame), n);
-    s += "\n";
+    for (cold, what) in [
+        (false, "pipeline running, one session at a time"),
+        (true, "camera idle: the viewer's offer starts the pipeline"),
+    ] {
+        let samples: Vec<&TtffSample> = r.ttff.iter().filter(|t| t.cold == cold).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        s += &format!(
+            "### Time to first frame, {what} ({} sessions)\n\n\
+             Milliseconds from the viewer publishing its offer.\n\n\
+             | stage | p50 | p95 | max | reached |\n|---|---|---|---|---|\n",
+            samples.len()
+        );
+        let n = samples.len();
+        let col = |f: fn(&Stages) -> Option<Duration>| -> Vec<Duration> {
+            samples.iter().filter_map(|t| f(&t.stages)).collect()
+        };
+        s += &stage_row("answer received (MQTT round trip)", col(|s| s.answer), n);
+        s += &stage_row("ICE connected", col(|s| s.ice_connected), n);
+        s += &stage_row("DTLS done (peer connected)", col(|s| s.dtls_connected), n);
+        s += &stage_row("first RTP packet", col(|s| s.first_rtp), n);
+        s += &stage_row("first frame decoded", col(|s| s.first_frame), n);
+        s += "\n";
+    }
+    if !r.chromium_ttff_ms.is_empty() {
+        let mut t = r.chromium_ttff_ms.clone();
+        t.sort_by(f64::total_cmp);
+        let q = |p: f64| t[((t.len() - 1) as f64 * p / 100.0).round() as usize];
+        s += &format!(
+            "### Time to first frame in headless Chromium (rtcam's viewer page, {} page loads)\n\n\
+             Milliseconds from the page's `rtcam:offer-sent` mark to the first presented frame \
+             (`requestVideoFrameCallback`), pipeline running, {} ms between loads.\n\n\
+             | p50 | p95 | max |\n|---|---|---|\n| {:.0} | {:.0} | {:.0} |\n\n",
+            t.len(),
+            crate::daemon::SESSION_GAP.as_millis(),
+            q(50.0),
+            q(95.0),
+            t[t.len() - 1]
+        );
+    }
 
     let mut lat = r.latencies_ms.clone();
     lat.sort();

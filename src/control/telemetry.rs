@@ -5,6 +5,7 @@
 //! and the SoC temperature from /sys/class/thermal where the board has one.
 
 use super::Publication;
+use crate::media::latency::{LatencySummary, StageSummary};
 use crate::media::Media;
 use crate::session::{SessionInfo, Sessions};
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct Telemetry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f64>,
     pub streaming: bool,
+    /// Where a frame's time goes inside rtcam over the last interval (capture → encoded →
+    /// sent); stages without a frame in the interval are left out.
+    pub latency: StageSummary,
 }
 
 /// Turns counters into rates between calls.
@@ -87,6 +91,7 @@ impl Sampler {
             temperature_c: soc_temperature(),
             streaming: self.media.info().borrow().streaming,
             target_bitrate_kbps: self.media.info().borrow().bitrate_kbps,
+            latency: stats.latency.take(),
             ..Default::default()
         };
         if let Some(last) = &self.last {
@@ -217,6 +222,30 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
     if let Some(c) = t.temperature_c {
         metric("soc_temperature_celsius", "gauge", "SoC temperature.", c);
     }
+    let _ = writeln!(
+        out,
+        "# HELP rtcam_latency_ms Time a frame spends in rtcam over the last telemetry interval, by stage.\n# TYPE rtcam_latency_ms summary"
+    );
+    let stages: [(&str, Option<LatencySummary>); 3] = [
+        ("capture_to_encoded", t.latency.capture_to_encoded),
+        ("encoded_to_sent", t.latency.encoded_to_sent),
+        ("capture_to_sent", t.latency.capture_to_sent),
+    ];
+    for (stage, summary) in stages {
+        if let Some(l) = summary {
+            for (q, v) in [("0.5", l.p50_ms), ("0.95", l.p95_ms), ("1", l.max_ms)] {
+                let _ = writeln!(
+                    out,
+                    "rtcam_latency_ms{{device=\"{device}\",stage=\"{stage}\",quantile=\"{q}\"}} {v}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "rtcam_latency_ms_count{{device=\"{device}\",stage=\"{stage}\"}} {}",
+                l.samples
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP rtcam_session_rtt_ms Round-trip time to each viewer.\n# TYPE rtcam_session_rtt_ms gauge");
     for s in &t.sessions {
         if let Some(rtt) = s.rtt_ms {
@@ -298,6 +327,15 @@ mod tests {
             viewers: 2,
             fps_in: 29.9,
             temperature_c: Some(51.2),
+            latency: StageSummary {
+                capture_to_encoded: Some(LatencySummary {
+                    samples: 30,
+                    p50_ms: 4.5,
+                    p95_ms: 7.25,
+                    max_ms: 9.0,
+                }),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let text = prometheus(&t, "cam1");
@@ -307,6 +345,15 @@ mod tests {
         );
         assert!(text.contains("rtcam_fps_in{device=\"cam1\"} 29.9"));
         assert!(text.contains("rtcam_soc_temperature_celsius{device=\"cam1\"} 51.2"));
+        assert!(text.contains(
+            "rtcam_latency_ms{device=\"cam1\",stage=\"capture_to_encoded\",quantile=\"0.95\"} 7.25"
+        ));
+        assert!(text
+            .contains("rtcam_latency_ms_count{device=\"cam1\",stage=\"capture_to_encoded\"} 30"));
+        assert!(
+            !text.contains("stage=\"encoded_to_sent\""),
+            "no sample, no line"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod camera;
 pub mod check;
 pub mod encoder;
 pub mod keyframe;
+pub mod latency;
 pub mod stamp;
 pub mod v4l2;
 
@@ -58,6 +59,9 @@ pub struct EncodedFrame {
     pub duration: Duration,
     /// When the pipeline handed the frame over.
     pub produced: Instant,
+    /// When its picture was captured (the buffer's timestamp on the pipeline clock), for the
+    /// per-stage latency in telemetry; `produced` when the buffer had none.
+    pub captured: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +143,8 @@ pub struct MediaStats {
     pub bytes: std::sync::atomic::AtomicU64,
     pub keyframes: std::sync::atomic::AtomicU64,
     pub restarts: std::sync::atomic::AtomicU64,
+    /// Capture → encoded → sent, for telemetry.
+    pub latency: latency::StageLatency,
 }
 
 /// Requests to the media task.
@@ -156,6 +162,20 @@ enum MediaCommand {
     Restart,
     Streaming(bool),
     Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
+}
+
+/// How long ago, on the pipeline clock, the sample's picture was captured. The timestamp is
+/// read through the sample's segment: encoders shift theirs (x264enc by 1000 hours, to keep
+/// decode timestamps positive), and the segment says by how much.
+fn capture_age(sink: &gst_app::AppSink, sample: &gst::Sample) -> Option<Duration> {
+    let pts = sample.buffer()?.pts()?;
+    let segment = sample.segment()?.downcast_ref::<gst::ClockTime>()?;
+    let captured = segment.to_running_time(pts)?;
+    let now = sink.clock()?.time()?;
+    let running = now.checked_sub(sink.base_time()?)?;
+    running
+        .checked_sub(captured)
+        .map(|age| Duration::from_nanos(age.nseconds()))
 }
 
 /// Handle to the running media pipeline; cheap to clone.
@@ -714,6 +734,13 @@ impl Runner {
                     };
                     let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
                     let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    let produced = Instant::now();
+                    // The buffer keeps its capture timestamp through the encoder: its age on
+                    // the pipeline clock is how long capture → encoded took.
+                    let age = capture_age(sink, &sample);
+                    if let Some(age) = age {
+                        latency::StageLatency::record(&stats.latency.capture_to_encoded, age);
+                    }
                     stats.frames.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
                     stats
@@ -727,7 +754,10 @@ impl Runner {
                             .map(|d| Duration::from_nanos(d.nseconds()))
                             .filter(|d| !d.is_zero())
                             .unwrap_or(nominal),
-                        produced: Instant::now(),
+                        produced,
+                        captured: age
+                            .and_then(|a| produced.checked_sub(a))
+                            .unwrap_or(produced),
                     };
                     heartbeat.beat();
                     // Once per pipeline, so logs (and the emulated-board test) show frames flow.

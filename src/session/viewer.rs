@@ -4,6 +4,7 @@
 use super::adapt::{Adaptation, ByteBudget, Report};
 use super::peer::{Peer, PeerError, PeerEvent, PeerFactory, PeerState};
 use super::table::Generation;
+use crate::media::latency::StageLatency;
 use crate::media::{EncodedFrame, Media};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
@@ -44,6 +45,8 @@ pub struct Viewer {
 /// How often a session measures its round-trip time and send rate, and hands the viewer's
 /// RTCP feedback to bitrate adaptation (which updates an estimate at most once a second).
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Frames held between ICE connected and DTLS done: two seconds at 30 fps.
+const HELD_FRAMES_MAX: usize = 60;
 
 impl Viewer {
     pub async fn run(mut self) {
@@ -51,6 +54,7 @@ impl Viewer {
         let (events_tx, events) = mpsc::unbounded_channel();
         match self.factory.answer(&self.offer_sdp, events_tx).await {
             Ok((peer, answer)) => {
+                tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
                 let (reason, tell_viewer) = self.drive(peer, events, started).await;
                 self.with_adaptation(|a| a.leave(&adapt_key(&self.sid, self.generation)));
@@ -144,6 +148,10 @@ impl Viewer {
     ) -> (String, bool) {
         let mut frames: Option<broadcast::Receiver<EncodedFrame>> = None;
         let mut waiting_for_keyframe = true;
+        // Frames arrive from ICE connected on, but the track can carry them only once DTLS is
+        // done: until then the newest keyframe and what follows it wait here.
+        let mut secure = false;
+        let mut held: Vec<EncodedFrame> = Vec::new();
         let mut deadline = Some(Instant::now() + CONNECT_TIMEOUT);
         let mut write_failed = false;
         let mut stats_tick = tokio::time::interval(STATS_EVERY);
@@ -187,16 +195,30 @@ impl Viewer {
                         }))
                         .await;
                     }
-                    PeerEvent::State(PeerState::Connected) => {
-                        deadline = None;
-                        self.stats.connected.store(true, Ordering::Relaxed);
+                    PeerEvent::IceConnected => {
+                        // DTLS still has a round trip or two to go: asking for the keyframe
+                        // now lets the encoder make it meanwhile (docs/benchmarks.md).
                         if frames.is_none() {
-                            tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
-                            self.with_adaptation(|a| a.join(&adapt_key(&self.sid, self.generation), Instant::now()));
                             frames = Some(self.media.subscribe());
                             // Ask now, not at the next scheduled keyframe: the viewer sees
                             // nothing until one arrives.
                             self.media.request_keyframe();
+                        }
+                    }
+                    PeerEvent::State(PeerState::Connected) => {
+                        deadline = None;
+                        self.stats.connected.store(true, Ordering::Relaxed);
+                        if !secure {
+                            tracing::info!(sid = %self.sid, "viewer connected after {} ms", started.elapsed().as_millis());
+                            secure = true;
+                            self.with_adaptation(|a| a.join(&adapt_key(&self.sid, self.generation), Instant::now()));
+                        }
+                        if frames.is_none() {
+                            frames = Some(self.media.subscribe());
+                            self.media.request_keyframe();
+                        }
+                        for frame in std::mem::take(&mut held) {
+                            self.write_frame(&mut peer, &frame, started, &mut write_failed).await;
                         }
                     }
                     PeerEvent::State(PeerState::Disconnected) => {
@@ -226,29 +248,23 @@ impl Viewer {
                             continue;
                         }
                         waiting_for_keyframe = false;
+                        if !secure {
+                            if frame.keyframe {
+                                held.clear();
+                            }
+                            // Bounded: DTLS that takes longer than this has failed anyway.
+                            if held.len() < HELD_FRAMES_MAX {
+                                held.push(frame);
+                            }
+                            continue;
+                        }
                         if let Some(kbps) = budget_kbps {
                             if !budget.admit(frame.data.len(), frame.keyframe, kbps, Instant::now()) {
                                 self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
                         }
-                        match peer.write_frame(&frame).await {
-                            Ok(()) => {
-                                write_failed = false;
-                                let sent = self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                                self.stats.bytes_sent.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
-                                if sent == 0 {
-                                    let ms = started.elapsed().as_millis().max(1) as u64;
-                                    self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
-                                    tracing::info!(sid = %self.sid, "first frame sent {ms} ms after the offer");
-                                }
-                            }
-                            Err(e) if !write_failed => {
-                                tracing::debug!(sid = %self.sid, "cannot send frame: {e}");
-                                write_failed = true;
-                            }
-                            Err(_) => {}
-                        }
+                        self.write_frame(&mut peer, &frame, started, &mut write_failed).await;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // This viewer fell behind; skipping to a fresh keyframe is the only
@@ -298,6 +314,41 @@ impl Viewer {
         }
         peer.close().await;
         outcome
+    }
+}
+
+impl Viewer {
+    /// Sends one frame on the viewer's track, counting it; a failure is logged once per run
+    /// of failures (a viewer going away fails every frame until the session ends).
+    async fn write_frame(
+        &self,
+        peer: &mut Peer,
+        frame: &EncodedFrame,
+        started: Instant,
+        write_failed: &mut bool,
+    ) {
+        match peer.write_frame(frame).await {
+            Ok(()) => {
+                *write_failed = false;
+                let latency = &self.media.stats().latency;
+                StageLatency::record(&latency.encoded_to_sent, frame.produced.elapsed());
+                StageLatency::record(&latency.capture_to_sent, frame.captured.elapsed());
+                let sent = self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_sent
+                    .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                if sent == 0 {
+                    let ms = started.elapsed().as_millis().max(1) as u64;
+                    self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
+                    tracing::info!(sid = %self.sid, "first frame sent {ms} ms after the offer");
+                }
+            }
+            Err(e) if !*write_failed => {
+                tracing::debug!(sid = %self.sid, "cannot send frame: {e}");
+                *write_failed = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// oversized signalling message is answered with `payload_too_large` instead of making the
 /// client drop its connection (which is what rumqttc does with a packet over its limit).
 pub const MAX_PACKET: usize = 1024 * 1024;
+/// Publishes rtcam keeps in flight (unacknowledged, QoS 1) before waiting for acknowledgements.
+const MAX_INFLIGHT: u16 = 256;
 
 /// Reconnect delays grow from the first to the last; capped low because a LAN broker that comes
 /// back should see rtcam again within a second.
@@ -110,6 +112,11 @@ pub fn options(
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
     opts.set_clean_start(true);
     opts.set_max_packet_size(Some(MAX_PACKET as u32));
+    // rumqttc preallocates one slot per possible in-flight publish: its default, 65535 slots,
+    // is 14 MB resident before the first message (docs/benchmarks.md). rtcam publishes a few
+    // messages per session (an answer, a few candidates), so 256 in flight covers dozens of
+    // viewers arriving together; beyond it rumqttc waits for acknowledgements, it drops nothing.
+    opts.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
     opts.set_last_will(LastWill::new(
         topics.status(),
         Status::offline().to_json(),
