@@ -21,7 +21,8 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
-# (iproute2, nftables).
+# (iproute2, nftables); the lossy link (tests/lossy.rs) is a router VM from the same kernel,
+# whose sch_netem the host may lack, with iproute2's tc copied into its busybox initramfs.
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables \
 	qemu-system-x86 busybox-static cpio kmod binutils
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C

@@ -10,6 +10,7 @@ use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
 use crate::health::Heartbeat;
 use crate::media::{self, Media};
+use crate::session::adapt::{Adaptation, Limits as AdaptLimits};
 use crate::session::peer::PeerFactory;
 use crate::session::table::{Limits, SessionTable};
 use crate::session::{SessionManager, Sessions};
@@ -151,6 +152,16 @@ impl App {
                 may_change_state: viewers_may_change_state(&config),
             },
             authority: authority.clone(),
+            adaptation: config.encoder.adaptation().map(|(min_kbps, max_kbps)| {
+                Arc::new(std::sync::Mutex::new(Adaptation::new(
+                    AdaptLimits {
+                        min_kbps,
+                        max_kbps,
+                        follow_ratio: config.encoder.follow_ratio,
+                    },
+                    config.encoder.bitrate_kbps,
+                )))
+            }),
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 

@@ -342,6 +342,29 @@ pub struct EncoderConfig {
     /// a second encoder (`vp8enc`, same bitrate and keyframe interval) that runs only while such
     /// a viewer watches. `false`: such offers are refused with `no_video_codec`.
     pub vp8_fallback: bool,
+    /// Bitrate adaptation: the encoder follows what viewers receive, between these bounds
+    /// (see docs/reliability.md). The encoder starts at `bitrate_kbps`. A minimum at or above
+    /// the maximum turns adaptation off.
+    pub min_bitrate_kbps: u32,
+    /// Upper bound; 0 means `bitrate_kbps`.
+    pub max_bitrate_kbps: u32,
+    /// A viewer far below the others does not drag the encoder below this fraction of the
+    /// strongest viewer's estimate; it gets keyframe-skipping at its own rate instead.
+    pub follow_ratio: f64,
+}
+
+impl EncoderConfig {
+    /// The adaptation bounds, or `None` when adaptation is off (equal bounds).
+    pub fn adaptation(&self) -> Option<(u32, u32)> {
+        let max = if self.max_bitrate_kbps == 0 {
+            self.bitrate_kbps
+        } else {
+            self.max_bitrate_kbps
+        };
+        (self.min_bitrate_kbps < max).then_some((self.min_bitrate_kbps, max))
+        // A minimum at or above the maximum (say bitrate_kbps = 200 with the default minimum)
+        // means a fixed bitrate: there is no room to adapt in.
+    }
 }
 
 impl Default for EncoderConfig {
@@ -352,6 +375,9 @@ impl Default for EncoderConfig {
             keyframe_interval: 60,
             keyframe_min_interval_ms: 500,
             vp8_fallback: true,
+            min_bitrate_kbps: 300,
+            max_bitrate_kbps: 0,
+            follow_ratio: 0.5,
         }
     }
 }
@@ -576,6 +602,29 @@ impl Config {
                 format!("{} is not between 50 and 50000", e.bitrate_kbps),
             ));
         }
+        let max = if e.max_bitrate_kbps == 0 {
+            e.bitrate_kbps
+        } else {
+            e.max_bitrate_kbps
+        };
+        if !(50..=50_000).contains(&max) {
+            return Err(invalid(
+                "encoder.max_bitrate_kbps",
+                format!("{max} is not between 50 and 50000"),
+            ));
+        }
+        if !(50..=50_000).contains(&e.min_bitrate_kbps) {
+            return Err(invalid(
+                "encoder.min_bitrate_kbps",
+                format!("{} is not between 50 and 50000", e.min_bitrate_kbps),
+            ));
+        }
+        if !(e.follow_ratio > 0.0 && e.follow_ratio <= 1.0) {
+            return Err(invalid(
+                "encoder.follow_ratio",
+                format!("{} is not above 0 and at most 1", e.follow_ratio),
+            ));
+        }
         if e.keyframe_interval == 0 {
             return Err(invalid(
                 "encoder.keyframe_interval",
@@ -722,6 +771,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("mqtt.url"), "{msg}");
+    }
+
+    #[test]
+    fn adaptation_bounds_are_checked_and_default_to_the_bitrate() {
+        let c = Config::parse("[encoder]\nbitrate_kbps = 1500\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.encoder.adaptation(), Some((300, 1500)));
+        let c = Config::parse("[encoder]\nbitrate_kbps = 200\n", Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.encoder.adaptation(),
+            None,
+            "no room below 200 for a 300 minimum"
+        );
+        let c = Config::parse(
+            "[encoder]\nmin_bitrate_kbps = 100\nmax_bitrate_kbps = 4000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.encoder.adaptation(), Some((100, 4000)));
+        for (text, key) in [
+            ("min_bitrate_kbps = 10", "encoder.min_bitrate_kbps"),
+            ("max_bitrate_kbps = 90000", "encoder.max_bitrate_kbps"),
+            ("follow_ratio = 0.0", "encoder.follow_ratio"),
+            ("follow_ratio = 1.5", "encoder.follow_ratio"),
+            ("follow_ratio = nan", "encoder.follow_ratio"),
+        ] {
+            let msg = Config::parse(&format!("[encoder]\n{text}\n"), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]

@@ -383,6 +383,22 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         "encoder.vp8_fallback",
         false,
     );
+    // The adaptation's bounds are read when the sessions start (app.rs), so they need a restart.
+    check(
+        old.encoder.min_bitrate_kbps != new.encoder.min_bitrate_kbps,
+        "encoder.min_bitrate_kbps",
+        false,
+    );
+    check(
+        old.encoder.max_bitrate_kbps != new.encoder.max_bitrate_kbps,
+        "encoder.max_bitrate_kbps",
+        false,
+    );
+    check(
+        old.encoder.follow_ratio != new.encoder.follow_ratio,
+        "encoder.follow_ratio",
+        false,
+    );
     check(old.device.id != new.device.id, "device.id", false);
     check(toml_differs(&old.mqtt, &new.mqtt), "mqtt", false);
     check(toml_differs(&old.http, &new.http), "http", false);
@@ -427,6 +443,12 @@ mod tests {
         assert_eq!(
             plan.restart_needed,
             vec!["encoder.vp8_fallback", "mqtt", "webrtc"]
+        );
+        let mut new = Config::default();
+        new.encoder.follow_ratio = 0.3;
+        assert_eq!(
+            reload_plan(&old, &new).restart_needed,
+            vec!["encoder.follow_ratio"]
         );
     }
 }

@@ -25,6 +25,9 @@ pub struct Telemetry {
     pub fps_out: f64,
     /// Encoder output rate.
     pub bitrate_kbps: f64,
+    /// The bitrate the encoder is set to: the configured one, or what bitrate adaptation
+    /// chose from the viewers' feedback (each session's `estimate_kbps`).
+    pub target_bitrate_kbps: u32,
     pub frames_total: u64,
     /// Frames viewers skipped (falling behind, waiting for a keyframe).
     pub frames_dropped: u64,
@@ -94,6 +97,7 @@ impl Sampler {
             rss_bytes: process_rss_bytes().unwrap_or(0),
             temperature_c: soc_temperature(),
             streaming: self.media.info().borrow().streaming,
+            target_bitrate_kbps: self.media.info().borrow().bitrate_kbps,
             latency: stats.latency.take(),
             audio_packets_total: self.media.audio_stats().packets.load(Ordering::Relaxed),
             talkback_samples_total: self
@@ -209,6 +213,12 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
         "Encoder output in kbit/s.",
         t.bitrate_kbps,
     );
+    metric(
+        "target_bitrate_kbps",
+        "gauge",
+        "Bitrate the encoder is set to (bitrate adaptation's choice).",
+        f64::from(t.target_bitrate_kbps),
+    );
     metric("viewers", "gauge", "Connected viewers.", t.viewers as f64);
     metric(
         "cpu_percent",
@@ -276,6 +286,32 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
                 s.sid
             );
         }
+    }
+    let _ = writeln!(out, "# HELP rtcam_session_estimate_kbps What bitrate adaptation estimates each viewer can take.\n# TYPE rtcam_session_estimate_kbps gauge");
+    for s in &t.sessions {
+        if let Some(kbps) = s.estimate_kbps {
+            let _ = writeln!(
+                out,
+                "rtcam_session_estimate_kbps{{device=\"{device}\",sid=\"{}\"}} {kbps}",
+                s.sid
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP rtcam_session_nacked_packets_total Packets each viewer asked to be resent.\n# TYPE rtcam_session_nacked_packets_total counter");
+    for s in &t.sessions {
+        let _ = writeln!(
+            out,
+            "rtcam_session_nacked_packets_total{{device=\"{device}\",sid=\"{}\"}} {}",
+            s.sid, s.nacked_packets
+        );
+    }
+    let _ = writeln!(out, "# HELP rtcam_session_retransmitted_packets_total Packets resent to each viewer for its NACKs.\n# TYPE rtcam_session_retransmitted_packets_total counter");
+    for s in &t.sessions {
+        let _ = writeln!(
+            out,
+            "rtcam_session_retransmitted_packets_total{{device=\"{device}\",sid=\"{}\"}} {}",
+            s.sid, s.retransmitted_packets
+        );
     }
     out
 }

@@ -1,8 +1,10 @@
 //! Viewer sessions: the manager that routes signalling to them, enforces limits and ends them.
 //!
-//! [`table`] decides (pure); [`viewer`] runs one session; [`peer`] wraps the WebRTC crate.
+//! [`table`] decides (pure); [`viewer`] runs one session; [`peer`] wraps the WebRTC crate;
+//! [`adapt`] decides the encoder's bitrate from the viewers' feedback (pure).
 //! The manager is the glue: one task, so session bookkeeping needs no locks.
 
+pub mod adapt;
 pub mod peer;
 pub mod table;
 pub mod viewer;
@@ -46,6 +48,17 @@ pub struct SessionStats {
     pub bitrate_kbps: AtomicU64,
     /// What the viewer receives, decided from its offer.
     pub codec: crate::media::VideoCodec,
+    /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
+    pub estimate_kbps: AtomicU64,
+    /// Loss in the viewer's latest receiver reports, in hundredths of a percent; `u64::MAX`
+    /// until one arrived.
+    pub loss_centipercent: AtomicU64,
+    /// Packets the viewer asked to be resent (NACK).
+    pub nacked_packets: AtomicU64,
+    /// Packets resent for those NACKs.
+    pub retransmitted_packets: AtomicU64,
+    /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
+    pub paced: AtomicBool,
 }
 
 impl SessionStats {
@@ -61,6 +74,11 @@ impl SessionStats {
             rtt_us: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
             bitrate_kbps: AtomicU64::new(0),
+            estimate_kbps: AtomicU64::new(0),
+            loss_centipercent: AtomicU64::new(u64::MAX),
+            nacked_packets: AtomicU64::new(0),
+            retransmitted_packets: AtomicU64::new(0),
+            paced: AtomicBool::new(false),
         }
     }
 }
@@ -78,6 +96,16 @@ pub struct SessionInfo {
     pub keyframe_requests: u64,
     pub rtt_ms: Option<f64>,
     pub time_to_first_frame_ms: Option<u64>,
+    /// What bitrate adaptation estimates this viewer can take.
+    pub estimate_kbps: Option<u64>,
+    /// Packet loss in the viewer's latest receiver reports.
+    pub loss_percent: Option<f64>,
+    /// Packets the viewer asked to be resent (NACK).
+    pub nacked_packets: u64,
+    /// Packets rtcam resent for them (those still in its 1024-packet send buffer).
+    pub retransmitted_packets: u64,
+    /// Sent below the encoder's rate, skipping to keyframes, because it cannot take more.
+    pub paced: bool,
 }
 
 fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
@@ -97,6 +125,14 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
         keyframe_requests: s.keyframe_requests.load(Ordering::Relaxed),
         rtt_ms: nonzero(s.rtt_us.load(Ordering::Relaxed)).map(|us| us as f64 / 1000.0),
         time_to_first_frame_ms: nonzero(s.first_frame_ms.load(Ordering::Relaxed)),
+        estimate_kbps: nonzero(s.estimate_kbps.load(Ordering::Relaxed)),
+        loss_percent: match s.loss_centipercent.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            c => Some(c as f64 / 100.0),
+        },
+        nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
+        retransmitted_packets: s.retransmitted_packets.load(Ordering::Relaxed),
+        paced: s.paced.load(Ordering::Relaxed),
     }
 }
 
@@ -161,6 +197,9 @@ pub struct SessionManager {
     pub viewer_requester: crate::control::exec::Requester,
     /// Checks viewer tokens when `[auth] secret` is set.
     pub authority: Option<crate::auth::Authority>,
+    /// Bitrate adaptation, shared by the sessions that feed it; `None` when it is off. A lock
+    /// rather than messages to this task: each session updates it once a second, briefly.
+    pub adaptation: Option<Arc<std::sync::Mutex<adapt::Adaptation>>>,
 }
 
 struct Running {
@@ -224,6 +263,13 @@ impl SessionManager {
                         Err(e) => {
                             tracing::error!("a session task failed: {e}");
                             if let Some((sid, generation)) = owners.remove(&e.id()) {
+                                // A panicked session never said it left; its estimate must not
+                                // hold the encoder down.
+                                if let Some(a) = &self.adaptation {
+                                    a.lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .leave(&viewer::adapt_key(&sid, generation));
+                                }
                                 self.table.on_ended(&sid, generation);
                                 running.remove(&sid);
                             }
@@ -349,6 +395,7 @@ impl SessionManager {
                     disconnect_timeout: self.disconnect_timeout,
                     stats,
                     controller: self.controller.clone(),
+                    adaptation: self.adaptation.clone(),
                     requester: match self.viewer_requester {
                         Requester::Viewer { may_change_state } => Requester::Viewer {
                             may_change_state: may_change_state || may_control,

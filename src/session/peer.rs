@@ -19,6 +19,9 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::codec::opus::OpusPacket;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
@@ -29,7 +32,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
@@ -298,9 +301,31 @@ impl PeerFactory {
                 .map_err(setup)?;
         }
         let registry = register_default_interceptors(Registry::new(), &mut media).map_err(setup)?;
+        let ssrc = rand::random::<u32>();
+        let feedback = Arc::new(Mutex::new(FeedbackLog::default()));
         // Application-most slot: every other interceptor (NACK, reports, congestion feedback)
-        // has seen the inbound RTCP before this one hands keyframe requests to rtcam.
-        let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
+        // has seen the inbound RTCP before this one hands keyframe requests to rtcam and notes
+        // the viewer's reception reports for bitrate adaptation.
+        let registry = registry
+            .with(
+                Slot::from(14_000),
+                KeyframeRequests {
+                    ssrc,
+                    feedback: Arc::clone(&feedback),
+                    read: VecDeque::new(),
+                    write: VecDeque::new(),
+                },
+            )
+            // Wire-ward of the NACK responder (4_000), which emits its resends from there on
+            // the write leg, tagged as retransmissions: here they can be counted.
+            .with(
+                Slot::from(3_500),
+                Retransmissions {
+                    feedback: Arc::clone(&feedback),
+                    read: VecDeque::new(),
+                    write: VecDeque::new(),
+                },
+            );
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(true)
             // The crate's default (query mode) binds UDP 5353 for every viewer, where a board's
@@ -336,7 +361,6 @@ impl PeerFactory {
             .await
             .map_err(setup)?;
 
-        let ssrc = rand::random::<u32>();
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),
@@ -430,6 +454,7 @@ impl PeerFactory {
             payload_type: None,
             mid,
             audio: audio_out,
+            feedback,
         };
         Ok((peer, local.sdp))
     }
@@ -502,6 +527,50 @@ pub struct Peer {
     mid: String,
     /// The audio track, when this viewer's offer took audio.
     audio: Option<AudioOut>,
+    /// What the viewer's RTCP said, written by the interceptor on the crate's side.
+    feedback: Arc<Mutex<FeedbackLog>>,
+}
+
+/// The viewer's reception feedback since the last [`Peer::take_feedback`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Feedback {
+    /// Mean fraction lost (0–1) over the receiver reports that came, if any did.
+    pub fraction_lost: Option<f64>,
+    /// Interarrival jitter from the latest report, in RTP timestamp units (1/90000 s).
+    pub jitter: Option<u32>,
+    /// The latest REMB, if the viewer sends them.
+    pub remb_kbps: Option<u32>,
+    /// Packets the viewer asked to be resent (NACK), since the session began.
+    pub nacked_packets: u64,
+    /// Packets the crate's NACK responder resent (those it still held), since the session began.
+    pub retransmitted_packets: u64,
+}
+
+/// What the interceptor accumulates between two reads.
+#[derive(Debug, Default)]
+struct FeedbackLog {
+    loss_sum: f64,
+    reports: u32,
+    jitter: Option<u32>,
+    remb_kbps: Option<u32>,
+    nacked_packets: u64,
+    retransmitted_packets: u64,
+}
+
+impl FeedbackLog {
+    /// The feedback so far; report figures start again from nothing, counters keep counting.
+    fn take(&mut self) -> Feedback {
+        let taken = Feedback {
+            fraction_lost: (self.reports > 0).then(|| self.loss_sum / f64::from(self.reports)),
+            jitter: self.jitter.take(),
+            remb_kbps: self.remb_kbps.take(),
+            nacked_packets: self.nacked_packets,
+            retransmitted_packets: self.retransmitted_packets,
+        };
+        self.loss_sum = 0.0;
+        self.reports = 0;
+        taken
+    }
 }
 
 /// The viewer's audio track and what writing to it needs (as for video).
@@ -540,6 +609,16 @@ impl Peer {
                 None => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// The viewer's feedback since the last call (reports), and counters since the start.
+    pub fn take_feedback(&self) -> Feedback {
+        // A poisoned lock means the interceptor panicked mid-update; its numbers are still
+        // plain counters, good enough to read.
+        self.feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     pub fn mid(&self) -> &str {
@@ -706,11 +785,43 @@ fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
 }
 
 /// Hands PLI and FIR to the application: the crate's interceptors keep inbound RTCP to
-/// themselves unless one marks it. Everything else stops here, at the end of the chain.
-#[derive(Default)]
+/// themselves unless one marks it. Receiver reports, REMB and NACKs about rtcam's stream are
+/// noted in the shared [`FeedbackLog`] (a lock rather than the track's event queue: that queue
+/// routes a compound packet by its first part and drops what it cannot route). Everything else
+/// stops here, at the end of the chain.
 struct KeyframeRequests {
+    /// rtcam's video SSRC: reports about other streams are not about rtcam's video.
+    ssrc: u32,
+    feedback: Arc<Mutex<FeedbackLog>>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl KeyframeRequests {
+    fn note(&self, packet: &dyn rtc::rtcp::Packet) {
+        let any = packet.as_any();
+        let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+            for block in rr.reports.iter().filter(|b| b.ssrc == self.ssrc) {
+                log.loss_sum += f64::from(block.fraction_lost) / 256.0;
+                log.reports += 1;
+                log.jitter = Some(block.jitter);
+            }
+        } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+            if remb.ssrcs.contains(&self.ssrc) && remb.bitrate.is_finite() {
+                log.remb_kbps = Some((remb.bitrate / 1000.0).clamp(0.0, u32::MAX as f32) as u32);
+            }
+        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            if nack.media_ssrc == self.ssrc {
+                let packets: u64 = nack
+                    .nacks
+                    .iter()
+                    .map(|p| 1 + u64::from(p.lost_packets.count_ones()))
+                    .sum();
+                log.nacked_packets += packets;
+            }
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
@@ -722,6 +833,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let InterceptorPacket::Rtcp(packets) = &msg.message.packet {
+            for p in packets {
+                self.note(p.as_ref());
+            }
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
                 .filter(|p| is_keyframe_request(p))
@@ -758,6 +872,52 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// Counts the NACK responder's resends on their way to the wire; passes everything through.
+struct Retransmissions {
+    feedback: Arc<Mutex<FeedbackLog>>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if msg.message.has(&Attribute::Retransmission) {
+            self.feedback
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retransmitted_packets += 1;
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for Retransmissions {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// Drops `a=candidate` lines with mDNS host names: rtcam does not resolve `.local` names, and
 /// the browser's checks from those hosts arrive anyway as peer-reflexive candidates.
 pub fn without_mdns_candidates(sdp: &str) -> String {
@@ -783,6 +943,70 @@ fn first_mid(sdp: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::rtcp::reception_report::ReceptionReport;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+
+    #[test]
+    fn feedback_about_rtcams_stream_is_noted_and_the_rest_ignored() {
+        let feedback = Arc::new(Mutex::new(FeedbackLog::default()));
+        let i = KeyframeRequests {
+            ssrc: 42,
+            feedback: Arc::clone(&feedback),
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        };
+        let rr = |ssrc, fraction_lost| ReceiverReport {
+            ssrc: 1,
+            reports: vec![ReceptionReport {
+                ssrc,
+                fraction_lost,
+                jitter: 900,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        i.note(&rr(42, 64));
+        i.note(&rr(42, 0));
+        i.note(&rr(7, 255));
+        i.note(&ReceiverEstimatedMaximumBitrate {
+            sender_ssrc: 1,
+            bitrate: 1_500_000.0,
+            ssrcs: vec![42],
+        });
+        i.note(&TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 42,
+            // Packet 10, and 11 and 13 from the bitmap.
+            nacks: vec![NackPair {
+                packet_id: 10,
+                lost_packets: 0b101,
+            }],
+        });
+        i.note(&TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 7,
+            nacks: vec![NackPair {
+                packet_id: 1,
+                lost_packets: 0,
+            }],
+        });
+        let taken = feedback.lock().unwrap().take();
+        assert_eq!(
+            taken,
+            Feedback {
+                fraction_lost: Some(0.125),
+                jitter: Some(900),
+                remb_kbps: Some(1500),
+                nacked_packets: 3,
+                retransmitted_packets: 0,
+            }
+        );
+        // Reports start again; counters go on.
+        let again = feedback.lock().unwrap().take();
+        assert_eq!(again.fraction_lost, None);
+        assert_eq!(again.remb_kbps, None);
+        assert_eq!(again.nacked_packets, 3);
+    }
 
     #[test]
     fn mdns_lines_are_dropped_and_others_kept() {

@@ -1,6 +1,7 @@
 //! One viewer's session: answer its offer, trade candidates, then send it the shared video
 //! until it leaves, fails or is told to end.
 
+use super::adapt::{Adaptation, ByteBudget, Report};
 use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerState};
 use super::table::Generation;
 use crate::media::audio::AudioPacket;
@@ -10,7 +11,7 @@ use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError}
 use crate::signalling::Outgoing;
 use crate::util::sleep_until;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
@@ -41,10 +42,13 @@ pub struct Viewer {
     pub stats: Arc<super::SessionStats>,
     pub controller: crate::control::exec::Controller,
     pub requester: crate::control::exec::Requester,
+    /// Bitrate adaptation shared with the other sessions, when it is on.
+    pub adaptation: Option<Arc<Mutex<Adaptation>>>,
 }
 
-/// How often a session measures its round-trip time and send rate.
-const STATS_EVERY: Duration = Duration::from_secs(2);
+/// How often a session measures its round-trip time and send rate, and hands the viewer's
+/// RTCP feedback to bitrate adaptation (which updates an estimate at most once a second).
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Frames held between ICE connected and DTLS done: two seconds at 30 fps.
 const HELD_FRAMES_MAX: usize = 60;
 
@@ -65,6 +69,7 @@ impl Viewer {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
                 let (reason, tell_viewer) = self.drive(peer, events, started).await;
+                self.with_adaptation(|a| a.leave(&adapt_key(&self.sid, self.generation)));
                 tracing::info!(sid = %self.sid, "session ended: {reason}");
                 if tell_viewer {
                     self.send(Outbound::Bye { reason }).await;
@@ -84,6 +89,56 @@ impl Viewer {
             }
         }
         let _ = self.ended.send((self.sid.clone(), self.generation));
+    }
+
+    /// Runs `f` on the shared adaptation state, if adaptation is on. Never held across an
+    /// await: the lock is a plain mutex shared by every session.
+    fn with_adaptation<T>(&self, f: impl FnOnce(&mut Adaptation) -> T) -> Option<T> {
+        self.adaptation
+            .as_ref()
+            .map(|a| f(&mut a.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// Hands the viewer's RTCP feedback to adaptation, applies an encoder change it decides,
+    /// and returns this viewer's own budget (when it cannot take the encoder's rate).
+    fn adapt(&self, peer: &Peer) -> Option<u32> {
+        let feedback = peer.take_feedback();
+        self.stats
+            .nacked_packets
+            .store(feedback.nacked_packets, Ordering::Relaxed);
+        self.stats
+            .retransmitted_packets
+            .store(feedback.retransmitted_packets, Ordering::Relaxed);
+        if let Some(loss) = feedback.fraction_lost {
+            self.stats
+                .loss_centipercent
+                .store((loss * 10_000.0).round() as u64, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let (change, estimate, budget) = self.with_adaptation(|a| {
+            let report = Report {
+                fraction_lost: feedback.fraction_lost,
+                remb_kbps: feedback.remb_kbps,
+            };
+            let key = adapt_key(&self.sid, self.generation);
+            a.report(&key, report, now);
+            (
+                a.encoder_change(now),
+                a.estimate_kbps(&key),
+                a.budget_kbps(&key),
+            )
+        })?;
+        if let Some(kbps) = change {
+            tracing::info!(sid = %self.sid, "bitrate adaptation: encoder to {kbps} kbit/s");
+            self.media.set_bitrate(kbps);
+        }
+        if let Some(e) = estimate {
+            self.stats
+                .estimate_kbps
+                .store(u64::from(e), Ordering::Relaxed);
+        }
+        self.stats.paced.store(budget.is_some(), Ordering::Relaxed);
+        budget
     }
 
     async fn send(&self, message: Outbound) {
@@ -118,6 +173,10 @@ impl Viewer {
         // The control channel's task lives as long as the session, no longer.
         let mut channel_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut last_bytes = 0u64;
+        // Set while this viewer cannot take the encoder's rate: its frames are paced to its
+        // own estimate, skipping to keyframes (see `adapt`).
+        let mut budget_kbps: Option<u32> = None;
+        let mut budget = ByteBudget::new(Instant::now());
         let outcome = loop {
             tokio::select! {
                 // Cancel-safe: mpsc recv.
@@ -172,6 +231,7 @@ impl Viewer {
                         if !secure {
                             tracing::info!(sid = %self.sid, codec = self.codec.as_str(), "viewer connected after {} ms", started.elapsed().as_millis());
                             secure = true;
+                            self.with_adaptation(|a| a.join(&adapt_key(&self.sid, self.generation), Instant::now()));
                         }
                         if frames.is_none() {
                             frames = Some(self.media.subscribe_codec(self.codec));
@@ -233,6 +293,12 @@ impl Viewer {
                             }
                             continue;
                         }
+                        if let Some(kbps) = budget_kbps {
+                            if !budget.admit(frame.data.len(), frame.keyframe, kbps, Instant::now()) {
+                                self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
                         self.write_frame(&mut peer, &frame, started, &mut write_failed).await;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -273,6 +339,12 @@ impl Viewer {
                     if let Some(rtt) = peer.rtt().await {
                         self.stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
                     }
+                    let paced = self.adapt(&peer);
+                    if paced.is_some() && budget_kbps.is_none() {
+                        tracing::info!(sid = %self.sid, "viewer below the encoder's rate: pacing it at {} kbit/s", paced.unwrap_or(0));
+                        budget = ByteBudget::new(Instant::now());
+                    }
+                    budget_kbps = paced;
                     let bytes = self.stats.bytes_sent.load(Ordering::Relaxed);
                     let kbps = (bytes - last_bytes) * 8 / 1000 / STATS_EVERY.as_secs();
                     self.stats.bitrate_kbps.store(kbps, Ordering::Relaxed);
@@ -350,6 +422,13 @@ async fn recv_audio(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A session's name in bitrate adaptation: its sid and generation, because a viewer's new
+/// offer replaces its session under the same sid, and the old session leaving must not remove
+/// the new one.
+pub fn adapt_key(sid: &str, generation: Generation) -> String {
+    format!("{sid}#{generation}")
 }
 
 async fn recv_frame(

@@ -91,6 +91,13 @@ impl Netns {
         c
     }
 
+    /// Runs `f` on a new thread inside the namespace and returns its result. Threads it
+    /// starts (a tokio runtime's workers, GStreamer's) inherit the namespace, so rtcam can run
+    /// in-process behind a test network; the calling thread stays where it was.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        enter_named(&self.name, f)
+    }
+
     /// Loads an nftables ruleset (`nft -f -` syntax) into the namespace.
     pub fn nft(&self, ruleset: &str) {
         use std::io::Write;
@@ -158,4 +165,19 @@ pub fn masquerade(router: &Netns, out_if: &str) {
     router.nft(&format!(
         "table ip nat {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat;\n    oifname \"{out_if}\" masquerade\n  }}\n}}\n"
     ));
+}
+
+/// [`Netns::enter`] by the namespace's name, for a closure that owns the guard itself.
+pub fn enter_named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{name}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }

@@ -44,6 +44,8 @@ pub struct Decoded {
     pub sync_offsets_ms: Vec<(bool, f64)>,
     /// Sender reports received, per SSRC.
     pub sender_reports: HashMap<u32, usize>,
+    /// Picture loss indications sent because the decoder lost packets (`recover`).
+    pub plis_sent: usize,
 }
 
 pub struct Viewer {
@@ -95,6 +97,13 @@ pub struct ViewerOptions {
     pub audio: bool,
     /// Offer VP8 and nothing else, as Firefox without OpenH264 does: rtcam's VP8 fallback.
     pub vp8_only: bool,
+    /// The local address to gather candidates on (default 127.0.0.1), for a viewer in a
+    /// network namespace.
+    pub udp_addr: Option<String>,
+    /// Behave as a browser does on a lossy path: a jitter buffer puts reordered and resent
+    /// packets back in order, and a packet that never arrives makes the decoder ask for a
+    /// keyframe (PLI). The crate's interceptors send the NACKs either way.
+    pub recover: bool,
 }
 
 impl Viewer {
@@ -192,7 +201,10 @@ impl Viewer {
                 candidates: cand_tx,
                 tracks: track_tx,
             }))
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(vec![format!(
+                "{}:0",
+                opts.udp_addr.as_deref().unwrap_or("127.0.0.1")
+            )])
             .build()
             .await
             .unwrap();
@@ -226,7 +238,15 @@ impl Viewer {
 
         let started = Instant::now();
         let decoded = Arc::new(Mutex::new(Decoded::default()));
-        let decoder = Decoder::new(decoded.clone(), started, opts.vp8_only);
+        let track_slot: Arc<Mutex<Option<Arc<dyn TrackRemote>>>> = Arc::new(Mutex::new(None));
+        let track_slot_for_pli = track_slot.clone();
+        let (pli_tx, mut pli_rx) = mpsc::unbounded_channel::<()>();
+        let decoder = Decoder::new(
+            decoded.clone(),
+            started,
+            opts.vp8_only,
+            opts.recover.then_some(pli_tx),
+        );
         let messages = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = vec![mqtt_task];
 
@@ -268,12 +288,39 @@ impl Viewer {
             }));
         }
 
+        // Decoder lost packets → PLI, at most one per 300 ms, as browsers pace theirs.
+        {
+            let slot = track_slot_for_pli.clone();
+            let counted = decoded.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last: Option<Instant> = None;
+                while pli_rx.recv().await.is_some() {
+                    if last.is_some_and(|t| t.elapsed() < Duration::from_millis(300)) {
+                        continue;
+                    }
+                    let Some(track) = slot.lock().unwrap().clone() else {
+                        continue;
+                    };
+                    let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
+                        continue;
+                    };
+                    let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc,
+                    };
+                    if track.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                        counted.lock().unwrap().plis_sent += 1;
+                        last = Some(Instant::now());
+                    }
+                }
+            }));
+        }
+
         // Tracks → decoders: video to the H.264 decoder, audio to the Opus one.
         let appsrc = decoder.appsrc.clone();
         let audio_decoder = opts.audio.then(|| AudioDecoder::new(decoded.clone()));
         let audio_appsrc = audio_decoder.as_ref().map(|d| d.appsrc.clone());
         let counted = decoded.clone();
-        let track_slot: Arc<Mutex<Option<Arc<dyn TrackRemote>>>> = Arc::new(Mutex::new(None));
         let slot = track_slot.clone();
         let reports: Arc<Mutex<HashMap<u32, (u64, u32)>>> = Arc::default();
         tasks.push(tokio::spawn(async move {
@@ -569,17 +616,33 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(decoded: Arc<Mutex<Decoded>>, started: Instant, vp8: bool) -> Decoder {
+    /// With `keyframe_requests`, the pipeline recovers from loss as a browser's does (see
+    /// `ViewerOptions::recover`) and each keyframe request of the depayloader is sent there.
+    fn new(
+        decoded: Arc<Mutex<Decoded>>,
+        started: Instant,
+        vp8: bool,
+        keyframe_requests: Option<mpsc::UnboundedSender<()>>,
+    ) -> Decoder {
         gst::init().unwrap();
-        let (name, decode) = if vp8 {
-            ("VP8", "rtpvp8depay ! vp8dec")
+        let (name, depay_element, decode) = if vp8 {
+            ("VP8", "rtpvp8depay", "vp8dec")
         } else {
-            ("H264", "rtph264depay ! h264parse ! avdec_h264")
+            ("H264", "rtph264depay", "h264parse ! avdec_h264")
+        };
+        let (jitter, depay) = if keyframe_requests.is_some() {
+            // 400 ms: enough for a NACK round trip on a 160 ms path and the resend.
+            (
+                "rtpjitterbuffer latency=400 do-lost=true ! ",
+                format!("{depay_element} request-keyframe=true wait-for-keyframe=true"),
+            )
+        } else {
+            ("", depay_element.to_string())
         };
         let pipeline = gst::parse::launch(&format!(
             "appsrc name=src is-live=true format=time do-timestamp=true \
              caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000 ! \
-             {decode} ! videoconvert ! appsink name=sink sync=false"
+             {jitter}{depay} ! {decode} ! videoconvert ! appsink name=sink sync=false"
         ))
         .unwrap()
         .downcast::<gst::Pipeline>()
@@ -613,6 +676,19 @@ impl Decoder {
                 })
                 .build(),
         );
+        if let Some(requests) = keyframe_requests {
+            // The depayloader asks upstream for a keyframe (a force-key-unit event) when the
+            // jitter buffer reports a packet lost for good; upstream of appsrc is the network.
+            let pad = appsrc.static_pad("src").unwrap();
+            pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                    if gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok() {
+                        let _ = requests.send(());
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         pipeline.set_state(gst::State::Playing).unwrap();
         Decoder { pipeline, appsrc }
     }

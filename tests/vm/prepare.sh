@@ -15,30 +15,9 @@ rtcam=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 
-# --- kernel: the image linux-image-amd64 currently depends on (its ABI number drifts) -------
+# --- kernel: Debian's, shared with the lossy-link router VM (tests/vm/kernel.sh) ----------
 kdir=$out/kernel
-if [ ! -f "$kdir/ready" ]; then
-    rm -rf "$kdir" && mkdir -p "$kdir"
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
-        # A fresh machine may have no package lists yet.
-        apt-get update -qq >&2
-        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    fi
-    if [ -z "$pkg" ]; then
-        echo "prepare.sh: apt-cache knows no linux-image-amd64; run apt-get update" >&2
-        exit 1
-    fi
-    (cd "$kdir" && apt-get download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
-    deb=$(ls "$kdir"/linux-image-*.deb 2>/dev/null | head -1)
-    [ -n "$deb" ] || { echo "prepare.sh: could not download $pkg" >&2; exit 1; }
-    dpkg -x "$deb" "$kdir/root"
-    rm -f "$deb"
-    kver=$(ls "$kdir/root/lib/modules" | head -1)
-    # The package ships no modules.dep: build it so modprobe can resolve vivid's dependencies.
-    depmod -b "$kdir/root" "$kver"
-    echo "$kver" > "$kdir/ready"
-fi
+"$here/kernel.sh" "$kdir"
 kver=$(cat "$kdir/ready")
 cp -u "$kdir/root/boot/vmlinuz-$kver" "$out/vmlinuz"
 
