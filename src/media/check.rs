@@ -210,6 +210,7 @@ mod tests {
                 asked_fps: 30,
                 camera: CameraState::Ok,
                 device: Some("/dev/video0".into()),
+                ..Default::default()
             },
             frames: 31,
             keyframes: 1,
