@@ -326,7 +326,37 @@ impl PeerFactory {
             .build()
             .await
             .map_err(setup)?;
+        // From here on a failure must close the connection: dropping it unclosed leaves its
+        // driver task running, with its socket, for the life of the process.
+        match Self::negotiate(&pc, offer_sdp, with_audio).await {
+            Ok(n) => {
+                let mid = first_mid(&n.answer_sdp).unwrap_or_else(|| "0".into());
+                let peer = Peer {
+                    pc: Box::new(pc),
+                    track: n.track,
+                    sender: n.sender,
+                    ssrc: n.ssrc,
+                    payload_type: None,
+                    mid,
+                    audio: n.audio,
+                };
+                Ok((peer, n.answer_sdp))
+            }
+            Err(e) => {
+                if let Err(close) = pc.close().await {
+                    tracing::debug!("closing a peer connection that failed to answer: {close}");
+                }
+                Err(e)
+            }
+        }
+    }
 
+    /// Adds rtcam's tracks, applies the offer and makes the answer.
+    async fn negotiate(
+        pc: &impl PeerConnection,
+        offer_sdp: &str,
+        with_audio: bool,
+    ) -> Result<Negotiated, PeerError> {
         let ssrc = rand::random::<u32>();
         let track = Arc::new(
             TrackLocalStaticSample::new(
@@ -409,17 +439,13 @@ impl PeerFactory {
             .local_description()
             .await
             .ok_or_else(|| setup("no local description after setting it"))?;
-        let mid = first_mid(&local.sdp).unwrap_or_else(|| "0".into());
-        let peer = Peer {
-            pc: Box::new(pc),
+        Ok(Negotiated {
             track,
             sender,
             ssrc,
-            payload_type: None,
-            mid,
             audio: audio_out,
-        };
-        Ok((peer, local.sdp))
+            answer_sdp: local.sdp,
+        })
     }
 }
 
@@ -451,6 +477,15 @@ pub fn offers_opus(sdp: &str) -> bool {
         }
     }
     false
+}
+
+/// What negotiating a viewer's offer produced, before it becomes a [`Peer`].
+struct Negotiated {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    ssrc: u32,
+    audio: Option<AudioOut>,
+    answer_sdp: String,
 }
 
 fn h264_codec(fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
