@@ -7,8 +7,9 @@
 //! on purpose (no decoding, no interceptors) so a thousand fit in about two minutes on two
 //! cores. Viewers leave three ways: `bye` then close (most), close without `bye` (DTLS
 //! close_notify only), and vanish: a child process holding eight connected viewers is killed
-//! with SIGKILL, so rtcam has to notice the silence through ICE. The broker is mosquitto, so
-//! the figures are rtcam's own.
+//! with SIGKILL, so rtcam has to notice the silence through ICE. One cycle in twenty also
+//! sends an offer that fails negotiation. The broker is mosquitto, so the figures are rtcam's
+//! own.
 
 mod common;
 
@@ -467,6 +468,50 @@ async fn join(broker_port: u16, root: &str) -> Result<Joined, String> {
     }
 }
 
+/// An offer that passes rtcam's checks but cannot be negotiated (no ICE credentials, no
+/// fingerprint): rtcam builds a peer connection for it, fails, and must close it.
+const UNUSABLE_OFFER: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+
+/// Sends [`UNUSABLE_OFFER`] on a fresh session and waits for its `bad_sdp` error.
+async fn refused_offer(broker_port: u16, root: &str) -> Result<(), String> {
+    let sid = format!("soakbad{:016x}", rand::random::<u64>());
+    let mut opts = MqttOptions::new(sid.clone(), "127.0.0.1", broker_port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(format!("{root}/session/{sid}/out"), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut offered = false;
+    let outcome = tokio::time::timeout(STEP, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) if !offered => {
+                    offered = true;
+                    let offer = json!({"type":"offer","sdp":UNUSABLE_OFFER});
+                    publish(&client, &format!("{root}/session/{sid}/in"), offer).await?;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    return if v["code"] == "bad_sdp" {
+                        Ok(())
+                    } else {
+                        Err(format!("{sid}: expected bad_sdp, got {v}"))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("{sid}: {e}")),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("{sid}: no reply to an unusable offer")));
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    outcome
+}
+
 async fn publish(client: &AsyncClient, topic: &str, body: Value) -> Result<(), String> {
     client
         .publish(
@@ -496,6 +541,13 @@ async fn churn(rtcam: &Rtcam, count: usize) -> Vec<String> {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
                     break;
+                }
+                // One in twenty cycles also sends an offer that fails after rtcam has built
+                // a peer connection for it.
+                if i % 20 == 19 {
+                    if let Err(e) = refused_offer(port, &root).await {
+                        errors.lock().unwrap().push(e);
+                    }
                 }
                 match join(port, &root).await {
                     // One in ten leaves without a word on MQTT.
