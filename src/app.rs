@@ -341,6 +341,8 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         camera: info.camera.as_status().map(String::from),
         pipeline: Some(if info.running { "running" } else { "idle" }.into()),
         streaming: Some(info.streaming),
+        pipeline_restarts: Some(info.restarts),
+        last_error: info.last_error.clone(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod media;
+pub mod memory;
 pub mod service;
 pub mod session;
 pub mod signalling;

@@ -85,7 +85,11 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+                // `rtc=warn` matches every target that starts with "rtc", rtcam's own too: the
+                // longer `rtcam=info` wins for rtcam's.
+                tracing_subscriber::EnvFilter::new(
+                    "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
+                )
             }),
         )
         .with_writer(std::io::stderr)

@@ -285,6 +285,8 @@ mod tests {
             streaming: Some(true),
             camera: None,
             pipeline: Some("running".into()),
+            pipeline_restarts: Some(0),
+            last_error: None,
         };
         assert_eq!(
             status_line(&status, true, "http://10.0.0.5:8080/"),

@@ -58,6 +58,11 @@ const rtcam = {
 };
 window.rtcam = rtcam;
 
+// This page's session id, fixed for its lifetime and also its MQTT client id: a broker with
+// rtcam's ACL (packaging/mosquitto/) lets a client use only the session named by its client id.
+// Successive sessions from this page reuse it; a new offer on it replaces the old session.
+const pageSid = newSid();
+
 let settings = null;
 let panel = null;
 let client = null;
@@ -146,7 +151,7 @@ function connectBroker() {
   setState('connecting', `Connecting to broker ${url}…`);
   client = mqtt.connect(url, {
     protocolVersion: 4,
-    clientId: `rtcam-view-${newSid(12)}`,
+    clientId: pageSid,
     clean: true,
     keepalive: 30,
     connectTimeout: 8000,
@@ -330,7 +335,7 @@ function createPeerConnection() {
 }
 
 async function startSession() {
-  const sid = newSid();
+  const sid = pageSid;
   const s = {
     sid,
     topics: sessionTopics(settings.prefix, settings.deviceId, sid),

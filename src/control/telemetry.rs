@@ -38,6 +38,11 @@ pub struct Telemetry {
     pub sessions: Vec<SessionInfo>,
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    /// Tokio tasks alive in rtcam's runtime: sessions, their peers' tasks, MQTT, HTTP
+    /// connections. A count that keeps rising while viewers come and go is a leak.
+    pub tokio_tasks: usize,
+    /// Open file descriptors (sockets, camera, pipes); like `tokio_tasks`, a leak shows here.
+    pub open_fds: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f64>,
     pub streaming: bool,
@@ -95,6 +100,10 @@ impl Sampler {
             vp8_frames_total: stats.vp8_frames.load(Ordering::Relaxed),
             viewers: sessions.len(),
             rss_bytes: process_rss_bytes().unwrap_or(0),
+            tokio_tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            open_fds: open_fds().unwrap_or(0),
             temperature_c: soc_temperature(),
             streaming: self.media.info().borrow().streaming,
             target_bitrate_kbps: self.media.info().borrow().bitrate_kbps,
@@ -233,6 +242,18 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
         t.rss_bytes as f64,
     );
     metric(
+        "tokio_tasks",
+        "gauge",
+        "Tokio tasks alive in rtcam's runtime.",
+        t.tokio_tasks as f64,
+    );
+    metric(
+        "open_fds",
+        "gauge",
+        "Open file descriptors of rtcam.",
+        t.open_fds as f64,
+    );
+    metric(
         "streaming",
         "gauge",
         "1 while streaming, 0 while switched off.",
@@ -338,6 +359,10 @@ fn process_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
 /// The SoC temperature: the first thermal zone (on Raspberry Pi and most boards, the CPU).
 fn soc_temperature() -> Option<f64> {
     let milli: f64 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
@@ -395,5 +420,7 @@ mod tests {
     fn proc_readers_work_on_linux() {
         assert!(process_cpu_ticks().is_some());
         assert!(process_rss_bytes().unwrap() > 1024 * 1024);
+        // stdin, stdout, stderr at least.
+        assert!(open_fds().unwrap() >= 3);
     }
 }

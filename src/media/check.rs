@@ -210,7 +210,7 @@ mod tests {
                 asked_fps: 30,
                 camera: CameraState::Ok,
                 device: Some("/dev/video0".into()),
-                vp8_running: false,
+                ..Default::default()
             },
             frames: 31,
             keyframes: 1,

@@ -146,6 +146,11 @@ pub struct MediaInfo {
     pub streaming: bool,
     /// The VP8 fallback encoder runs (for viewers without H.264) beside `encoder`.
     pub vp8_running: bool,
+    /// Pipeline rebuilds after errors since rtcam started (not the ones asked for by commands).
+    pub restarts: u64,
+    /// Why the pipeline last failed, for `R/status`; kept after it recovers so an operator
+    /// can see what happened, replaced by the next failure.
+    pub last_error: Option<String>,
 }
 
 /// Counters the pipeline keeps; telemetry turns them into rates.
@@ -177,6 +182,8 @@ enum MediaCommand {
     Restart,
     Streaming(bool),
     Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
+    /// Test seam: the encoder posts a genuine error message on the pipeline's bus.
+    InjectError(String),
 }
 
 /// How long ago, on the pipeline clock, the sample's picture was captured. The timestamp is
@@ -323,6 +330,17 @@ impl Media {
     pub fn heartbeat(&self) -> Heartbeat {
         self.heartbeat.clone()
     }
+
+    /// Fault injection for tests: makes the running pipeline's encoder post an ERROR message on
+    /// the bus, as an encoder does when it fails (GStreamer's `GST_ELEMENT_ERROR`). From there
+    /// it takes the same path as a real failure: the pipeline is torn down and rebuilt, the
+    /// restart is counted, logged and reported in status. Ignored while no pipeline runs.
+    #[doc(hidden)]
+    pub fn inject_encoder_error(&self, message: &str) {
+        let _ = self
+            .commands
+            .send(MediaCommand::InjectError(message.to_string()));
+    }
 }
 
 /// The resolved source: what `auto` turned into.
@@ -448,6 +466,7 @@ pub fn start(
         mic_failed: false,
         audio_stats: audio_stats.clone(),
         audio: audio_packets.map(|tx| (audio_cfg.clone(), tx, audio_stats)),
+        last_error: None,
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -485,6 +504,8 @@ struct Runner {
         broadcast::Sender<audio::AudioPacket>,
         Arc<audio::AudioStats>,
     )>,
+    /// The last failure, carried into every new pipeline's `MediaInfo` for status.
+    last_error: Option<String>,
 }
 
 /// Why one pipeline run ended without an error.
@@ -522,6 +543,7 @@ impl Runner {
                 continue;
             }
             let started = Instant::now();
+            let frames_before = self.stats.frames.load(Ordering::Relaxed);
             match self.run_once(&shutdown).await {
                 Ok(Exit::Shutdown) => break,
                 Ok(exit @ (Exit::Rebuild | Exit::Paused | Exit::Idle)) => {
@@ -547,6 +569,11 @@ impl Runner {
                 }
                 Err(e) => {
                     let msg = e.to_string();
+                    // A pipeline that delivered frames was working: its failure is a new event
+                    // and is logged even if an earlier one said the same.
+                    if self.stats.frames.load(Ordering::Relaxed) > frames_before {
+                        last_error.clear();
+                    }
                     if self.uses_camera {
                         // Once per state change: the first failure says why the camera is lost;
                         // retries while it stays lost are debug-level.
@@ -563,8 +590,13 @@ impl Runner {
                         // Log once per distinct failure, not once per retry.
                         tracing::error!("media pipeline failed: {msg}; restarting");
                     }
+                    let restarts = self.stats.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.last_error = Some(msg.clone());
+                    self.info.send_modify(|i| {
+                        i.restarts = restarts;
+                        i.last_error = Some(msg.clone());
+                    });
                     last_error = msg;
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.info.send_modify(|i| i.running = false);
@@ -647,7 +679,7 @@ impl Runner {
     fn apply_idle(&mut self, cmd: MediaCommand) -> bool {
         match cmd {
             MediaCommand::Demand => self.streaming,
-            MediaCommand::Keyframe(_) => false,
+            MediaCommand::Keyframe(_) | MediaCommand::InjectError(_) => false,
             MediaCommand::SetBitrate(kbps) => {
                 self.settings.bitrate_kbps = kbps;
                 self.info.send_modify(|i| i.bitrate_kbps = kbps);
@@ -732,7 +764,7 @@ impl Runner {
                     asked_fps: s.fps,
                     camera: CameraState::None,
                     device: None,
-                    vp8_running: false,
+                    ..Default::default()
                 };
                 (None, head, info)
             }
@@ -767,7 +799,7 @@ impl Runner {
                     camera: CameraState::Ok,
                     device: None,
                     streaming: true,
-                    vp8_running: false,
+                    ..Default::default()
                 };
                 (None, head, info)
             }
@@ -829,7 +861,7 @@ impl Runner {
                     camera: CameraState::Ok,
                     device: Some(neg.path.clone()),
                     streaming: true,
-                    vp8_running: false,
+                    ..Default::default()
                 };
                 (Some((dev, neg)), head, info)
             }
@@ -1019,7 +1051,11 @@ impl Runner {
 
         self.encoders_running
             .fetch_add(usize::from(!passthrough), Ordering::Relaxed);
-        self.info.send_replace(info);
+        self.info.send_replace(MediaInfo {
+            restarts: self.stats.restarts.load(Ordering::Relaxed),
+            last_error: self.last_error.clone(),
+            ..info
+        });
         // Snapshots that started this pipeline from idle.
         for reply in self.pending_snapshots.drain(..) {
             match &rawsink {
@@ -1127,6 +1163,7 @@ impl Runner {
                             break Ok(Exit::Paused);
                         }
                     }
+                    MediaCommand::InjectError(message) => inject_error(&pipeline, &message),
                     MediaCommand::Snapshot(reply) => match &rawsink {
                         Some(raw) => take_snapshot(raw.clone(), reply),
                         None => {
@@ -1227,6 +1264,23 @@ fn take_snapshot(
         })();
         let _ = reply.send(result);
     });
+}
+
+/// Posts an ERROR message from the encoder (or, for a camera's own H.264, the output sink) on
+/// the bus: what an element does when it fails, so the fault takes the real error path.
+fn inject_error(pipeline: &gst::Pipeline, message: &str) {
+    let Some(element) = pipeline
+        .by_name("encoder")
+        .or_else(|| pipeline.by_name("sink"))
+    else {
+        return;
+    };
+    let error = gst::message::Error::builder(gst::CoreError::Failed, message)
+        .src(&element)
+        .build();
+    if element.post_message(error).is_err() {
+        tracing::debug!("injected error not posted: the element has no bus");
+    }
 }
 
 /// Asks the encoder for an IDR with SPS/PPS, travelling upstream from the sink.

@@ -259,7 +259,14 @@ impl SessionManager {
                 // and touches nobody else.
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     match done {
-                        Ok((id, ())) => { owners.remove(&id); }
+                        Ok((id, ())) => {
+                            owners.remove(&id);
+                            // The last session is gone with its peer connection: hand the heap
+                            // it used back to the kernel (see `memory`).
+                            if tasks.is_empty() {
+                                crate::memory::release_free_heap();
+                            }
+                        }
                         Err(e) => {
                             tracing::error!("a session task failed: {e}");
                             if let Some((sid, generation)) = owners.remove(&e.id()) {

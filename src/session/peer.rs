@@ -360,7 +360,40 @@ impl PeerFactory {
             .build()
             .await
             .map_err(setup)?;
+        // From here on a failure must close the connection: dropping it unclosed leaves its
+        // driver task running, with its socket, for the life of the process.
+        match Self::negotiate(&pc, offer_sdp, codec, with_audio).await {
+            Ok(n) => {
+                let mid = first_mid(&n.answer_sdp).unwrap_or_else(|| "0".into());
+                let peer = Peer {
+                    pc: Box::new(pc),
+                    track: n.track,
+                    sender: n.sender,
+                    ssrc: n.ssrc,
+                    payload_type: None,
+                    mid,
+                    audio: n.audio,
+                    feedback,
+                };
+                Ok((peer, n.answer_sdp))
+            }
+            Err(e) => {
+                if let Err(close) = pc.close().await {
+                    tracing::debug!("closing a peer connection that failed to answer: {close}");
+                }
+                Err(e)
+            }
+        }
+    }
 
+    /// Adds rtcam's tracks, applies the offer and makes the answer.
+    async fn negotiate(
+        pc: &impl PeerConnection,
+        offer_sdp: &str,
+        codec: VideoCodec,
+        with_audio: bool,
+    ) -> Result<Negotiated, PeerError> {
+        let ssrc = rand::random::<u32>();
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),
@@ -445,18 +478,13 @@ impl PeerFactory {
             .local_description()
             .await
             .ok_or_else(|| setup("no local description after setting it"))?;
-        let mid = first_mid(&local.sdp).unwrap_or_else(|| "0".into());
-        let peer = Peer {
-            pc: Box::new(pc),
+        Ok(Negotiated {
             track,
             sender,
             ssrc,
-            payload_type: None,
-            mid,
             audio: audio_out,
-            feedback,
-        };
-        Ok((peer, local.sdp))
+            answer_sdp: local.sdp,
+        })
     }
 }
 
@@ -502,6 +530,15 @@ fn vp8_codec(rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {
         sdp_fmtp_line: String::new(),
         rtcp_feedback,
     }
+}
+
+/// What negotiating a viewer's offer produced, before it becomes a [`Peer`].
+struct Negotiated {
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    ssrc: u32,
+    audio: Option<AudioOut>,
+    answer_sdp: String,
 }
 
 fn h264_codec(fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>) -> RTCRtpCodec {

@@ -412,6 +412,12 @@ pub struct Status {
     /// False while the owner has switched streaming off (privacy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streaming: Option<bool>,
+    /// Media pipeline rebuilds after errors since rtcam started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_restarts: Option<u64>,
+    /// Why the pipeline last failed; stays after it recovers, until the next failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -425,6 +431,8 @@ impl Status {
             camera: None,
             pipeline: None,
             streaming: None,
+            pipeline_restarts: None,
+            last_error: None,
         }
     }
 

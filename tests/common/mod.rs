@@ -29,7 +29,9 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rumqttd=off,webrtc=warn,rtc=warn")
+                tracing_subscriber::EnvFilter::new(
+                    "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
+                )
             }),
         )
         .with_test_writer()

@@ -116,7 +116,9 @@ impl Viewer {
         let in_topic = format!("{root}/session/{sid}/in");
         let out_topic = format!("{root}/session/{sid}/out");
 
-        let mut mqtt_opts = MqttOptions::new(format!("viewer-{sid}"), broker.0, broker.1);
+        // The sid is the client id, as on the viewer page: a broker with rtcam's ACL lets a
+        // client use only the session its client id names.
+        let mut mqtt_opts = MqttOptions::new(sid.clone(), broker.0, broker.1);
         mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
         mqtt_opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
@@ -563,6 +565,11 @@ impl Viewer {
             .iter()
             .find(|m| m["type"] == kind)
             .cloned()
+    }
+
+    /// Publishes any message on this session's `in` topic, as this viewer.
+    pub async fn send_raw(&self, body: Value) {
+        publish(&self.client, &self.in_topic, body).await;
     }
 
     pub async fn bye(self) {

@@ -17,7 +17,8 @@ for dep in adduser libgstreamer1.0-0 gstreamer1.0-plugins-base gstreamer1.0-plug
 	field Depends | tr ',' '\n' | grep -q "^ *$dep\b" || fail "Depends lacks $dep: $(field Depends)"
 done
 for path in ./usr/bin/rtcam ./etc/rtcam/rtcam.toml ./usr/lib/systemd/system/rtcam.service \
-	./usr/share/doc/rtcam/boards.md ./usr/share/doc/rtcam/copyright; do
+	./usr/share/doc/rtcam/boards.md ./usr/share/doc/rtcam/copyright \
+	./usr/share/doc/rtcam/mosquitto/rtcam-acl.conf ./usr/share/doc/rtcam/mosquitto/rtcam.conf; do
 	grep -q " $path\$" <<<"$contents" || fail "does not install $path"
 done
 grep -q '^-rwxr-xr-x 0/0 .* ./usr/bin/rtcam$' <<<"$contents" || fail "rtcam is not an executable owned by root"
