@@ -16,4 +16,5 @@ pub mod media;
 pub mod service;
 pub mod session;
 pub mod signalling;
+pub mod turn;
 pub mod util;

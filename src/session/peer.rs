@@ -124,14 +124,19 @@ impl ControlChannel {
 
 /// Builds peer connections with what every viewer shares: ICE servers, addresses, certificate.
 pub struct PeerFactory {
-    ice_servers: Vec<RTCIceServer>,
+    /// Derived TURN credentials are made per peer, so a long-running rtcam never allocates
+    /// with expired ones.
+    ice_servers: Arc<crate::turn::IceServers>,
     configured_addrs: Vec<IpAddr>,
     /// Generated once: an ECDSA key per viewer would add tens of milliseconds to every join.
     certificate: RTCCertificate,
 }
 
 impl PeerFactory {
-    pub fn new(cfg: &WebrtcConfig) -> Result<Self, PeerError> {
+    pub fn new(
+        cfg: &WebrtcConfig,
+        ice_servers: Arc<crate::turn::IceServers>,
+    ) -> Result<Self, PeerError> {
         let provider = rtc::crypto::default_provider().map_err(setup)?;
         let certificate = RTCCertificate::generate(
             provider.crypto(),
@@ -140,15 +145,7 @@ impl PeerFactory {
         )
         .map_err(setup)?;
         Ok(Self {
-            ice_servers: cfg
-                .ice_servers
-                .iter()
-                .map(|s| RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone(),
-                    credential: s.credential.clone(),
-                })
-                .collect(),
+            ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),
             certificate,
         })
@@ -235,7 +232,17 @@ impl PeerFactory {
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
-                    .with_ice_servers(self.ice_servers.clone())
+                    .with_ice_servers(
+                        self.ice_servers
+                            .for_rtcam(std::time::SystemTime::now())
+                            .into_iter()
+                            .map(|s| RTCIceServer {
+                                urls: s.urls,
+                                username: s.username,
+                                credential: s.credential,
+                            })
+                            .collect(),
+                    )
                     .with_certificates(vec![self.certificate.clone()])
                     .build(),
             )
