@@ -35,6 +35,8 @@ impl Coturn {
         let log = dir.join(format!("turn-{port}.log"));
         command
             .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--fingerprint"])
+            // Verbose: the tests read what it did with each request from its log.
+            .arg("--verbose")
             .args(["--realm", "rtcam"])
             .args(["--listening-ip", ip, "--relay-ip", ip])
             .args(["--listening-port", &port.to_string()])
