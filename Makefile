@@ -21,13 +21,13 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # Tests also run a mosquitto server and headless Chromium, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
-# (iproute2, nftables).
-TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd iproute2 nftables \
+# (iproute2, nftables), with coturn as their STUN and TURN server (tests/nat.rs).
+TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium systemd iproute2 nftables coturn \
 	qemu-system-x86 busybox-static cpio kmod binutils
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
-	binutils lintian qemu-system-arm cpio kmod coturn
+	binutils lintian qemu-system-arm cpio kmod
 CROSS_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 TARGET ?= aarch64-unknown-linux-gnu
 # release for what goes on boards; make test builds the cheaper board-test profile (Cargo.toml).

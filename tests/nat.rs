@@ -596,7 +596,7 @@ async fn nat_viewer_process() {
 async fn expiry_check(broker: (&str, u16), root: &str) -> Value {
     let sid = format!("x{}", rand::random::<u32>());
     let out = format!("{root}/session/{sid}/out");
-    let probe = Probe::connect(broker, &[out.clone()]).await;
+    let probe = Probe::connect(broker, std::slice::from_ref(&out)).await;
     let ask = || async {
         let before = probe.seen.lock().unwrap().len();
         probe
