@@ -21,14 +21,15 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
 # Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
-# (iproute2, nftables); the lossy link (tests/lossy.rs) is a router VM from the same kernel,
-# whose sch_netem the host may lack, with iproute2's tc copied into its busybox initramfs.
-TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables \
+# (iproute2, nftables), with coturn as their STUN and TURN server (tests/nat.rs); the lossy
+# link (tests/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
+# lack, with iproute2's tc copied into its busybox initramfs.
+TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables coturn \
 	qemu-system-x86 busybox-static cpio kmod binutils
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
-	binutils lintian qemu-system-arm cpio kmod coturn
+	binutils lintian qemu-system-arm cpio kmod
 CROSS_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 TARGET ?= aarch64-unknown-linux-gnu
 # release for what goes on boards; make test builds the cheaper board-test profile (Cargo.toml).

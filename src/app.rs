@@ -91,17 +91,28 @@ impl App {
 
         let listener = http::bind(config.http.listen).await?;
         let http_addr = listener.local_addr()?;
-        let page_config = serde_json::to_vec(&serde_json::json!({
+        if !config.webrtc.turn_urls.is_empty() && config.webrtc.turn_secret.is_empty() {
+            anyhow::bail!(
+                "webrtc.turn_urls needs the secret the TURN server shares: set webrtc.turn_secret \
+                 or the turn_secret credential"
+            );
+        }
+        let ice_servers = Arc::new(crate::turn::IceServers::new(
+            config.webrtc.ice_servers.clone(),
+            config.webrtc.turn_rest(),
+            &device_id,
+        ));
+        // The ICE servers are added per request: derived TURN credentials must be fresh.
+        let page_config = serde_json::json!({
             "device_id": device_id,
             "prefix": config.mqtt.prefix,
             "broker_url": (!config.http.viewer_broker_url.is_empty()).then_some(&config.http.viewer_broker_url),
-            "ice_servers": config.webrtc.ice_servers,
             "version": VERSION,
             "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
             "viewer_commands": config.control.viewer_commands,
             // The page adds an audio transceiver (and a talk button) only when these say so.
             "audio": { "enabled": config.audio.enabled, "talkback": config.audio.enabled && config.audio.talkback },
-        }))?;
+        });
         let media_stop = CancellationToken::new();
         let (media, media_task) = media::start(
             &config.source,
@@ -110,7 +121,7 @@ impl App {
             media_stop.clone(),
         )?;
 
-        let factory = Arc::new(PeerFactory::new(&config.webrtc)?);
+        let factory = Arc::new(PeerFactory::new(&config.webrtc, ice_servers.clone())?);
         let authority = (!config.auth.secret.is_empty())
             .then(|| Authority::new(&config.auth.secret, &device_id));
         let (requests_tx, requests_rx) = mpsc::channel(16);
@@ -162,6 +173,7 @@ impl App {
                     config.encoder.bitrate_kbps,
                 )))
             }),
+            ice_servers: ice_servers.clone(),
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
 
@@ -209,6 +221,7 @@ impl App {
             listener,
             http::HttpState {
                 page_config,
+                ice_servers,
                 broker_tcp,
                 media: media.clone(),
                 telemetry: telemetry_rx,

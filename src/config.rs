@@ -16,6 +16,9 @@ use std::time::Duration;
 /// works on a board with nothing else installed.
 pub const EXAMPLE: &str = include_str!("../rtcam.example.toml");
 
+/// Longest lifetime of derived TURN credentials: a leaked one must not work for ever.
+const MAX_TURN_TTL_SECS: u64 = 30 * 86_400;
+
 /// Where rtcam looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/rtcam/rtcam.toml";
 
@@ -406,6 +409,17 @@ pub struct WebrtcConfig {
     pub offers_per_second: u32,
     /// Remote ICE candidates one session may send.
     pub max_candidates_per_session: usize,
+    /// TURN servers (`turn:host:port?transport=udp`) that take TURN REST credentials derived
+    /// from `turn_secret` (coturn: `use-auth-secret`). rtcam derives fresh ones for its own
+    /// peers and for each viewer that asks (`/config.json`, the `ice_servers` message).
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`). Never sent to
+    /// viewers: they get credentials derived from it. Empty: from the `turn_secret` systemd
+    /// credential, if any.
+    pub turn_secret: String,
+    /// How long derived TURN credentials stay valid. A relayed session needs them for its
+    /// allocation refreshes, so this bounds how long one relayed session can last.
+    pub turn_ttl_secs: u64,
 }
 
 impl Default for WebrtcConfig {
@@ -417,6 +431,9 @@ impl Default for WebrtcConfig {
             udp_addrs: Vec::new(),
             offers_per_second: 5,
             max_candidates_per_session: 64,
+            turn_urls: Vec::new(),
+            turn_secret: String::new(),
+            turn_ttl_secs: 86_400,
         }
     }
 }
@@ -463,6 +480,17 @@ impl Default for ControlConfig {
 impl WebrtcConfig {
     pub fn disconnect_timeout(&self) -> Duration {
         Duration::from_secs(self.disconnect_timeout_secs)
+    }
+
+    /// The TURN REST credential source, when `turn_urls` and `turn_secret` are both set.
+    pub fn turn_rest(&self) -> Option<crate::turn::TurnRest> {
+        (!self.turn_urls.is_empty() && !self.turn_secret.is_empty()).then(|| {
+            crate::turn::TurnRest::new(
+                &self.turn_secret,
+                self.turn_urls.clone(),
+                Duration::from_secs(self.turn_ttl_secs),
+            )
+        })
     }
 }
 
@@ -685,6 +713,30 @@ impl Config {
         self.audio
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        let w = &self.webrtc;
+        for url in &w.turn_urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+                return Err(invalid(
+                    "webrtc.turn_urls",
+                    format!("{url:?} is not a turn: or turns: URL"),
+                ));
+            }
+        }
+        if !w.turn_secret.is_empty() && w.turn_urls.is_empty() {
+            return Err(invalid(
+                "webrtc.turn_secret",
+                "a TURN secret needs turn_urls, the TURN servers that share it".into(),
+            ));
+        }
+        if !(1..=MAX_TURN_TTL_SECS).contains(&w.turn_ttl_secs) {
+            return Err(invalid(
+                "webrtc.turn_ttl_secs",
+                format!(
+                    "{} is not between 1 and {MAX_TURN_TTL_SECS} (30 days)",
+                    w.turn_ttl_secs
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -855,6 +907,33 @@ mod tests {
             ("[audio]\nsink = \"speaker\"\n", "audio.sink"),
             ("[audio]\nbitrate_kbps = 1000\n", "audio.bitrate_kbps"),
             ("[audio]\ntalkback = true\n", "audio.talkback"),
+        ] {
+            let msg = Config::parse(text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn turn_rest_settings_are_checked() {
+        let ok = "[webrtc]\nturn_urls = [\"turn:t.lan:3478?transport=udp\"]\nturn_secret = \"s\"\nturn_ttl_secs = 600\n";
+        let c = Config::parse(ok, Path::new("x.toml")).unwrap();
+        assert!(c.webrtc.turn_rest().is_some());
+        // The secret may still come from a credential: no error yet, and no REST source.
+        let c = Config::parse(
+            "[webrtc]\nturn_urls = [\"turn:t.lan:3478\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.webrtc.turn_rest().is_none());
+        for (text, key) in [
+            (
+                "[webrtc]\nturn_urls = [\"stun:t.lan\"]\n",
+                "webrtc.turn_urls",
+            ),
+            ("[webrtc]\nturn_secret = \"s\"\n", "webrtc.turn_secret"),
+            ("[webrtc]\nturn_ttl_secs = 0\n", "webrtc.turn_ttl_secs"),
         ] {
             let msg = Config::parse(text, Path::new("x.toml"))
                 .unwrap_err()

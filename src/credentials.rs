@@ -1,7 +1,7 @@
 //! Secrets from systemd credentials instead of the config file.
 //!
-//! Three secrets can come this way: the MQTT password, the TURN credential and the secret that
-//! signs viewer tokens. With `LoadCredential=mqtt_password:/etc/rtcam/credentials/mqtt_password`
+//! Four secrets can come this way: the MQTT password, the TURN credential, the TURN REST secret
+//! and the secret that signs viewer tokens. With `LoadCredential=mqtt_password:/etc/rtcam/credentials/mqtt_password`
 //! in the unit, systemd
 //! hands rtcam the file in `$CREDENTIALS_DIRECTORY`, readable by rtcam alone and never on a
 //! path the config (or a backup of /etc/rtcam) shows. A secret the config file sets wins; a
@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 pub const MQTT_PASSWORD: &str = "mqtt_password";
 /// Credential for every `turn:`/`turns:` ICE server whose `credential` is empty.
 pub const TURN_CREDENTIAL: &str = "turn_credential";
+/// Credential with the secret shared with a TURN server for REST credentials
+/// (`webrtc.turn_secret`, coturn's `static-auth-secret`).
+pub const TURN_SECRET: &str = "turn_secret";
 /// Credential with the secret that signs viewer tokens (`auth.secret`).
 pub const AUTH_SECRET: &str = "auth_secret";
 
@@ -73,6 +76,12 @@ pub fn apply(
             used.push(AUTH_SECRET);
         }
     }
+    if config.webrtc.turn_secret.is_empty() && !config.webrtc.turn_urls.is_empty() {
+        if let Some(secret) = read(dir, TURN_SECRET)? {
+            config.webrtc.turn_secret = secret;
+            used.push(TURN_SECRET);
+        }
+    }
     let wants_turn = |s: &crate::config::IceServer| {
         s.credential.is_empty()
             && s.urls
@@ -114,7 +123,9 @@ mod tests {
         std::fs::write(dir.path().join(MQTT_PASSWORD), "s3cret\n").unwrap();
         std::fs::write(dir.path().join(TURN_CREDENTIAL), "relay-pass").unwrap();
         std::fs::write(dir.path().join(AUTH_SECRET), "token-key\r\n").unwrap();
+        std::fs::write(dir.path().join(TURN_SECRET), "rest-secret\n").unwrap();
         let mut config = Config::default();
+        config.webrtc.turn_urls = vec!["turn:turn.lan:3478".into()];
         config.webrtc.ice_servers = vec![
             turn(""),
             turn("from-config"),
@@ -124,7 +135,11 @@ mod tests {
             },
         ];
         let used = apply(&mut config, Some(dir.path())).unwrap();
-        assert_eq!(used, vec![MQTT_PASSWORD, AUTH_SECRET, TURN_CREDENTIAL]);
+        assert_eq!(
+            used,
+            vec![MQTT_PASSWORD, AUTH_SECRET, TURN_SECRET, TURN_CREDENTIAL]
+        );
+        assert_eq!(config.webrtc.turn_secret, "rest-secret");
         assert_eq!(config.mqtt.password, "s3cret");
         assert_eq!(config.auth.secret, "token-key");
         assert_eq!(config.webrtc.ice_servers[0].credential, "relay-pass");

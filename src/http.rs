@@ -38,8 +38,11 @@ pub enum HttpError {
 }
 
 pub struct HttpState {
-    /// The JSON the page reads to find its device and broker; fixed for the process lifetime.
-    pub page_config: Vec<u8>,
+    /// The JSON the page reads to find its device and broker; fixed for the process lifetime
+    /// but for `ice_servers`, added per request.
+    pub page_config: serde_json::Value,
+    /// The page's STUN/TURN servers, with TURN credentials derived afresh for each request.
+    pub ice_servers: Arc<crate::turn::IceServers>,
     /// `host:port` of the plain-TCP broker that `/mqtt` forwards to, if there is one.
     pub broker_tcp: Option<String>,
     /// For `/snapshot.jpg`.
@@ -182,12 +185,19 @@ fn serve_asset(path: &str) -> Response {
 }
 
 async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
+    let mut config = state.page_config.clone();
+    let handed = state.ice_servers.for_viewers(std::time::SystemTime::now());
+    config["ice_servers"] = serde_json::json!(handed.servers);
+    if let Some(at) = handed.expires_at {
+        config["ice_servers_expire_at"] = at.into();
+    }
     (
         [
             (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-cache"),
+            // Derived credentials are fresh per request; a cached copy would carry old ones.
+            (header::CACHE_CONTROL, "no-store"),
         ],
-        state.page_config.clone(),
+        config.to_string(),
     )
         .into_response()
 }

@@ -17,4 +17,5 @@ pub mod memory;
 pub mod service;
 pub mod session;
 pub mod signalling;
+pub mod turn;
 pub mod util;

@@ -213,6 +213,9 @@ async fn no_secret_in_logs_status_or_telemetry() {
         username: "turnuser".into(),
         credential: "turn-credential-2287".into(),
     }];
+    // A TURN REST secret: only credentials derived from it may leave rtcam.
+    config.webrtc.turn_urls = vec!["turn:127.0.0.1:3478?transport=udp".into()];
+    config.webrtc.turn_secret = "turn-rest-secret-6043".into();
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     let root = "rtcam/leakcam";
     let probe = Probe::connect(("127.0.0.1", mosquitto.port), &[format!("{root}/#")]).await;
@@ -239,6 +242,16 @@ async fn no_secret_in_logs_status_or_telemetry() {
             br#"{"id":"1","command":"status"}"#.to_vec(),
         )
         .await;
+    // And the paths that hand out TURN credentials (refused here: no token).
+    probe
+        .send(
+            &format!("{root}/session/x2/in"),
+            br#"{"type":"ice_servers"}"#.to_vec(),
+        )
+        .await;
+    probe
+        .wait_error(&format!("{root}/session/x2/out"), "unauthorized")
+        .await;
     probe
         .wait_error(&format!("{root}/session/x1/out"), "unauthorized")
         .await;
@@ -254,6 +267,7 @@ async fn no_secret_in_logs_status_or_telemetry() {
         "mqtt-password-7731",
         "auth-secret-5519",
         "turn-credential-2287",
+        "turn-rest-secret-6043",
     ] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }

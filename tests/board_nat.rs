@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::coturn::{Coturn, TurnAuth};
 use common::viewer::Viewer;
 use common::{free_port, Mosquitto, Probe};
 use std::os::unix::process::CommandExt;
@@ -35,33 +36,6 @@ impl Drop for Group {
     }
 }
 
-fn turnserver(port: u16, dir: &std::path::Path) -> Group {
-    let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--lt-cred-mech",
-            "--fingerprint",
-        ])
-        .args(["--realm", "rtcam", "--user", "board:relay-secret"])
-        .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-        .args(["--listening-port", &port.to_string()])
-        // Both ends of the relay are on the host's loopback: the viewer, and the board as qemu
-        // presents it.
-        .arg("--allow-loopback-peers")
-        .args(["--min-port", "49152", "--max-port", "65535"])
-        .arg("--log-file")
-        .arg(dir.join("turn.log"))
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("turnserver is installed (apt-get install coturn)");
-    Group(child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots an emulated board; run with make test-board-nat"]
 async fn board_behind_nat_streams_through_a_turn_relay() {
@@ -69,7 +43,19 @@ async fn board_behind_nat_streams_through_a_turn_relay() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start();
     let turn_port = free_port();
-    let _turn = turnserver(turn_port, dir.path());
+    // Both ends of the relay are on the host's loopback: the viewer, and the board as qemu
+    // presents it.
+    let _turn = Coturn::start(
+        Command::new("turnserver"),
+        "127.0.0.1",
+        turn_port,
+        TurnAuth::User {
+            name: "board",
+            password: "relay-secret",
+        },
+        dir.path(),
+        &["--allow-loopback-peers"],
+    );
 
     // The board's view of the host is 10.0.2.2; its own address 10.0.2.15 is private.
     let config = dir.path().join("rtcam.toml");

@@ -175,7 +175,7 @@ async fn viewer_process() {
                 (&host, port),
                 &root,
                 ViewerOptions {
-                    udp_addr: Some(VIEWER_ADDR.into()),
+                    udp_addrs: vec![format!("{VIEWER_ADDR}:0")],
                     recover: true,
                     ..Default::default()
                 },

@@ -18,6 +18,9 @@ import {
   tokenQuery,
   parseOutMessage,
   parseStatus,
+  peerConfiguration,
+  iceServersStale,
+  normalizeIceServers,
   resolveSettings,
   sessionTopics,
   statusTopic,
@@ -324,14 +327,27 @@ function publish(s, msg) {
 }
 
 function createPeerConnection() {
+  const config = peerConfiguration(settings);
+  rtcam.iceTransportPolicy = config.iceTransportPolicy;
   try {
-    return new RTCPeerConnection({ iceServers: settings.iceServers });
+    return new RTCPeerConnection(config);
   } catch (err) {
     // A malformed ice_servers entry must not keep the page from working on a
     // local network, where no STUN/TURN is needed.
     log(`ice_servers rejected (${err.message}); continuing without them`);
-    return new RTCPeerConnection();
+    return new RTCPeerConnection({ iceTransportPolicy: config.iceTransportPolicy });
   }
+}
+
+// TURN credentials the camera derives expire (its turn_ttl_secs); a page left
+// open longer fetches fresh ones before its next session.
+async function refreshIceServers() {
+  if (!iceServersStale(settings, Date.now() / 1000)) return;
+  const config = await fetchConfig();
+  if (!config) return;
+  settings.iceServers = normalizeIceServers(config.ice_servers);
+  settings.iceServersExpireAt = Number.isInteger(config.ice_servers_expire_at) ? config.ice_servers_expire_at : null;
+  log('fetched fresh TURN credentials');
 }
 
 async function startSession() {
@@ -355,6 +371,8 @@ async function startSession() {
   // The device may answer immediately; listening first means the answer
   // cannot arrive before there is a subscription to deliver it.
   await subscribe(s.topics.out);
+  if (session !== s) return;
+  await refreshIceServers();
   if (session !== s) return;
 
   const pc = createPeerConnection();
@@ -638,6 +656,7 @@ async function main() {
   setFact('Broker', settings.brokerUrl);
   setFact('Topic prefix', settings.prefix);
   if (settings.version) setFact('Server version', settings.version);
+  if (settings.relayOnly) setFact('ICE', 'relay only (TURN)');
   setFact('Protocol', `v${PROTOCOL_VERSION}`);
   el.unmute.hidden = !settings.audio.enabled;
   el.talk.hidden = !settings.audio.talkback;

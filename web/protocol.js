@@ -103,6 +103,27 @@ export function tokenQuery(token) {
   return token ? `?token=${encodeURIComponent(token)}` : '';
 }
 
+/** Whether the page's address asks for relay-only ICE (`?relay=1` or `?relay=true`). */
+export function relayOnlyFrom(search) {
+  const v = new URLSearchParams(search ?? '').get('relay');
+  return v === '1' || v === 'true';
+}
+
+/** The RTCPeerConnection configuration for these settings. */
+export function peerConfiguration(settings) {
+  return {
+    iceServers: settings.iceServers ?? [],
+    iceTransportPolicy: settings.relayOnly ? 'relay' : 'all',
+  };
+}
+
+/** Whether ICE servers from config.json should be fetched again before a new session:
+ * their derived TURN credentials expire within `marginSecs` of `nowSecs`. */
+export function iceServersStale(settings, nowSecs, marginSecs = 60) {
+  return settings.iceServersExpireAt !== null && settings.iceServersExpireAt !== undefined
+    && nowSecs >= settings.iceServersExpireAt - marginSecs;
+}
+
 /** The viewer token from the page's address (`?token=`), if any. */
 export function tokenFrom(search) {
   return new URLSearchParams(search ?? '').get('token') || null;
@@ -157,6 +178,11 @@ export function resolveSettings(config, search, location) {
       watchingServer,
       viewerCommands: watchingServer ? viewerCommandsOf(cfg) : 'unknown',
       iceServers: normalizeIceServers(cfg?.ice_servers),
+      // Unix seconds at which the camera's derived TURN credentials expire (null: never).
+      iceServersExpireAt: Number.isInteger(cfg?.ice_servers_expire_at) ? cfg.ice_servers_expire_at : null,
+      // `?relay=1`: only TURN relay candidates, as behind a network that allows nothing else
+      // (and to test the TURN server).
+      relayOnly: relayOnlyFrom(search),
       version: typeof cfg?.version === 'string' ? cfg.version : null,
       video: cfg?.video ?? null,
       audio: watchingServer ? audioOf(cfg) : { enabled: false, talkback: false },

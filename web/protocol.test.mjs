@@ -11,6 +11,7 @@ import {
   defaultBrokerUrl,
   encodePublishQos0,
   errorHint,
+  iceServersStale,
   isEndOfCandidates,
   isValidDeviceId,
   isValidPrefix,
@@ -20,6 +21,8 @@ import {
   offerMessage,
   parseOutMessage,
   parseStatus,
+  peerConfiguration,
+  relayOnlyFrom,
   resolveSettings,
   audioOf,
   sessionTopics,
@@ -113,6 +116,22 @@ test('resolveSettings uses config.json and the same-origin broker', () => {
   assert.equal(r.settings.brokerUrl, 'ws://127.0.0.1:8080/mqtt');
   assert.deepEqual(r.settings.iceServers, [{ urls: ['stun:stun.example.test:3478'] }]);
   assert.equal(r.settings.version, '0.1.0');
+});
+
+test('?relay=1 asks for relay-only ICE; derived TURN credentials are refreshed near expiry', () => {
+  assert.equal(relayOnlyFrom('?relay=1'), true);
+  assert.equal(relayOnlyFrom('?relay=true&device=x'), true);
+  assert.equal(relayOnlyFrom('?relay=0'), false);
+  assert.equal(relayOnlyFrom(''), false);
+  const turn = { urls: ['turn:t.test:3478'], username: '1600:cam1-viewer', credential: 'c' };
+  const s = resolveSettings({ ...config, ice_servers: [turn], ice_servers_expire_at: 1600 }, '?relay=1', httpLocation).settings;
+  assert.deepEqual(peerConfiguration(s), { iceServers: [turn], iceTransportPolicy: 'relay' });
+  assert.equal(s.iceServersExpireAt, 1600);
+  assert.equal(iceServersStale(s, 1000), false);
+  assert.equal(iceServersStale(s, 1545), true);
+  const plain = resolveSettings(config, '', httpLocation).settings;
+  assert.equal(peerConfiguration(plain).iceTransportPolicy, 'all');
+  assert.equal(iceServersStale(plain, 1e12), false);
 });
 
 test('resolveSettings prefers the configured broker_url', () => {

@@ -200,6 +200,8 @@ pub struct SessionManager {
     /// Bitrate adaptation, shared by the sessions that feed it; `None` when it is off. A lock
     /// rather than messages to this task: each session updates it once a second, briefly.
     pub adaptation: Option<Arc<std::sync::Mutex<adapt::Adaptation>>>,
+    /// What an `ice_servers` request is answered with (fresh TURN credentials each time).
+    pub ice_servers: Arc<crate::turn::IceServers>,
 }
 
 struct Running {
@@ -307,12 +309,14 @@ impl SessionManager {
     }
 
     /// With `[auth] secret` set, an offer needs a token granting `view`; a token that also
-    /// grants `control` lets that viewer change the camera over its data channel.
+    /// grants `control` lets that viewer change the camera over its data channel. Asking for
+    /// ICE servers needs `view` too: their TURN credentials are worth guarding.
     fn authorize(
         &self,
         message: Result<Inbound, ProtocolError>,
     ) -> (Result<Inbound, ProtocolError>, bool) {
-        let (Some(authority), Ok(Inbound::Offer { token, .. })) = (&self.authority, &message)
+        let (Some(authority), Ok(Inbound::Offer { token, .. } | Inbound::IceServers { token })) =
+            (&self.authority, &message)
         else {
             return (message, false);
         };
@@ -372,6 +376,20 @@ impl SessionManager {
                 if let Some(r) = running.get(sid).filter(|r| r.generation == generation) {
                     let _ = r.input.send(SessionInput::Candidate(candidate));
                 }
+            }
+            Action::SendIceServers => {
+                let handed = self.ice_servers.for_viewers(SystemTime::now());
+                let message = crate::signalling::protocol::Outbound::IceServers {
+                    ice_servers: handed.servers,
+                    expires_at: handed.expires_at,
+                };
+                let _ = self
+                    .outgoing
+                    .send(Outgoing {
+                        sid: sid.to_string(),
+                        message,
+                    })
+                    .await;
             }
             Action::Start {
                 generation,

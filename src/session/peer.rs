@@ -181,14 +181,19 @@ impl ControlChannel {
 
 /// Builds peer connections with what every viewer shares: ICE servers, addresses, certificate.
 pub struct PeerFactory {
-    ice_servers: Vec<RTCIceServer>,
+    /// Derived TURN credentials are made per peer, so a long-running rtcam never allocates
+    /// with expired ones.
+    ice_servers: Arc<crate::turn::IceServers>,
     configured_addrs: Vec<IpAddr>,
     /// Generated once: an ECDSA key per viewer would add tens of milliseconds to every join.
     certificate: RTCCertificate,
 }
 
 impl PeerFactory {
-    pub fn new(cfg: &WebrtcConfig) -> Result<Self, PeerError> {
+    pub fn new(
+        cfg: &WebrtcConfig,
+        ice_servers: Arc<crate::turn::IceServers>,
+    ) -> Result<Self, PeerError> {
         let provider = rtc::crypto::default_provider().map_err(setup)?;
         let certificate = RTCCertificate::generate(
             provider.crypto(),
@@ -197,15 +202,7 @@ impl PeerFactory {
         )
         .map_err(setup)?;
         Ok(Self {
-            ice_servers: cfg
-                .ice_servers
-                .iter()
-                .map(|s| RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone(),
-                    credential: s.credential.clone(),
-                })
-                .collect(),
+            ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),
             certificate,
         })
@@ -345,7 +342,17 @@ impl PeerFactory {
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
-                    .with_ice_servers(self.ice_servers.clone())
+                    .with_ice_servers(
+                        self.ice_servers
+                            .for_rtcam(std::time::SystemTime::now())
+                            .into_iter()
+                            .map(|s| RTCIceServer {
+                                urls: s.urls,
+                                username: s.username,
+                                credential: s.credential,
+                            })
+                            .collect(),
+                    )
                     .with_certificates(vec![self.certificate.clone()])
                     .build(),
             )
@@ -362,7 +369,7 @@ impl PeerFactory {
             .map_err(setup)?;
         // From here on a failure must close the connection: dropping it unclosed leaves its
         // driver task running, with its socket, for the life of the process.
-        match Self::negotiate(&pc, offer_sdp, codec, with_audio).await {
+        match Self::negotiate(&pc, offer_sdp, codec, with_audio, ssrc).await {
             Ok(n) => {
                 let mid = first_mid(&n.answer_sdp).unwrap_or_else(|| "0".into());
                 let peer = Peer {
@@ -392,8 +399,9 @@ impl PeerFactory {
         offer_sdp: &str,
         codec: VideoCodec,
         with_audio: bool,
+        // The interceptor notes only feedback about this SSRC, so the track must use it.
+        ssrc: u32,
     ) -> Result<Negotiated, PeerError> {
-        let ssrc = rand::random::<u32>();
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),

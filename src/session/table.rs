@@ -36,6 +36,9 @@ pub enum Action {
         generation: Generation,
         candidate: Candidate,
     },
+    /// Reply with the ICE servers viewers use, with fresh TURN credentials. The table only
+    /// decides that the request may be answered; deriving credentials needs the wall clock.
+    SendIceServers,
 }
 
 /// The limits that keep one noisy or hostile viewer from starving the others.
@@ -73,6 +76,9 @@ struct Live {
 pub struct SessionTable {
     limits: Limits,
     offers: RateLimiter,
+    /// `ice_servers` requests have a budget of their own, the size of the offers' one, so a
+    /// viewer that asks before each offer does not halve the offers it may make.
+    ice_requests: RateLimiter,
     live: HashMap<String, Live>,
     next_generation: Generation,
     closing: bool,
@@ -83,6 +89,7 @@ impl SessionTable {
         Self {
             limits,
             offers: RateLimiter::new(limits.offers_per_second, limits.offers_per_second * 2),
+            ice_requests: RateLimiter::new(limits.offers_per_second, limits.offers_per_second * 2),
             live: HashMap::new(),
             next_generation: 1,
             closing: false,
@@ -135,6 +142,7 @@ impl SessionTable {
                     .into(),
                 )],
             },
+            Inbound::IceServers { .. } => self.on_ice_servers(now),
             Inbound::Bye => match self.live.remove(sid) {
                 Some(Live { generation, .. }) => vec![Action::End {
                     generation,
@@ -212,6 +220,33 @@ impl SessionTable {
             codec,
         });
         actions
+    }
+
+    fn on_ice_servers(&mut self, now: Instant) -> Vec<Action> {
+        if self.closing {
+            return vec![Action::Reply(
+                ProtocolError::new(
+                    ErrorCode::Internal,
+                    "The camera is shutting down; try again in a moment.",
+                )
+                .into(),
+            )];
+        }
+        // Each answer costs an HMAC and a publish, and hands out a credential for the TURN
+        // server: a flood is refused like a flood of offers.
+        if !self.ice_requests.try_take(now) {
+            return vec![Action::Reply(
+                ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "The camera is receiving more than {} ICE server requests per second; try again in a moment.",
+                        self.limits.offers_per_second
+                    ),
+                )
+                .into(),
+            )];
+        }
+        vec![Action::SendIceServers]
     }
 
     /// A session ended on its own (ICE failure, timeout). Returns whether it was still current.
@@ -455,6 +490,43 @@ mod tests {
             Some(ErrorCode::BadJson)
         );
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ice_server_requests_need_no_session_and_have_their_own_budget() {
+        let t0 = Instant::now();
+        let mut t = SessionTable::new(Limits {
+            max_sessions: 10,
+            offers_per_second: 1,
+            max_candidates: 2,
+            vp8_fallback: true,
+        });
+        let ask = || Ok(Inbound::IceServers { token: None });
+        assert_eq!(t.on_message("a", ask(), t0), vec![Action::SendIceServers]);
+        assert_eq!(t.on_message("b", ask(), t0), vec![Action::SendIceServers]);
+        assert_eq!(
+            code(&t.on_message("c", ask(), t0)),
+            Some(ErrorCode::RateLimited)
+        );
+        // Offers still have their whole burst, and asking created no session.
+        assert!(t.is_empty());
+        assert!(matches!(
+            t.on_message("a", offer(), t0)[..],
+            [Action::Start { .. }]
+        ));
+        assert!(matches!(
+            t.on_message("b", offer(), t0)[..],
+            [Action::Start { .. }]
+        ));
+        assert_eq!(
+            t.on_message("c", ask(), t0 + std::time::Duration::from_secs(1)),
+            vec![Action::SendIceServers]
+        );
+        t.close_all("stop");
+        assert_eq!(
+            code(&t.on_message("d", ask(), t0 + std::time::Duration::from_secs(9))),
+            Some(ErrorCode::Internal)
+        );
     }
 
     #[test]

@@ -114,16 +114,36 @@ pub enum Inbound {
     },
     Candidate(Candidate),
     Bye,
+    /// Asks for the ICE servers to use, with fresh TURN credentials, before the offer: a
+    /// relay-only viewer gathers its candidates with them. `token` as for an offer.
+    IceServers {
+        token: Option<String>,
+    },
 }
 
 /// A message to a viewer on `R/session/{sid}/out`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outbound {
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     Candidate(Candidate),
-    Error { code: ErrorCode, message: String },
-    Bye { reason: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Bye {
+        reason: String,
+    },
+    /// The reply to `ice_servers`: STUN/TURN servers in the browser's `RTCIceServer` shape;
+    /// `expires_at` (Unix seconds) is when derived TURN credentials among them stop working.
+    #[serde(rename = "ice_servers")]
+    IceServers {
+        ice_servers: Vec<crate::config::IceServer>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
 }
 
 impl Outbound {
@@ -165,29 +185,28 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
     let kind = obj.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
         ProtocolError::new(
             ErrorCode::BadMessage,
-            "The message has no \"type\" string; expected \"offer\", \"candidate\" or \"bye\".",
+            "The message has no \"type\" string; expected \"offer\", \"candidate\", \"ice_servers\" or \"bye\".",
         )
     })?;
+    let token = || match obj.get("token") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(t)) if t.len() <= 4096 => Ok(Some(t.clone())),
+        Some(_) => Err(ProtocolError::new(
+            ErrorCode::BadMessage,
+            "\"token\" must be a string.",
+        )),
+    };
     match kind {
         "offer" => {
             let sdp = obj.get("sdp").and_then(|s| s.as_str()).ok_or_else(|| {
                 ProtocolError::new(ErrorCode::BadMessage, "An offer needs an \"sdp\" string.")
             })?;
-            let token = match obj.get("token") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(t)) if t.len() <= 4096 => Some(t.clone()),
-                Some(_) => {
-                    return Err(ProtocolError::new(
-                        ErrorCode::BadMessage,
-                        "\"token\" must be a string.",
-                    ));
-                }
-            };
             Ok(Inbound::Offer {
                 sdp: sdp.to_string(),
-                token,
+                token: token()?,
             })
         }
+        "ice_servers" => Ok(Inbound::IceServers { token: token()? }),
         "candidate" => {
             let candidate: Candidate = serde_json::from_value(value.clone()).map_err(|e| {
                 ProtocolError::new(
@@ -208,7 +227,7 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
         other => Err(ProtocolError::new(
             ErrorCode::BadMessage,
             format!(
-                "Unknown message type {:?}; expected \"offer\", \"candidate\" or \"bye\".",
+                "Unknown message type {:?}; expected \"offer\", \"candidate\", \"ice_servers\" or \"bye\".",
                 truncate(other, 40)
             ),
         )),
@@ -479,6 +498,16 @@ mod tests {
         };
         assert!(end.is_end_of_candidates());
         assert_eq!(parse_inbound(br#"{"type":"bye"}"#).unwrap(), Inbound::Bye);
+        assert_eq!(
+            parse_inbound(br#"{"type":"ice_servers","token":"t"}"#).unwrap(),
+            Inbound::IceServers {
+                token: Some("t".into())
+            }
+        );
+        assert_eq!(
+            code(br#"{"type":"ice_servers","token":1}"#),
+            ErrorCode::BadMessage
+        );
     }
 
     #[test]
@@ -573,6 +602,22 @@ mod tests {
         assert_eq!(v["type"], "candidate");
         assert_eq!(v["sdpMid"], "0");
         assert_eq!(v["sdpMLineIndex"], 0);
+        let v: serde_json::Value = serde_json::from_slice(
+            &Outbound::IceServers {
+                ice_servers: vec![crate::config::IceServer {
+                    urls: vec!["turn:t:3478".into()],
+                    username: "1600:cam".into(),
+                    credential: "c".into(),
+                }],
+                expires_at: Some(1600),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "ice_servers");
+        assert_eq!(v["ice_servers"][0]["urls"][0], "turn:t:3478");
+        assert_eq!(v["ice_servers"][0]["username"], "1600:cam");
+        assert_eq!(v["expires_at"], 1600);
     }
 
     #[test]

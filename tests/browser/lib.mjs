@@ -112,15 +112,33 @@ export async function samplePage() {
   };
   if (r?.pc) {
     try {
+      sample.iceTransportPolicy = r.pc.getConfiguration().iceTransportPolicy ?? null;
       const reports = await r.pc.getStats();
+      const pairs = {};
+      const candidates = {};
+      let selectedPairId = null;
+      let nominatedPairId = null;
       reports.forEach((s) => {
         if (s.type === 'inbound-rtp' && (s.kind ?? s.mediaType) === 'video') {
           sample.framesDecoded = s.framesDecoded ?? 0;
           sample.frameWidth = s.frameWidth ?? 0;
           sample.frameHeight = s.frameHeight ?? 0;
           sample.codecId = s.codecId;
+        } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+          selectedPairId = s.selectedCandidatePairId;
+        } else if (s.type === 'candidate-pair') {
+          pairs[s.id] = s;
+          if (s.nominated && s.state === 'succeeded') nominatedPairId = s.id;
+        } else if (s.type === 'local-candidate' || s.type === 'remote-candidate') {
+          candidates[s.id] = s;
         }
       });
+      // The path the video takes: which kinds of candidates ICE settled on.
+      const pair = pairs[selectedPairId ?? nominatedPairId];
+      if (pair) {
+        sample.localCandidateType = candidates[pair.localCandidateId]?.candidateType ?? null;
+        sample.remoteCandidateType = candidates[pair.remoteCandidateId]?.candidateType ?? null;
+      }
       if (sample.codecId) sample.mimeType = reports.get(sample.codecId)?.mimeType ?? null;
       // A browser whose inbound report lacks the size: the video element knows it.
       if (!sample.frameWidth) {

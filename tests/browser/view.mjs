@@ -147,6 +147,9 @@ async function main() {
       timeToFirstFrameMs: firstFrameAt === null ? null : firstFrameAt - started,
       elapsedMs: Date.now() - started,
       state: sample?.state ?? null,
+      localCandidateType: sample?.localCandidateType ?? null,
+      remoteCandidateType: sample?.remoteCandidateType ?? null,
+      iceTransportPolicy: sample?.iceTransportPolicy ?? null,
     };
     if (!passed || opts.expectError) {
       result.statusText = sample?.statusText ?? null;

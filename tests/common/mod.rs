@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod commander;
+pub mod coturn;
 pub mod lossy;
 pub mod netns;
 pub mod viewer;

@@ -181,3 +181,26 @@ pub fn enter_named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send +
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
+
+/// Port forwarding in `router`: TCP to `ports` arriving on `in_if` goes on to `to` (nftables
+/// DNAT), as a home router forwards its web port to a camera behind it.
+pub fn forward_tcp(router: &Netns, in_if: &str, ports: &[u16], to: &str) {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    router.nft(&format!(
+        "table ip portfwd {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    iifname \"{in_if}\" tcp dport {{ {} }} dnat to {to}\n  }}\n}}\n",
+        ports.join(", ")
+    ));
+}
+
+/// Drops unsolicited packets addressed to `router` itself on `in_if`, as a home router's
+/// firewall does. Besides realism this matters for hole punching: a peer's connectivity
+/// check that arrives before the inside host has sent anything would otherwise leave a
+/// conntrack entry for its address pair, and the host's own packets to that peer would then
+/// be masqueraded to a different port than the one STUN reported. Dropped in the input hook,
+/// such a packet's conntrack entry is never confirmed, so the mapping stays the same for every
+/// destination (endpoint-independent, as RFC 4787 asks of NATs).
+pub fn drop_unsolicited(router: &Netns, in_if: &str) {
+    router.nft(&format!(
+        "table ip firewall {{\n  chain input {{\n    type filter hook input priority filter;\n    iifname \"{in_if}\" ct state new drop\n  }}\n}}\n"
+    ));
+}

@@ -23,8 +23,9 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCSessionDescription, Registry, SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    RTCStatsReportEntry, Registry, SettingEngineBuilder, StatsSelector,
 };
 
 /// What the viewer has seen so far.
@@ -64,18 +65,43 @@ pub struct Viewer {
     /// Messages received on the control channel.
     pub channel_messages: Arc<Mutex<Vec<Value>>>,
     channel_open: tokio::sync::watch::Receiver<bool>,
+    /// The viewer's own candidates.
+    pub gathered: Arc<Mutex<Gathered>>,
+}
+
+/// The `typ` of an ICE candidate line.
+pub fn candidate_type(candidate: &str) -> Option<String> {
+    let mut words = candidate.split_whitespace();
+    words.find(|w| *w == "typ")?;
+    words.next().map(str::to_string)
 }
 
 struct Handler {
     candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
     tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+    gathered: Arc<Mutex<Gathered>>,
+}
+
+/// The viewer's own candidates as gathered, by type, and whether gathering finished.
+#[derive(Debug, Default, Clone)]
+pub struct Gathered {
+    pub types: Vec<String>,
+    pub complete: bool,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
+            if let Some(typ) = candidate_type(&init.candidate) {
+                self.gathered.lock().unwrap().types.push(typ);
+            }
             let _ = self.candidates.send(init);
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.lock().unwrap().complete = true;
         }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -97,13 +123,19 @@ pub struct ViewerOptions {
     pub audio: bool,
     /// Offer VP8 and nothing else, as Firefox without OpenH264 does: rtcam's VP8 fallback.
     pub vp8_only: bool,
-    /// The local address to gather candidates on (default 127.0.0.1), for a viewer in a
-    /// network namespace.
-    pub udp_addr: Option<String>,
     /// Behave as a browser does on a lossy path: a jitter buffer puts reordered and resent
     /// packets back in order, and a packet that never arrives makes the decoder ask for a
     /// keyframe (PLI). The crate's interceptors send the NACKs either way.
     pub recover: bool,
+    /// Local addresses to gather on (`"10.2.0.2:0"`); empty: loopback only. A viewer in a
+    /// network namespace names its own.
+    pub udp_addrs: Vec<String>,
+    /// STUN/TURN servers for the viewer's own gathering.
+    pub ice_servers: Vec<RTCIceServer>,
+    /// Ask rtcam for its ICE servers (`ice_servers` message) before offering, and use them too.
+    pub ask_ice_servers: bool,
+    /// `iceTransportPolicy: "relay"`: gather relay candidates only.
+    pub relay_only: bool,
 }
 
 impl Viewer {
@@ -152,6 +184,29 @@ impl Viewer {
             .expect("viewer subscribed")
             .unwrap();
 
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let mut ice_servers = opts.ice_servers.clone();
+        if opts.ask_ice_servers {
+            publish(
+                &client,
+                &in_topic,
+                json!({"type":"ice_servers","token":opts.token}),
+            )
+            .await;
+            let reply = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+                .await
+                .expect("rtcam sent its ICE servers within 10 s")
+                .expect("inbox open");
+            messages.lock().unwrap().push(reply.clone());
+            assert_eq!(reply["type"], "ice_servers", "{reply}");
+            for s in reply["ice_servers"].as_array().unwrap() {
+                ice_servers.push(RTCIceServer {
+                    urls: serde_json::from_value(s["urls"].clone()).unwrap(),
+                    username: s["username"].as_str().unwrap_or_default().into(),
+                    credential: s["credential"].as_str().unwrap_or_default().into(),
+                });
+            }
+        }
         let mut media = MediaEngine::default();
         if opts.vp8_only {
             use rtc::rtp_transceiver::rtp_sender::{
@@ -190,8 +245,23 @@ impl Viewer {
             .with(Slot::from(14_000), SenderReportsToApp::default());
         let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
         let (track_tx, mut track_rx) = mpsc::unbounded_channel();
+        let gathered = Arc::new(Mutex::new(Gathered::default()));
+        let udp_addrs = if opts.udp_addrs.is_empty() {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            opts.udp_addrs.clone()
+        };
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(ice_servers)
+                    .with_ice_transport_policy(if opts.relay_only {
+                        RTCIceTransportPolicy::Relay
+                    } else {
+                        RTCIceTransportPolicy::All
+                    })
+                    .build(),
+            )
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_setting_engine(
@@ -202,11 +272,9 @@ impl Viewer {
             .with_handler(Arc::new(Handler {
                 candidates: cand_tx,
                 tracks: track_tx,
+                gathered: gathered.clone(),
             }))
-            .with_udp_addrs(vec![format!(
-                "{}:0",
-                opts.udp_addr.as_deref().unwrap_or("127.0.0.1")
-            )])
+            .with_udp_addrs(udp_addrs)
             .build()
             .await
             .unwrap();
@@ -472,7 +540,66 @@ impl Viewer {
             track: track_slot,
             channel_messages,
             channel_open,
+            gathered,
         }
+    }
+
+    /// The ICE part of the stats report, for failure messages.
+    pub async fn ice_stats(&self) -> String {
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let mut out = String::new();
+        for entry in report.iter() {
+            match entry {
+                RTCStatsReportEntry::LocalCandidate(_)
+                | RTCStatsReportEntry::RemoteCandidate(_)
+                | RTCStatsReportEntry::IceCandidatePair(_)
+                | RTCStatsReportEntry::Transport(_) => out.push_str(&format!("{entry:?}\n")),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The pair ICE selected (the transport's selected pair, or else the nominated one): its
+    /// local candidate's type, and its remote candidate's type and address. For a reflexive
+    /// local candidate ICE pairs its base, so the local type shows as `host` then.
+    pub async fn selected_pair(&self) -> Option<(String, String, String)> {
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let mut local = std::collections::HashMap::new();
+        let mut remote = std::collections::HashMap::new();
+        let mut pairs = std::collections::HashMap::new();
+        let mut selected = None;
+        let mut nominated = None;
+        for entry in report.iter() {
+            match entry {
+                // The crate prefixes candidate stats ids but not the ids pairs refer to them by.
+                RTCStatsReportEntry::LocalCandidate(c) => {
+                    let id = c.stats.id.trim_start_matches("RTCLocalIceCandidate_");
+                    local.insert(id.to_string(), c.candidate_type.to_string());
+                }
+                RTCStatsReportEntry::RemoteCandidate(c) => {
+                    let id = c.stats.id.trim_start_matches("RTCRemoteIceCandidate_");
+                    let address = c.address.clone().unwrap_or_default();
+                    remote.insert(id.to_string(), (c.candidate_type.to_string(), address));
+                }
+                RTCStatsReportEntry::IceCandidatePair(p) => {
+                    let ids = (p.local_candidate_id.clone(), p.remote_candidate_id.clone());
+                    if p.nominated {
+                        nominated = Some(ids.clone());
+                    }
+                    pairs.insert(p.stats.id.clone(), ids);
+                }
+                RTCStatsReportEntry::Transport(t) if !t.selected_candidate_pair_id.is_empty() => {
+                    selected = Some(t.selected_candidate_pair_id.clone());
+                }
+                _ => {}
+            }
+        }
+        let (l, r) = selected
+            .and_then(|id| pairs.get(&id).cloned())
+            .or(nominated)?;
+        let (remote_type, remote_address) = remote.get(&r)?.clone();
+        Some((local.get(&l)?.clone(), remote_type, remote_address))
     }
 
     /// Sends a command on the control channel (waiting for it to open) and returns the reply.
