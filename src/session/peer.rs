@@ -65,6 +65,8 @@ const H264_FMTPS: [(&str, u8); 2] = [
 /// (together 1.4 s, the crate's default budget, at a tenth of its 200 ms pacing).
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 const ICE_MAX_BINDING_REQUESTS: u16 = 70;
+/// The longest rtcam holds its answer back for its host candidates (they take a few ms).
+const HOST_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The Opus rtcam registers when it negotiates audio: what browsers offer (RFC 7587 always
 /// says two channels; the stream itself is mono), with in-band FEC allowed.
@@ -339,6 +341,7 @@ impl PeerFactory {
         if addrs.is_empty() {
             return Err(PeerError::NoAddress);
         }
+        let host_candidates = addrs.len();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -369,7 +372,7 @@ impl PeerFactory {
             .map_err(setup)?;
         // From here on a failure must close the connection: dropping it unclosed leaves its
         // driver task running, with its socket, for the life of the process.
-        match Self::negotiate(&pc, offer_sdp, codec, with_audio, ssrc).await {
+        match Self::negotiate(&pc, offer_sdp, codec, with_audio, ssrc, host_candidates).await {
             Ok(n) => {
                 let mid = first_mid(&n.answer_sdp).unwrap_or_else(|| "0".into());
                 let peer = Peer {
@@ -401,6 +404,8 @@ impl PeerFactory {
         with_audio: bool,
         // The interceptor notes only feedback about this SSRC, so the track must use it.
         ssrc: u32,
+        // Host candidates to wait for before answering: one per address rtcam listens on.
+        host_candidates: usize,
     ) -> Result<Negotiated, PeerError> {
         let track = Arc::new(
             TrackLocalStaticSample::new(
@@ -482,10 +487,25 @@ impl PeerFactory {
             .await
             .map_err(|e| PeerError::Offer(e.to_string()))?;
         pc.set_local_description(answer).await.map_err(setup)?;
-        let local = pc
-            .local_description()
-            .await
-            .ok_or_else(|| setup("no local description after setting it"))?;
+        // The answer carries rtcam's host candidates: gathering them takes a few milliseconds,
+        // and a viewer that knows them checks them at once. Without them rtcam's first checks
+        // (every 20 ms) reach the viewer before its trickled candidates do; the viewer then
+        // knows rtcam only as a peer-reflexive address, which webrtc-rs viewers accept only
+        // after a second (docs/benchmarks.md). Server-reflexive and relay candidates, which
+        // take round trips, still trickle.
+        let deadline = Instant::now() + HOST_GATHER_WAIT;
+        let local = loop {
+            let local = pc
+                .local_description()
+                .await
+                .ok_or_else(|| setup("no local description after setting it"))?;
+            if local.sdp.matches("a=candidate:").count() >= host_candidates
+                || Instant::now() >= deadline
+            {
+                break local;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
         Ok(Negotiated {
             track,
             sender,

@@ -598,7 +598,12 @@ impl Viewer {
         let (l, r) = selected
             .and_then(|id| pairs.get(&id).cloned())
             .or(nominated)?;
-        let (remote_type, remote_address) = remote.get(&r)?.clone();
+        // A remote candidate learned from the peer's checks (peer-reflexive) is left out of
+        // the crate's stats: its type is all that is known.
+        let (remote_type, remote_address) = remote
+            .get(&r)
+            .cloned()
+            .unwrap_or_else(|| ("prflx".to_string(), String::new()));
         Some((local.get(&l)?.clone(), remote_type, remote_address))
     }
 
