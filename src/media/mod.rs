@@ -1250,6 +1250,8 @@ fn take_snapshot(
             let sample = raw
                 .try_pull_sample(gst::ClockTime::from_mseconds(1000))
                 .ok_or_else(|| MediaError::Snapshot("no frame arrived within a second".into()))?;
+            // GStreamer picks the JPEG encoder by rank: the board's hardware one where it has
+            // one (v4l2jpegenc outranks jpegenc), software jpegenc elsewhere.
             let caps = gst::Caps::builder("image/jpeg").build();
             let jpeg =
                 gstreamer_video::convert_sample(&sample, &caps, gst::ClockTime::from_seconds(3))
