@@ -86,6 +86,8 @@ pub async fn start(
                 .is_ok()
         {
             tracing::info!(%listen, %listen_v5, "embedded MQTT broker running");
+            // Its listeners pass TCP_NODELAY on to every connection they accept.
+            crate::sockets::nodelay_on_all_tcp();
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -113,9 +113,13 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
-    tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Listen { addr, source })
+        .map_err(|source| HttpError::Listen { addr, source })?;
+    // Accepted connections inherit it: the `/mqtt` WebSocket carries signalling, where a
+    // Nagle delay would hold an answer back (sockets.rs).
+    let _ = socket2::SockRef::from(&listener).set_nodelay(true);
+    Ok(listener)
 }
 
 pub async fn serve(

@@ -17,5 +17,6 @@ pub mod memory;
 pub mod service;
 pub mod session;
 pub mod signalling;
+pub mod sockets;
 pub mod turn;
 pub mod util;

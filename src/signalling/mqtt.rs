@@ -179,6 +179,8 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             // state, the next call picks up where it left off.
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // The new connection's socket: no Nagle delay on signalling (sockets.rs).
+                    crate::sockets::nodelay_on_all_tcp();
                     backoff = BACKOFF_FIRST;
                     logged_failure = false;
                     tracing::info!(%broker, "connected to MQTT broker");
