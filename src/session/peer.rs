@@ -516,6 +516,27 @@ impl PeerFactory {
     }
 }
 
+/// The payload type the viewer chose for a sender's codec, read once the connection is up and
+/// then kept in `cached`: browsers pick their own number, and every packet must carry it.
+async fn payload_type(
+    sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    cached: &mut Option<u8>,
+    kind: &str,
+) -> Result<u8, PeerError> {
+    if let Some(pt) = *cached {
+        return Ok(pt);
+    }
+    let params = sender.get_parameters().await.map_err(setup)?;
+    let pt = params
+        .rtp_parameters
+        .codecs
+        .first()
+        .map(|c| c.payload_type)
+        .ok_or_else(|| setup(format!("no negotiated {kind} codec")))?;
+    *cached = Some(pt);
+    Ok(pt)
+}
+
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS.to_owned(),
@@ -692,20 +713,7 @@ impl Peer {
 
     /// Sends one encoded frame. Errors mean the connection is going away.
     pub async fn write_frame(&mut self, frame: &EncodedFrame) -> Result<(), PeerError> {
-        let pt = match self.payload_type {
-            Some(pt) => pt,
-            None => {
-                let params = self.sender.get_parameters().await.map_err(setup)?;
-                let pt = params
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.payload_type)
-                    .ok_or_else(|| setup("no negotiated video codec"))?;
-                self.payload_type = Some(pt);
-                pt
-            }
-        };
+        let pt = payload_type(&self.sender, &mut self.payload_type, "video").await?;
         let sample = Sample {
             data: frame.data.clone(),
             duration: frame.duration,
@@ -729,20 +737,7 @@ impl Peer {
         let Some(out) = self.audio.as_mut() else {
             return Ok(());
         };
-        let pt = match out.payload_type {
-            Some(pt) => pt,
-            None => {
-                let params = out.sender.get_parameters().await.map_err(setup)?;
-                let pt = params
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.payload_type)
-                    .ok_or_else(|| setup("no negotiated audio codec"))?;
-                out.payload_type = Some(pt);
-                pt
-            }
-        };
+        let pt = payload_type(&out.sender, &mut out.payload_type, "audio").await?;
         let sample = Sample {
             data: packet.data.clone(),
             duration: packet.duration,
