@@ -118,7 +118,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
         .map_err(|source| HttpError::Listen { addr, source })?;
     // Accepted connections inherit it: the `/mqtt` WebSocket carries signalling, where a
     // Nagle delay would hold an answer back (sockets.rs).
-    let _ = socket2::SockRef::from(&listener).set_nodelay(true);
+    crate::sockets::nodelay_on(&listener);
     Ok(listener)
 }
 

@@ -12,6 +12,11 @@
 use socket2::SockRef;
 use std::os::fd::BorrowedFd;
 
+/// Sets `TCP_NODELAY` on a listener rtcam owns; the connections it accepts inherit it.
+pub fn nodelay_on(listener: &impl std::os::fd::AsFd) {
+    let _ = SockRef::from(listener).set_nodelay(true);
+}
+
 /// Sets `TCP_NODELAY` on every TCP socket this process has open; returns how many took it.
 /// Other descriptors (files, UDP and Unix sockets) are left as they are.
 pub fn nodelay_on_all_tcp() -> usize {
