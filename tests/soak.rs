@@ -69,7 +69,10 @@ impl Rtcam {
         config.source.width = 160;
         config.source.height = 120;
         config.encoder.keyframe_interval = 15;
-        config.webrtc.max_sessions = 64;
+        // Room for every vanished viewer at once (they hold their sessions until ICE reports
+        // them gone, a few seconds, while the next batches join) beside the churning ones:
+        // the soak is about leaks, not the session limit, which tests/limits.rs covers.
+        config.webrtc.max_sessions = 2 * (VANISH_BATCH * VANISH_BATCHES + CONCURRENT);
         config.webrtc.offers_per_second = 1000;
         // Vanished viewers are reaped once ICE reports them disconnected plus this.
         config.webrtc.disconnect_timeout_secs = 1;
