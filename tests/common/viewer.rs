@@ -778,24 +778,11 @@ impl Decoder {
         } else {
             ("", depay_element.to_string())
         };
-        let pipeline = gst::parse::launch(&format!(
+        let (pipeline, appsrc, sink) = launch_decoder(&format!(
             "appsrc name=src is-live=true format=time do-timestamp=true \
              caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000 ! \
              {jitter}{depay} ! {decode} ! videoconvert ! appsink name=sink sync=false"
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-        let appsrc = pipeline
-            .by_name("src")
-            .unwrap()
-            .downcast::<gst_app::AppSrc>()
-            .unwrap();
-        let sink = pipeline
-            .by_name("sink")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
+        ));
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
@@ -845,27 +832,33 @@ struct AudioDecoder {
     appsrc: gst_app::AppSrc,
 }
 
-impl AudioDecoder {
-    fn new(decoded: Arc<Mutex<Decoded>>) -> AudioDecoder {
-        gst::init().unwrap();
-        let pipeline = gst::parse::launch(
-            "appsrc name=src is-live=true format=time do-timestamp=true \
-             caps=application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111 ! \
-             rtpopusdepay ! opusdec ! appsink name=sink sync=false",
-        )
+/// A decoding pipeline fed RTP through its `src` appsrc, with its output at the `sink` appsink.
+fn launch_decoder(description: &str) -> (gst::Pipeline, gst_app::AppSrc, gst_app::AppSink) {
+    let pipeline = gst::parse::launch(description)
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-        let appsrc = pipeline
-            .by_name("src")
-            .unwrap()
-            .downcast::<gst_app::AppSrc>()
-            .unwrap();
-        let sink = pipeline
-            .by_name("sink")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
+    let appsrc = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    (pipeline, appsrc, sink)
+}
+
+impl AudioDecoder {
+    fn new(decoded: Arc<Mutex<Decoded>>) -> AudioDecoder {
+        gst::init().unwrap();
+        let (pipeline, appsrc, sink) = launch_decoder(
+            "appsrc name=src is-live=true format=time do-timestamp=true \
+             caps=application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload=111 ! \
+             rtpopusdepay ! opusdec ! appsink name=sink sync=false",
+        );
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
