@@ -352,7 +352,9 @@ impl Viewer {
                 }
                 // Cancel-safe: a timer recreated each turn.
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    break if frames.is_none() {
+                    // Not `frames`: those start at ICE connected, before DTLS; a handshake
+                    // that never finishes is a connection never established.
+                    break if !secure {
                         ("the connection was not established in time".into(), true)
                     } else {
                         ("the viewer was disconnected for too long".into(), true)
