@@ -37,12 +37,15 @@ const TURN_PORT: u16 = 3478;
 const MQTT_PORT: u16 = 1883;
 const HTTP_PORT: u16 = 8080;
 const TURN_SECRET: &str = "nat-turn-secret-4417";
+/// The public network's default route: a link to a namespace that drops what it gets.
+const INTERNET_IF: &str = "internet";
+const VOID_IP: &str = "192.0.2.2";
 
 /// One topology at a time: each runs an encoder, decoders and coturn, and two at once on a
 /// 2-core machine would starve each other into timeouts that say nothing about NAT.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The five namespaces. Dropping them removes every link and rule; the processes inside are
+/// The six namespaces. Dropping them removes every link and rule; the processes inside are
 /// guards declared after this, so they are ended first.
 struct Nets {
     public: Netns,
@@ -50,6 +53,8 @@ struct Nets {
     cam: Netns,
     view_router: Netns,
     view: Netns,
+    /// Beyond the public network's default route; it forwards nothing.
+    void: Netns,
 }
 
 impl Nets {
@@ -61,6 +66,7 @@ impl Nets {
             cam: ns("cam"),
             view_router: ns("viewr"),
             view: ns("view"),
+            void: ns("void"),
         };
         netns::link(
             &nets.public,
@@ -79,6 +85,14 @@ impl Nets {
             "203.0.113.2/24",
         );
         netns::link(
+            &nets.public,
+            INTERNET_IF,
+            "192.0.2.1/24",
+            &nets.void,
+            "wan",
+            &format!("{VOID_IP}/24"),
+        );
+        netns::link(
             &nets.cam_router,
             "lan",
             "10.1.0.1/24",
@@ -94,8 +108,13 @@ impl Nets {
             "eth0",
             "10.2.0.2/24",
         );
-        // The public network routes between the two NATs' outsides, and knows nothing else.
+        // The public network routes between the two NATs' outsides; everything else goes to
+        // "the Internet": a namespace that does not forward, where packets vanish. A real TURN server has such a
+        // default route, and it matters: a viewer's relay sends its checks to rtcam's private
+        // host address too, and with no route at all coturn's send fails (ENETUNREACH) and it
+        // closes the viewer's allocation at once.
         nets.public.forward();
+        nets.public.route_default(VOID_IP);
         nets.cam_router.route_default("198.51.100.1");
         nets.view_router.route_default("203.0.113.1");
         nets.cam.route_default("10.1.0.1");
@@ -109,17 +128,18 @@ impl Nets {
         nets
     }
 
-    /// The premise of every test: neither private network is reachable from outside.
+    /// The premise of every test: neither private network is reachable from outside; what
+    /// the public network sends there goes into the void.
     fn assert_private_nets_unroutable(&self) {
-        for (from, to) in [(&self.public, VIEW_LAN), (&self.public, CAM_LAN)] {
+        for to in [VIEW_LAN, CAM_LAN] {
             let out = Command::new("ip")
-                .args(["-n", &from.name, "route", "get", to])
+                .args(["-n", &self.public.name, "route", "get", to])
                 .output()
                 .unwrap();
+            let route = String::from_utf8_lossy(&out.stdout);
             assert!(
-                !out.status.success(),
-                "{to} is routable from the public network: {}",
-                String::from_utf8_lossy(&out.stdout)
+                out.status.success() && route.contains(&format!("dev {INTERNET_IF} ")),
+                "{to} is not routed into the void from the public network: {route}"
             );
         }
     }
@@ -339,13 +359,9 @@ fn viewer_and_camera_behind_nats_connect_through_stun() {
 }
 
 /// (2): relay-only viewers with TURN REST credentials that rtcam derived from the secret it
-/// shares with coturn: Chromium on the page, which gets them from `/config.json`, and a Rust
-/// viewer that asks over MQTT. Ignored: in this topology the relayed media path does not come
-/// up yet. Both sides allocate, create permissions and bind channels (coturn's log), but coturn
-/// passes on only a handful of the peers' connectivity checks and ICE fails; see
-/// docs/reliability.md. Run with `cargo test --test nat -- --ignored relay_only`.
+/// shares with coturn: Chromium on the page (`iceTransportPolicy: "relay"`), which gets them
+/// from `/config.json`, and a Rust viewer that asks over MQTT. Neither has any other server.
 #[test]
-#[ignore = "relayed media between the namespaces does not come up yet (docs/reliability.md)"]
 fn relay_only_viewers_connect_with_derived_turn_credentials() {
     if skip() {
         return;
@@ -375,7 +391,7 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
         .arg(script)
         .args(["--url", &format!("http://{CAM_WAN}:{HTTP_PORT}/?relay=1")])
         .args(["--width", "320", "--height", "240", "--frames", "30"])
-        .args(["--timeout", "90000"])
+        .args(["--timeout", "60000"])
         .output()
         .expect("node runs (make test-deps installs the browser test's packages)");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -317,7 +317,6 @@ impl Viewer {
             opts.vp8_only,
             opts.recover.then_some(pli_tx),
         );
-        let messages = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = vec![mqtt_task];
 
         if opts.no_trickle {
