@@ -218,7 +218,8 @@ fn wait_line(
 
 /// Starts the rtcam binary in the camera's namespace with `webrtc` as its `[webrtc]` table
 /// body, and waits until it serves (its broker and HTTP listening).
-fn start_rtcam(nets: &Nets, dir: &Path, device: &str, webrtc: &str) -> Proc {
+fn start_rtcam(scene: &Scene, device: &str, webrtc: &str) -> Proc {
+    let (nets, dir) = (&scene.nets, scene.dir.path());
     let config = dir.join(format!("{device}.toml"));
     std::fs::write(
         &config,
@@ -256,7 +257,8 @@ fn start_rtcam(nets: &Nets, dir: &Path, device: &str, webrtc: &str) -> Proc {
 }
 
 /// Runs one viewer process in the viewer's namespace and returns its report and its log.
-fn run_viewer(nets: &Nets, dir: &Path, spec: Value, what: &str) -> (Value, String) {
+fn run_viewer(scene: &Scene, spec: Value, what: &str) -> (Value, String) {
+    let (nets, dir) = (&scene.nets, scene.dir.path());
     let log = dir.join(format!("viewer-{}.log", rand::random::<u32>()));
     let mut child = nets
         .view
@@ -295,37 +297,57 @@ fn viewer_spec(device: &str, mode: &str) -> Value {
     })
 }
 
-fn skip() -> bool {
-    if netns::available() {
-        return false;
+/// What every NAT test starts from: the topology to itself (one test at a time), the namespaces (checked: neither
+/// private network is reachable from outside), coturn on the public one, and a directory for
+/// configurations and logs. None, after saying why, where namespaces are not available.
+///
+/// Fields drop in declaration order: coturn, the namespaces, the directory, then the lock.
+struct Scene {
+    turn: Coturn,
+    nets: Nets,
+    dir: tempfile::TempDir,
+    started: Instant,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Scene {
+    fn new(tag: &str) -> Option<Scene> {
+        if !netns::available() {
+            eprintln!("skipped: network namespaces need root and iproute2");
+            return None;
+        }
+        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let nets = Nets::new(tag);
+        nets.assert_private_nets_unroutable();
+        let turn = nets.coturn(dir.path());
+        Some(Scene {
+            turn,
+            nets,
+            dir,
+            started,
+            _one: one,
+        })
     }
-    eprintln!("skipped: network namespaces need root and iproute2");
-    true
 }
 
 /// (1) Server-reflexive: both sides know only the STUN server; the NATs let the srflx
 /// candidates through each other once both sides have sent (hole punching).
 #[test]
 fn viewer_and_camera_behind_nats_connect_through_stun() {
-    if skip() {
+    let Some(scene) = Scene::new("s") else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let nets = Nets::new("s");
-    nets.assert_private_nets_unroutable();
-    let _turn = nets.coturn(dir.path());
+    };
     let stun = format!("stun:{TURN_IP}:{TURN_PORT}");
     let rtcam = start_rtcam(
-        &nets,
-        dir.path(),
+        &scene,
         "stuncam",
         &format!("[[webrtc.ice_servers]]\nurls = [\"{stun}\"]\n"),
     );
     let mut spec = viewer_spec("stuncam", "watch");
     spec["servers"] = json!([{ "urls": [stun] }]);
-    let (report, viewer_log) = run_viewer(&nets, dir.path(), spec, "STUN");
+    let (report, viewer_log) = run_viewer(&scene, spec, "STUN");
     eprintln!("STUN viewer: {report}");
     assert!(
         report["frames"].as_u64().unwrap_or(0) >= 15,
@@ -355,7 +377,7 @@ fn viewer_and_camera_behind_nats_connect_through_stun() {
         "selected pair does not lead to rtcam's reflexive address: {report}\nviewer log:\n{viewer_log}"
     );
     assert_ne!(pair[0], "relay", "{report}");
-    eprintln!("srflx test took {:?}", started.elapsed());
+    eprintln!("srflx test took {:?}", scene.started.elapsed());
 }
 
 /// (2): relay-only viewers with TURN REST credentials that rtcam derived from the secret it
@@ -363,18 +385,11 @@ fn viewer_and_camera_behind_nats_connect_through_stun() {
 /// from `/config.json`, and a Rust viewer that asks over MQTT. Neither has any other server.
 #[test]
 fn relay_only_viewers_connect_with_derived_turn_credentials() {
-    if skip() {
+    let Some(scene) = Scene::new("r") else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let nets = Nets::new("r");
-    nets.assert_private_nets_unroutable();
-    let turn = nets.coturn(dir.path());
+    };
     let rtcam = start_rtcam(
-        &nets,
-        dir.path(),
+        &scene,
         "turncam",
         &format!(
             "turn_urls = [\"turn:{TURN_IP}:{TURN_PORT}?transport=udp\"]\n\
@@ -385,7 +400,8 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
 
     // Chromium in the viewer's namespace, on the page rtcam serves through the forwarded port.
     let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
-    let out = nets
+    let out = scene
+        .nets
         .view
         .command("node")
         .arg(script)
@@ -413,13 +429,13 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
     let mut spec = viewer_spec("turncam", "watch");
     spec["ask"] = json!(true);
     spec["relay"] = json!(true);
-    let (report, viewer_log) = run_viewer(&nets, dir.path(), spec, "relay-only");
+    let (report, viewer_log) = run_viewer(&scene, spec, "relay-only");
     eprintln!("relay-only viewer: {report}");
     assert!(
         report["frames"].as_u64().unwrap_or(0) >= 15,
         "{report}\nviewer log:\n{viewer_log}\nrtcam log:\n{}\nturn log:\n{}",
         rtcam.log_text(),
-        turn.log_text()
+        scene.turn.log_text()
     );
     assert_eq!(report["pair"][0], "relay", "{report}");
     let gathered = report["gathered"].as_array().unwrap();
@@ -440,14 +456,16 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
     assert_eq!(label, "turncam-viewer");
     // coturn accepted the viewer's derived username (its allocation succeeded).
     assert!(
-        turn.log_text()
+        scene
+            .turn
+            .log_text()
             .lines()
             .any(|l| l.contains(user) && l.contains("ALLOCATE processed, success")),
         "coturn logged no allocation for {user}:\n{}",
-        turn.log_text()
+        scene.turn.log_text()
     );
 
-    eprintln!("relay test took {:?}", started.elapsed());
+    eprintln!("relay test took {:?}", scene.started.elapsed());
 }
 
 /// (3) TURN REST credentials: rtcam hands derived credentials to viewers (in `/config.json`
@@ -455,19 +473,13 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
 /// a relay with fresh ones, and coturn refuses the same kind once their expiry has passed.
 #[test]
 fn derived_turn_credentials_allocate_until_they_expire() {
-    if skip() {
+    let Some(scene) = Scene::new("e") else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let nets = Nets::new("e");
-    let turn = nets.coturn(dir.path());
+    };
     // Short-lived credentials (long enough for the fresh allocation on a loaded machine); the
     // camera's pipeline never starts (no offer is made).
     let _rtcam = start_rtcam(
-        &nets,
-        dir.path(),
+        &scene,
         "shortcam",
         &format!(
             "turn_urls = [\"turn:{TURN_IP}:{TURN_PORT}?transport=udp\"]\n\
@@ -475,7 +487,7 @@ fn derived_turn_credentials_allocate_until_they_expire() {
         ),
     );
     // The page's view: derived credentials, through the forwarded HTTP port; never the secret.
-    let page = nets.view.exec(
+    let page = scene.nets.view.exec(
         "curl",
         &["-sf", &format!("http://{CAM_WAN}:{HTTP_PORT}/config.json")],
     );
@@ -492,26 +504,23 @@ fn derived_turn_credentials_allocate_until_they_expire() {
         "{page}"
     );
 
-    let (report, _) = run_viewer(
-        &nets,
-        dir.path(),
-        viewer_spec("shortcam", "expiry"),
-        "expiry",
-    );
+    let (report, _) = run_viewer(&scene, viewer_spec("shortcam", "expiry"), "expiry");
     eprintln!("expiry viewer: {report}");
     let fresh_user = report["fresh_user"].as_str().unwrap();
     assert!(
-        turn.log_text()
+        scene
+            .turn
+            .log_text()
             .lines()
             .any(|l| l.contains(fresh_user) && l.contains("ALLOCATE processed, success")),
         "coturn logged no allocation for {fresh_user}:\n{}",
-        turn.log_text()
+        scene.turn.log_text()
     );
     assert_eq!(report["fresh"]["types"], json!(["relay"]), "{report}");
     assert_eq!(report["stale"]["complete"], true, "{report}");
     assert_eq!(report["stale"]["types"], json!([]), "{report}");
     let stale_user = report["stale_user"].as_str().unwrap();
-    let log = turn.log_text();
+    let log = scene.turn.log_text();
     let about_stale: Vec<&str> = log.lines().filter(|l| l.contains(stale_user)).collect();
     assert!(
         about_stale.iter().any(|l| l.contains("error 401")),
@@ -521,7 +530,7 @@ fn derived_turn_credentials_allocate_until_they_expire() {
         !about_stale.iter().any(|l| l.contains("success")),
         "coturn accepted the expired {stale_user}:\n{log}"
     );
-    eprintln!("expiry test took {:?}", started.elapsed());
+    eprintln!("expiry test took {:?}", scene.started.elapsed());
 }
 
 /// Not a test on its own: the viewer process the tests above run in the viewer's namespace.
