@@ -169,17 +169,11 @@ pub struct AuthConfig {
     pub secret: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
     /// The device id in MQTT topics (`{prefix}/{id}/…`). Empty means the hostname.
     pub id: String,
-}
-
-impl Default for DeviceConfig {
-    fn default() -> Self {
-        Self { id: String::new() }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -39,7 +39,7 @@ async fn missing_camera_is_reported_lost_and_sessions_still_open() {
     config.source.device = MISSING.into();
     let rt = start(config).await;
     let topic = format!("{}/status", rt.root());
-    let probe = Probe::connect(rt.broker(), &[topic.clone()]).await;
+    let probe = Probe::connect(rt.broker(), std::slice::from_ref(&topic)).await;
     let status = probe
         .wait_json(&topic, Duration::from_secs(10), |v| {
             v["state"] == "online" && v["camera"] == "lost"
@@ -70,7 +70,7 @@ async fn missing_camera_is_reported_lost_and_sessions_still_open() {
 async fn test_pattern_status_has_no_camera_field() {
     let rt = start(test_config("nocamfield")).await;
     let topic = format!("{}/status", rt.root());
-    let probe = Probe::connect(rt.broker(), &[topic.clone()]).await;
+    let probe = Probe::connect(rt.broker(), std::slice::from_ref(&topic)).await;
     let status = probe
         .wait_json(&topic, Duration::from_secs(10), |v| {
             v["state"] == "online" && v["source"].is_string()

@@ -153,7 +153,7 @@ async fn live_changes_reach_a_connected_viewer() {
     let r = c.request("snapshot", json!({})).await;
     assert_eq!(r.body["ok"], true, "{}", r.body);
     assert_eq!(r.body["result"]["topic"], snap_topic.as_str());
-    let probe = Probe::connect(rt.broker(), &[snap_topic.clone()]).await;
+    let probe = Probe::connect(rt.broker(), std::slice::from_ref(&snap_topic)).await;
     let deadline = Instant::now() + WITHIN;
     let jpeg = loop {
         if let Some((_, p)) = probe
@@ -216,7 +216,7 @@ async fn telemetry_and_metrics() {
     config.control.telemetry_interval_secs = 1;
     let rt = start(config).await;
     let topic = format!("{}/telemetry", rt.root());
-    let probe = Probe::connect(rt.broker(), &[topic.clone()]).await;
+    let probe = Probe::connect(rt.broker(), std::slice::from_ref(&topic)).await;
     let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
     assert!(viewer.wait_frames(30, WITHIN).await.frames >= 30);
     let t = probe
@@ -474,7 +474,7 @@ async fn last_will_marks_a_killed_rtcam_offline() {
         .spawn()
         .unwrap();
     let topic = "rtcam/ctl-will/status".to_string();
-    let probe = Probe::connect(("127.0.0.1", mosquitto.port), &[topic.clone()]).await;
+    let probe = Probe::connect(("127.0.0.1", mosquitto.port), std::slice::from_ref(&topic)).await;
     probe
         .wait_json(&topic, WITHIN, |v| v["state"] == "online")
         .await
@@ -487,7 +487,7 @@ async fn last_will_marks_a_killed_rtcam_offline() {
         .await
         .expect("last will published offline");
     // Retained: a newcomer sees offline too.
-    let late = Probe::connect(("127.0.0.1", mosquitto.port), &[topic.clone()]).await;
+    let late = Probe::connect(("127.0.0.1", mosquitto.port), std::slice::from_ref(&topic)).await;
     late.wait_json(&topic, WITHIN, |v| v["state"] == "offline")
         .await
         .expect("retained offline");

@@ -152,7 +152,11 @@ async fn mqtts_with_verified_broker_and_client_certificate() {
     let broker = start_mosquitto(dir.path());
     let d = dir.path().display();
     let status_topic = "rtcam/tls-ok/status".to_string();
-    let probe = Probe::connect(("127.0.0.1", broker.plain), &[status_topic.clone()]).await;
+    let probe = Probe::connect(
+        ("127.0.0.1", broker.plain),
+        std::slice::from_ref(&status_topic),
+    )
+    .await;
 
     let mut config = test_config("tls-ok");
     config.mqtt.url = format!("mqtts://127.0.0.1:{}", broker.tls);

@@ -687,7 +687,7 @@ impl Peer {
         loop {
             match self.track.poll().await {
                 Some(TrackLocalEvent::OnRtcpPacket(packets))
-                    if packets.iter().any(is_keyframe_request) =>
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) =>
                 {
                     return
                 }
@@ -839,7 +839,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
+fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
@@ -898,7 +898,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
             }
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p))
+                .filter(|p| is_keyframe_request(p.as_ref()))
                 .cloned()
                 .collect();
             if requests.is_empty() {

@@ -141,10 +141,13 @@ impl Drop for Mosquitto {
     }
 }
 
+/// What a [`Probe`] received: topic and payload, in order.
+pub type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A plain MQTT client that publishes raw payloads and records what comes back.
 pub struct Probe {
     pub client: AsyncClient,
-    pub seen: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
