@@ -7,11 +7,13 @@
 //!   packet stays lost; rtcam resends from its NACK buffer and forces keyframes. With a 10 s
 //!   GOP only those requested keyframes can repair the picture in time. The viewer must
 //!   decode at least half the source frame rate over 10 s.
+//! - `chromium_*`: headless Chromium on rtcam's page through the same impairment: page, MQTT,
+//!   ICE, DTLS and video all cross it. Half the source rate again, and the browser NACKs.
 //! - `bitrate_*`: a clean viewer and a viewer whose path is cut to 250 kbit/s; the encoder's
 //!   bitrate falls from its maximum to the floor the clean viewer's estimate sets, the cut
 //!   viewer is paced below it, and the encoder climbs back once the limit is gone.
 //!
-//! One VM serves both scenarios (booting costs ~10 s of TCG); they run one after the other.
+//! One VM serves every scenario (booting costs ~10 s of TCG); they run one after the other.
 //! Needs root, qemu-system-x86, busybox-static, cpio, kmod and iproute2 (`make test-deps`);
 //! `RTCAM_SKIP_VM=1` skips it.
 
@@ -50,6 +52,7 @@ fn lossy_link() {
             .unwrap()
             .block_on(async {
                 lossy_viewer_gets_a_watchable_stream(&mut link).await;
+                chromium_gets_a_watchable_stream(&mut link).await;
                 bitrate_follows_a_limited_viewer_and_recovers(&mut link).await;
             });
     });
@@ -260,6 +263,60 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
     assert!(after.plis > 0, "the viewer never asked for a keyframe");
     assert!(keyframe_requests > 0, "no PLI reached rtcam: {session}");
     viewer.stop().await;
+    rt.app.stop().await;
+    link.netem_async("");
+}
+
+/// The same path with a browser: headless Chromium in the viewer's namespace opens rtcam's page
+/// through the router and must decode 10 s worth of frames at no less than half the source
+/// rate, NACKing what the path loses. Its DTLS handshake crosses the loss too (see
+/// vendor/README.md for the hang this used to risk).
+async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
+    const FRAMES: u32 = 10 * FPS;
+    link.netem_async(LOSSY);
+    let mut c = config("lossy-page");
+    c.http.listen = format!("{CAM_ADDR}:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let url = format!("http://{}/", c.http.listen);
+    let rt = common::start(c).await;
+    let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
+    let out = link
+        .viewer
+        .tokio_command("node")
+        .arg(script)
+        .args(["--url", &url, "--width", "320", "--height", "240"])
+        .args(["--frames", &FRAMES.to_string(), "--timeout", "90000"])
+        .output()
+        .await
+        .expect("node runs (make test-deps installs the browser test's packages)");
+    let page: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    eprintln!("Chromium through the lossy link: {page}");
+    assert!(
+        out.status.success(),
+        "Chromium did not decode {FRAMES} frames through the lossy link: {page}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From its first frame to its last sample (every 250 ms) the page decoded this many.
+    let decoding_ms =
+        page["elapsedMs"].as_f64().unwrap() - page["timeToFirstFrameMs"].as_f64().unwrap();
+    let fps = page["framesDecoded"].as_f64().unwrap() / (decoding_ms / 1000.0);
+    eprintln!(
+        "Chromium: {fps:.1} fps decoded over {:.1} s (source {FPS})",
+        decoding_ms / 1000.0
+    );
+    assert!(
+        fps >= f64::from(FPS) / 2.0,
+        "only {fps:.1} fps decoded: {page}"
+    );
+    assert!(
+        page["nackCount"].as_u64().unwrap_or(0) > 0,
+        "Chromium sent no NACK through 5 % loss: {page}"
+    );
     rt.app.stop().await;
     link.netem_async("");
 }

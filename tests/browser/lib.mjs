@@ -124,6 +124,10 @@ export async function samplePage() {
           sample.frameWidth = s.frameWidth ?? 0;
           sample.frameHeight = s.frameHeight ?? 0;
           sample.codecId = s.codecId;
+          // What the browser did about loss: the lossy-link test reads these.
+          sample.packetsLost = s.packetsLost ?? 0;
+          sample.nackCount = s.nackCount ?? 0;
+          sample.pliCount = s.pliCount ?? 0;
         } else if (s.type === 'transport' && s.selectedCandidatePairId) {
           selectedPairId = s.selectedCandidatePairId;
         } else if (s.type === 'candidate-pair') {

@@ -150,6 +150,9 @@ async function main() {
       localCandidateType: sample?.localCandidateType ?? null,
       remoteCandidateType: sample?.remoteCandidateType ?? null,
       iceTransportPolicy: sample?.iceTransportPolicy ?? null,
+      packetsLost: sample?.packetsLost ?? 0,
+      nackCount: sample?.nackCount ?? 0,
+      pliCount: sample?.pliCount ?? 0,
     };
     if (!passed || opts.expectError) {
       result.statusText = sample?.statusText ?? null;

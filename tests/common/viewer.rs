@@ -357,14 +357,40 @@ impl Viewer {
             }));
         }
 
-        // Decoder lost packets → PLI, at most one per 300 ms, as browsers pace theirs.
+        // Decoder lost packets → PLI, at most one per 300 ms, as browsers pace theirs; and, as
+        // browsers do, again every 500 ms while no frame decodes, since a PLI can be lost too.
         {
             let slot = track_slot_for_pli.clone();
             let counted = decoded.clone();
             tasks.push(tokio::spawn(async move {
                 let mut last: Option<Instant> = None;
-                while pli_rx.recv().await.is_some() {
-                    if last.is_some_and(|t| t.elapsed() < Duration::from_millis(300)) {
+                // Frames decoded when the picture broke, while it stays broken.
+                let mut broken_at: Option<usize> = None;
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    // Cancel-safe: mpsc recv and an interval tick.
+                    let requested = tokio::select! {
+                        r = pli_rx.recv() => match r {
+                            Some(()) => true,
+                            None => break,
+                        },
+                        _ = tick.tick() => false,
+                    };
+                    let frames = counted.lock().unwrap().frames;
+                    if requested && broken_at.is_none() {
+                        broken_at = Some(frames);
+                    } else if broken_at.is_some_and(|at| frames > at) {
+                        broken_at = None;
+                        continue;
+                    }
+                    let due = if requested {
+                        Duration::from_millis(300)
+                    } else if broken_at.is_some() {
+                        Duration::from_millis(500)
+                    } else {
+                        continue;
+                    };
+                    if last.is_some_and(|t| t.elapsed() < due) {
                         continue;
                     }
                     let Some(track) = slot.lock().unwrap().clone() else {
