@@ -380,6 +380,15 @@ fn viewer_and_camera_behind_nats_connect_through_stun() {
     eprintln!("srflx test took {:?}", scene.started.elapsed());
 }
 
+/// The `[webrtc]` lines that make rtcam derive TURN REST credentials from the secret it
+/// shares with coturn, valid for `ttl_secs`.
+fn turn_rest(ttl_secs: u64) -> String {
+    format!(
+        "turn_urls = [\"turn:{TURN_IP}:{TURN_PORT}?transport=udp\"]\n\
+         turn_secret = \"{TURN_SECRET}\"\nturn_ttl_secs = {ttl_secs}\n"
+    )
+}
+
 /// (2): relay-only viewers with TURN REST credentials that rtcam derived from the secret it
 /// shares with coturn: Chromium on the page (`iceTransportPolicy: "relay"`), which gets them
 /// from `/config.json`, and a Rust viewer that asks over MQTT. Neither has any other server.
@@ -392,9 +401,8 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
         &scene,
         "turncam",
         &format!(
-            "turn_urls = [\"turn:{TURN_IP}:{TURN_PORT}?transport=udp\"]\n\
-             turn_secret = \"{TURN_SECRET}\"\nturn_ttl_secs = 600\n\
-             [[webrtc.ice_servers]]\nurls = [\"stun:{TURN_IP}:{TURN_PORT}\"]\n"
+            "{}[[webrtc.ice_servers]]\nurls = [\"stun:{TURN_IP}:{TURN_PORT}\"]\n",
+            turn_rest(600)
         ),
     );
 
@@ -478,14 +486,7 @@ fn derived_turn_credentials_allocate_until_they_expire() {
     };
     // Short-lived credentials (long enough for the fresh allocation on a loaded machine); the
     // camera's pipeline never starts (no offer is made).
-    let _rtcam = start_rtcam(
-        &scene,
-        "shortcam",
-        &format!(
-            "turn_urls = [\"turn:{TURN_IP}:{TURN_PORT}?transport=udp\"]\n\
-             turn_secret = \"{TURN_SECRET}\"\nturn_ttl_secs = 8\n"
-        ),
-    );
+    let _rtcam = start_rtcam(&scene, "shortcam", &turn_rest(8));
     // The page's view: derived credentials, through the forwarded HTTP port; never the secret.
     let page = scene.nets.view.exec(
         "curl",
