@@ -377,11 +377,11 @@ impl Viewer {
                         _ = tick.tick() => false,
                     };
                     let frames = counted.lock().unwrap().frames;
-                    if requested && broken_at.is_none() {
-                        broken_at = Some(frames);
-                    } else if broken_at.is_some_and(|at| frames > at) {
+                    if broken_at.is_some_and(|at| frames > at) {
                         broken_at = None;
-                        continue;
+                    }
+                    if requested {
+                        broken_at.get_or_insert(frames);
                     }
                     let due = if requested {
                         Duration::from_millis(300)
