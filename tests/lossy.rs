@@ -281,15 +281,28 @@ async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
     let url = format!("http://{}/", c.http.listen);
     let rt = common::start(c).await;
     let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
-    let out = link
+    let run = link
         .viewer
         .tokio_command("node")
         .arg(script)
         .args(["--url", &url, "--width", "320", "--height", "240"])
         .args(["--frames", &FRAMES.to_string(), "--timeout", "90000"])
-        .output()
-        .await
-        .expect("node runs (make test-deps installs the browser test's packages)");
+        .output();
+    tokio::pin!(run);
+    // rtcam's side of the browser's session, sampled while the page watches: the session ends
+    // when the page closes.
+    let mut session = Value::Null;
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out.expect("node runs (make test-deps installs the browser test's packages)"),
+            _ = every.tick() => {
+                if let Some(s) = sessions(&rt).await.into_iter().next() {
+                    session = s;
+                }
+            }
+        }
+    };
     let page: Value = String::from_utf8_lossy(&out.stdout)
         .lines()
         .rev()
@@ -316,6 +329,18 @@ async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
     assert!(
         page["nackCount"].as_u64().unwrap_or(0) > 0,
         "Chromium sent no NACK through 5 % loss: {page}"
+    );
+    eprintln!(
+        "rtcam for Chromium: {} packets NACKed, {} resent, {} PLI/FIR, loss reported {} %, estimate {} kbit/s",
+        session["nacked_packets"],
+        session["retransmitted_packets"],
+        session["keyframe_requests"],
+        session["loss_percent"],
+        session["estimate_kbps"]
+    );
+    assert!(
+        session["retransmitted_packets"].as_u64().unwrap_or(0) > 0,
+        "rtcam resent nothing the browser asked for: {session}"
     );
     rt.app.stop().await;
     link.netem_async("");
