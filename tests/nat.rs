@@ -685,8 +685,6 @@ async fn expiry_check(broker: (&str, u16), root: &str) -> Value {
 /// Gathers candidates relay-only with `servers` (the `ice_servers` reply's list) until
 /// gathering completes; returns the candidate types and whether it completed.
 async fn gather_relay(servers: &Value) -> Value {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
     use webrtc::peer_connection::{
         MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
         RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
@@ -739,15 +737,7 @@ async fn gather_relay(servers: &Value) -> Value {
         .build()
         .await
         .unwrap();
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
+    common::add_recvonly_video(&pc).await;
     let offer = pc.create_offer(None).await.unwrap();
     pc.set_local_description(offer).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -246,10 +246,23 @@ impl Drop for Probe {
     }
 }
 
-/// A real offer from a real peer (recvonly video), for sessions without a viewer behind them.
-pub async fn real_offer_sdp() -> String {
+/// Adds the one video transceiver a viewer has: it receives, never sends.
+pub async fn add_recvonly_video(pc: &impl webrtc::peer_connection::PeerConnection) {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+/// A real offer from a real peer (recvonly video), for sessions without a viewer behind them.
+pub async fn real_offer_sdp() -> String {
     use webrtc::peer_connection::{
         MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder,
     };
@@ -266,15 +279,7 @@ pub async fn real_offer_sdp() -> String {
         .build()
         .await
         .unwrap();
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
+    add_recvonly_video(&pc).await;
     let sdp = pc.create_offer(None).await.unwrap().sdp;
     let _ = pc.close().await;
     sdp

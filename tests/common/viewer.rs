@@ -278,15 +278,7 @@ impl Viewer {
             .build()
             .await
             .unwrap();
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+        super::add_recvonly_video(&pc).await;
         if opts.audio {
             pc.add_transceiver_from_kind(
                 RtpCodecKind::Audio,
