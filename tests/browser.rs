@@ -30,11 +30,7 @@ fn run_script(name: &str, url: &str, extra: &[&str]) -> (bool, serde_json::Value
         .expect("node runs (make test-deps installs the browser test's packages)");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let report = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .unwrap_or(serde_json::Value::Null);
+    let report = common::script_report(&out.stdout);
     (
         out.status.success(),
         report,

@@ -303,11 +303,7 @@ async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
             }
         }
     };
-    let page: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
+    let page = common::script_report(&out.stdout);
     eprintln!("Chromium through the lossy link: {page}");
     assert!(
         out.status.success(),

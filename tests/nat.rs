@@ -418,12 +418,7 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
         .args(["--timeout", "60000"])
         .output()
         .expect("node runs (make test-deps installs the browser test's packages)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let page: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(Value::Null);
+    let page = common::script_report(&out.stdout);
     eprintln!("chromium: {page}");
     assert!(
         out.status.success(),

@@ -246,6 +246,16 @@ impl Drop for Probe {
     }
 }
 
+/// The report a `tests/browser/*.mjs` script prints: the last line of its stdout that is JSON
+/// (Null when there is none, e.g. the script crashed).
+pub fn script_report(stdout: &[u8]) -> serde_json::Value {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Adds the one video transceiver a viewer has: it receives, never sends.
 pub async fn add_recvonly_video(pc: &impl webrtc::peer_connection::PeerConnection) {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
