@@ -50,8 +50,8 @@ pub struct SessionStats {
     pub codec: crate::media::VideoCodec,
     /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
     pub estimate_kbps: AtomicU64,
-    /// Loss in the viewer's latest receiver reports, in hundredths of a percent; `u64::MAX`
-    /// until one arrived.
+    /// Loss in the viewer's receiver reports over the last stats interval (packets lost for good
+    /// ÷ packets expected), in hundredths of a percent; `u64::MAX` until reports spanned a packet.
     pub loss_centipercent: AtomicU64,
     /// Packets the viewer asked to be resent (NACK).
     pub nacked_packets: AtomicU64,
@@ -98,7 +98,7 @@ pub struct SessionInfo {
     pub time_to_first_frame_ms: Option<u64>,
     /// What bitrate adaptation estimates this viewer can take.
     pub estimate_kbps: Option<u64>,
-    /// Packet loss in the viewer's latest receiver reports.
+    /// Packet loss in the viewer's receiver reports over the last second.
     pub loss_percent: Option<f64>,
     /// Packets the viewer asked to be resent (NACK).
     pub nacked_packets: u64,

@@ -5,6 +5,7 @@
 //! the workarounds the crate needs (see the comments at each), so the session logic reads as
 //! the protocol does.
 
+use super::adapt::{LossCounter, Losses};
 use crate::config::WebrtcConfig;
 use crate::media::audio::AudioPacket;
 use crate::media::{EncodedFrame, VideoCodec};
@@ -620,8 +621,8 @@ pub struct Peer {
 /// The viewer's reception feedback since the last [`Peer::take_feedback`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Feedback {
-    /// Mean fraction lost (0–1) over the receiver reports that came, if any did.
-    pub fraction_lost: Option<f64>,
+    /// Packets lost out of those expected, by the receiver reports that came.
+    pub losses: Losses,
     /// Interarrival jitter from the latest report, in RTP timestamp units (1/90000 s).
     pub jitter: Option<u32>,
     /// The latest REMB, if the viewer sends them.
@@ -635,8 +636,8 @@ pub struct Feedback {
 /// What the interceptor accumulates between two reads.
 #[derive(Debug, Default)]
 struct FeedbackLog {
-    loss_sum: f64,
-    reports: u32,
+    loss: LossCounter,
+    losses: Losses,
     jitter: Option<u32>,
     remb_kbps: Option<u32>,
     nacked_packets: u64,
@@ -647,14 +648,13 @@ impl FeedbackLog {
     /// The feedback so far; report figures start again from nothing, counters keep counting.
     fn take(&mut self) -> Feedback {
         let taken = Feedback {
-            fraction_lost: (self.reports > 0).then(|| self.loss_sum / f64::from(self.reports)),
+            losses: self.losses,
             jitter: self.jitter.take(),
             remb_kbps: self.remb_kbps.take(),
             nacked_packets: self.nacked_packets,
             retransmitted_packets: self.retransmitted_packets,
         };
-        self.loss_sum = 0.0;
-        self.reports = 0;
+        self.losses = Losses::default();
         taken
     }
 }
@@ -863,8 +863,10 @@ impl KeyframeRequests {
         let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
             for block in rr.reports.iter().filter(|b| b.ssrc == self.ssrc) {
-                log.loss_sum += f64::from(block.fraction_lost) / 256.0;
-                log.reports += 1;
+                let losses = log
+                    .loss
+                    .report(block.total_lost, block.last_sequence_number);
+                log.losses += losses;
                 log.jitter = Some(block.jitter);
             }
         } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
@@ -1015,19 +1017,23 @@ mod tests {
             read: VecDeque::new(),
             write: VecDeque::new(),
         };
-        let rr = |ssrc, fraction_lost| ReceiverReport {
+        // What a receiver reports: its cumulative lost and highest sequence number so far
+        // (and a fraction lost, which rtcam does not use).
+        let rr = |ssrc, total_lost, last_sequence_number| ReceiverReport {
             ssrc: 1,
             reports: vec![ReceptionReport {
                 ssrc,
-                fraction_lost,
+                fraction_lost: 255,
+                total_lost,
+                last_sequence_number,
                 jitter: 900,
                 ..Default::default()
             }],
             ..Default::default()
         };
-        i.note(&rr(42, 64));
-        i.note(&rr(42, 0));
-        i.note(&rr(7, 255));
+        i.note(&rr(42, 10, 1000));
+        i.note(&rr(42, 15, 1040));
+        i.note(&rr(7, 500, 1100));
         i.note(&ReceiverEstimatedMaximumBitrate {
             sender_ssrc: 1,
             bitrate: 1_500_000.0,
@@ -1054,7 +1060,10 @@ mod tests {
         assert_eq!(
             taken,
             Feedback {
-                fraction_lost: Some(0.125),
+                losses: Losses {
+                    lost: 5,
+                    expected: 40
+                },
                 jitter: Some(900),
                 remb_kbps: Some(1500),
                 nacked_packets: 3,
@@ -1063,7 +1072,14 @@ mod tests {
         );
         // Reports start again; counters go on.
         let again = feedback.lock().unwrap().take();
-        assert_eq!(again.fraction_lost, None);
+        assert_eq!(again.losses, Losses::default());
+        i.note(&rr(42, 15, 1080));
+        let later = feedback.lock().unwrap().take();
+        assert_eq!(
+            later.losses.fraction(),
+            Some(0.0),
+            "counted from the last report"
+        );
         assert_eq!(again.remb_kbps, None);
         assert_eq!(again.nacked_packets, 3);
     }

@@ -109,7 +109,7 @@ impl Viewer {
         self.stats
             .retransmitted_packets
             .store(feedback.retransmitted_packets, Ordering::Relaxed);
-        if let Some(loss) = feedback.fraction_lost {
+        if let Some(loss) = feedback.losses.fraction() {
             self.stats
                 .loss_centipercent
                 .store((loss * 10_000.0).round() as u64, Ordering::Relaxed);
@@ -117,7 +117,7 @@ impl Viewer {
         let now = Instant::now();
         let (change, estimate, budget) = self.with_adaptation(|a| {
             let report = Report {
-                fraction_lost: feedback.fraction_lost,
+                losses: feedback.losses,
                 remb_kbps: feedback.remb_kbps,
             };
             let key = adapt_key(&self.sid, self.generation);
