@@ -102,7 +102,8 @@ pub struct SessionInfo {
     pub loss_percent: Option<f64>,
     /// Packets the viewer asked to be resent (NACK).
     pub nacked_packets: u64,
-    /// Packets rtcam resent for them (those still in its 1024-packet send buffer).
+    /// Packets rtcam resent for them (those still in its 1024-packet send buffer; a packet asked
+    /// for again within a round trip of its resend is not sent again).
     pub retransmitted_packets: u64,
     /// Sent below the encoder's rate, skipping to keyframes, because it cannot take more.
     pub paced: bool,

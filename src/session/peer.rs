@@ -322,6 +322,7 @@ impl PeerFactory {
                 Slot::from(3_500),
                 Retransmissions {
                     feedback: Arc::clone(&feedback),
+                    guard: ResendGuard::default(),
                     read: VecDeque::new(),
                     write: VecDeque::new(),
                 },
@@ -629,7 +630,8 @@ pub struct Feedback {
     pub remb_kbps: Option<u32>,
     /// Packets the viewer asked to be resent (NACK), since the session began.
     pub nacked_packets: u64,
-    /// Packets the crate's NACK responder resent (those it still held), since the session began.
+    /// Packets the crate's NACK responder resent (those it still held, each at most once per
+    /// round trip), since the session began.
     pub retransmitted_packets: u64,
 }
 
@@ -642,6 +644,8 @@ struct FeedbackLog {
     remb_kbps: Option<u32>,
     nacked_packets: u64,
     retransmitted_packets: u64,
+    /// The connection's latest round-trip time, which [`Retransmissions`] holds resends to.
+    rtt: Option<std::time::Duration>,
 }
 
 impl FeedbackLog {
@@ -751,6 +755,8 @@ impl Peer {
     }
 
     /// Round-trip time to the viewer from the nominated ICE pair's latest check, if measured.
+    /// The round-trip time of the nominated candidate pair (ICE's checks measure it), if known.
+    /// It is also handed to the interceptor that resends a packet at most once per round trip.
     pub async fn rtt(&self) -> Option<std::time::Duration> {
         let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
         let rtt = report
@@ -763,6 +769,9 @@ impl Peer {
             })
             .find(|rtt| *rtt > 0.0)
             .map(std::time::Duration::from_secs_f64);
+        if rtt.is_some() {
+            self.feedback.lock().unwrap_or_else(|e| e.into_inner()).rtt = rtt;
+        }
         rtt
     }
 
@@ -934,11 +943,57 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// Counts the NACK responder's resends on their way to the wire; passes everything through.
+/// Holds back the NACK responder's repeated resends and counts the rest on their way to the
+/// wire; passes everything else through.
 struct Retransmissions {
     feedback: Arc<Mutex<FeedbackLog>>,
+    guard: ResendGuard,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+/// Lets a packet be resent at most once per round trip, as libwebrtc's sender does. A receiver
+/// asks again for a packet still missing (the `webrtc` crate's generator every 100 ms,
+/// Chromium on its own schedule), and the crate's responder resends whatever it is asked for:
+/// on a path whose round trip is longer than the receiver waits, every loss went out two or
+/// more times, and the repeats, arriving after the first, repair nothing. Within a round trip
+/// of a resend, the first cannot have arrived and been missed yet. rtcam registers no RTX, so
+/// a resend carries its original SSRC and sequence number, the key here. Pure: time comes with
+/// the packets.
+#[derive(Debug, Default)]
+struct ResendGuard {
+    /// Resends within the last round trip, oldest first.
+    recent: VecDeque<(u32, u16, Instant)>,
+}
+
+/// Bounds the guard's memory whatever the round trip: the crate's send buffer holds 1024
+/// packets per stream.
+const RESEND_GUARD_MAX: usize = 4096;
+
+impl ResendGuard {
+    /// Whether to send this resend now. With no round trip known yet every resend goes.
+    fn admit(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        now: Instant,
+        rtt: Option<std::time::Duration>,
+    ) -> bool {
+        let hold = rtt.unwrap_or_default();
+        while let Some(&(_, _, at)) = self.recent.front() {
+            if now.saturating_duration_since(at) < hold && self.recent.len() < RESEND_GUARD_MAX {
+                break;
+            }
+            self.recent.pop_front();
+        }
+        if self.recent.iter().any(|&(s, q, _)| s == ssrc && q == seq) {
+            return false;
+        }
+        if !hold.is_zero() {
+            self.recent.push_back((ssrc, seq, now));
+        }
+        true
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
@@ -959,10 +1014,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Retransmissions {
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if msg.message.has(&Attribute::Retransmission) {
-            self.feedback
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retransmitted_packets += 1;
+            if let InterceptorPacket::Rtp(packet) = &msg.message.packet {
+                let mut log = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+                let (ssrc, seq) = (packet.header.ssrc, packet.header.sequence_number);
+                if !self.guard.admit(ssrc, seq, msg.now, log.rtt) {
+                    return Ok(());
+                }
+                log.retransmitted_packets += 1;
+            }
         }
         self.write.push_back(msg);
         Ok(())
@@ -1082,6 +1141,37 @@ mod tests {
         );
         assert_eq!(again.remb_kbps, None);
         assert_eq!(again.nacked_packets, 3);
+    }
+
+    #[test]
+    fn a_packet_is_resent_at_most_once_per_round_trip() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let rtt = Some(std::time::Duration::from_millis(160));
+        let mut g = ResendGuard::default();
+        assert!(g.admit(42, 7, at(0), rtt));
+        // Asked again 100 ms later: the first resend cannot have arrived yet.
+        assert!(!g.admit(42, 7, at(100), rtt));
+        // Other packets, and the same number on another stream, are not held.
+        assert!(g.admit(42, 8, at(100), rtt));
+        assert!(g.admit(43, 7, at(100), rtt));
+        // A round trip on, the resend was lost too: again.
+        assert!(g.admit(42, 7, at(160), rtt));
+        assert!(!g.admit(42, 7, at(300), rtt));
+        // The sequence number wraps round to 7 again much later: a new packet, not held.
+        assert!(g.admit(42, 7, at(60_000), rtt));
+        // Before a round trip is measured, nothing is held and nothing kept.
+        let mut g = ResendGuard::default();
+        assert!(g.admit(42, 7, at(0), None));
+        assert!(g.admit(42, 7, at(1), None));
+        assert!(g.recent.is_empty());
+        // Memory stays bounded however long the round trip.
+        let mut g = ResendGuard::default();
+        let long = Some(std::time::Duration::from_secs(3600));
+        for seq in 0..=u16::MAX {
+            g.admit(1, seq, at(0), long);
+        }
+        assert!(g.recent.len() <= RESEND_GUARD_MAX);
     }
 
     #[test]
