@@ -6,11 +6,12 @@
 //! under 2 % → increase by 8 % a second, in between → hold; a REMB from the viewer caps the
 //! estimate. Loss is counted in packets, from the difference between receiver reports'
 //! cumulative counters ([`LossCounter`]), as libwebrtc's sender counts it: the "fraction lost"
-//! of each report is biased upwards when reports come often. The encoder then follows the weakest viewer, within `[encoder] min_bitrate_kbps`
-//! and `max_bitrate_kbps`, but never below `follow_ratio` × the strongest viewer's estimate: a
-//! viewer far below the others does not drag everyone down. Such a viewer (any whose estimate
-//! is below the encoder's rate) is paced by a [`ByteBudget`] at its own estimate instead: frames
-//! that do not fit are skipped up to the next keyframe.
+//! of each report is biased upwards when reports come often. The encoder then follows the
+//! weakest viewer, within `[encoder] min_bitrate_kbps` and `max_bitrate_kbps`, but never below
+//! `follow_ratio` × the strongest viewer's estimate: a viewer far below the others does not
+//! drag everyone down. Such a viewer (any whose estimate is below the encoder's rate) is paced
+//! by a [`ByteBudget`] at its own estimate instead: frames that do not fit are skipped up to
+//! the next keyframe.
 //!
 //! Pure: reports and the clock come in, decisions go out. The sessions feed it and apply what
 //! it decides (`viewer.rs`); it never touches the encoder or a socket itself.
