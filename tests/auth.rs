@@ -17,14 +17,7 @@ fn token(device: &str, rights: Vec<Right>, ttl: Duration) -> String {
 }
 
 async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf[9..12]).parse().unwrap()
+    common::http::get(addr, path, &[]).await.unwrap().status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,27 +262,91 @@ async fn telemetry_and_metrics() {
 }
 
 async fn http_get_bytes(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "{head}"
-    );
-    buf[split..].to_vec()
+    let reply = common::http::get(addr, path, &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(reply.header("transfer-encoding"), None, "{}", reply.head);
+    reply.body
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     String::from_utf8(http_get_bytes(addr, path).await).unwrap()
+}
+
+/// The page's files go gzip-compressed to a browser that takes it, and a browser that already
+/// has a file gets a 304 without a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_files_are_compressed_and_revalidated() {
+    use common::http::get;
+    let rt = start(test_config("ctl-page")).await;
+    let addr = rt.app.http_addr();
+    let plain = get(addr, "/app.js", &[]).await.unwrap();
+    assert_eq!(plain.status, 200, "{}", plain.head);
+    assert_eq!(plain.header("content-encoding"), None, "{}", plain.head);
+    assert!(plain.text().contains("function"), "the script itself");
+
+    let browser = ("Accept-Encoding", "gzip, deflate, br, zstd");
+    let gz = get(addr, "/app.js", &[browser]).await.unwrap();
+    assert_eq!(gz.status, 200, "{}", gz.head);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"), "{}", gz.head);
+    assert_eq!(gz.header("vary"), Some("accept-encoding"), "{}", gz.head);
+    assert_eq!(gz.header("content-type"), plain.header("content-type"));
+    assert!(
+        gz.body.len() * 2 < plain.body.len(),
+        "{} bytes compressed, {} plain",
+        gz.body.len(),
+        plain.body.len()
+    );
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&gz.body[..]),
+        &mut unpacked,
+    )
+    .unwrap();
+    assert!(unpacked == plain.body, "gzip unpacks to the file");
+
+    // Each representation has its own tag, and a matching one gets a 304 with no body.
+    let (tag, gz_tag) = (plain.header("etag").unwrap(), gz.header("etag").unwrap());
+    assert_ne!(tag, gz_tag);
+    let cached = get(addr, "/app.js", &[browser, ("If-None-Match", gz_tag)])
+        .await
+        .unwrap();
+    assert_eq!(cached.status, 304, "{}", cached.head);
+    assert!(cached.body.is_empty());
+    assert_eq!(cached.header("etag"), Some(gz_tag));
+    let weak = format!("W/{tag}");
+    let cached = get(addr, "/app.js", &[("If-None-Match", &weak)])
+        .await
+        .unwrap();
+    assert_eq!(cached.status, 304, "weak comparison: {}", cached.head);
+    // A tag from another build, or the other representation's, gets the file.
+    for stale in ["\"0123456789abcdef\"", tag] {
+        let fresh = get(addr, "/app.js", &[browser, ("If-None-Match", stale)])
+            .await
+            .unwrap();
+        assert_eq!(fresh.status, 200, "{stale}: {}", fresh.head);
+        assert!(fresh.body == gz.body);
+    }
+    // `q=0` refuses gzip; the page itself is served the same way.
+    let refused = get(
+        addr,
+        "/app.js",
+        &[("Accept-Encoding", "gzip;q=0, identity")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.header("content-encoding"), None, "{}", refused.head);
+    let page = get(addr, "/", &[browser]).await.unwrap();
+    assert_eq!(
+        page.header("content-encoding"),
+        Some("gzip"),
+        "{}",
+        page.head
+    );
+    assert_eq!(
+        get(addr, "/nothing.js", &[browser]).await.unwrap().status,
+        404
+    );
+    rt.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,13 +144,10 @@ impl Rtcam {
 
     /// rtcam's own figures from `/metrics` (refreshed every second).
     async fn metrics(&self) -> Option<Metrics> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.http).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        let body = common::http::get(self.http, "/metrics", &[])
             .await
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.ok()?;
+            .ok()?
+            .text();
         let value = |name: &str| -> Option<f64> {
             let prefix = format!("rtcam_{name}{{device=\"soak\"}} ");
             body.lines()

@@ -115,6 +115,8 @@ async function main() {
     const deadline = started + opts.timeout;
     if (opts.offerCodecs) await page.addInitScript(restrictOfferCodecs, opts.offerCodecs);
     await page.goto(opts.url, { waitUntil: 'domcontentloaded', timeout: opts.timeout });
+    // The page and its scripts are in (the rest of the first frame's wait is MQTT, ICE, DTLS, video).
+    const pageLoadMs = Date.now() - started;
 
     let firstFrameAt = null;
     let sample = null;
@@ -144,6 +146,7 @@ async function main() {
       frameWidth: sample?.frameWidth ?? 0,
       frameHeight: sample?.frameHeight ?? 0,
       mimeType: sample?.mimeType ?? null,
+      pageLoadMs,
       timeToFirstFrameMs: firstFrameAt === null ? null : firstFrameAt - started,
       elapsedMs: Date.now() - started,
       state: sample?.state ?? null,

@@ -5,6 +5,7 @@
 
 pub mod commander;
 pub mod coturn;
+pub mod http;
 pub mod lossy;
 pub mod netns;
 pub mod viewer;
