@@ -165,9 +165,9 @@ async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     serve_asset(&path, &headers)
 }
 
-/// An embedded file, gzip-compressed when the browser takes it (the page is 410 kB, 130 kB
-/// compressed, most of it mqtt.js: on a mobile or lossy link that is most of the wait before
-/// the first frame), with an ETag so a browser that has the file gets a 304 and no body.
+/// An embedded file, gzip-compressed when the browser takes it (the page is 410 kB, 129 kB
+/// compressed, most of it mqtt.js: seconds before the first frame for a phone on a slow mobile
+/// link), with an ETag so a browser that has the file gets a 304 and no body.
 /// `no-cache` still makes it ask every time: the page changes with the binary.
 fn serve_asset(path: &str, request: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
