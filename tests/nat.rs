@@ -732,7 +732,7 @@ async fn gather_relay(servers: &Value) -> Value {
         .build()
         .await
         .unwrap();
-    common::add_recvonly_video(&pc).await;
+    common::add_recvonly_video(&pc).await.unwrap();
     let offer = pc.create_offer(None).await.unwrap();
     pc.set_local_description(offer).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -14,8 +14,6 @@
 mod common;
 
 use common::free_port;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -351,15 +349,7 @@ async fn join(broker_port: u16, root: &str) -> Result<Joined, String> {
         .map_err(|e| fail(&tasks, e.to_string()))?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
     let result = async {
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        common::add_recvonly_video(&*pc).await?;
         let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
         pc.set_local_description(offer)
             .await

@@ -258,7 +258,9 @@ pub fn script_report(stdout: &[u8]) -> serde_json::Value {
 }
 
 /// Adds the one video transceiver a viewer has: it receives, never sends.
-pub async fn add_recvonly_video(pc: &impl webrtc::peer_connection::PeerConnection) {
+pub async fn add_recvonly_video(
+    pc: &(impl webrtc::peer_connection::PeerConnection + ?Sized),
+) -> Result<(), String> {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
     pc.add_transceiver_from_kind(
@@ -269,7 +271,8 @@ pub async fn add_recvonly_video(pc: &impl webrtc::peer_connection::PeerConnectio
         }),
     )
     .await
-    .unwrap();
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// A real offer from a real peer (recvonly video), for sessions without a viewer behind them.
@@ -290,7 +293,7 @@ pub async fn real_offer_sdp() -> String {
         .build()
         .await
         .unwrap();
-    add_recvonly_video(&pc).await;
+    add_recvonly_video(&pc).await.unwrap();
     let sdp = pc.create_offer(None).await.unwrap().sdp;
     let _ = pc.close().await;
     sdp

@@ -278,7 +278,7 @@ impl Viewer {
             .build()
             .await
             .unwrap();
-        super::add_recvonly_video(&pc).await;
+        super::add_recvonly_video(&pc).await.unwrap();
         if opts.audio {
             pc.add_transceiver_from_kind(
                 RtpCodecKind::Audio,
