@@ -261,10 +261,17 @@ pub fn script_report(stdout: &[u8]) -> serde_json::Value {
 pub async fn add_recvonly_video(
     pc: &(impl webrtc::peer_connection::PeerConnection + ?Sized),
 ) -> Result<(), String> {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+    add_recvonly(pc, rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video).await
+}
+
+/// Adds a transceiver of this kind that receives, never sends.
+pub async fn add_recvonly(
+    pc: &(impl webrtc::peer_connection::PeerConnection + ?Sized),
+    kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind,
+) -> Result<(), String> {
     use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
     pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
+        kind,
         Some(RTCRtpTransceiverInit {
             direction: RTCRtpTransceiverDirection::Recvonly,
             ..Default::default()

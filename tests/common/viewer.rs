@@ -10,7 +10,6 @@ use rtc::interceptor::{
 };
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -280,15 +279,7 @@ impl Viewer {
             .unwrap();
         super::add_recvonly_video(&pc).await.unwrap();
         if opts.audio {
-            pc.add_transceiver_from_kind(
-                RtpCodecKind::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
+            super::add_recvonly(&pc, RtpCodecKind::Audio).await.unwrap();
         }
         let control = if opts.control_channel {
             Some(pc.create_data_channel("control", None).await.unwrap())
