@@ -8,6 +8,9 @@ use crate::auth::Authority;
 use crate::config::{Config, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
+use crate::gate::policy::Policy;
+use crate::gate::users::Users;
+use crate::gate::{Gate, GateConfig};
 use crate::health::Heartbeat;
 use crate::media::{self, Media};
 use crate::session::adapt::{Adaptation, Limits as AdaptLimits};
@@ -58,28 +61,34 @@ impl App {
         let device_id = config.device_id();
         let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
-        // The broker rtcam's own client and the page's `/mqtt` bridge connect to.
-        let (broker_url, broker_tcp) = if config.mqtt.url == "embedded" {
-            broker::start(
-                config.mqtt.embedded_listen,
-                config.mqtt.embedded_listen_v5,
-                mqtt::MAX_PACKET,
+        let client_id = if config.mqtt.client_id.is_empty() {
+            format!("rtcam-{device_id}")
+        } else {
+            config.mqtt.client_id.clone()
+        };
+        let authority = (!config.auth.secret.is_empty())
+            .then(|| Authority::new(&config.auth.secret, &device_id));
+        let http_stop = CancellationToken::new();
+
+        // The broker rtcam's own client connects to, and what the page's `/mqtt` reaches: the
+        // embedded broker through the gate, or an external broker's plain-TCP port as it is
+        // (that broker's own ACL decides, docs/security.md).
+        let mut own_mqtt = config.mqtt.clone();
+        let (broker_url, mqtt_door) = if config.mqtt.url == "embedded" {
+            let (url, gate) = start_embedded(
+                &config,
+                &topics,
+                &client_id,
+                authority.clone(),
+                &mut own_mqtt,
+                &http_stop,
             )
             .await?;
-            // rtcam's own client speaks MQTT 5; the page's bridge carries MQTT 3.1.1.
-            let own = http::connectable(config.mqtt.embedded_listen_v5);
-            let url = BrokerUrl {
-                tls: false,
-                host: own.ip().to_string(),
-                port: own.port(),
-            };
-            (
-                url,
-                Some(http::connectable(config.mqtt.embedded_listen).to_string()),
-            )
+            (url, Some(http::MqttDoor::Gate(gate)))
         } else {
             let url = BrokerUrl::parse(&config.mqtt.url)?;
-            let tcp = (!url.tls).then(|| format!("{}:{}", url.host, url.port));
+            let tcp =
+                (!url.tls).then(|| http::MqttDoor::Forward(format!("{}:{}", url.host, url.port)));
             if url.tls && config.http.viewer_broker_url.is_empty() {
                 tracing::warn!(
                     "the viewer page cannot reach an mqtts:// broker through /mqtt; \
@@ -122,8 +131,6 @@ impl App {
         )?;
 
         let factory = Arc::new(PeerFactory::new(&config.webrtc, ice_servers.clone())?);
-        let authority = (!config.auth.secret.is_empty())
-            .then(|| Authority::new(&config.auth.secret, &device_id));
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -163,6 +170,10 @@ impl App {
                 may_change_state: viewers_may_change_state(&config),
             },
             authority: authority.clone(),
+            grants: match &mqtt_door {
+                Some(http::MqttDoor::Gate(gate)) => Some(gate.grants()),
+                _ => None,
+            },
             adaptation: config.encoder.adaptation().map(|(min_kbps, max_kbps)| {
                 Arc::new(std::sync::Mutex::new(Adaptation::new(
                     AdaptLimits {
@@ -179,12 +190,7 @@ impl App {
 
         let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
 
-        let client_id = if config.mqtt.client_id.is_empty() {
-            format!("rtcam-{device_id}")
-        } else {
-            config.mqtt.client_id.clone()
-        };
-        let options = mqtt::options(&config.mqtt, &broker_url, &client_id, &topics)?;
+        let options = mqtt::options(&own_mqtt, &broker_url, &client_id, &topics)?;
         let (connected_tx, connected_rx) = watch::channel(false);
         let mqtt_heartbeat = Heartbeat::new("MQTT loop");
         let heartbeats = vec![media.heartbeat(), mqtt_heartbeat.clone()];
@@ -216,13 +222,12 @@ impl App {
             )),
         ];
 
-        let http_stop = CancellationToken::new();
         let http_task = tokio::spawn(http::serve(
             listener,
             http::HttpState {
                 page_config,
                 ice_servers,
-                broker_tcp,
+                mqtt_door,
                 media: media.clone(),
                 telemetry: telemetry_rx,
                 device_id: device_id.clone(),
@@ -334,6 +339,81 @@ impl App {
         let _ = self.mqtt_task.await;
         self.http_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;
+    }
+}
+
+/// Starts the embedded broker and the gate in front of it on `[mqtt] embedded_listen`(`_v5`);
+/// returns where rtcam's own client connects (with its login set in `own_mqtt`) and the gate
+/// for `/mqtt`. The gate's listeners stop with `stop`.
+async fn start_embedded(
+    config: &Config,
+    topics: &Topics,
+    client_id: &str,
+    authority: Option<Authority>,
+    own_mqtt: &mut crate::config::MqttConfig,
+    stop: &CancellationToken,
+) -> anyhow::Result<(BrokerUrl, Gate)> {
+    let m = &config.mqtt;
+    let users = if m.users_file.is_empty() {
+        Users::default()
+    } else {
+        Users::load(std::path::Path::new(&m.users_file))?
+    };
+    for (key, addr) in [
+        ("mqtt.embedded_listen", m.embedded_listen),
+        ("mqtt.embedded_listen_v5", m.embedded_listen_v5),
+    ] {
+        if !addr.ip().is_loopback() && users.is_empty() && !m.embedded_allow_anonymous {
+            anyhow::bail!(
+                "{key} = \"{addr}\" lets other machines reach the embedded broker, and it has no \
+                 users: add some in mqtt.users_file (`rtcam passwd FILE NAME` makes the file), or \
+                 set mqtt.embedded_allow_anonymous = true (clients without a login may only watch)"
+            );
+        }
+    }
+    let internal = broker::start(mqtt::MAX_PACKET).await?;
+    own_mqtt.username = internal.rtcam_login.0.clone();
+    own_mqtt.password = internal.rtcam_login.1.clone();
+    let gate = Gate::new(GateConfig {
+        policy: Policy::new(
+            topics.root(),
+            &config.control.ha_prefix,
+            client_id,
+            crate::gate::MAX_SUBSCRIPTIONS,
+        ),
+        users,
+        authority,
+        upstream_v311: internal.v311,
+        upstream_v5: internal.v5,
+        login: internal.gate_login.clone(),
+    });
+    for (key, addr) in [
+        ("mqtt.embedded_listen", m.embedded_listen),
+        ("mqtt.embedded_listen_v5", m.embedded_listen_v5),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("{key}: cannot listen for MQTT on {addr}: {e}"))?;
+        tokio::spawn(gate.clone().listen(listener, stop.clone()));
+    }
+    tracing::info!(
+        listen = %m.embedded_listen,
+        users = gate_users(&m.users_file),
+        "embedded MQTT broker running"
+    );
+    let url = BrokerUrl {
+        tls: false,
+        host: internal.v5.ip().to_string(),
+        port: internal.v5.port(),
+    };
+    Ok((url, gate))
+}
+
+fn gate_users(file: &str) -> &str {
+    if file.is_empty() {
+        "none"
+    } else {
+        file
     }
 }
 

@@ -1,7 +1,10 @@
 //! The embedded MQTT broker (`[mqtt] url = "embedded"`): the only file that uses `rumqttd`.
 //!
-//! It lets a board work with nothing else installed: rtcam's own client, the viewer page (through
-//! the `/mqtt` WebSocket bridge in `http.rs`) and any local tool connect to it.
+//! It lets a board work with nothing else installed. The broker listens on loopback only, on
+//! ports the system picks, and takes two logins: rtcam's own client and the gate's (`gate/`),
+//! both with passwords made afresh at each start. Every outside client, the viewer page through
+//! `/mqtt` and tools on `[mqtt] embedded_listen`, passes through the gate, which decides what it
+//! may do; nobody else can log in here, take rtcam's client id or forge its status.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,27 +19,49 @@ pub enum BrokerError {
     },
 }
 
-/// Starts the broker on its own threads, with an MQTT 3.1.1 listener on `listen` and an MQTT 5
-/// one on `listen_v5` (rumqttd serves each protocol version on its own port), and returns once
-/// both accept connections.
-pub async fn start(
-    listen: SocketAddr,
-    listen_v5: SocketAddr,
-    max_payload: usize,
-) -> Result<(), BrokerError> {
-    // rumqttd reports a bind failure only in its log, so probe the ports first for a clear error.
-    for addr in [listen, listen_v5] {
-        drop(
-            std::net::TcpListener::bind(addr)
-                .map_err(|source| BrokerError::Listen { addr, source })?,
-        );
-    }
+/// A running embedded broker: where it listens and who may log in.
+#[derive(Debug, Clone)]
+pub struct Internal {
+    /// MQTT 3.1.1 (rumqttd serves each protocol version on its own port).
+    pub v311: SocketAddr,
+    pub v5: SocketAddr,
+    /// rtcam's own client.
+    pub rtcam_login: (String, String),
+    /// The gate's connections.
+    pub gate_login: (String, String),
+}
+
+/// Starts the broker on its own threads, listening on loopback ports the system picks, and
+/// returns once both listeners accept connections.
+pub async fn start(max_payload: usize) -> Result<Internal, BrokerError> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    // rumqttd reports a bind failure only in its log and takes ports by number: ask the system
+    // for two free ones. Another process could take one before rumqttd does; the readiness wait
+    // below then reports it.
+    let free_port = || {
+        std::net::TcpListener::bind(loopback)
+            .and_then(|l| l.local_addr())
+            .map_err(|source| BrokerError::Listen {
+                addr: loopback,
+                source,
+            })
+    };
+    let (listen, listen_v5) = (free_port()?, free_port()?);
+    let internal = Internal {
+        v311: listen,
+        v5: listen_v5,
+        rtcam_login: ("rtcam".into(), secret()),
+        gate_login: ("gate".into(), secret()),
+    };
 
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: max_payload,
         max_inflight_count: 256,
-        auth: None,
+        auth: Some(HashMap::from([
+            internal.rtcam_login.clone(),
+            internal.gate_login.clone(),
+        ])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -77,18 +102,12 @@ pub async fn start(
 
     // Wait until it accepts, so the client's first connect succeeds instead of logging a retry.
     for _ in 0..100 {
-        let v4 = tokio::net::TcpStream::connect(crate::http::connectable(listen))
-            .await
-            .is_ok();
-        if v4
-            && tokio::net::TcpStream::connect(crate::http::connectable(listen_v5))
-                .await
-                .is_ok()
-        {
-            tracing::info!(%listen, %listen_v5, "embedded MQTT broker running");
+        let v4 = tokio::net::TcpStream::connect(listen).await.is_ok();
+        if v4 && tokio::net::TcpStream::connect(listen_v5).await.is_ok() {
+            tracing::debug!(%listen, %listen_v5, "embedded MQTT broker running");
             // Its listeners pass TCP_NODELAY on to every connection they accept.
             crate::sockets::nodelay_on_all_tcp();
-            return Ok(());
+            return Ok(internal);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -99,4 +118,10 @@ pub async fn start(
             "broker did not start accepting connections",
         ),
     })
+}
+
+/// A password for one start of the broker: 128 random bits.
+fn secret() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 22)
 }

@@ -197,12 +197,20 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
     pub keep_alive_secs: u64,
-    /// With `url = "embedded"`: where the embedded broker accepts MQTT 3.1.1 connections from
-    /// other programs (Home Assistant, scripts). Browsers reach it over `/mqtt` on the HTTP port.
+    /// With `url = "embedded"`: where the embedded broker accepts MQTT (3.1.1 and 5) from other
+    /// programs (Home Assistant, scripts), through the same gate as the page's `/mqtt`.
     pub embedded_listen: SocketAddr,
-    /// With `url = "embedded"`: where the embedded broker accepts MQTT 5 connections (rtcam's
-    /// own client, and tools that want MQTT 5 request/response).
+    /// With `url = "embedded"`: a second address for the same, for tools set up for MQTT 5's
+    /// customary second port.
     pub embedded_listen_v5: SocketAddr,
+    /// With `url = "embedded"`: broker users, a password file in mosquitto's format (`rtcam
+    /// passwd FILE USER` or `mosquitto_passwd` make it; hashed, never plain text). They may
+    /// send commands and read everything of this camera. Empty: the systemd credential
+    /// `mqtt_users`, if any, else none (clients without a login may only watch).
+    pub users_file: String,
+    /// With `url = "embedded"`: allow `embedded_listen` on an address other machines reach
+    /// while there are no broker users (those clients may only watch, as on `/mqtt`).
+    pub embedded_allow_anonymous: bool,
 }
 
 impl Default for MqttConfig {
@@ -219,6 +227,8 @@ impl Default for MqttConfig {
             keep_alive_secs: 10,
             embedded_listen: "127.0.0.1:1883".parse().expect("literal address"),
             embedded_listen_v5: "127.0.0.1:1884".parse().expect("literal address"),
+            users_file: String::new(),
+            embedded_allow_anonymous: false,
         }
     }
 }

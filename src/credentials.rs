@@ -22,6 +22,8 @@ pub const TURN_CREDENTIAL: &str = "turn_credential";
 pub const TURN_SECRET: &str = "turn_secret";
 /// Credential with the secret that signs viewer tokens (`auth.secret`).
 pub const AUTH_SECRET: &str = "auth_secret";
+/// The embedded broker's users file (`[mqtt] users_file`), used where it lies.
+pub const MQTT_USERS: &str = "mqtt_users";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -69,6 +71,10 @@ pub fn apply(
             config.mqtt.password = password;
             used.push(MQTT_PASSWORD);
         }
+    }
+    if config.mqtt.users_file.is_empty() && dir.join(MQTT_USERS).is_file() {
+        config.mqtt.users_file = dir.join(MQTT_USERS).display().to_string();
+        used.push(MQTT_USERS);
     }
     if config.auth.secret.is_empty() {
         if let Some(secret) = read(dir, AUTH_SECRET)? {

@@ -4,7 +4,7 @@
 
 use crate::auth::Right;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{AppendHeaders, IntoResponse, Response};
@@ -37,14 +37,22 @@ pub enum HttpError {
     },
 }
 
+/// What the page's `/mqtt` WebSocket is connected to.
+pub enum MqttDoor {
+    /// The embedded broker, through the gate that checks every client (gate/).
+    Gate(crate::gate::Gate),
+    /// An external broker's plain-TCP `host:port`; its own ACL decides (docs/security.md).
+    Forward(String),
+}
+
 pub struct HttpState {
     /// The JSON the page reads to find its device and broker; fixed for the process lifetime
     /// but for `ice_servers`, added per request.
     pub page_config: serde_json::Value,
     /// The page's STUN/TURN servers, with TURN credentials derived afresh for each request.
     pub ice_servers: Arc<crate::turn::IceServers>,
-    /// `host:port` of the plain-TCP broker that `/mqtt` forwards to, if there is one.
-    pub broker_tcp: Option<String>,
+    /// Where `/mqtt` leads, if anywhere.
+    pub mqtt_door: Option<MqttDoor>,
     /// For `/snapshot.jpg`.
     pub media: crate::media::Media,
     /// Latest telemetry, for `/metrics`.
@@ -149,6 +157,7 @@ pub async fn serve(
         .merge(metering)
         .route("/*path", get(asset))
         .with_state(state);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -295,7 +304,13 @@ async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
-async fn mqtt_ws(ws: Option<WebSocketUpgrade>, State(state): State<Arc<HttpState>>) -> Response {
+async fn mqtt_ws(
+    ws: Option<WebSocketUpgrade>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    State(state): State<Arc<HttpState>>,
+) -> Response {
     let Some(ws) = ws else {
         return (
             StatusCode::BAD_REQUEST,
@@ -303,29 +318,65 @@ async fn mqtt_ws(ws: Option<WebSocketUpgrade>, State(state): State<Arc<HttpState
         )
             .into_response();
     };
-    let Some(target) = state.broker_tcp.clone() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "this camera's broker is not reachable through /mqtt; set http.viewer_broker_url",
-        )
-            .into_response();
-    };
+    let stream: Box<dyn FnOnce() -> DoorFuture + Send> =
+        match &state.mqtt_door {
+            None => return (
+                StatusCode::NOT_FOUND,
+                "this camera's broker is not reachable through /mqtt; set http.viewer_broker_url",
+            )
+                .into_response(),
+            Some(MqttDoor::Gate(gate)) => {
+                // The gate checks the token again (a `/mqtt` opened with one gets its rights) and
+                // ends the connection when it expires.
+                let token = token_of(&query, &headers).map(String::from);
+                let gate = gate.clone();
+                Box::new(move || {
+                    Box::pin(async move {
+                        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                        let shutdown = CancellationToken::new();
+                        tokio::spawn(gate.serve(theirs, peer, token, shutdown));
+                        Some(Box::new(ours) as Box<dyn Stream>)
+                    })
+                })
+            }
+            Some(MqttDoor::Forward(target)) => {
+                let target = target.clone();
+                Box::new(move || {
+                    Box::pin(async move {
+                        match tokio::net::TcpStream::connect(&target).await {
+                            Ok(tcp) => {
+                                let _ = tcp.set_nodelay(true);
+                                Some(Box::new(tcp) as Box<dyn Stream>)
+                            }
+                            Err(e) => {
+                                tracing::warn!("/mqtt: cannot reach broker {target}: {e}");
+                                None
+                            }
+                        }
+                    })
+                })
+            }
+        };
     ws.protocols(["mqtt"])
-        .on_upgrade(move |socket| bridge(socket, target))
+        .max_message_size(crate::gate::MAX_INBOUND)
+        .max_frame_size(crate::gate::MAX_INBOUND)
+        .on_upgrade(move |socket| async move {
+            if let Some(stream) = stream().await {
+                pump(socket, stream).await;
+            }
+        })
 }
 
-/// Copies MQTT bytes both ways between the page's WebSocket and a TCP connection to the broker.
-/// MQTT needs no framing help: WebSocket binary messages carry the same byte stream.
-async fn bridge(socket: WebSocket, target: String) {
-    let tcp = match tokio::net::TcpStream::connect(&target).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("/mqtt: cannot reach broker {target}: {e}");
-            return;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
+/// A byte stream `/mqtt` carries the page's MQTT to.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+type DoorFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Box<dyn Stream>>> + Send>>;
+
+/// Copies MQTT bytes both ways between the page's WebSocket and `stream`. MQTT needs no
+/// framing help: WebSocket binary messages carry the same byte stream.
+async fn pump(socket: WebSocket, stream: Box<dyn Stream>) {
+    let (mut tcp_rd, mut tcp_wr) = tokio::io::split(stream);
     let (mut ws_tx, mut ws_rx) = socket.split();
     let upstream = async {
         while let Some(Ok(msg)) = ws_rx.next().await {

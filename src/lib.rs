@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod fuzzing;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod media;

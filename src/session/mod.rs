@@ -198,6 +198,9 @@ pub struct SessionManager {
     pub viewer_requester: crate::control::exec::Requester,
     /// Checks viewer tokens when `[auth] secret` is set.
     pub authority: Option<crate::auth::Authority>,
+    /// The rights the gate proved for clients connected through it (embedded broker): their
+    /// offers need no token.
+    pub grants: Option<crate::gate::Grants>,
     /// Bitrate adaptation, shared by the sessions that feed it; `None` when it is off. A lock
     /// rather than messages to this task: each session updates it once a second, briefly.
     pub adaptation: Option<Arc<std::sync::Mutex<adapt::Adaptation>>>,
@@ -226,7 +229,7 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let (message, may_control) = self.authorize(event.message);
+                    let (message, may_control) = self.authorize(&event.sid, event.message);
                     let actions = self.table.on_message(&event.sid, message, Instant::now());
                     for action in actions {
                         self.apply(&event.sid, action, may_control, &mut running, &mut tasks, &mut owners, &ended_tx).await;
@@ -314,6 +317,7 @@ impl SessionManager {
     /// ICE servers needs `view` too: their TURN credentials are worth guarding.
     fn authorize(
         &self,
+        sid: &str,
         message: Result<Inbound, ProtocolError>,
     ) -> (Result<Inbound, ProtocolError>, bool) {
         let (Some(authority), Ok(Inbound::Offer { token, .. } | Inbound::IceServers { token })) =
@@ -321,6 +325,13 @@ impl SessionManager {
         else {
             return (message, false);
         };
+        // A client the gate let in with a token or as a broker user has shown its rights once,
+        // at connect; it sends no token along (tokens never travel through the broker).
+        if token.is_none() {
+            if let Some(rights) = self.grants.as_ref().and_then(|g| g.rights_of(sid)) {
+                return (message, rights.contains(&Right::Control));
+            }
+        }
         match authority.verify(token.as_deref(), Right::View, SystemTime::now()) {
             Ok(claims) => {
                 let control = claims.rights.contains(&Right::Control);

@@ -1,0 +1,682 @@
+//! The gate: every outside MQTT client of the embedded broker passes through here, from the
+//! page's `/mqtt` WebSocket (http.rs hands over its byte stream) or a broker listener
+//! (`[mqtt] embedded_listen`). The broker itself listens on loopback only, with a password
+//! that only rtcam and the gate know, so nothing reaches it around the gate.
+//!
+//! Each connection authenticates once, at CONNECT (a broker user from the users file, a token
+//! as the password or on the WebSocket's URL, or nothing: a viewer), and every packet that names
+//! a topic is checked against [`policy`] before the broker sees it. Refused subscriptions get a
+//! failing SUBACK, refused publishes are dropped (with a PUBACK, so the client does not resend
+//! them), and a client that keeps trying is disconnected. Connections are capped in total and
+//! per address; a token's connection ends when the token expires.
+
+pub mod codec;
+pub mod policy;
+pub mod users;
+
+use crate::auth::{Authority, Right};
+use crate::util::RateLimiter;
+use bytes::{Bytes, BytesMut};
+use codec::{ConnectRefusal, Goodbye, Request, Version};
+use policy::{Identity, Policy, Rights};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use users::Users;
+
+/// The largest packet a client may send: a signalling message (64 KiB at most) with its topic
+/// and headers. Larger ones end the connection before they are buffered whole.
+pub const MAX_INBOUND: usize = crate::signalling::protocol::MAX_PAYLOAD + 8 * 1024;
+/// Time a client has to send its CONNECT after opening the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refusals one connection may collect before it is disconnected.
+const MAX_REFUSALS: u32 = 20;
+/// Outside connections at once, and from one address (loopback is not limited per address:
+/// it is the board's own programs, and the page behind a local reverse proxy).
+pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_PER_ADDRESS: usize = 16;
+/// Subscriptions one connection may hold; a viewer needs two.
+pub const MAX_SUBSCRIPTIONS: usize = 32;
+
+/// What the gate needs to decide and to reach the broker.
+pub struct GateConfig {
+    pub policy: Policy,
+    pub users: Users,
+    /// Checks tokens given as the MQTT password or on the WebSocket's URL.
+    pub authority: Option<Authority>,
+    /// The broker's internal listeners, MQTT 3.1.1 and MQTT 5.
+    pub upstream_v311: SocketAddr,
+    pub upstream_v5: SocketAddr,
+    /// The gate's login on those listeners.
+    pub login: (String, String),
+}
+
+/// The rights a connected client's token or user gave it, by client id (= session id for a
+/// viewer), for the session manager: a session opened over the gate needs no token in its
+/// offer, so tokens never travel through the broker.
+#[derive(Clone, Default)]
+pub struct Grants {
+    inner: Arc<Mutex<HashMap<String, Grant>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    rights: Vec<Right>,
+    /// Which connection holds the id; a later one with the same id takes it over.
+    serial: u64,
+}
+
+impl Grants {
+    /// The rights of the client connected under `client_id`, if it authenticated with a token
+    /// or as a broker user.
+    pub fn rights_of(&self, client_id: &str) -> Option<Vec<Right>> {
+        self.lock().get(client_id).map(|g| g.rights.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, client_id: &str, rights: Vec<Right>, serial: u64) {
+        self.lock()
+            .insert(client_id.to_string(), Grant { rights, serial });
+    }
+
+    fn remove(&self, client_id: &str, serial: u64) {
+        let mut map = self.lock();
+        if map.get(client_id).is_some_and(|g| g.serial == serial) {
+            map.remove(client_id);
+        }
+    }
+}
+
+/// Counts for `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    pub connections: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub refused_packets: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GateConfig,
+    grants: Grants,
+    stats: GateStats,
+    admission: Mutex<Admission>,
+    /// Refusals are logged once per connection, and no more than a few per second in all.
+    log_budget: Mutex<RateLimiter>,
+    serial: AtomicU64,
+}
+
+impl Gate {
+    pub fn new(config: GateConfig) -> Gate {
+        Gate {
+            inner: Arc::new(Inner {
+                config,
+                grants: Grants::default(),
+                stats: GateStats::default(),
+                admission: Mutex::new(Admission::new(MAX_CONNECTIONS, MAX_PER_ADDRESS)),
+                log_budget: Mutex::new(RateLimiter::new(2, 10)),
+                serial: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn grants(&self) -> Grants {
+        self.inner.grants.clone()
+    }
+
+    pub fn stats(&self) -> &GateStats {
+        &self.inner.stats
+    }
+
+    /// Accepts clients on `listener` until `shutdown`.
+    pub async fn listen(self, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                // Cancel-safe: level-triggered token.
+                _ = shutdown.cancelled() => break,
+                // Cancel-safe: accept either returns a connection or nothing happened.
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(self.clone().serve(stream, peer, None, shutdown.clone()));
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    Err(e) => {
+                        tracing::debug!("MQTT listener: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves one client connection: `stream` carries its MQTT bytes (a TCP connection, or a
+    /// WebSocket's payload), `url_token` a token that came with it outside MQTT.
+    pub async fn serve<S>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        url_token: Option<String>,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Some(_ticket) = Admission::admit(&self.inner.admission, peer.ip()) else {
+            self.inner
+                .stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_refusal(
+                peer,
+                "too many MQTT connections (from this address or in all)",
+            );
+            return;
+        };
+        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_request(&mut rd, &mut buf, None));
+        let connect = match first.await {
+            Ok(Ok(Some((_, Request::Connect(c))))) => c,
+            Ok(Err(e)) => {
+                self.log_refusal(peer, &e.to_string());
+                return;
+            }
+            _ => return,
+        };
+        let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+        let session = match self.admit(&connect, peer, url_token.as_deref()) {
+            Ok(s) => s,
+            Err((why, sentence)) => {
+                self.inner
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(peer, &sentence);
+                let _ = wr
+                    .write_all(&codec::connack_refused(connect.version, why))
+                    .await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        };
+        let upstream = match self.inner.connect_upstream(&connect, &session).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
+                let _ = wr
+                    .write_all(&codec::connack_refused(
+                        connect.version,
+                        ConnectRefusal::ServerBusy,
+                    ))
+                    .await;
+                return;
+            }
+        };
+        if let Some(rights) = &session.grant {
+            self.inner
+                .grants
+                .insert(&session.identity.client_id, rights.clone(), serial);
+        }
+        let client_id = session.identity.client_id.clone();
+        let conn = Connection {
+            gate: &self,
+            peer,
+            version: connect.version,
+            identity: session.identity,
+            subscriptions: HashSet::new(),
+            aliases: HashMap::new(),
+            refusals: 0,
+        };
+        let expires = session.expires;
+        conn.run(rd, buf, wr, upstream, expires, shutdown).await;
+        self.inner.grants.remove(&client_id, serial);
+    }
+
+    /// Decides who a CONNECT is; an error is the CONNACK's refusal and a sentence for the log.
+    fn admit(
+        &self,
+        connect: &codec::Connect,
+        peer: SocketAddr,
+        url_token: Option<&str>,
+    ) -> Result<Admitted, (ConnectRefusal, String)> {
+        let config = &self.inner.config;
+        let (rights, grant, expires) = self.authenticate(connect, url_token)?;
+        // MQTT lets a client leave its id to the broker (mosquitto's clients do): it gets a
+        // random one, which also makes it a valid session id.
+        let client_id = if connect.client_id.is_empty() {
+            format!("auto-{}", random_id())
+        } else {
+            connect.client_id.clone()
+        };
+        config
+            .policy
+            .check_connect(&client_id, &rights)
+            .map_err(|e| (ConnectRefusal::BadClientId, e.to_string()))?;
+        let identity = Identity { client_id, rights };
+        if let Some((topic, retain)) = &connect.will {
+            config
+                .policy
+                .check_publish(&identity, topic, *retain)
+                .map_err(|e| (ConnectRefusal::NotAuthorized, format!("last will: {e}")))?;
+        }
+        tracing::debug!(%peer, client = %identity.client_id, rights = identity.rights.describe(), "MQTT client admitted");
+        Ok(Admitted {
+            identity,
+            grant,
+            expires,
+        })
+    }
+
+    /// The rights a CONNECT's login (or the URL's token) proves, the token's rights to record
+    /// for the session manager, and when they end.
+    #[allow(clippy::type_complexity)]
+    fn authenticate(
+        &self,
+        connect: &codec::Connect,
+        url_token: Option<&str>,
+    ) -> Result<(Rights, Option<Vec<Right>>, Option<SystemTime>), (ConnectRefusal, String)> {
+        let config = &self.inner.config;
+        let token = match &connect.login {
+            Some((user, password)) if config.users.verify(user, password) => {
+                let all = vec![Right::View, Right::Control, Right::Metrics];
+                return Ok((Rights::OPERATOR, Some(all), None));
+            }
+            Some((_, password)) => Some(password.as_str()),
+            None => url_token,
+        };
+        match (&config.authority, token) {
+            (Some(authority), Some(token)) => {
+                let claims = authority
+                    .verify(Some(token), Right::View, SystemTime::now())
+                    .map_err(|e| (ConnectRefusal::BadCredentials, format!("token: {e}")))?;
+                let rights = Rights {
+                    view: true,
+                    metrics: claims.rights.contains(&Right::Metrics),
+                    control: claims.rights.contains(&Right::Control),
+                    operator: false,
+                };
+                let expires = UNIX_EPOCH + Duration::from_secs(claims.exp);
+                Ok((rights, Some(claims.rights), Some(expires)))
+            }
+            (Some(_), None) => Err((
+                ConnectRefusal::NotAuthorized,
+                "this camera needs a token (as the MQTT password) or a broker user".into(),
+            )),
+            (None, Some(_)) if connect.login.is_some() => Err((
+                ConnectRefusal::BadCredentials,
+                "unknown user name or wrong password".into(),
+            )),
+            (None, _) => Ok((Rights::VIEWER, None, None)),
+        }
+    }
+
+    fn log_refusal(&self, peer: SocketAddr, why: &str) {
+        let logged = self
+            .inner
+            .log_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take(Instant::now());
+        if logged {
+            tracing::info!(%peer, "MQTT gate refused a client: {why}");
+        } else {
+            tracing::debug!(%peer, "MQTT gate refused a client: {why}");
+        }
+    }
+}
+
+struct Admitted {
+    identity: Identity,
+    grant: Option<Vec<Right>>,
+    expires: Option<SystemTime>,
+}
+
+impl Inner {
+    async fn connect_upstream(
+        &self,
+        connect: &codec::Connect,
+        session: &Admitted,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let addr = match connect.version {
+            Version::V311 => self.config.upstream_v311,
+            Version::V5 => self.config.upstream_v5,
+        };
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let rewritten = connect
+            .rewritten(
+                &session.identity.client_id,
+                (&self.config.login.0, &self.config.login.1),
+            )
+            .map_err(std::io::Error::other)?;
+        tcp.write_all(&rewritten).await?;
+        Ok(tcp)
+    }
+}
+
+/// One admitted client's traffic.
+struct Connection<'a> {
+    gate: &'a Gate,
+    peer: SocketAddr,
+    version: Version,
+    identity: Identity,
+    subscriptions: HashSet<String>,
+    /// MQTT 5 topic aliases the client set up, so a publish by alias is checked by its topic.
+    aliases: HashMap<u16, String>,
+    refusals: u32,
+}
+
+/// What to do with one packet from the client.
+enum Step {
+    Forward(Bytes),
+    Answer(Bytes),
+    Drop,
+    End(Goodbye),
+}
+
+impl Connection<'_> {
+    async fn run<R, W>(
+        mut self,
+        mut rd: R,
+        mut buf: BytesMut,
+        wr: W,
+        upstream: tokio::net::TcpStream,
+        expires: Option<SystemTime>,
+        shutdown: CancellationToken,
+    ) where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let (mut up_rd, mut up_wr) = upstream.into_split();
+        // The client's side is written by one task: the broker's packets and the gate's own
+        // answers (refusals) interleave whole, never mid-packet.
+        let (to_client, mut from_gate) = mpsc::channel::<Bytes>(64);
+        let writer = tokio::spawn(async move {
+            let mut wr = wr;
+            while let Some(bytes) = from_gate.recv().await {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let downstream = {
+            let to_client = to_client.clone();
+            async move {
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    match up_rd.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if to_client
+                                .send(Bytes::copy_from_slice(&chunk[..n]))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let remaining = expires.map(|at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        let expiry = async move {
+            match remaining {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let version = self.version;
+        let upstream_loop = async {
+            loop {
+                let request = match read_request(&mut rd, &mut buf, Some(version)).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.gate.log_refusal(self.peer, &e.to_string());
+                        return Some(Goodbye::Malformed);
+                    }
+                };
+                match self.check(request) {
+                    Step::Forward(bytes) => {
+                        if up_wr.write_all(&bytes).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Step::Answer(bytes) => {
+                        if to_client.send(bytes).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Step::Drop => {}
+                    Step::End(why) => return Some(why),
+                }
+            }
+        };
+        let goodbye = tokio::select! {
+            // Each branch owns its half of the connection; whichever ends first ends the
+            // others by dropping them, which is all cancelling them needs.
+            why = upstream_loop => why,
+            _ = downstream => None,
+            _ = expiry => Some(Goodbye::TokenExpired),
+            _ = shutdown.cancelled() => None,
+        };
+        if let Some(bytes) = goodbye.and_then(|why| codec::disconnect(version, why)) {
+            let _ = to_client.send(bytes).await;
+        }
+        if goodbye == Some(Goodbye::TokenExpired) {
+            tracing::info!(peer = %self.peer, "MQTT connection ended: its token expired");
+        }
+        drop(to_client);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+
+    fn check(&mut self, (raw, request): (Bytes, Request)) -> Step {
+        let policy = &self.gate.inner.config.policy;
+        match request {
+            Request::Connect(_) => Step::End(Goodbye::Malformed),
+            Request::Other => Step::Forward(raw),
+            Request::Subscribe { pkid, filters } => {
+                let mut held = self.subscriptions.len();
+                let mut verdict = Ok(());
+                for filter in &filters {
+                    if !self.subscriptions.contains(filter) {
+                        verdict = verdict.and(policy.check_subscribe(&self.identity, filter, held));
+                        held += 1;
+                    }
+                }
+                match verdict {
+                    Ok(()) => {
+                        self.subscriptions.extend(filters);
+                        Step::Forward(raw)
+                    }
+                    Err(e) => {
+                        self.refused(&e.to_string())
+                            .unwrap_or(Step::Answer(codec::suback_refused(
+                                self.version,
+                                pkid,
+                                filters.len(),
+                            )))
+                    }
+                }
+            }
+            Request::Unsubscribe { filters } => {
+                for f in &filters {
+                    self.subscriptions.remove(f);
+                }
+                Step::Forward(raw)
+            }
+            Request::Publish {
+                topic,
+                alias,
+                retain,
+                qos,
+                pkid,
+            } => {
+                let topic = match (topic.is_empty(), alias) {
+                    (true, Some(a)) => match self.aliases.get(&a) {
+                        Some(t) => t.clone(),
+                        None => return Step::End(Goodbye::Malformed),
+                    },
+                    _ => topic,
+                };
+                match policy.check_publish(&self.identity, &topic, retain) {
+                    Ok(()) => {
+                        if let Some(a) = alias {
+                            self.aliases.insert(a, topic);
+                        }
+                        Step::Forward(raw)
+                    }
+                    Err(e) => self.refused(&e.to_string()).unwrap_or(match qos {
+                        0 => Step::Drop,
+                        1 => Step::Answer(codec::puback_refused(self.version, pkid)),
+                        // Exactly-once has a second round trip the broker would not know of.
+                        _ => Step::End(Goodbye::NotAuthorized),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Counts a refusal; `Some(End)` once the client has had too many.
+    fn refused(&mut self, why: &str) -> Option<Step> {
+        self.refusals += 1;
+        self.gate
+            .inner
+            .stats
+            .refused_packets
+            .fetch_add(1, Ordering::Relaxed);
+        if self.refusals == 1 {
+            self.gate.log_refusal(
+                self.peer,
+                &format!("{why} (later refusals on this connection are not logged)"),
+            );
+        }
+        (self.refusals >= MAX_REFUSALS).then_some(Step::End(Goodbye::NotAuthorized))
+    }
+}
+
+/// Reads until one whole packet is in `buf`; `None` when the client closed.
+async fn read_request<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    version: Option<Version>,
+) -> Result<Option<(Bytes, Request)>, codec::CodecError> {
+    loop {
+        if let Some(found) = codec::read(buf, version, MAX_INBOUND)? {
+            return Ok(Some(found));
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn random_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 16)
+}
+
+/// Connection counts, in total and per address (pure bookkeeping).
+#[derive(Debug)]
+pub struct Admission {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+    max_total: usize,
+    max_per_address: usize,
+}
+
+/// Holds one admitted connection's place; dropping it gives the place back.
+pub struct Ticket<'a> {
+    admission: &'a Mutex<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_address: usize) -> Self {
+        Self {
+            total: 0,
+            per_address: HashMap::new(),
+            max_total,
+            max_per_address,
+        }
+    }
+
+    /// Takes a place for a connection from `ip`, if there is one.
+    pub fn try_take(&mut self, ip: IpAddr) -> bool {
+        let mine = self.per_address.get(&ip).copied().unwrap_or(0);
+        if self.total >= self.max_total || (!ip.is_loopback() && mine >= self.max_per_address) {
+            return false;
+        }
+        self.total += 1;
+        *self.per_address.entry(ip).or_default() += 1;
+        true
+    }
+
+    pub fn give_back(&mut self, ip: IpAddr) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+    }
+
+    fn admit(admission: &Mutex<Admission>, ip: IpAddr) -> Option<Ticket<'_>> {
+        admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take(ip)
+            .then_some(Ticket { admission, ip })
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(self.ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_caps_each_address_and_the_total_but_not_loopback_alone() {
+        let mut a = Admission::new(5, 2);
+        let lan: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(a.try_take(lan) && a.try_take(lan));
+        assert!(!a.try_take(lan), "a third from one address");
+        assert!(a.try_take(other));
+        assert!(a.try_take(local) && a.try_take(local));
+        assert!(!a.try_take(local), "the total holds for loopback too");
+        a.give_back(lan);
+        assert!(a.try_take(lan), "a place given back is free again");
+        a.give_back(other);
+        assert!(!a.per_address.contains_key(&other));
+    }
+}
