@@ -70,6 +70,14 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "view")]
         rights: Vec<String>,
     },
+    /// Add a broker user of the embedded broker, or change its password, in a users file
+    /// (`[mqtt] users_file`; mosquitto's format). Reads the password from standard input.
+    Passwd {
+        /// The users file; made if missing.
+        file: PathBuf,
+        /// The user name (e.g. homeassistant).
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Token { ttl, rights } => token(cli.config, &ttl, &rights),
+        Command::Passwd { file, user } => passwd(&file, &user),
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
             .map(|_| println!("{}: ok", path.display()))
             .map_err(anyhow::Error::from),
@@ -235,4 +244,24 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// `rtcam passwd FILE USER`: one line of standard input is the password (typed, or piped in).
+fn passwd(file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprint!("Password for {user} (shown as you type): ");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    rtcam::gate::users::set_user(file, user, password)?;
+    println!(
+        "{}: {user} set. Point [mqtt] users_file at this file and restart rtcam.",
+        file.display()
+    );
+    Ok(())
 }

@@ -123,7 +123,7 @@ impl Viewer {
             counters: Mutex::new(Counters::default()),
         });
 
-        let mut mqtt_opts = MqttOptions::new(format!("bench-{sid}"), broker.0, broker.1);
+        let mut mqtt_opts = MqttOptions::new(sid.clone(), broker.0, broker.1);
         mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
         mqtt_opts.set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);

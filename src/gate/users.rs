@@ -4,7 +4,7 @@
 //! A line is `name:$7$<iterations>$<salt base64>$<hash base64>` (PBKDF2-HMAC-SHA512, what
 //! `mosquitto_passwd` writes since mosquitto 2.0) or `name:$6$<salt>$<hash>` (salted SHA-512,
 //! mosquitto 1.x). Plain-text passwords are refused: the file is a secret's hash, never the
-//! secret. Pure apart from reading the file.
+//! secret. Pure apart from reading and writing the file.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -151,6 +151,44 @@ fn parse_hash(s: &str) -> Result<Hash, String> {
     }
 }
 
+/// Adds `name` to the users file at `path` (made if missing, readable by its owner and group
+/// only), or replaces its password; other lines stay as they are.
+pub fn set_user(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
+    let io = |source| UsersError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+        return Err(UsersError::Line {
+            path: path.display().to_string(),
+            line: 0,
+            problem: format!("{name:?} cannot be a user name (no ':' or spaces)"),
+        });
+    }
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| l.split_once(':').map(|(n, _)| n) != Some(name))
+        .map(String::from)
+        .collect();
+    lines.push(hash_line(name, password));
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(io)?;
+    file.write_all((lines.join("\n") + "\n").as_bytes())
+        .map_err(io)
+}
+
 /// One line of a users file for `name` with `password`, PBKDF2-SHA512 with a random salt.
 pub fn hash_line(name: &str, password: &str) -> String {
     let salt: [u8; 12] = rand::random();
@@ -203,6 +241,20 @@ mod tests {
         let users = Users::parse(&line).unwrap();
         assert!(users.verify("old", "pw"));
         assert!(!users.verify("old", "pW"));
+    }
+
+    #[test]
+    fn set_user_adds_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        set_user(&path, "ha", "one").unwrap();
+        set_user(&path, "op", "two").unwrap();
+        set_user(&path, "ha", "three").unwrap();
+        let users = Users::load(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.verify("ha", "three") && !users.verify("ha", "one"));
+        assert!(users.verify("op", "two"));
+        assert!(set_user(&path, "a:b", "x").is_err());
     }
 
     #[test]

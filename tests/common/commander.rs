@@ -33,7 +33,7 @@ pub struct Commander {
 impl Commander {
     pub async fn connect(protocol: Protocol, broker: (&str, u16), root: &str) -> Commander {
         let id = format!("cmd{}", rand::random::<u32>());
-        let my_topic = format!("test/{id}/replies");
+        let my_topic = format!("{root}/command/reply/{id}");
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let filters = [my_topic.clone(), format!("{root}/command/reply")];
         let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
@@ -41,7 +41,8 @@ impl Commander {
             Protocol::V5 => {
                 use rumqttc::v5::mqttbytes::v5::Packet;
                 use rumqttc::v5::mqttbytes::QoS;
-                let opts = rumqttc::v5::MqttOptions::new(id, broker.0, broker.1);
+                let mut opts = rumqttc::v5::MqttOptions::new(id, broker.0, broker.1);
+                opts.set_credentials(super::OPERATOR.0, super::OPERATOR.1);
                 let (client, mut ev) = rumqttc::v5::AsyncClient::new(opts, 64);
                 for f in &filters {
                     client.subscribe(f.clone(), QoS::AtLeastOnce).await.unwrap();
@@ -71,7 +72,8 @@ impl Commander {
             }
             Protocol::V311 => {
                 use rumqttc::{Event, Packet, QoS};
-                let opts = rumqttc::MqttOptions::new(id, broker.0, broker.1);
+                let mut opts = rumqttc::MqttOptions::new(id, broker.0, broker.1);
+                opts.set_credentials(super::OPERATOR.0, super::OPERATOR.1);
                 let (client, mut ev) = rumqttc::AsyncClient::new(opts, 64);
                 for f in &filters {
                     client.subscribe(f.clone(), QoS::AtLeastOnce).await.unwrap();

@@ -40,11 +40,32 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// The broker user the tests' probes and commanders log in as: on the embedded broker only
+/// broker users may command and read other clients' topics (docs/security.md); a mosquitto
+/// without a password file takes any login.
+pub const OPERATOR: (&str, &str) = ("operator", "operator-test-password");
+
+/// A users file with [`OPERATOR`], made once per test process.
+pub fn operator_users_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("rtcam-test-users-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            rtcam::gate::users::hash_line(OPERATOR.0, OPERATOR.1) + "\n",
+        )
+        .unwrap();
+        path.display().to_string()
+    })
+    .clone()
+}
+
 /// A test configuration: test pattern at 320x240 (cheap to encode on CI), embedded broker on a
-/// free port, HTTP on a free port.
+/// free port with the [`OPERATOR`] user, HTTP on a free port.
 pub fn test_config(device: &str) -> Config {
     let mut c = Config::default();
     c.device.id = device.into();
+    c.mqtt.users_file = operator_users_file();
     c.mqtt.embedded_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     c.mqtt.embedded_listen_v5 = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -159,6 +180,7 @@ impl Probe {
             broker.0,
             broker.1,
         );
+        opts.set_credentials(OPERATOR.0, OPERATOR.1);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         let seen = Arc::new(Mutex::new(Vec::new()));
