@@ -170,8 +170,8 @@ impl App {
                 may_change_state: viewers_may_change_state(&config),
             },
             authority: authority.clone(),
-            grants: match &mqtt_door {
-                Some(http::MqttDoor::Gate(gate)) => Some(gate.grants()),
+            client_rights: match &mqtt_door {
+                Some(http::MqttDoor::Gate(gate)) => Some(gate.client_rights()),
                 _ => None,
             },
             adaptation: config.encoder.adaptation().map(|(min_kbps, max_kbps)| {

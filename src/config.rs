@@ -164,8 +164,10 @@ impl AudioConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// When set, viewers need a token signed with this secret (`rtcam token`), and HTTP
-    /// requests for the page, snapshots, metrics and `/mqtt` need one too. Empty: open.
+    /// When set, viewers need a token signed with this secret (a JWT, HS256: `rtcam token`
+    /// or any JWT library), and HTTP requests for the page, snapshots, metrics and `/mqtt`
+    /// need one too; talkback needs the `talk` right. At least 32 bytes. Empty: the camera
+    /// is open to whoever reaches it (or the `auth_secret` systemd credential sets it).
     pub secret: String,
 }
 
@@ -590,6 +592,17 @@ impl Config {
                     .into(),
             ));
         }
+        if !self.auth.secret.is_empty() && self.auth.secret.len() < crate::auth::MIN_SECRET_BYTES {
+            return Err(invalid(
+                "auth.secret",
+                format!(
+                    "{} bytes is too short to sign tokens with; use at least {} \
+                     (e.g. `openssl rand -base64 32`)",
+                    self.auth.secret.len(),
+                    crate::auth::MIN_SECRET_BYTES
+                ),
+            ));
+        }
         let s = &self.source;
         if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
             return Err(invalid(
@@ -944,6 +957,28 @@ mod tests {
                 .to_string();
             assert!(msg.contains(key), "{text}: {msg}");
         }
+    }
+
+    #[test]
+    fn a_token_secret_needs_32_bytes() {
+        let msg = Config::parse("[auth]\nsecret = \"hunter2\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("x.toml: auth.secret: 7 bytes is too short"),
+            "{msg}"
+        );
+        let ok = format!("[auth]\nsecret = \"{}\"\n", "k".repeat(32));
+        assert_eq!(
+            Config::parse(&ok, Path::new("x.toml"))
+                .unwrap()
+                .auth
+                .secret
+                .len(),
+            32
+        );
+        // Empty: no tokens (or the secret comes from a credential, checked there).
+        assert!(Config::parse("[auth]\nsecret = \"\"\n", Path::new("x.toml")).is_ok());
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub enum CredentialError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "credential {path} holds {len} bytes, too short to sign tokens with; use at least {min} \
+         (e.g. `openssl rand -base64 32`)"
+    )]
+    ShortSecret {
+        path: PathBuf,
+        len: usize,
+        min: usize,
+    },
 }
 
 /// Reads one credential: `None` when the file is absent or empty. A trailing newline (what an
@@ -78,6 +87,14 @@ pub fn apply(
     }
     if config.auth.secret.is_empty() {
         if let Some(secret) = read(dir, AUTH_SECRET)? {
+            // The config file's secret is checked when it is parsed; this one only here.
+            if secret.len() < crate::auth::MIN_SECRET_BYTES {
+                return Err(CredentialError::ShortSecret {
+                    path: dir.join(AUTH_SECRET),
+                    len: secret.len(),
+                    min: crate::auth::MIN_SECRET_BYTES,
+                });
+            }
             config.auth.secret = secret;
             used.push(AUTH_SECRET);
         }
@@ -128,7 +145,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(MQTT_PASSWORD), "s3cret\n").unwrap();
         std::fs::write(dir.path().join(TURN_CREDENTIAL), "relay-pass").unwrap();
-        std::fs::write(dir.path().join(AUTH_SECRET), "token-key\r\n").unwrap();
+        std::fs::write(
+            dir.path().join(AUTH_SECRET),
+            "token-key-of-thirty-two-bytes-at-least\r\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join(TURN_SECRET), "rest-secret\n").unwrap();
         let mut config = Config::default();
         config.webrtc.turn_urls = vec!["turn:turn.lan:3478".into()];
@@ -147,7 +168,7 @@ mod tests {
         );
         assert_eq!(config.webrtc.turn_secret, "rest-secret");
         assert_eq!(config.mqtt.password, "s3cret");
-        assert_eq!(config.auth.secret, "token-key");
+        assert_eq!(config.auth.secret, "token-key-of-thirty-two-bytes-at-least");
         assert_eq!(config.webrtc.ice_servers[0].credential, "relay-pass");
         assert_eq!(config.webrtc.ice_servers[1].credential, "from-config");
         assert_eq!(config.webrtc.ice_servers[2].credential, "");
@@ -158,6 +179,18 @@ mod tests {
         assert!(apply(&mut config, Some(dir.path())).unwrap().is_empty());
         assert_eq!(config.mqtt.password, "in-file");
         assert_eq!(config.auth.secret, "in-file");
+    }
+
+    #[test]
+    fn a_short_token_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(AUTH_SECRET), "token-key\n").unwrap();
+        let mut config = Config::default();
+        let e = apply(&mut config, Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth_secret holds 9 bytes, too short"), "{e}");
+        assert_eq!(config.auth.secret, "", "nothing half-applied");
     }
 
     #[test]

@@ -267,9 +267,27 @@ fn gzipped(path: &str, data: &[u8]) -> Option<bytes::Bytes> {
         .clone()
 }
 
-async fn page_config(State(state): State<Arc<HttpState>>) -> Response {
+async fn page_config(
+    State(state): State<Arc<HttpState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let mut config = state.page_config.clone();
-    let handed = state.ice_servers.for_viewers(std::time::SystemTime::now());
+    let now = std::time::SystemTime::now();
+    // The page offers Talk only to a viewer that would be heard: with tokens on, one whose
+    // token grants `talk` (the session drops anyone else's sound all the same).
+    if let Some(authority) = &state.authority {
+        let query = Query::<HashMap<String, String>>::try_from_uri(&uri)
+            .map(|Query(q)| q)
+            .unwrap_or_default();
+        if authority
+            .verify(token_of(&query, &headers), Right::Talk, now)
+            .is_err()
+        {
+            config["audio"]["talkback"] = false.into();
+        }
+    }
+    let handed = state.ice_servers.for_viewers(now);
     config["ice_servers"] = serde_json::json!(handed.servers);
     if let Some(at) = handed.expires_at {
         config["ice_servers_expire_at"] = at.into();

@@ -66,9 +66,13 @@ enum Command {
         /// How long it is valid: 90s, 30m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
-        /// What it allows: view, control (change the camera from the page), metrics.
-        #[arg(long, value_delimiter = ',', default_value = "view")]
+        /// What it allows, comma- or space-separated: view, talk (be heard on the board),
+        /// control (change the camera from the page), metrics.
+        #[arg(long, visible_aliases = ["right", "scope"], value_delimiter = ',', default_value = "view")]
         rights: Vec<String>,
+        /// Who holds it (a name for the logs, which never show the token).
+        #[arg(long)]
+        sub: Option<String>,
     },
     /// Add a broker user of the embedded broker, or change its password, in a users file
     /// (`[mqtt] users_file`; mosquitto's format). Reads the password from standard input.
@@ -108,7 +112,7 @@ fn main() -> std::process::ExitCode {
             print!("{}", config::EXAMPLE);
             Ok(())
         }
-        Command::Token { ttl, rights } => token(cli.config, &ttl, &rights),
+        Command::Token { ttl, rights, sub } => token(cli.config, &ttl, &rights, sub),
         Command::Passwd { file, user } => passwd(&file, &user),
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
             .map(|_| println!("{}: ok", path.display()))
@@ -188,7 +192,12 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::Result<()> {
+fn token(
+    config_path: Option<PathBuf>,
+    ttl: &str,
+    rights: &[String],
+    sub: Option<String>,
+) -> anyhow::Result<()> {
     use rtcam::auth::{Authority, Right};
     let (mut config, origin) = Config::load(config_path.as_deref())?;
     // As the service sees it: `sudo CREDENTIALS_DIRECTORY=/etc/rtcam/credentials rtcam token`.
@@ -199,19 +208,19 @@ fn token(config_path: Option<PathBuf>, ttl: &str, rights: &[String]) -> anyhow::
         );
     }
     let ttl = rtcam::auth::parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    // `--scope "view talk"` reads as a JWT scope does; `--rights view,talk` as before.
     let rights = rights
         .iter()
-        .map(|r| match r.trim() {
-            "view" => Ok(Right::View),
-            "control" => Ok(Right::Control),
-            "metrics" => Ok(Right::Metrics),
-            other => Err(anyhow::anyhow!(
-                "unknown right {other:?}; use view, control, metrics"
-            )),
-        })
+        .flat_map(|r| r.split_ascii_whitespace())
+        .map(|r| r.parse::<Right>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if rights.is_empty() {
+        anyhow::bail!("a token needs at least one right: view, talk, control, metrics");
+    }
     let authority = Authority::new(&config.auth.secret, &config.device_id());
-    let token = authority.mint(&authority.claims(ttl, rights, std::time::SystemTime::now()));
+    let mut claims = authority.claims(ttl, rights, std::time::SystemTime::now());
+    claims.sub = sub.filter(|s| !s.is_empty());
+    let token = authority.mint(&claims);
     println!("{token}");
     eprintln!(
         "Viewing link: {}?token={token}",

@@ -1,5 +1,6 @@
-//! Signed viewer tokens: refused without, watched with; HTTP guarded the same way; the `rtcam
-//! token` command; and no secret in logs, status or telemetry.
+//! Viewer tokens (JWTs): refused without, watched with; HTTP guarded the same way; the `rtcam
+//! token` command; a token minted by another JWT implementation; and no secret in logs, status
+//! or telemetry.
 
 mod common;
 
@@ -9,11 +10,37 @@ use rtcam::auth::{Authority, Right};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 
-const SECRET: &str = "correct-horse-battery-staple";
+const SECRET: &str = "correct-horse-battery-staple-and-more";
+
+/// A secret of the right length that is not the camera's.
+const GUESS: &str = "a-guess-at-the-secret-of-32-bytes";
 
 fn token(device: &str, rights: Vec<Right>, ttl: Duration) -> String {
     let a = Authority::new(SECRET, device);
     a.mint(&a.claims(ttl, rights, SystemTime::now()))
+}
+
+/// A JWT made by hand, as another tool would: HS256 (ring's HMAC) over base64url of the
+/// standard header and `claims`, without rtcam's code or the JWT crate it uses.
+fn foreign_token(claims: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let signature = ring::hmac::sign(&key, message.as_bytes());
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+}
+
+fn in_secs(secs: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + secs
 }
 
 async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
@@ -39,13 +66,13 @@ async fn offers_and_http_need_a_valid_token() {
         ),
         (
             "forged",
-            Some(Authority::new("guess", "authcam").mint(
-                &Authority::new("guess", "authcam").claims(
+            Some(
+                Authority::new(GUESS, "authcam").mint(&Authority::new(GUESS, "authcam").claims(
                     Duration::from_secs(60),
                     vec![Right::View],
                     SystemTime::now(),
-                ),
-            )),
+                )),
+            ),
             "signature",
         ),
         (
@@ -117,6 +144,22 @@ async fn offers_and_http_need_a_valid_token() {
     assert_eq!(r["ok"], true, "{r}");
     viewer.bye().await;
 
+    // A token another JWT implementation minted, for every camera sharing the secret, watches.
+    let foreign = foreign_token(json!({
+        "aud": "*", "exp": in_secs(300), "scope": "view", "sub": "another tool"
+    }));
+    let viewer = Viewer::connect_with(
+        rt.broker(),
+        &root,
+        ViewerOptions {
+            token: Some(foreign.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(viewer.wait_frames(10, Duration::from_secs(10)).await.frames >= 10);
+    viewer.bye().await;
+
     // HTTP: the page, its config, snapshots and /mqtt need view; /metrics needs metrics.
     let addr = rt.app.http_addr();
     for path in ["/", "/config.json", "/snapshot.jpg", "/metrics", "/mqtt"] {
@@ -137,8 +180,50 @@ async fn offers_and_http_need_a_valid_token() {
         http_status(addr, &format!("/metrics?token={metrics}")).await,
         200
     );
+    assert_eq!(
+        http_status(addr, &format!("/config.json?token={foreign}")).await,
+        200
+    );
+    let bearer = format!("Bearer {foreign}");
+    let reply = common::http::get(addr, "/snapshot.jpg", &[("Authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "a Bearer token works like ?token=");
     // Static files carry no secrets and load without a token, so a page opened with one works.
     assert_eq!(http_status(addr, "/app.js").await, 200);
+    rt.app.stop().await;
+}
+
+/// With talkback on and tokens required, the page offers Talk only to a token granting `talk`
+/// (a session drops the sound of anyone else: `session::admit`'s tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_offers_talk_only_with_the_talk_right() {
+    let mut config = test_config("talkcam");
+    config.auth.secret = SECRET.into();
+    config.audio.enabled = true;
+    config.audio.talkback = true;
+    config.audio.sink = "fake".into();
+    let rt = start(config).await;
+    let addr = rt.app.http_addr();
+    let talkback = |token: String| async move {
+        let reply = common::http::get(addr, &format!("/config.json?token={token}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        let config: serde_json::Value = serde_json::from_str(&reply.text()).unwrap();
+        config["audio"]["talkback"].clone()
+    };
+    let view = token("talkcam", vec![Right::View], Duration::from_secs(60));
+    assert_eq!(talkback(view).await, false);
+    let talk = token(
+        "talkcam",
+        vec![Right::View, Right::Talk],
+        Duration::from_secs(60),
+    );
+    assert_eq!(talkback(talk).await, true);
+    let foreign =
+        foreign_token(json!({"aud": "talkcam", "exp": in_secs(60), "scope": "talk view"}));
+    assert_eq!(talkback(foreign).await, true);
     rt.app.stop().await;
 }
 
@@ -160,6 +245,8 @@ fn token_command_mints_what_the_camera_accepts() {
             "2h",
             "--rights",
             "view,control",
+            "--sub",
+            "ops laptop",
         ])
         .output()
         .unwrap();
@@ -178,7 +265,46 @@ fn token_command_mints_what_the_camera_accepts() {
         .as_secs()
         + 7200;
     assert!(claims.exp <= in_2h && claims.exp > in_2h - 60);
+    assert_eq!(claims.rights(), vec![Right::View, Right::Control]);
+    assert_eq!(claims.sub(), Some("ops laptop"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("?token="));
+
+    // `--scope` takes a JWT-style scope; `talk` is a right like the others.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "token",
+            "--scope",
+            "view talk",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let claims = Authority::new(SECRET, "tokcam")
+        .verify(Some(&t), Right::Talk, SystemTime::now())
+        .unwrap();
+    assert_eq!(claims.scope, "view talk");
+    assert_eq!(claims.sub(), None);
+
+    // An unknown right is refused by name.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "token",
+            "--right",
+            "admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown right \"admin\""));
 
     // Without a secret there is nothing to sign with: a clear error.
     std::fs::write(&path, "[device]\nid = \"tokcam\"\n").unwrap();
@@ -199,7 +325,7 @@ async fn no_secret_in_logs_status_or_telemetry() {
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
     config.mqtt.username = "cam".into();
     config.mqtt.password = "mqtt-password-7731".into();
-    config.auth.secret = "auth-secret-5519".into();
+    config.auth.secret = "auth-secret-5519-auth-secret-5519".into();
     config.control.telemetry_interval_secs = 1;
     config.webrtc.ice_servers = vec![rtcam::config::IceServer {
         urls: vec!["turn:127.0.0.1:3478".into()],
@@ -258,7 +384,7 @@ async fn no_secret_in_logs_status_or_telemetry() {
     assert!(everything.contains("leakcam"), "captured something");
     for secret in [
         "mqtt-password-7731",
-        "auth-secret-5519",
+        "auth-secret-5519-auth-secret-5519",
         "turn-credential-2287",
         "turn-rest-secret-6043",
     ] {

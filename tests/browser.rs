@@ -188,9 +188,10 @@ async fn chromium_controls_are_read_only_by_default() {
 async fn chromium_watches_with_a_token_link() {
     let mut config = test_config("browsertoken");
     config.webrtc.udp_addrs.clear();
-    config.auth.secret = "page-secret".into();
+    config.auth.secret = "page-secret-page-secret-page-secret".into();
     let rt = start(config).await;
-    let authority = rtcam::auth::Authority::new("page-secret", "browsertoken");
+    let authority =
+        rtcam::auth::Authority::new("page-secret-page-secret-page-secret", "browsertoken");
     let token = authority.mint(&authority.claims(
         std::time::Duration::from_secs(600),
         vec![rtcam::auth::Right::View],

@@ -54,3 +54,47 @@ fn missing_config_file_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rtcam.toml"));
 }
+
+#[test]
+fn a_short_token_secret_is_refused_from_the_file_or_a_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        "[device]\nid = \"cam\"\n\n[auth]\nsecret = \"hunter2\"\n",
+    )
+    .unwrap();
+    let out = rtcam(&["config", "check", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: auth.secret: 7 bytes is too short",
+            path.display()
+        )),
+        "{err}"
+    );
+
+    // The same secret as a systemd credential stops rtcam (here `rtcam token`, which reads
+    // credentials as the service does) before anything starts.
+    std::fs::write(&path, "[device]\nid = \"cam\"\n").unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("auth_secret"), "hunter2\n").unwrap();
+    for args in [
+        vec!["--config", path.to_str().unwrap(), "token"],
+        vec!["--config", path.to_str().unwrap()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rtcam"))
+            .args(&args)
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .output()
+            .expect("rtcam runs");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("auth_secret holds 7 bytes, too short to sign tokens with"),
+            "{args:?}: {err}"
+        );
+    }
+}

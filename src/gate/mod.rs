@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ pub struct GateConfig {
 /// viewer), for the session manager: a session opened over the gate needs no token in its
 /// offer, so tokens never travel through the broker.
 #[derive(Clone, Default)]
-pub struct Grants {
+pub struct ClientRights {
     inner: Arc<Mutex<HashMap<String, Grant>>>,
 }
 
@@ -71,7 +71,7 @@ struct Grant {
     serial: u64,
 }
 
-impl Grants {
+impl ClientRights {
     /// The rights of the client connected under `client_id`, if it authenticated with a token
     /// or as a broker user.
     pub fn rights_of(&self, client_id: &str) -> Option<Vec<Right>> {
@@ -110,7 +110,7 @@ pub struct Gate {
 
 struct Inner {
     config: GateConfig,
-    grants: Grants,
+    rights: ClientRights,
     stats: GateStats,
     admission: Mutex<Admission>,
     /// Refusals are logged once per connection, and no more than a few per second in all.
@@ -123,7 +123,7 @@ impl Gate {
         Gate {
             inner: Arc::new(Inner {
                 config,
-                grants: Grants::default(),
+                rights: ClientRights::default(),
                 stats: GateStats::default(),
                 admission: Mutex::new(Admission::new(MAX_CONNECTIONS, MAX_PER_ADDRESS)),
                 log_budget: Mutex::new(RateLimiter::new(2, 10)),
@@ -132,8 +132,8 @@ impl Gate {
         }
     }
 
-    pub fn grants(&self) -> Grants {
-        self.inner.grants.clone()
+    pub fn client_rights(&self) -> ClientRights {
+        self.inner.rights.clone()
     }
 
     pub fn stats(&self) -> &GateStats {
@@ -227,7 +227,7 @@ impl Gate {
         };
         if let Some(rights) = &session.grant {
             self.inner
-                .grants
+                .rights
                 .insert(&session.identity.client_id, rights.clone(), serial);
         }
         let client_id = session.identity.client_id.clone();
@@ -242,7 +242,7 @@ impl Gate {
         };
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
-        self.inner.grants.remove(&client_id, serial);
+        self.inner.rights.remove(&client_id, serial);
     }
 
     /// Decides who a CONNECT is; an error is the CONNACK's refusal and a sentence for the log.
@@ -291,7 +291,7 @@ impl Gate {
         let config = &self.inner.config;
         let token = match &connect.login {
             Some((user, password)) if config.users.verify(user, password) => {
-                let all = vec![Right::View, Right::Control, Right::Metrics];
+                let all = Right::ALL.to_vec();
                 return Ok((Rights::OPERATOR, Some(all), None));
             }
             Some((_, password)) => Some(password.as_str()),
@@ -304,12 +304,11 @@ impl Gate {
                     .map_err(|e| (ConnectRefusal::BadCredentials, format!("token: {e}")))?;
                 let rights = Rights {
                     view: true,
-                    metrics: claims.rights.contains(&Right::Metrics),
-                    control: claims.rights.contains(&Right::Control),
+                    metrics: claims.grants(Right::Metrics),
+                    control: claims.grants(Right::Control),
                     operator: false,
                 };
-                let expires = UNIX_EPOCH + Duration::from_secs(claims.exp);
-                Ok((rights, Some(claims.rights), Some(expires)))
+                Ok((rights, Some(claims.rights()), Some(claims.expires_at())))
             }
             (Some(_), None) => Err((
                 ConnectRefusal::NotAuthorized,

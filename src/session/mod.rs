@@ -9,7 +9,7 @@ pub mod peer;
 pub mod table;
 pub mod viewer;
 
-use crate::auth::Right;
+use crate::auth::{Authority, Right, TokenError};
 use crate::control::exec::Requester;
 use crate::media::Media;
 use crate::signalling::protocol::{ErrorCode, Inbound, ProtocolError};
@@ -28,6 +28,50 @@ use viewer::{SessionInput, Viewer};
 
 /// How long shutdown waits for sessions to say bye and close their peers.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// What a viewer may do beyond watching, decided once from the token of its offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    /// Change the camera over its data channel, whatever `[control]` allows every viewer.
+    pub control: bool,
+    /// Be heard: its microphone is played on the board when `[audio] talkback` is on.
+    pub talk: bool,
+}
+
+impl Grants {
+    /// Nothing beyond watching.
+    pub const NONE: Grants = Grants {
+        control: false,
+        talk: false,
+    };
+}
+
+/// What a viewer presenting `token` may do (pure, clock passed in). Without an authority (no
+/// `[auth] secret`) the camera is open to whoever reaches it: every viewer may talk, and
+/// changes follow `[control]` alone. With one, the token must grant `view`, and `talk` and
+/// `control` each need their own right.
+pub fn admit(
+    authority: Option<&Authority>,
+    token: Option<&str>,
+    now: SystemTime,
+) -> Result<Grants, TokenError> {
+    let Some(authority) = authority else {
+        return Ok(Grants {
+            control: false,
+            talk: true,
+        });
+    };
+    let claims = authority.verify(token, Right::View, now)?;
+    tracing::debug!(
+        holder = claims.sub().unwrap_or("unnamed"),
+        scope = %claims.scope,
+        "viewer token accepted"
+    );
+    Ok(Grants {
+        control: claims.grants(Right::Control),
+        talk: claims.grants(Right::Talk),
+    })
+}
 
 /// Live figures of one session, written by its task and read by `sessions` and telemetry.
 #[derive(Debug)]
@@ -200,7 +244,7 @@ pub struct SessionManager {
     pub authority: Option<crate::auth::Authority>,
     /// The rights the gate proved for clients connected through it (embedded broker): their
     /// offers need no token.
-    pub grants: Option<crate::gate::Grants>,
+    pub client_rights: Option<crate::gate::ClientRights>,
     /// Bitrate adaptation, shared by the sessions that feed it; `None` when it is off. A lock
     /// rather than messages to this task: each session updates it once a second, briefly.
     pub adaptation: Option<Arc<std::sync::Mutex<adapt::Adaptation>>>,
@@ -229,10 +273,10 @@ impl SessionManager {
                 _ = shutdown.cancelled() => break,
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
-                    let (message, may_control) = self.authorize(&event.sid, event.message);
+                    let (message, grants) = self.authorize(&event.sid, event.message);
                     let actions = self.table.on_message(&event.sid, message, Instant::now());
                     for action in actions {
-                        self.apply(&event.sid, action, may_control, &mut running, &mut tasks, &mut owners, &ended_tx).await;
+                        self.apply(&event.sid, action, grants, &mut running, &mut tasks, &mut owners, &ended_tx).await;
                     }
                 }
                 // Cancel-safe: mpsc recv.
@@ -296,7 +340,7 @@ impl SessionManager {
             self.apply(
                 &sid,
                 action,
-                false,
+                Grants::NONE,
                 &mut running,
                 &mut tasks,
                 &mut owners,
@@ -312,37 +356,36 @@ impl SessionManager {
         }
     }
 
-    /// With `[auth] secret` set, an offer needs a token granting `view`; a token that also
-    /// grants `control` lets that viewer change the camera over its data channel. Asking for
-    /// ICE servers needs `view` too: their TURN credentials are worth guarding.
+    /// With `[auth] secret` set, an offer needs a token granting `view`; what else its token
+    /// grants (`talk`, `control`) goes with the session ([`admit`]). Asking for ICE servers
+    /// needs `view` too: their TURN credentials are worth guarding.
     fn authorize(
         &self,
         sid: &str,
         message: Result<Inbound, ProtocolError>,
-    ) -> (Result<Inbound, ProtocolError>, bool) {
-        let (Some(authority), Ok(Inbound::Offer { token, .. } | Inbound::IceServers { token })) =
-            (&self.authority, &message)
-        else {
-            return (message, false);
+    ) -> (Result<Inbound, ProtocolError>, Grants) {
+        let Ok(Inbound::Offer { token, .. } | Inbound::IceServers { token }) = &message else {
+            return (message, Grants::NONE);
         };
         // A client the gate let in with a token or as a broker user has shown its rights once,
         // at connect; it sends no token along (tokens never travel through the broker).
         if token.is_none() {
-            if let Some(rights) = self.grants.as_ref().and_then(|g| g.rights_of(sid)) {
-                return (message, rights.contains(&Right::Control));
+            if let Some(rights) = self.client_rights.as_ref().and_then(|g| g.rights_of(sid)) {
+                let grants = Grants {
+                    control: rights.contains(&Right::Control),
+                    talk: rights.contains(&Right::Talk),
+                };
+                return (message, grants);
             }
         }
-        match authority.verify(token.as_deref(), Right::View, SystemTime::now()) {
-            Ok(claims) => {
-                let control = claims.rights.contains(&Right::Control);
-                (message, control)
-            }
+        match admit(self.authority.as_ref(), token.as_deref(), SystemTime::now()) {
+            Ok(grants) => (message, grants),
             Err(e) => (
                 Err(ProtocolError::new(
                     ErrorCode::Unauthorized,
                     format!("Not allowed to watch: {e}."),
                 )),
-                false,
+                Grants::NONE,
             ),
         }
     }
@@ -352,7 +395,7 @@ impl SessionManager {
         &self,
         sid: &str,
         action: Action,
-        may_control: bool,
+        grants: Grants,
         running: &mut HashMap<String, Running>,
         tasks: &mut JoinSet<()>,
         owners: &mut HashMap<tokio::task::Id, (String, Generation)>,
@@ -433,9 +476,10 @@ impl SessionManager {
                     stats,
                     controller: self.controller.clone(),
                     adaptation: self.adaptation.clone(),
+                    may_talk: grants.talk,
                     requester: match self.viewer_requester {
                         Requester::Viewer { may_change_state } => Requester::Viewer {
-                            may_change_state: may_change_state || may_control,
+                            may_change_state: may_change_state || grants.control,
                         },
                         other => other,
                     },
@@ -444,5 +488,58 @@ impl SessionManager {
                 owners.insert(handle.id(), (sid.to_string(), generation));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn token(authority: &Authority, rights: Vec<Right>, now: SystemTime) -> String {
+        authority.mint(&authority.claims(Duration::from_secs(60), rights, now))
+    }
+
+    #[test]
+    fn talking_needs_the_talk_right_when_tokens_are_on() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
+        let a = Authority::new(SECRET, "cam");
+        let view = token(&a, vec![Right::View], now);
+        assert_eq!(admit(Some(&a), Some(&view), now), Ok(Grants::NONE));
+        let talk = token(&a, vec![Right::View, Right::Talk], now);
+        assert_eq!(
+            admit(Some(&a), Some(&talk), now),
+            Ok(Grants {
+                control: false,
+                talk: true
+            })
+        );
+        let control = token(&a, vec![Right::View, Right::Control], now);
+        assert_eq!(
+            admit(Some(&a), Some(&control), now),
+            Ok(Grants {
+                control: true,
+                talk: false
+            })
+        );
+        // Talking alone is not watching.
+        let talk_only = token(&a, vec![Right::Talk], now);
+        assert_eq!(
+            admit(Some(&a), Some(&talk_only), now),
+            Err(TokenError::NotAllowed(Right::View))
+        );
+        assert_eq!(admit(Some(&a), None, now), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn an_open_camera_lets_every_viewer_talk() {
+        let now = SystemTime::UNIX_EPOCH;
+        let open = Grants {
+            control: false,
+            talk: true,
+        };
+        assert_eq!(admit(None, None, now), Ok(open));
+        assert_eq!(admit(None, Some("anything"), now), Ok(open));
     }
 }

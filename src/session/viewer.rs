@@ -44,6 +44,9 @@ pub struct Viewer {
     pub requester: crate::control::exec::Requester,
     /// Bitrate adaptation shared with the other sessions, when it is on.
     pub adaptation: Option<Arc<Mutex<Adaptation>>>,
+    /// Whether the viewer may be heard on the board (its token grants `talk`, or the camera
+    /// is open). Without it, its audio is answered as on a camera without talkback.
+    pub may_talk: bool,
 }
 
 /// How often a session measures its round-trip time and send rate, and hands the viewer's
@@ -56,9 +59,13 @@ impl Viewer {
     pub async fn run(mut self) {
         let started = Instant::now();
         let (events_tx, events) = mpsc::unbounded_channel();
+        let talkback = self.media.talkback().is_some();
+        if talkback && !self.may_talk {
+            tracing::debug!(sid = %self.sid, "talkback off for this viewer: its token does not grant talk, so its sound is dropped");
+        }
         let audio = AudioOptions {
             send: self.media.has_audio(),
-            talkback: self.media.talkback().is_some(),
+            talkback: talkback && self.may_talk,
         };
         match self
             .factory
