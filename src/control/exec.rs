@@ -186,13 +186,13 @@ impl Controller {
                 Ok(json!({"requested": true}))
             }
             Command::Sessions => Ok(json!(inner.sessions.list().await)),
-            Command::Kick { sid, reason } => {
-                if inner.sessions.kick(&sid, &reason).await {
-                    Ok(json!({"sid": sid, "ended": true}))
+            Command::Kick { label, reason } => {
+                if inner.sessions.kick(label, &reason).await {
+                    Ok(json!({"label": label, "ended": true}))
                 } else {
                     Err(CommandError::new(
                         ErrorCode::BadArgs,
-                        format!("There is no session {sid:?}."),
+                        format!("There is no session {label}; the sessions command lists them."),
                     ))
                 }
             }

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod ha;
 pub mod telemetry;
 
+use crate::session::table::Label;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -106,10 +107,17 @@ pub enum Command {
     Snapshot,
     Set(SetArgs),
     Controls,
-    Stream { on: bool },
+    Stream {
+        on: bool,
+    },
     Keyframe,
     Sessions,
-    Kick { sid: String, reason: String },
+    /// Ends a session, named by its label (a sid is never accepted: whoever knows one is that
+    /// viewer, and no one else is told it).
+    Kick {
+        label: Label,
+        reason: String,
+    },
     Restart,
     Reload,
 }
@@ -264,14 +272,14 @@ fn parse_command(name: &str, args: &Map<String, Value>) -> Result<Command, Comma
             Ok(Command::Stream { on })
         }
         "kick" => {
-            only_keys(name, args, &["sid", "reason"])?;
-            let sid = args
-                .get("sid")
+            only_keys(name, args, &["label", "reason"])?;
+            let label = args
+                .get("label")
                 .and_then(Value::as_str)
-                .filter(|s| crate::signalling::protocol::is_valid_sid(s))
+                .and_then(Label::parse)
                 .ok_or_else(|| {
                     bad_args(
-                        "kick needs \"sid\": the session id to end (see the sessions command).",
+                        "kick needs \"label\": the label of the session to end, such as \"v3\" (see the sessions command).",
                     )
                 })?;
             let reason = match args.get("reason") {
@@ -283,10 +291,7 @@ fn parse_command(name: &str, args: &Map<String, Value>) -> Result<Command, Comma
                     ))
                 }
             };
-            Ok(Command::Kick {
-                sid: sid.to_string(),
-                reason,
-            })
+            Ok(Command::Kick { label, reason })
         }
         "set" => parse_set(args).map(Command::Set),
         other => Err(CommandError::new(
@@ -412,9 +417,9 @@ mod tests {
             Command::Stream { on: false }
         );
         assert_eq!(
-            cmd(r#"{"command":"kick","args":{"sid":"abc"}}"#).unwrap(),
+            cmd(r#"{"command":"kick","args":{"label":"v3"}}"#).unwrap(),
             Command::Kick {
-                sid: "abc".into(),
+                label: Label::of(3),
                 reason: "ended by the camera's owner".into()
             }
         );
@@ -453,10 +458,20 @@ mod tests {
             code(r#"{"command":"stream","args":{"on":"maybe"}}"#),
             ErrorCode::BadArgs
         );
-        assert_eq!(
-            code(r#"{"command":"kick","args":{"sid":"a b"}}"#),
-            ErrorCode::BadArgs
-        );
+        // Sessions are kicked by label only: a sid is neither a label nor an argument.
+        for args in [
+            r#"{"sid":"ab12cd34ef56gh78"}"#,
+            r#"{"label":"ab12cd34ef56gh78"}"#,
+            r#"{"label":"v0"}"#,
+            r#"{"label":3}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(
+                code(&format!(r#"{{"command":"kick","args":{args}}}"#)),
+                ErrorCode::BadArgs,
+                "{args}"
+            );
+        }
     }
 
     #[test]
