@@ -237,6 +237,32 @@ pub fn parse_request(payload: &[u8]) -> (Envelope, Result<Command, CommandError>
     (env, parse_command(name, args))
 }
 
+/// Where the reply to an MQTT request goes: the MQTT 5 response topic, else the payload's
+/// `reply_to`, else `default` (`R/command/reply`). A named topic must be `default` or below
+/// it: replies are read by whoever may subscribe there, and a topic anywhere else would let a
+/// requester make rtcam publish onto other viewers' sessions or Home Assistant's topics. A
+/// topic outside is refused with a `bad_request` the caller sends to `default`, and the
+/// command is not run.
+pub fn reply_route<'a>(asked: Option<&'a str>, default: &'a str) -> Result<&'a str, CommandError> {
+    let Some(topic) = asked else {
+        return Ok(default);
+    };
+    let inside = topic
+        .strip_prefix(default)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if inside {
+        Ok(topic)
+    } else {
+        Err(CommandError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "Replies go to {default:?} or a topic below it (\"{default}/<anything>\"), not to {:?}; the command was not run.",
+                topic.chars().take(80).collect::<String>()
+            ),
+        ))
+    }
+}
+
 fn valid_reply_topic(t: &str) -> bool {
     !t.is_empty() && t.len() <= 256 && !t.contains(['+', '#', '\0'])
 }
@@ -431,6 +457,32 @@ mod tests {
         assert_eq!(env.id, Value::String("x7".into()));
         assert_eq!(env.reply_to.as_deref(), Some("me/replies"));
         assert_eq!(r.unwrap_err().code, ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn replies_stay_in_the_reply_subtree() {
+        let default = "rtcam/cam1/command/reply";
+        assert_eq!(reply_route(None, default), Ok(default));
+        for inside in [
+            "rtcam/cam1/command/reply",
+            "rtcam/cam1/command/reply/me",
+            "rtcam/cam1/command/reply/tool/42",
+        ] {
+            assert_eq!(reply_route(Some(inside), default), Ok(inside));
+        }
+        for outside in [
+            "me/replies",
+            "rtcam/cam1/command/replyx",
+            "rtcam/cam1/command/repl",
+            "rtcam/cam1/session/abc/out",
+            "homeassistant/switch/rtcam_cam1/config",
+            "rtcam/cam2/command/reply/me",
+            "",
+        ] {
+            let e = reply_route(Some(outside), default).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{outside}");
+            assert!(e.message.contains(default), "{}", e.message);
+        }
     }
 
     #[test]

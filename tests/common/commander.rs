@@ -33,7 +33,8 @@ pub struct Commander {
 impl Commander {
     pub async fn connect(protocol: Protocol, broker: (&str, u16), root: &str) -> Commander {
         let id = format!("cmd{}", rand::random::<u32>());
-        let my_topic = format!("test/{id}/replies");
+        // Under the reply subtree: rtcam sends replies nowhere else.
+        let my_topic = format!("{root}/command/reply/{id}");
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let filters = [my_topic.clone(), format!("{root}/command/reply")];
         let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
