@@ -16,8 +16,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// A session that has not connected by then is abandoned (a viewer that sent an offer and
-/// vanished, or whose candidates never arrive).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// vanished, or whose candidates never arrive), and its slot freed. Until then it holds one of
+/// `max_sessions`, so replayed offers that never connect would keep real viewers out for this
+/// long. Connecting (ICE, through a TURN relay included, and DTLS) takes well under a second on
+/// a LAN and a few seconds through a lossy path with retransmissions (tests/dtls_loss.rs), so
+/// 10 s leaves room for a slow viewer while an unconnected slot is back within seconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the manager tells a running session.
 #[derive(Debug)]
