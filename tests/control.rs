@@ -106,6 +106,20 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
         "bad_request"
     );
 
+    // A reply topic outside the reply subtree (another viewer's session, say) is not used:
+    // the refusal goes to the default reply topic and the command is not run.
+    let victim = format!("{}/session/somebody/out", rt.root());
+    let req = json!({"id": "elsewhere", "command": "set", "args": {"bitrate_kbps": 500}, "reply_to": victim});
+    c.send_raw(serde_json::to_vec(&req).unwrap(), b"").await;
+    let r = c.wait_reply("elsewhere").await;
+    assert_eq!(
+        r.topic,
+        format!("{}/command/reply", rt.root()),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["error"]["code"], "bad_request", "{}", r.body);
+
     // Nothing changed: the rejected `set`s left the encoder alone.
     let info = rt.app.media().info().borrow().clone();
     assert_eq!(info.bitrate_kbps, 800);
