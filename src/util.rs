@@ -1,6 +1,6 @@
 //! Small helpers shared by the async loops.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sleeps until `deadline`, or forever when there is none; for `select!` branches guarded by a
 /// deadline that comes and goes.
@@ -47,10 +47,55 @@ impl RateLimiter {
     }
 }
 
+/// Lets an event that strangers can repeat at will be logged once per `every`, counting the
+/// repeats in between, so a flood cannot fill the journal. Pure; the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct LogWindow {
+    every: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogWindow {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// The event happened at `now`: `Some(n)` when it is to be logged, `n` being how many
+    /// times it happened unlogged since the last time; `None` when it is not.
+    pub fn happened(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn log_window_logs_once_per_window_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut w = LogWindow::new(Duration::from_secs(60));
+        assert_eq!(w.happened(t0), Some(0));
+        assert_eq!(w.happened(t0 + Duration::from_secs(1)), None);
+        assert_eq!(w.happened(t0 + Duration::from_secs(59)), None);
+        assert_eq!(w.happened(t0 + Duration::from_secs(60)), Some(2));
+        assert_eq!(w.happened(t0 + Duration::from_secs(61)), None);
+        assert_eq!(w.happened(t0 + Duration::from_secs(200)), Some(1));
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {

@@ -257,7 +257,7 @@ async fn acl_keeps_viewers_to_their_own_session_and_commands_to_trusted_users() 
     intruder
         .publish(
             &format!("{root}/command"),
-            json!({"id":"evil2","command":"kick","args":{"sid":viewer.sid}}),
+            json!({"id":"evil2","command":"kick","args":{"label":"v1"}}),
         )
         .await;
 

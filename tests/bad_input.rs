@@ -63,6 +63,16 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     let broken = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
     probe.send(&inp("s2"), offer(broken)).await;
     probe.wait_error(&out("s2"), "bad_sdp").await;
+    // Text that starts like SDP but is not: bad_sdp with the line that is wrong, not a
+    // complaint about codecs.
+    probe
+        .send(&inp("s3"), offer("v=0\r\nthis is not sdp\r\n"))
+        .await;
+    let e = probe.wait_error(&out("s3"), "bad_sdp").await;
+    assert!(
+        e["message"].as_str().unwrap().contains("<letter>=<value>"),
+        "{e}"
+    );
 
     // no_video_codec: video offered, but not H.264, and VP8 switched off.
     let vp8_only = strip_h264(&real_offer_sdp().await);

@@ -78,6 +78,8 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
         ),
         ("stream", json!({"on": "perhaps"}), "bad_args"),
         ("kick", json!({}), "bad_args"),
+        ("kick", json!({"label": "v999"}), "bad_args"),
+        // Sessions are kicked by label; a sid is not an argument.
         ("kick", json!({"sid": "nobody"}), "bad_args"),
         ("controls", json!({}), "unavailable"),
         ("reload", json!({}), "unavailable"),
@@ -103,6 +105,20 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
         c.wait_anonymous_error().await.body["error"]["code"],
         "bad_request"
     );
+
+    // A reply topic outside the reply subtree (another viewer's session, say) is not used:
+    // the refusal goes to the default reply topic and the command is not run.
+    let victim = format!("{}/session/somebody/out", rt.root());
+    let req = json!({"id": "elsewhere", "command": "set", "args": {"bitrate_kbps": 500}, "reply_to": victim});
+    c.send_raw(serde_json::to_vec(&req).unwrap(), b"").await;
+    let r = c.wait_reply("elsewhere").await;
+    assert_eq!(
+        r.topic,
+        format!("{}/command/reply", rt.root()),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["error"]["code"], "bad_request", "{}", r.body);
 
     // Nothing changed: the rejected `set`s left the encoder alone.
     let info = rt.app.media().info().borrow().clone();
@@ -144,7 +160,13 @@ async fn live_changes_reach_a_connected_viewer() {
     let r = c.request("sessions", json!({})).await;
     let list = r.body["result"].as_array().unwrap().clone();
     assert_eq!(list.len(), 1, "{}", r.body);
-    assert_eq!(list[0]["sid"], viewer.sid.as_str());
+    let label = list[0]["label"].as_str().expect("a label").to_string();
+    assert!(label.starts_with('v'), "{}", r.body);
+    assert!(
+        !r.body.to_string().contains(viewer.sid.as_str()),
+        "the sessions reply never names a sid: {}",
+        r.body
+    );
     assert_eq!(list[0]["codec"], "H264");
     assert!(list[0]["frames_sent"].as_u64().unwrap() > 20);
 
@@ -198,7 +220,16 @@ async fn live_changes_reach_a_connected_viewer() {
     let r = c
         .request("kick", json!({"sid": viewer.sid, "reason": "maintenance"}))
         .await;
+    assert_eq!(
+        r.body["error"]["code"], "bad_args",
+        "kick takes no sid: {}",
+        r.body
+    );
+    let r = c
+        .request("kick", json!({"label": label, "reason": "maintenance"}))
+        .await;
     assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(r.body["result"]["label"], label.as_str(), "{}", r.body);
     let deadline = Instant::now() + WITHIN;
     while viewer.has_message("bye").is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -229,7 +260,11 @@ async fn telemetry_and_metrics() {
     assert!(t["bitrate_kbps"].as_f64().unwrap() > 0.0, "{t}");
     assert!(t["rss_bytes"].as_u64().unwrap() > 1_000_000, "{t}");
     assert!(t["uptime_secs"].as_u64().is_some());
-    assert_eq!(t["sessions"][0]["sid"], viewer.sid.as_str());
+    assert!(t["sessions"][0]["label"].as_str().is_some(), "{t}");
+    assert!(
+        !t.to_string().contains(viewer.sid.as_str()),
+        "telemetry never names a sid: {t}"
+    );
     // Per-stage latency: capture → encoded → sent, each a plausible span of milliseconds and
     // the whole no shorter than its first part.
     let lat = &t["latency"];
@@ -254,6 +289,19 @@ async fn telemetry_and_metrics() {
     assert!(
         metrics.contains("rtcam_viewers{device=\"ctl-telemetry\"} 1"),
         "{metrics}"
+    );
+    assert!(
+        !metrics.contains(viewer.sid.as_str()) && !metrics.contains("sid="),
+        "/metrics never names a session: {metrics}"
+    );
+    // Per-session figures are in the sessions command, under labels, without the sid.
+    let c = Commander::connect(Protocol::V311, rt.broker(), &rt.root()).await;
+    let r = c.request("sessions", json!({})).await;
+    assert_eq!(r.body["result"][0]["state"], "connected", "{}", r.body);
+    assert!(
+        !r.body.to_string().contains(viewer.sid.as_str()),
+        "{}",
+        r.body
     );
     let jpeg = http_get_bytes(rt.app.http_addr(), "/snapshot.jpg").await;
     assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
@@ -580,7 +628,10 @@ async fn data_channel_takes_commands_and_pushes_telemetry() {
     let r = viewer
         .channel_request(json!({"id": "b", "command": "sessions"}))
         .await;
-    assert_eq!(r["result"][0]["sid"], viewer.sid.as_str(), "{r}");
+    // Its own session is marked; no sid is shown, its own included.
+    assert_eq!(r["result"][0]["you"], true, "{r}");
+    assert!(r["result"][0]["label"].as_str().is_some(), "{r}");
+    assert!(!r.to_string().contains(viewer.sid.as_str()), "{r}");
     // Read-only by default: a viewer cannot switch the camera off for everyone.
     let r = viewer
         .channel_request(json!({"id": "c", "command": "stream", "args": {"on": false}}))
@@ -605,6 +656,8 @@ async fn data_channel_takes_commands_and_pushes_telemetry() {
             || t["sessions"][0]["frames_sent"].as_u64().unwrap() > 0,
         "{t}"
     );
+    assert_eq!(t["sessions"][0]["you"], true, "{t}");
+    assert!(!t.to_string().contains(viewer.sid.as_str()), "{t}");
     viewer.bye().await;
     rt.app.stop().await;
 }

@@ -99,6 +99,56 @@ async fn viewer_process() {
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
 
+/// Offers nobody follows up (replayed, or from a viewer that vanished) hold a slot only until
+/// the connect timeout, so a handful of them cannot keep real viewers out for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_that_never_connect_free_their_slots_within_seconds() {
+    let timeout = rtcam::session::viewer::CONNECT_TIMEOUT;
+    assert!(timeout <= Duration::from_secs(10), "{timeout:?}");
+    let mut config = test_config("unconnected");
+    config.webrtc.max_sessions = 2;
+    let rt = start(config).await;
+    let root = rt.root();
+    let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;
+    // Offers without candidates from a peer that is already closed: nothing will connect.
+    let offer = offer_payload().await;
+    let sent = Instant::now();
+    for sid in ["ghost1", "ghost2", "ghost3"] {
+        probe
+            .send(&format!("{root}/session/{sid}/in"), offer.clone())
+            .await;
+    }
+    probe
+        .wait_error(&format!("{root}/session/ghost3/out"), "too_many_sessions")
+        .await;
+    assert_eq!(rt.app.viewers(), 2);
+    let bye = probe
+        .wait_json(
+            &format!("{root}/session/ghost1/out"),
+            timeout + WITHIN,
+            |v| v["type"] == "bye",
+        )
+        .await
+        .expect("the unconnected session is ended");
+    assert!(
+        bye["reason"].as_str().unwrap().contains("not established"),
+        "{bye}"
+    );
+    let deadline = Instant::now() + WITHIN;
+    while rt.app.viewers() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rt.app.viewers(), 0, "both slots freed");
+    let freed = sent.elapsed();
+    eprintln!("slots freed {freed:?} after the offers");
+    assert!(freed >= timeout, "not before the timeout: {freed:?}");
+    assert!(freed < timeout + Duration::from_secs(3), "{freed:?}");
+    // A real viewer gets in.
+    let viewer = Viewer::connect(rt.broker(), &root).await;
+    assert!(viewer.wait_frames(10, WITHIN).await.frames >= 10);
+    rt.app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_viewer_is_reaped() {
     let mut config = test_config("vanish");

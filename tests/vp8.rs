@@ -79,16 +79,17 @@ async fn vp8_viewer_beside_h264_with_its_own_keyframes() {
         )
         .await
         .unwrap();
-    let codec_of = |sid: &str| {
+    // Labelled in the order the offers came: the H.264 viewer first.
+    let codec_of = |label: &str| {
         sessions
             .as_array()
             .unwrap()
             .iter()
-            .find(|s| s["sid"] == sid)
+            .find(|s| s["label"] == label)
             .map(|s| s["codec"].clone())
     };
-    assert_eq!(codec_of(&h264.sid), Some("H264".into()), "{sessions}");
-    assert_eq!(codec_of(&vp8.sid), Some("VP8".into()), "{sessions}");
+    assert_eq!(codec_of("v1"), Some("H264".into()), "{sessions}");
+    assert_eq!(codec_of("v2"), Some("VP8".into()), "{sessions}");
     // Each answer names only the codec its viewer gets.
     let answer = |v: &Viewer| {
         v.has_message("answer").unwrap()["sdp"]

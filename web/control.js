@@ -121,10 +121,13 @@ export function resolutionChoices(current) {
   return list.sort((a, b) => pixels(a) - pixels(b));
 }
 
-/** This viewer's entry in a telemetry push, or null. */
-export function sessionOf(telemetry, sid) {
-  if (!telemetry || !Array.isArray(telemetry.sessions) || !sid) return null;
-  return telemetry.sessions.find((s) => s && s.sid === sid) ?? null;
+/**
+ * This viewer's entry in a telemetry push, or null. Sessions are listed by
+ * label, never by sid; the camera marks the channel's own one with `you`.
+ */
+export function sessionOf(telemetry) {
+  if (!telemetry || !Array.isArray(telemetry.sessions)) return null;
+  return telemetry.sessions.find((s) => s && s.you === true) ?? null;
 }
 
 /**
@@ -156,10 +159,10 @@ export function readStats(report) {
 
 /**
  * The overlay's figures from two consecutive stats samples (prev may be
- * null), the latest telemetry push, this viewer's sid and the page's own
- * time-to-first-frame. Unknown figures are null, never guessed.
+ * null), the latest telemetry push (which marks this viewer's session) and
+ * the page's own time-to-first-frame. Unknown figures are null, never guessed.
  */
-export function overlayStats({ sample, prev = null, telemetry = null, sid = null, pageTtffMs = null }) {
+export function overlayStats({ sample, prev = null, telemetry = null, pageTtffMs = null }) {
   const out = {
     width: sample?.frameWidth || null,
     height: sample?.frameHeight || null,
@@ -181,7 +184,7 @@ export function overlayStats({ sample, prev = null, telemetry = null, sid = null
   if (dt > 0 && sample.bytesReceived !== null && prev.bytesReceived !== null) {
     out.bitrateKbps = Math.max(0, ((sample.bytesReceived - prev.bytesReceived) * 8) / 1000 / dt);
   }
-  const mine = sessionOf(telemetry, sid);
+  const mine = sessionOf(telemetry);
   // The camera measures RTT from RTCP on the media itself; the browser's
   // candidate-pair figure only covers connectivity checks, so it is the fallback.
   if (typeof mine?.rtt_ms === 'number') {

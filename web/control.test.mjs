@@ -130,7 +130,7 @@ test('overlayStats computes bitrate from byte deltas and prefers the camera RTT'
     framesPerSecond: null,
     rttSeconds: 0.002,
   };
-  const browserOnly = overlayStats({ sample, prev, sid: 'me' });
+  const browserOnly = overlayStats({ sample, prev });
   assert.equal(browserOnly.bitrateKbps, 1000);
   assert.equal(browserOnly.fps, 30, 'falls back to decoded-frame deltas');
   assert.equal(browserOnly.rttMs, 2);
@@ -139,19 +139,19 @@ test('overlayStats computes bitrate from byte deltas and prefers the camera RTT'
 
   const telemetry = {
     sessions: [
-      { sid: 'other', rtt_ms: 99, time_to_first_frame_ms: 1 },
-      { sid: 'me', rtt_ms: 7.5, time_to_first_frame_ms: 420 },
+      { label: 'v1', rtt_ms: 99, time_to_first_frame_ms: 1 },
+      { label: 'v2', you: true, rtt_ms: 7.5, time_to_first_frame_ms: 420 },
     ],
   };
-  const both = overlayStats({ sample: { ...sample, framesPerSecond: 29 }, prev, telemetry, sid: 'me', pageTtffMs: 610 });
+  const both = overlayStats({ sample: { ...sample, framesPerSecond: 29 }, prev, telemetry, pageTtffMs: 610 });
   assert.equal(both.fps, 29);
   assert.equal(both.rttMs, 7.5);
   assert.equal(both.rttSource, 'camera');
   assert.equal(both.ttffMs, 610, "the page's own measurement is what the person waited");
   assert.equal(both.cameraTtffMs, 420);
-  assert.equal(overlayStats({ sample, telemetry, sid: 'me' }).ttffMs, 420);
-  assert.equal(sessionOf(telemetry, 'nobody'), null);
-  assert.equal(sessionOf(null, 'me'), null);
+  assert.equal(overlayStats({ sample, telemetry }).ttffMs, 420);
+  assert.equal(sessionOf({ sessions: [{ label: 'v1', rtt_ms: 99 }] }), null, 'no entry marked as this viewer');
+  assert.equal(sessionOf(null), null);
 });
 
 test('overlayStats without a previous sample leaves rates unknown', () => {

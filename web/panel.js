@@ -381,7 +381,6 @@ export function createPanel({ settings, rtcam, log, setFact }) {
       sample,
       prev: s.prevSample,
       telemetry: s.telemetry,
-      sid: s.sid,
       pageTtffMs: s.firstFrameAt === null ? null : s.firstFrameAt - s.offerAt,
     });
     s.prevSample = sample;

@@ -9,12 +9,16 @@ use crate::media::v4l2::controls::ControlError;
 use crate::media::{Media, MediaError};
 use crate::session::Sessions;
 use crate::signalling::protocol::{Status, Topics};
-use crate::util::RateLimiter;
+use crate::util::{LogWindow, RateLimiter};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// How often a refused reply topic is logged at most: anyone who may publish commands can
+/// repeat it as fast as the broker lets them.
+const REFUSED_REPLY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Who sent a command; decides what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,8 @@ struct Inner {
     /// Shared by every MQTT requester: the broker does not tell rtcam who is who.
     mqtt_rate: Mutex<RateLimiter>,
     commands_per_second: u32,
+    /// Limits the log lines about reply topics outside the reply subtree.
+    refused_reply_log: Mutex<LogWindow>,
 }
 
 impl Controller {
@@ -72,6 +78,7 @@ impl Controller {
                     config.control.commands_per_second * 2,
                 )),
                 commands_per_second: config.control.commands_per_second,
+                refused_reply_log: Mutex::new(LogWindow::new(REFUSED_REPLY_LOG_EVERY)),
                 config: Mutex::new(config),
                 origin,
             }),
@@ -113,23 +120,41 @@ impl Controller {
             .lock()
             .expect("rate lock is never poisoned: no panics while held")
             .try_take(Instant::now());
-        let result = match command {
-            Ok(_) if !allowed => Err(self.rate_limited()),
-            Ok(cmd) => self.execute(cmd, Requester::Mqtt).await,
-            Err(e) => Err(e),
+        // MQTT 5 response topic first, then the payload's reply_to, then the default topic;
+        // only within the reply subtree.
+        let default = self.inner.topics.command_reply();
+        let asked = request
+            .response_topic
+            .as_deref()
+            .or(env.reply_to.as_deref());
+        let route = super::reply_route(asked, &default).map(str::to_string);
+        if route.is_err() {
+            let now = Instant::now();
+            let log = self
+                .inner
+                .refused_reply_log
+                .lock()
+                .expect("log window lock is never poisoned: no panics while held")
+                .happened(now);
+            if let Some(unlogged) = log {
+                tracing::warn!(
+                    "refused a command whose reply topic is outside {default} ({unlogged} more refused unlogged since the last warning)"
+                );
+            }
+        }
+        let result = match (&route, command) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Ok(_)) if !allowed => Err(self.rate_limited()),
+            (Ok(_), Ok(cmd)) => self.execute(cmd, Requester::Mqtt).await,
+            (Ok(_), Err(e)) => Err(e),
         };
-        if let Err(e) = &result {
+        if let (Ok(_), Err(e)) = (&route, &result) {
             tracing::info!("command refused: {}", e.message);
         }
-        // MQTT 5 response topic first, then the payload's reply_to, then the default topic.
-        let (topic, correlation_data) = match request.response_topic {
-            Some(t) => (t, request.correlation_data),
-            None => (
-                env.reply_to
-                    .unwrap_or_else(|| self.inner.topics.command_reply()),
-                None,
-            ),
-        };
+        let topic = route.unwrap_or(default);
+        // Echoed whenever the request had it, so an MQTT 5 requester can match even a refusal
+        // that went to the default topic.
+        let correlation_data = request.correlation_data;
         tracing::debug!(id = %env.id, %topic, "command reply");
         let publication = Publication {
             topic,
@@ -186,13 +211,13 @@ impl Controller {
                 Ok(json!({"requested": true}))
             }
             Command::Sessions => Ok(json!(inner.sessions.list().await)),
-            Command::Kick { sid, reason } => {
-                if inner.sessions.kick(&sid, &reason).await {
-                    Ok(json!({"sid": sid, "ended": true}))
+            Command::Kick { label, reason } => {
+                if inner.sessions.kick(label, &reason).await {
+                    Ok(json!({"label": label, "ended": true}))
                 } else {
                     Err(CommandError::new(
                         ErrorCode::BadArgs,
-                        format!("There is no session {sid:?}."),
+                        format!("There is no session {label}; the sessions command lists them."),
                     ))
                 }
             }

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod ha;
 pub mod telemetry;
 
+use crate::session::table::Label;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -106,10 +107,17 @@ pub enum Command {
     Snapshot,
     Set(SetArgs),
     Controls,
-    Stream { on: bool },
+    Stream {
+        on: bool,
+    },
     Keyframe,
     Sessions,
-    Kick { sid: String, reason: String },
+    /// Ends a session, named by its label (a sid is never accepted: whoever knows one is that
+    /// viewer, and no one else is told it).
+    Kick {
+        label: Label,
+        reason: String,
+    },
     Restart,
     Reload,
 }
@@ -229,6 +237,32 @@ pub fn parse_request(payload: &[u8]) -> (Envelope, Result<Command, CommandError>
     (env, parse_command(name, args))
 }
 
+/// Where the reply to an MQTT request goes: the MQTT 5 response topic, else the payload's
+/// `reply_to`, else `default` (`R/command/reply`). A named topic must be `default` or below
+/// it: replies are read by whoever may subscribe there, and a topic anywhere else would let a
+/// requester make rtcam publish onto other viewers' sessions or Home Assistant's topics. A
+/// topic outside is refused with a `bad_request` the caller sends to `default`, and the
+/// command is not run.
+pub fn reply_route<'a>(asked: Option<&'a str>, default: &'a str) -> Result<&'a str, CommandError> {
+    let Some(topic) = asked else {
+        return Ok(default);
+    };
+    let inside = topic
+        .strip_prefix(default)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if inside {
+        Ok(topic)
+    } else {
+        Err(CommandError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "Replies go to {default:?} or a topic below it (\"{default}/<anything>\"), not to {:?}; the command was not run.",
+                topic.chars().take(80).collect::<String>()
+            ),
+        ))
+    }
+}
+
 fn valid_reply_topic(t: &str) -> bool {
     !t.is_empty() && t.len() <= 256 && !t.contains(['+', '#', '\0'])
 }
@@ -264,14 +298,14 @@ fn parse_command(name: &str, args: &Map<String, Value>) -> Result<Command, Comma
             Ok(Command::Stream { on })
         }
         "kick" => {
-            only_keys(name, args, &["sid", "reason"])?;
-            let sid = args
-                .get("sid")
+            only_keys(name, args, &["label", "reason"])?;
+            let label = args
+                .get("label")
                 .and_then(Value::as_str)
-                .filter(|s| crate::signalling::protocol::is_valid_sid(s))
+                .and_then(Label::parse)
                 .ok_or_else(|| {
                     bad_args(
-                        "kick needs \"sid\": the session id to end (see the sessions command).",
+                        "kick needs \"label\": the label of the session to end, such as \"v3\" (see the sessions command).",
                     )
                 })?;
             let reason = match args.get("reason") {
@@ -283,10 +317,7 @@ fn parse_command(name: &str, args: &Map<String, Value>) -> Result<Command, Comma
                     ))
                 }
             };
-            Ok(Command::Kick {
-                sid: sid.to_string(),
-                reason,
-            })
+            Ok(Command::Kick { label, reason })
         }
         "set" => parse_set(args).map(Command::Set),
         other => Err(CommandError::new(
@@ -412,9 +443,9 @@ mod tests {
             Command::Stream { on: false }
         );
         assert_eq!(
-            cmd(r#"{"command":"kick","args":{"sid":"abc"}}"#).unwrap(),
+            cmd(r#"{"command":"kick","args":{"label":"v3"}}"#).unwrap(),
             Command::Kick {
-                sid: "abc".into(),
+                label: Label::of(3),
                 reason: "ended by the camera's owner".into()
             }
         );
@@ -426,6 +457,32 @@ mod tests {
         assert_eq!(env.id, Value::String("x7".into()));
         assert_eq!(env.reply_to.as_deref(), Some("me/replies"));
         assert_eq!(r.unwrap_err().code, ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn replies_stay_in_the_reply_subtree() {
+        let default = "rtcam/cam1/command/reply";
+        assert_eq!(reply_route(None, default), Ok(default));
+        for inside in [
+            "rtcam/cam1/command/reply",
+            "rtcam/cam1/command/reply/me",
+            "rtcam/cam1/command/reply/tool/42",
+        ] {
+            assert_eq!(reply_route(Some(inside), default), Ok(inside));
+        }
+        for outside in [
+            "me/replies",
+            "rtcam/cam1/command/replyx",
+            "rtcam/cam1/command/repl",
+            "rtcam/cam1/session/abc/out",
+            "homeassistant/switch/rtcam_cam1/config",
+            "rtcam/cam2/command/reply/me",
+            "",
+        ] {
+            let e = reply_route(Some(outside), default).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{outside}");
+            assert!(e.message.contains(default), "{}", e.message);
+        }
     }
 
     #[test]
@@ -453,10 +510,20 @@ mod tests {
             code(r#"{"command":"stream","args":{"on":"maybe"}}"#),
             ErrorCode::BadArgs
         );
-        assert_eq!(
-            code(r#"{"command":"kick","args":{"sid":"a b"}}"#),
-            ErrorCode::BadArgs
-        );
+        // Sessions are kicked by label only: a sid is neither a label nor an argument.
+        for args in [
+            r#"{"sid":"ab12cd34ef56gh78"}"#,
+            r#"{"label":"ab12cd34ef56gh78"}"#,
+            r#"{"label":"v0"}"#,
+            r#"{"label":3}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(
+                code(&format!(r#"{{"command":"kick","args":{args}}}"#)),
+                ErrorCode::BadArgs,
+                "{args}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use super::Publication;
 use crate::media::latency::{LatencySummary, StageSummary};
 use crate::media::Media;
+use crate::session::table::Label;
 use crate::session::{SessionInfo, Sessions};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -68,7 +69,7 @@ struct Sample {
     frames: u64,
     bytes: u64,
     cpu_ticks: u64,
-    sent: HashMap<String, u64>,
+    sent: HashMap<Label, u64>,
 }
 
 impl Sampler {
@@ -88,10 +89,7 @@ impl Sampler {
         let bytes = stats.bytes.load(Ordering::Relaxed);
         let cpu_ticks = process_cpu_ticks().unwrap_or(0);
         let sessions = self.sessions.list().await;
-        let sent: HashMap<String, u64> = sessions
-            .iter()
-            .map(|s| (s.sid.clone(), s.frames_sent))
-            .collect();
+        let sent: HashMap<Label, u64> = sessions.iter().map(|s| (s.label, s.frames_sent)).collect();
         let mut t = Telemetry {
             uptime_secs: self.started.elapsed().as_secs(),
             frames_total: frames,
@@ -125,7 +123,11 @@ impl Sampler {
                 round1((cpu_ticks.saturating_sub(last.cpu_ticks)) as f64 / 100.0 / secs * 100.0);
             let per_viewer: Vec<f64> = sent
                 .iter()
-                .filter_map(|(sid, n)| last.sent.get(sid).map(|before| (n - before) as f64 / secs))
+                .filter_map(|(label, n)| {
+                    last.sent
+                        .get(label)
+                        .map(|before| (n - before) as f64 / secs)
+                })
                 .collect();
             if !per_viewer.is_empty() {
                 t.fps_out = round1(per_viewer.iter().sum::<f64>() / per_viewer.len() as f64);
@@ -298,43 +300,50 @@ pub fn prometheus(t: &Telemetry, device: &str) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# HELP rtcam_session_rtt_ms Round-trip time to each viewer.\n# TYPE rtcam_session_rtt_ms gauge");
-    for s in &t.sessions {
-        if let Some(rtt) = s.rtt_ms {
-            let _ = writeln!(
-                out,
-                "rtcam_session_rtt_ms{{device=\"{device}\",sid=\"{}\"}} {rtt}",
-                s.sid
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP rtcam_session_estimate_kbps What bitrate adaptation estimates each viewer can take.\n# TYPE rtcam_session_estimate_kbps gauge");
-    for s in &t.sessions {
-        if let Some(kbps) = s.estimate_kbps {
-            let _ = writeln!(
-                out,
-                "rtcam_session_estimate_kbps{{device=\"{device}\",sid=\"{}\"}} {kbps}",
-                s.sid
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP rtcam_session_nacked_packets_total Packets each viewer asked to be resent.\n# TYPE rtcam_session_nacked_packets_total counter");
-    for s in &t.sessions {
-        let _ = writeln!(
-            out,
-            "rtcam_session_nacked_packets_total{{device=\"{device}\",sid=\"{}\"}} {}",
-            s.sid, s.nacked_packets
-        );
-    }
-    let _ = writeln!(out, "# HELP rtcam_session_retransmitted_packets_total Packets resent to each viewer for its NACKs.\n# TYPE rtcam_session_retransmitted_packets_total counter");
-    for s in &t.sessions {
-        let _ = writeln!(
-            out,
-            "rtcam_session_retransmitted_packets_total{{device=\"{device}\",sid=\"{}\"}} {}",
-            s.sid, s.retransmitted_packets
-        );
-    }
+    viewer_aggregates(&mut out, &t.sessions, device);
     out
+}
+
+/// Per-viewer figures folded over the viewers connected now. Prometheus gets no per-session
+/// series: a label per session would grow its series without bound as viewers come and go,
+/// and would name sessions to whoever reads `/metrics`. The `sessions` command has each
+/// session's figures under its label.
+fn viewer_aggregates(out: &mut String, sessions: &[SessionInfo], device: &str) {
+    let mut metric = |name: &str, help: &str, value: Option<f64>| {
+        let _ = writeln!(out, "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} gauge");
+        if let Some(v) = value {
+            let _ = writeln!(out, "rtcam_{name}{{device=\"{device}\"}} {v}");
+        }
+    };
+    metric(
+        "viewers_rtt_ms_max",
+        "Highest round-trip time among connected viewers.",
+        sessions.iter().filter_map(|s| s.rtt_ms).reduce(f64::max),
+    );
+    metric(
+        "viewers_estimate_kbps_min",
+        "Lowest of bitrate adaptation's estimates of what each viewer can take.",
+        sessions
+            .iter()
+            .filter_map(|s| s.estimate_kbps)
+            .min()
+            .map(|k| k as f64),
+    );
+    metric(
+        "viewers_paced",
+        "Viewers held below the encoder's rate (keyframe-skipping).",
+        Some(sessions.iter().filter(|s| s.paced).count() as f64),
+    );
+    metric(
+        "viewers_nacked_packets",
+        "Packets the connected viewers asked to be resent, summed over their sessions so far.",
+        Some(sessions.iter().map(|s| s.nacked_packets).sum::<u64>() as f64),
+    );
+    metric(
+        "viewers_retransmitted_packets",
+        "Packets resent to the connected viewers for their NACKs, summed over their sessions so far.",
+        Some(sessions.iter().map(|s| s.retransmitted_packets).sum::<u64>() as f64),
+    );
 }
 
 fn process_cpu_ticks() -> Option<u64> {
@@ -414,6 +423,59 @@ mod tests {
             !text.contains("stage=\"encoded_to_sent\""),
             "no sample, no line"
         );
+    }
+
+    fn session(generation: u64, rtt_ms: Option<f64>, estimate_kbps: Option<u64>) -> SessionInfo {
+        SessionInfo {
+            label: Label::of(generation),
+            state: "connected",
+            duration_secs: 5,
+            codec: "H264",
+            bitrate_kbps: 900,
+            frames_sent: 150,
+            frames_skipped: 1,
+            keyframe_requests: 0,
+            rtt_ms,
+            time_to_first_frame_ms: Some(200),
+            estimate_kbps,
+            loss_percent: None,
+            nacked_packets: 4,
+            retransmitted_packets: 3,
+            paced: generation == 2,
+        }
+    }
+
+    #[test]
+    fn prometheus_folds_viewers_and_names_no_session() {
+        let t = Telemetry {
+            viewers: 2,
+            sessions: vec![
+                session(1, Some(2.5), Some(1800)),
+                session(2, Some(40.0), Some(600)),
+            ],
+            ..Default::default()
+        };
+        let text = prometheus(&t, "cam1");
+        assert!(
+            text.contains("rtcam_viewers_rtt_ms_max{device=\"cam1\"} 40\n"),
+            "{text}"
+        );
+        assert!(text.contains("rtcam_viewers_estimate_kbps_min{device=\"cam1\"} 600\n"));
+        assert!(text.contains("rtcam_viewers_paced{device=\"cam1\"} 1\n"));
+        assert!(text.contains("rtcam_viewers_nacked_packets{device=\"cam1\"} 8\n"));
+        assert!(text.contains("rtcam_viewers_retransmitted_packets{device=\"cam1\"} 6\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !line.contains("sid=") && !line.contains("label=") && !line.contains("\"v1\""),
+                "no per-session series: {line}"
+            );
+        }
+        let none = prometheus(&Telemetry::default(), "cam1");
+        assert!(
+            !none.contains("rtcam_viewers_rtt_ms_max{"),
+            "no viewer, no RTT sample"
+        );
+        assert!(none.contains("rtcam_viewers_paced{device=\"cam1\"} 0\n"));
     }
 
     #[test]

@@ -178,20 +178,20 @@ pub struct TalkFloor {
 }
 
 impl TalkFloor {
-    /// Whether `sid`'s packet arriving `now` may be played.
-    pub fn may_talk(&mut self, sid: &str, now: Instant) -> bool {
+    /// Whether `session`'s packet arriving `now` may be played.
+    pub fn may_talk(&mut self, session: &str, now: Instant) -> bool {
         match &self.holder {
-            Some((who, last)) if who != sid && now.duration_since(*last) < TALK_IDLE => false,
+            Some((who, last)) if who != session && now.duration_since(*last) < TALK_IDLE => false,
             _ => {
-                self.holder = Some((sid.to_string(), now));
+                self.holder = Some((session.to_string(), now));
                 true
             }
         }
     }
 
-    /// `sid` stopped sending (its track or session ended): the speaker is free at once.
-    pub fn release(&mut self, sid: &str) -> bool {
-        if self.holder.as_ref().is_some_and(|(who, _)| who == sid) {
+    /// `session` stopped sending (its track or session ended): the speaker is free at once.
+    pub fn release(&mut self, session: &str) -> bool {
+        if self.holder.as_ref().is_some_and(|(who, _)| who == session) {
             self.holder = None;
             return true;
         }
@@ -222,27 +222,27 @@ impl Talkback {
         }
     }
 
-    /// Plays one Opus packet from `sid` if it holds (or may take) the speaker. The player is
-    /// built on the first packet; a failure to build it is logged once per talker and the
-    /// sound dropped (the viewer's video is not affected).
-    pub fn play(&self, sid: &str, opus: Bytes) {
+    /// Plays one Opus packet from `session` (its label, not its sid: this logs it) if it holds
+    /// (or may take) the speaker. The player is built on the first packet; a failure to build
+    /// it is logged once per talker and the sound dropped (the viewer's video is not affected).
+    pub fn play(&self, session: &str, opus: Bytes) {
         // The lock is held only to hand a buffer to appsrc, which queues it: no waiting inside.
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if !state.floor.may_talk(sid, Instant::now()) {
+        if !state.floor.may_talk(session, Instant::now()) {
             return;
         }
-        if state.player.as_ref().is_some_and(|p| p.talker != sid) {
+        if state.player.as_ref().is_some_and(|p| p.talker != session) {
             // The speaker changed hands: a fresh decoder, not one primed with another voice.
             state.player = None;
         }
         if state.player.is_none() {
-            match Player::start(&self.sink, sid, self.stats.clone()) {
+            match Player::start(&self.sink, session, self.stats.clone()) {
                 Ok(p) => {
-                    tracing::info!(sid, "talkback: playing this viewer's microphone");
+                    tracing::info!(session, "talkback: playing this viewer's microphone");
                     state.player = Some(p);
                 }
                 Err(e) => {
-                    tracing::warn!(sid, "talkback cannot play: {e}");
+                    tracing::warn!(session, "talkback cannot play: {e}");
                     // Keep the floor so the error is not repeated for every packet.
                     return;
                 }
@@ -253,11 +253,11 @@ impl Talkback {
         }
     }
 
-    /// `sid`'s microphone track ended: frees the speaker and stops playing if it was talking.
-    pub fn release(&self, sid: &str) {
+    /// `session`'s microphone track ended: frees the speaker and stops playing if it was talking.
+    pub fn release(&self, session: &str) {
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if state.floor.release(sid) && state.player.take().is_some() {
-            tracing::info!(sid, "talkback: viewer stopped talking");
+        if state.floor.release(session) && state.player.take().is_some() {
+            tracing::info!(session, "talkback: viewer stopped talking");
         }
     }
 }

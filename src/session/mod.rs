@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use table::{Action, Generation, SessionTable};
+use table::{Action, Generation, Label, SessionTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -127,10 +127,11 @@ impl SessionStats {
     }
 }
 
-/// One session as the `sessions` command and telemetry report it.
+/// One session as the `sessions` command and telemetry report it. Named by its label, never
+/// its sid: every viewer may read this (docs/signalling.md).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionInfo {
-    pub sid: String,
+    pub label: Label,
     pub state: &'static str,
     pub duration_secs: u64,
     pub codec: &'static str,
@@ -153,10 +154,10 @@ pub struct SessionInfo {
     pub paced: bool,
 }
 
-fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
+fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
     let nonzero = |v: u64| (v > 0).then_some(v);
     SessionInfo {
-        sid: sid.to_string(),
+        label,
         state: if s.connected.load(Ordering::Relaxed) {
             "connected"
         } else {
@@ -186,7 +187,7 @@ fn info_of(sid: &str, s: &SessionStats) -> SessionInfo {
 pub enum ManagerRequest {
     List(oneshot::Sender<Vec<SessionInfo>>),
     Kick {
-        sid: String,
+        label: Label,
         reason: String,
         reply: oneshot::Sender<bool>,
     },
@@ -211,11 +212,12 @@ impl Sessions {
         rx.await.unwrap_or_default()
     }
 
-    /// Ends a session, telling its viewer `reason`. False if there is no such session.
-    pub async fn kick(&self, sid: &str, reason: &str) -> bool {
+    /// Ends the session labelled `label`, telling its viewer `reason`. False if there is no
+    /// such session.
+    pub async fn kick(&self, label: Label, reason: &str) -> bool {
         let (reply, rx) = oneshot::channel();
         let req = ManagerRequest::Kick {
-            sid: sid.to_string(),
+            label,
             reason: reason.to_string(),
             reply,
         };
@@ -282,13 +284,17 @@ impl SessionManager {
                 // Cancel-safe: mpsc recv.
                 Some(request) = self.requests.recv() => match request {
                     ManagerRequest::List(reply) => {
-                        let mut list: Vec<SessionInfo> = running.iter().map(|(sid, r)| info_of(sid, &r.stats)).collect();
-                        list.sort_by(|a, b| a.sid.cmp(&b.sid));
+                        let mut list: Vec<SessionInfo> = running.values().map(|r| info_of(Label::of(r.generation), &r.stats)).collect();
+                        list.sort_by_key(|s| s.label);
                         let _ = reply.send(list);
                     }
-                    ManagerRequest::Kick { sid, reason, reply } => {
-                        let found = match running.remove(&sid) {
-                            Some(r) => {
+                    ManagerRequest::Kick { label, reason, reply } => {
+                        let sid = running
+                            .iter()
+                            .find(|(_, r)| r.generation == label.generation())
+                            .map(|(sid, _)| sid.clone());
+                        let found = match sid.and_then(|sid| running.remove_entry(&sid)) {
+                            Some((sid, r)) => {
                                 self.table.on_ended(&sid, r.generation);
                                 let _ = r.input.send(SessionInput::End { reason, tell_viewer: true });
                                 true
@@ -325,7 +331,7 @@ impl SessionManager {
                                 if let Some(a) = &self.adaptation {
                                     a.lock()
                                         .unwrap_or_else(|e| e.into_inner())
-                                        .leave(&viewer::adapt_key(&sid, generation));
+                                        .leave(&Label::of(generation).to_string());
                                 }
                                 self.table.on_ended(&sid, generation);
                                 running.remove(&sid);
@@ -451,7 +457,12 @@ impl SessionManager {
                 sdp,
                 codec,
             } => {
-                tracing::info!(%sid, "new session");
+                let label = Label::of(generation);
+                // Info level and above name a session by its label only; the sid, which lets
+                // a client act as this viewer, appears at debug level, for tracing one
+                // viewer's messages on a board one controls.
+                tracing::info!(session = %label, codec = codec.as_str(), "new session");
+                tracing::debug!(session = %label, %sid, "session id");
                 let (input_tx, input_rx) = mpsc::unbounded_channel();
                 let stats = Arc::new(SessionStats::new(codec));
                 running.insert(
@@ -464,6 +475,7 @@ impl SessionManager {
                 );
                 let viewer = Viewer {
                     sid: sid.to_string(),
+                    label,
                     generation,
                     offer_sdp: sdp,
                     codec,

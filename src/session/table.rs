@@ -14,6 +14,49 @@ use std::time::Instant;
 /// remove the one that replaced it under the same sid.
 pub type Generation = u64;
 
+/// A session's name wherever more than its own viewer may read it: the `sessions` command,
+/// telemetry, logs at info level and above, `kick`. It is `v` and the session's generation
+/// (`v1`, `v2`, … in the order sessions start, never reused while rtcam runs). The sid cannot
+/// serve there: it is the secret a client presents (as its MQTT client id) to act as that
+/// viewer, while a label grants nothing to whoever reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label(Generation);
+
+impl Label {
+    pub fn of(generation: Generation) -> Self {
+        Self(generation)
+    }
+
+    pub fn generation(self) -> Generation {
+        self.0
+    }
+
+    /// `v` and a generation without leading zeros, as [`Display`](std::fmt::Display) writes
+    /// it; anything else (a sid included) is not a label.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix('v')?;
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        digits.parse().ok().map(Self)
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+impl serde::Serialize for Label {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send this to the viewer.
@@ -526,6 +569,35 @@ mod tests {
         assert_eq!(
             code(&t.on_message("d", ask(), t0 + std::time::Duration::from_secs(9))),
             Some(ErrorCode::Internal)
+        );
+    }
+
+    #[test]
+    fn labels_are_the_generation_and_nothing_else_parses() {
+        assert_eq!(Label::of(7).to_string(), "v7");
+        assert_eq!(Label::parse("v7"), Some(Label::of(7)));
+        assert_eq!(
+            Label::parse("v18446744073709551615"),
+            Some(Label::of(u64::MAX))
+        );
+        for not_a_label in [
+            "",
+            "v",
+            "v0",
+            "v07",
+            "7",
+            "V7",
+            "v7 ",
+            "v-1",
+            "v1a",
+            "ab12cd34ef56gh78",
+            "v18446744073709551616",
+        ] {
+            assert_eq!(Label::parse(not_a_label), None, "{not_a_label:?}");
+        }
+        assert_eq!(
+            serde_json::to_value(Label::of(3)).unwrap(),
+            serde_json::json!("v3")
         );
     }
 

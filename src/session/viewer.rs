@@ -3,7 +3,7 @@
 
 use super::adapt::{Adaptation, ByteBudget, Report};
 use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerState};
-use super::table::Generation;
+use super::table::{Generation, Label};
 use crate::media::audio::AudioPacket;
 use crate::media::latency::StageLatency;
 use crate::media::{EncodedFrame, Media, VideoCodec};
@@ -16,8 +16,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// A session that has not connected by then is abandoned (a viewer that sent an offer and
-/// vanished, or whose candidates never arrive).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// vanished, or whose candidates never arrive), and its slot freed. Until then it holds one of
+/// `max_sessions`, so replayed offers that never connect would keep real viewers out for this
+/// long. Connecting (ICE, through a TURN relay included, and DTLS) takes well under a second on
+/// a LAN and a few seconds through a lossy path with retransmissions (tests/dtls_loss.rs), so
+/// 10 s leaves room for a slow viewer while an unconnected slot is back within seconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the manager tells a running session.
 #[derive(Debug)]
@@ -26,8 +30,14 @@ pub enum SessionInput {
     End { reason: String, tell_viewer: bool },
 }
 
+/// A session's logs at info level and above name it by `label`; those at debug level and
+/// below may carry `sid` too, to follow one viewer's messages on a board one controls.
 pub struct Viewer {
+    /// The secret the viewer's topics and MQTT client id are made of: used to address it, shown
+    /// to nobody else.
     pub sid: String,
+    /// The session's public name (see [`Label`]).
+    pub label: Label,
     pub generation: Generation,
     pub offer_sdp: String,
     /// What the viewer receives, decided from its offer: frames and keyframe requests go to
@@ -76,8 +86,8 @@ impl Viewer {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
                 let (reason, tell_viewer) = self.drive(peer, events, started).await;
-                self.with_adaptation(|a| a.leave(&adapt_key(&self.sid, self.generation)));
-                tracing::info!(sid = %self.sid, "session ended: {reason}");
+                self.with_adaptation(|a| a.leave(&self.label.to_string()));
+                tracing::info!(session = %self.label, "session ended: {reason}");
                 if tell_viewer {
                     self.send(Outbound::Bye { reason }).await;
                 }
@@ -87,7 +97,7 @@ impl Viewer {
                     PeerError::Offer(_) => ErrorCode::BadSdp,
                     _ => ErrorCode::Internal,
                 };
-                tracing::info!(sid = %self.sid, "cannot answer offer: {e}");
+                tracing::info!(session = %self.label, "cannot answer offer: {e}");
                 let msg = match code {
                     ErrorCode::BadSdp => format!("The offer cannot be used: {e}."),
                     _ => format!("The camera could not set up the connection: {e}."),
@@ -127,7 +137,7 @@ impl Viewer {
                 losses: feedback.losses,
                 remb_kbps: feedback.remb_kbps,
             };
-            let key = adapt_key(&self.sid, self.generation);
+            let key = self.label.to_string();
             a.report(&key, report, now);
             (
                 a.encoder_change(now),
@@ -136,7 +146,7 @@ impl Viewer {
             )
         })?;
         if let Some(kbps) = change {
-            tracing::info!(sid = %self.sid, "bitrate adaptation: encoder to {kbps} kbit/s");
+            tracing::info!(session = %self.label, "bitrate adaptation: encoder to {kbps} kbit/s");
             self.media.set_bitrate(kbps);
         }
         if let Some(e) = estimate {
@@ -236,9 +246,9 @@ impl Viewer {
                         deadline = None;
                         self.stats.connected.store(true, Ordering::Relaxed);
                         if !secure {
-                            tracing::info!(sid = %self.sid, codec = self.codec.as_str(), "viewer connected after {} ms", started.elapsed().as_millis());
+                            tracing::info!(session = %self.label, codec = self.codec.as_str(), "viewer connected after {} ms", started.elapsed().as_millis());
                             secure = true;
-                            self.with_adaptation(|a| a.join(&adapt_key(&self.sid, self.generation), Instant::now()));
+                            self.with_adaptation(|a| a.join(&self.label.to_string(), Instant::now()));
                         }
                         if frames.is_none() {
                             frames = Some(self.media.subscribe_codec(self.codec));
@@ -260,12 +270,13 @@ impl Viewer {
                     PeerEvent::State(PeerState::Connecting) => {}
                     PeerEvent::Microphone(mut mic) => {
                         if let (Some(talkback), None) = (self.media.talkback().cloned(), &microphone_task) {
-                            let sid = self.sid.clone();
+                            // The speaker's holder is named by the label: talkback logs it.
+                            let talker = self.label.to_string();
                             microphone_task = Some(tokio::spawn(async move {
                                 // Frees the speaker however the task ends, aborted included.
-                                let _release = Release(talkback.clone(), sid.clone());
+                                let _release = Release(talkback.clone(), talker.clone());
                                 while let Some(opus) = mic.next().await {
-                                    talkback.play(&sid, opus);
+                                    talkback.play(&talker, opus);
                                 }
                             }));
                         }
@@ -278,7 +289,7 @@ impl Viewer {
                             channel,
                             self.controller.clone(),
                             self.requester,
-                            self.sid.clone(),
+                            self.label,
                         )));
                     }
                 },
@@ -348,7 +359,7 @@ impl Viewer {
                     }
                     let paced = self.adapt(&peer);
                     if paced.is_some() && budget_kbps.is_none() {
-                        tracing::info!(sid = %self.sid, "viewer below the encoder's rate: pacing it at {} kbit/s", paced.unwrap_or(0));
+                        tracing::info!(session = %self.label, "viewer below the encoder's rate: pacing it at {} kbit/s", paced.unwrap_or(0));
                         budget = ByteBudget::new(Instant::now());
                     }
                     budget_kbps = paced;
@@ -403,7 +414,7 @@ impl Viewer {
                 if sent == 0 {
                     let ms = started.elapsed().as_millis().max(1) as u64;
                     self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
-                    tracing::info!(sid = %self.sid, "first frame sent {ms} ms after the offer");
+                    tracing::info!(session = %self.label, "first frame sent {ms} ms after the offer");
                 }
             }
             Err(e) if !*write_failed => {
@@ -431,13 +442,6 @@ async fn recv_audio(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// A session's name in bitrate adaptation: its sid and generation, because a viewer's new
-/// offer replaces its session under the same sid, and the old session leaving must not remove
-/// the new one.
-pub fn adapt_key(sid: &str, generation: Generation) -> String {
-    format!("{sid}#{generation}")
 }
 
 async fn recv_frame(

@@ -245,7 +245,8 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             Some(out) = link.outgoing.recv() => {
                 let topic = link.topics.session_out(&out.sid);
                 if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json()) {
-                    tracing::warn!(sid = %out.sid, "dropping signalling message, MQTT queue full: {e}");
+                    // No sid at warn level: it is the viewer's secret (see `session::viewer`).
+                    tracing::warn!("dropping a signalling message, MQTT queue full: {e}");
                 }
             }
             // Cancel-safe: an interval tick that is dropped is taken on a later turn.
@@ -337,7 +338,9 @@ async fn handle_publish(
         TopicTarget::SessionIn(sid) => {
             let message = protocol::parse_inbound(payload);
             if let Err(e) = &message {
-                tracing::info!(%sid, "refused signalling message: {e}");
+                // The sid only at debug level: logs at info and above never carry one.
+                tracing::info!("refused signalling message: {e}");
+                tracing::debug!(%sid, "refused signalling message on this session");
             }
             // Awaiting here applies back-pressure to the broker connection when the manager is
             // busy, instead of dropping a viewer's offer.

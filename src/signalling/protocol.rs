@@ -246,6 +246,35 @@ pub fn check_offer_sdp(sdp: &str, vp8_fallback: bool) -> Result<VideoCodec, Prot
             "The offer is not an SDP session description (it must start with \"v=0\").",
         ));
     }
+    // Every line of a description is `<type>=<value>`, the type one letter (RFC 8866 §5), and
+    // an offer describes its media in `m=` sections. Text that breaks this is no description,
+    // whatever it starts with; saying so beats "no video codec", which sends its author
+    // looking at the browser's codecs.
+    let mut media_sections = 0;
+    for (number, line) in sdp.lines().enumerate() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        let bytes = line.as_bytes();
+        if !(bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b'=') {
+            return Err(ProtocolError::new(
+                ErrorCode::BadSdp,
+                format!(
+                    "The offer is not an SDP session description: line {} ({:?}) is not of the form <letter>=<value>.",
+                    number + 1,
+                    truncate(line, 40)
+                ),
+            ));
+        }
+        media_sections += usize::from(bytes[0] == b'm');
+    }
+    if media_sections == 0 {
+        return Err(ProtocolError::new(
+            ErrorCode::BadSdp,
+            "The offer is not an SDP session description a camera can answer: it has no media section (\"m=\" line).",
+        ));
+    }
     let mut in_video = false;
     let mut saw_video = false;
     let mut video_codecs = Vec::new();
@@ -535,6 +564,39 @@ mod tests {
         assert_eq!(
             check_offer_sdp("hello", true).unwrap_err().code,
             ErrorCode::BadSdp
+        );
+        // Text that starts like SDP but is not: a line that is not <letter>=<value>, or no
+        // media section at all.
+        let not_sdp = check_offer_sdp("v=0\r\nthis is not sdp\r\n", true).unwrap_err();
+        assert_eq!(not_sdp.code, ErrorCode::BadSdp);
+        assert!(
+            not_sdp.message.contains("line 2") && not_sdp.message.contains("this is not sdp"),
+            "{}",
+            not_sdp.message
+        );
+        for bad in [
+            "v=0\r\n",
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n",
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n=oops\r\n",
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n1=one\r\n",
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na\r\n",
+        ] {
+            assert_eq!(
+                check_offer_sdp(bad, true).unwrap_err().code,
+                ErrorCode::BadSdp,
+                "{bad:?}"
+            );
+        }
+        let no_media = check_offer_sdp("v=0\r\ns=-\r\n", true).unwrap_err();
+        assert!(no_media.message.contains("m="), "{}", no_media.message);
+        // Blank lines (a trailing newline, LF-only endings) are tolerated.
+        assert_eq!(
+            check_offer_sdp(
+                "v=0\nm=video 9 UDP/TLS/RTP/SAVPF 102\na=rtpmap:102 H264/90000\n\n",
+                true
+            )
+            .unwrap(),
+            VideoCodec::H264
         );
         let audio_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
         assert_eq!(

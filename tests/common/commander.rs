@@ -33,6 +33,7 @@ pub struct Commander {
 impl Commander {
     pub async fn connect(protocol: Protocol, broker: (&str, u16), root: &str) -> Commander {
         let id = format!("cmd{}", rand::random::<u32>());
+        // Under the reply subtree: rtcam sends replies nowhere else.
         let my_topic = format!("{root}/command/reply/{id}");
         let inbox = Arc::new(Mutex::new(Vec::new()));
         let filters = [my_topic.clone(), format!("{root}/command/reply")];
