@@ -412,7 +412,7 @@ async function startSession() {
   await pc.setLocalDescription(offer);
   if (session !== s) return;
   s.mid = transceiver.mid ?? '0';
-  publish(s, offerMessage(pc.localDescription.sdp, settings.token));
+  publish(s, offerMessage(pc.localDescription.sdp, settings.tokenInOffers ? settings.token : null));
   // A User Timing mark, so time to first frame can be read from outside the page
   // (rtcam-bench, a browser's performance panel).
   performance.mark('rtcam:offer-sent');

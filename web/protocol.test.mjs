@@ -139,6 +139,15 @@ test('resolveSettings prefers the configured broker_url', () => {
   assert.equal(r.settings.brokerUrl, 'wss://broker.test/mqtt');
 });
 
+test('a token travels in offers only to a broker other than the camera\'s own /mqtt', () => {
+  const own = resolveSettings(config, '?token=tok', httpLocation).settings;
+  assert.equal(own.brokerUrl, 'ws://127.0.0.1:8080/mqtt?token=tok');
+  assert.equal(own.tokenInOffers, false);
+  const other = resolveSettings({ ...config, broker_url: 'wss://broker.test/mqtt' }, '?token=tok', httpLocation).settings;
+  assert.equal(other.tokenInOffers, true);
+  assert.equal(resolveSettings(config, '', httpLocation).settings.tokenInOffers, false);
+});
+
 test('query parameters override config.json', () => {
   const r = resolveSettings(config, '?device=porch&broker=wss://b.test/ws&prefix=home', httpLocation);
   assert.ok(r.ok);

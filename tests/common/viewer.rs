@@ -152,6 +152,11 @@ impl Viewer {
         let mut mqtt_opts = MqttOptions::new(sid.clone(), broker.0, broker.1);
         mqtt_opts.set_max_packet_size(1 << 20, 1 << 20);
         mqtt_opts.set_keep_alive(Duration::from_secs(5));
+        // A camera with `[auth] secret` lets a client onto its embedded broker with a token as
+        // the password (any user name); it also travels in the offer, as another broker needs.
+        if let Some(token) = &opts.token {
+            mqtt_opts.set_credentials("token", token.clone());
+        }
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
         client
             .subscribe(&out_topic, QoS::AtLeastOnce)
