@@ -113,6 +113,9 @@ struct Inner {
     rights: ClientRights,
     stats: GateStats,
     admission: Mutex<Admission>,
+    /// Client ids connected now, with the serial of the connection holding each: a viewer's id
+    /// is its session, and a second connection may not take it over (the first keeps it).
+    held_ids: Mutex<HashMap<String, u64>>,
     /// Refusals are logged once per connection, and no more than a few per second in all.
     log_budget: Mutex<RateLimiter>,
     serial: AtomicU64,
@@ -124,6 +127,7 @@ impl Gate {
             inner: Arc::new(Inner {
                 config,
                 rights: ClientRights::default(),
+                held_ids: Mutex::new(HashMap::new()),
                 stats: GateStats::default(),
                 admission: Mutex::new(Admission::new(MAX_CONNECTIONS, MAX_PER_ADDRESS)),
                 log_budget: Mutex::new(RateLimiter::new(2, 10)),
@@ -197,7 +201,10 @@ impl Gate {
             _ => return,
         };
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
-        let session = match self.admit(&connect, peer, url_token.as_deref()) {
+        let session = self
+            .admit(&connect, peer, url_token.as_deref())
+            .and_then(|s| self.hold_id(s, serial));
+        let session = match session {
             Ok(s) => s,
             Err((why, sentence)) => {
                 self.inner
@@ -243,6 +250,38 @@ impl Gate {
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
         self.inner.rights.remove(&client_id, serial);
+        let mut held = self
+            .inner
+            .held_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if held.get(&client_id) == Some(&serial) {
+            held.remove(&client_id);
+        }
+    }
+
+    /// Records the connection's client id as held; a viewer's id that another connection holds
+    /// is refused, so a stolen or replayed session id cannot push the viewer off. Broker users
+    /// take an id over as MQTT says (their tools reconnect under a fixed id).
+    fn hold_id(
+        &self,
+        session: Admitted,
+        serial: u64,
+    ) -> Result<Admitted, (ConnectRefusal, String)> {
+        let mut held = self
+            .inner
+            .held_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let id = &session.identity.client_id;
+        if held.contains_key(id) && !session.identity.rights.operator {
+            return Err((
+                ConnectRefusal::BadClientId,
+                "that client id is connected already".into(),
+            ));
+        }
+        held.insert(id.clone(), serial);
+        Ok(session)
     }
 
     /// Decides who a CONNECT is; an error is the CONNACK's refusal and a sentence for the log.

@@ -360,7 +360,10 @@ mod tests {
         ] {
             assert!(p.check_subscribe(&op, refused, 0).is_err(), "{refused}");
         }
-        for ok in ["rtcam/cam1/session/anyone/in", "rtcam/cam1/session/bad.sid!/in"] {
+        for ok in [
+            "rtcam/cam1/session/anyone/in",
+            "rtcam/cam1/session/bad.sid!/in",
+        ] {
             assert_eq!(p.check_publish(&op, ok, false), Ok(()), "{ok}");
         }
         for refused in [

@@ -8,6 +8,7 @@ pub mod coturn;
 pub mod http;
 pub mod lossy;
 pub mod netns;
+pub mod raw_mqtt;
 pub mod viewer;
 
 use rtcam::app::App;

@@ -113,6 +113,9 @@ impl PeerConnectionEventHandler for Handler {
 pub struct ViewerOptions {
     /// A viewer token for cameras with `[auth] secret`.
     pub token: Option<String>,
+    /// Present the token only as the MQTT password, as the page does on the camera's own
+    /// broker: its offers carry none.
+    pub token_at_connect_only: bool,
     /// Wait for gathering to finish and send one offer with every candidate in it (no trickle).
     pub no_trickle: bool,
     /// Open a `control` data channel, as the viewer page does.
@@ -157,6 +160,7 @@ impl Viewer {
         if let Some(token) = &opts.token {
             mqtt_opts.set_credentials("token", token.clone());
         }
+        let offered_token = opts.token.clone().filter(|_| !opts.token_at_connect_only);
         let (client, mut eventloop) = AsyncClient::new(mqtt_opts, 64);
         client
             .subscribe(&out_topic, QoS::AtLeastOnce)
@@ -194,7 +198,7 @@ impl Viewer {
             publish(
                 &client,
                 &in_topic,
-                json!({"type":"ice_servers","token":opts.token}),
+                json!({"type":"ice_servers","token":offered_token}),
             )
             .await;
             let reply = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
@@ -321,7 +325,7 @@ impl Viewer {
             publish(
                 &client,
                 &in_topic,
-                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+                json!({"type":"offer","sdp":sdp,"token":offered_token}),
             )
             .await;
         } else {
@@ -329,7 +333,7 @@ impl Viewer {
             publish(
                 &client,
                 &in_topic,
-                json!({"type":"offer","sdp":sdp,"token":opts.token}),
+                json!({"type":"offer","sdp":sdp,"token":offered_token}),
             )
             .await;
             let (c2, t2) = (client.clone(), in_topic.clone());
