@@ -375,7 +375,7 @@ async fn open_https(
     config: &crate::config::HttpConfig,
     addr: SocketAddr,
     own_names: &[String],
-) -> Result<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor, Https), http::HttpError> {
+) -> Result<(tokio::net::TcpListener, crate::http::tls::Acceptor, Https), http::HttpError> {
     let listener = http::bind(addr, "HTTPS (http.https_listen)").await?;
     let addresses: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()

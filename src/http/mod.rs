@@ -87,7 +87,7 @@ pub struct HttpState {
 pub struct Doors {
     pub http: tokio::net::TcpListener,
     /// The HTTPS socket and its TLS acceptor, unless `[http] https_listen` is off.
-    pub https: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    pub https: Option<(tokio::net::TcpListener, tls::Acceptor)>,
     /// `[http] redirect_http`: plain-HTTP requests but `/mqtt` are sent to HTTPS.
     pub redirect_http: bool,
 }

@@ -236,7 +236,7 @@ fn lock(counts: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
 /// requests go to.
 pub struct Door {
     pub listener: TcpListener,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<super::tls::Acceptor>,
     pub router: Router,
 }
 

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::rustls;
 
+/// The TLS side of the HTTPS door, as the accept loop takes it.
+pub type Acceptor = tokio_rustls::TlsAcceptor;
+
 /// File names in the state directory.
 const CERT_FILE: &str = "https-cert.pem";
 const KEY_FILE: &str = "https-key.pem";
@@ -122,7 +125,7 @@ impl ServerCert {
     /// The TLS side of the HTTPS door: TLS 1.3 (every browser with WebRTC speaks it, and
     /// rustls' TLS 1.2 is left out of the build), HTTP/1.1 by ALPN (the accept loop speaks
     /// HTTP/1.1 only).
-    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    pub fn acceptor(&self) -> Result<Acceptor, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -131,7 +134,7 @@ impl ServerCert {
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(TlsError::Config)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        Ok(Acceptor::from(Arc::new(config)))
     }
 }
 
