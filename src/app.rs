@@ -34,6 +34,8 @@ pub struct App {
     device_id: String,
     topics: Topics,
     http_addr: SocketAddr,
+    /// The HTTPS door, if `[http] https_listen` is on.
+    https: Option<Https>,
     media: Media,
     mqtt_connected: watch::Receiver<bool>,
     viewers: watch::Receiver<usize>,
@@ -98,8 +100,19 @@ impl App {
             (url, tcp)
         };
 
-        let listener = http::bind(config.http.listen).await?;
+        let listener = http::bind(config.http.listen, "HTTP (http.listen)").await?;
         let http_addr = listener.local_addr()?;
+        let hostname = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let own_names = http::tls::own_names(&hostname);
+        let (https_listener, https) = match config.http.https_listen() {
+            Some(addr) => {
+                let (listener, acceptor, info) = open_https(&config.http, addr, &own_names).await?;
+                (Some((listener, acceptor)), Some(info))
+            }
+            None => (None, None),
+        };
         if !config.webrtc.turn_urls.is_empty() && config.webrtc.turn_secret.is_empty() {
             anyhow::bail!(
                 "webrtc.turn_urls needs the secret the TURN server shares: set webrtc.turn_secret \
@@ -223,7 +236,11 @@ impl App {
         ];
 
         let http_task = tokio::spawn(http::serve(
-            listener,
+            http::Doors {
+                http: listener,
+                https: https_listener,
+                redirect_http: config.http.redirect_http,
+            },
             http::HttpState {
                 page_config,
                 ice_servers,
@@ -232,6 +249,7 @@ impl App {
                 telemetry: telemetry_rx,
                 device_id: device_id.clone(),
                 authority,
+                hosts: http::guard::HostPolicy::new(&own_names, &config.http.allowed_hosts),
             },
             http_stop.clone(),
         ));
@@ -256,6 +274,7 @@ impl App {
             device_id,
             topics,
             http_addr,
+            https,
             media,
             mqtt_connected: connected_rx,
             viewers: viewers_rx,
@@ -286,6 +305,11 @@ impl App {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The HTTPS door's address and certificate, if HTTPS is on.
+    pub fn https(&self) -> Option<&Https> {
+        self.https.as_ref()
     }
 
     pub fn media(&self) -> &Media {
@@ -417,6 +441,58 @@ fn gate_users(file: &str) -> &str {
     }
 }
 
+/// The HTTPS door as people and tests need it: where it listens and what its certificate's
+/// fingerprints are.
+#[derive(Debug, Clone)]
+pub struct Https {
+    pub addr: SocketAddr,
+    pub fingerprints: http::tls::Fingerprints,
+    pub source: http::tls::CertSource,
+}
+
+/// Binds the HTTPS door and loads (or makes) its certificate; logs the URL and fingerprints.
+async fn open_https(
+    config: &crate::config::HttpConfig,
+    addr: SocketAddr,
+    own_names: &[String],
+) -> Result<(tokio::net::TcpListener, crate::http::tls::Acceptor, Https), http::HttpError> {
+    let listener = http::bind(addr, "HTTPS (http.https_listen)").await?;
+    let addresses: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .collect();
+    let state_dir = http::tls::state_dir(&config.state_dir, |name| std::env::var(name).ok());
+    let cert = http::tls::ServerCert::load_or_make(
+        &config.tls_cert,
+        &config.tls_key,
+        state_dir.as_deref(),
+        own_names,
+        &addresses,
+    )?;
+    let acceptor = cert.acceptor()?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let info = Https {
+        addr: bound,
+        fingerprints: cert.fingerprints(),
+        source: cert.source.clone(),
+    };
+    let from = match &info.source {
+        http::tls::CertSource::Configured => format!("{} (http.tls_cert)", config.tls_cert),
+        http::tls::CertSource::Kept(dir) => format!("self-signed, kept in {}", dir.display()),
+        http::tls::CertSource::Made(dir) => format!("self-signed, made now in {}", dir.display()),
+        http::tls::CertSource::Ephemeral => "self-signed, made for this start only".into(),
+    };
+    tracing::info!(
+        "viewer page over HTTPS: {}; certificate {from}; SHA-256 fingerprint {}; public key \
+         SHA-256 (base64) {}",
+        page_url("https", bound),
+        info.fingerprints.sha256,
+        info.fingerprints.spki_sha256
+    );
+    Ok((listener, acceptor, info))
+}
+
 fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
     Status {
         state: "online".into(),
@@ -463,7 +539,12 @@ async fn track_status(
 /// The URL to print for people: the HTTP address, with a wildcard bind replaced by this
 /// machine's first LAN address so it can be opened from another device.
 pub fn viewer_url(http_addr: SocketAddr) -> String {
-    let ip = if http_addr.ip().is_unspecified() {
+    page_url("http", http_addr)
+}
+
+/// The same for either scheme.
+pub fn page_url(scheme: &str, addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
         if_addrs::get_if_addrs()
             .unwrap_or_default()
             .into_iter()
@@ -472,11 +553,11 @@ pub fn viewer_url(http_addr: SocketAddr) -> String {
             .next()
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
     } else {
-        http_addr.ip()
+        addr.ip()
     };
     match ip {
-        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}/", http_addr.port()),
-        v4 => format!("http://{v4}:{}/", http_addr.port()),
+        std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}/", addr.port()),
+        v4 => format!("{scheme}://{v4}:{}/", addr.port()),
     }
 }
 

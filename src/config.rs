@@ -243,6 +243,23 @@ pub struct HttpConfig {
     /// The broker URL the viewer page connects to. Empty: the `/mqtt` WebSocket of this server,
     /// which forwards to the configured broker, so a viewer needs this one port and nothing else.
     pub viewer_broker_url: String,
+    /// Address of the HTTPS server: the same page and routes over TLS, which browsers need
+    /// before they let a page on another machine use the microphone (Talk). Empty: no HTTPS.
+    pub https_listen: String,
+    /// PEM file with the HTTPS certificate (and its chain). Empty: a self-signed certificate
+    /// rtcam makes on its first start and keeps in its state directory.
+    pub tls_cert: String,
+    /// PEM file with the private key of `tls_cert`.
+    pub tls_key: String,
+    /// Where rtcam keeps its self-signed certificate when systemd gives it no
+    /// `$STATE_DIRECTORY`. Empty: `$XDG_STATE_HOME/rtcam`, else `~/.local/state/rtcam`.
+    pub state_dir: String,
+    /// Send plain-HTTP requests (but `/mqtt`) to HTTPS with a redirect (308).
+    pub redirect_http: bool,
+    /// Names the server answers to in `Host` besides IP addresses, `localhost` and this
+    /// machine's hostname (also `<hostname>.local`): e.g. a DNS name pointing at the camera.
+    /// Other names are refused, so a web page cannot reach the camera by DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -250,7 +267,57 @@ impl Default for HttpConfig {
         Self {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             viewer_broker_url: String::new(),
+            https_listen: "0.0.0.0:8443".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            state_dir: String::new(),
+            redirect_http: false,
+            allowed_hosts: Vec::new(),
         }
+    }
+}
+
+impl HttpConfig {
+    /// The HTTPS address, if HTTPS is on (validated at load).
+    pub fn https_listen(&self) -> Option<SocketAddr> {
+        self.https_listen.parse().ok()
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.https_listen.is_empty() && self.https_listen.parse::<SocketAddr>().is_err() {
+            return Err((
+                "http.https_listen",
+                format!(
+                    "{:?} is not an address and port (e.g. \"0.0.0.0:8443\"); \"\" turns HTTPS off",
+                    self.https_listen
+                ),
+            ));
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err((
+                "http.tls_cert",
+                "give tls_cert and tls_key together (both empty: a self-signed certificate)".into(),
+            ));
+        }
+        if self.redirect_http && self.https_listen.is_empty() {
+            return Err((
+                "http.redirect_http",
+                "redirecting to HTTPS needs https_listen".into(),
+            ));
+        }
+        for name in &self.allowed_hosts {
+            let plain = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !plain {
+                return Err((
+                    "http.allowed_hosts",
+                    format!("{name:?} is not a host name (no scheme, port or path)"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -730,6 +797,9 @@ impl Config {
         self.audio
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        self.http
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         let w = &self.webrtc;
         for url in &w.turn_urls {
             if !(url.starts_with("turn:") || url.starts_with("turns:")) {
@@ -803,6 +873,41 @@ mod tests {
         assert_eq!(c.mqtt.url, "embedded");
         assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.webrtc.max_sessions, 8);
+        let d = HttpConfig::default();
+        assert_eq!(c.http.https_listen, d.https_listen);
+        assert_eq!(c.http.redirect_http, d.redirect_http);
+        assert_eq!(c.http.allowed_hosts, d.allowed_hosts);
+        assert_eq!(
+            (c.http.tls_cert.as_str(), c.http.tls_key.as_str()),
+            ("", "")
+        );
+    }
+
+    #[test]
+    fn http_keys_are_checked() {
+        let c = Config::parse("[http]\nhttps_listen = \"\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.http.https_listen(), None);
+        let c = Config::parse(
+            "[http]\nallowed_hosts = [\"cam.example.org\"]\nredirect_http = true\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.http.https_listen(), Some("0.0.0.0:8443".parse().unwrap()));
+        for (text, key) in [
+            ("https_listen = \"8443\"", "http.https_listen"),
+            ("tls_cert = \"/etc/c.pem\"", "http.tls_cert"),
+            (
+                "https_listen = \"\"\nredirect_http = true",
+                "http.redirect_http",
+            ),
+            ("allowed_hosts = [\"http://cam\"]", "http.allowed_hosts"),
+            ("allowed_hosts = [\"cam:8080\"]", "http.allowed_hosts"),
+        ] {
+            let msg = Config::parse(&format!("[http]\n{text}\n"), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 
     #[test]

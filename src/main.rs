@@ -176,6 +176,14 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "rtcam is running. Open {url} in a browser to watch camera {:?}.",
             app.device_id()
         );
+        if let Some(https) = app.https() {
+            println!(
+                "Over HTTPS (needed for Talk from another device): {}\n  certificate SHA-256 \
+                 fingerprint: {}",
+                app::page_url("https", https.addr),
+                https.fingerprints.sha256
+            );
+        }
         // READY=1 once the broker is connected, watchdog pings, STATUS=, then STOPPING=1 on the
         // first signal; all no-ops outside systemd.
         rtcam::service::supervise(&app, &notifier, &url, signals.recv()).await;

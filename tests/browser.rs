@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::netns::{self, Netns};
 use common::{start, test_config};
 use rtcam::config::ViewerCommands;
 use std::process::Command;
@@ -19,15 +20,28 @@ fn view(url: &str, extra: &[&str]) -> (bool, serde_json::Value, String) {
 }
 
 fn run_script(name: &str, url: &str, extra: &[&str]) -> (bool, serde_json::Value, String) {
+    run_script_in(None, name, url, extra)
+}
+
+/// [`run_script`] with the browser in a network namespace of its own.
+fn run_script_in(
+    netns: Option<&Netns>,
+    name: &str,
+    url: &str,
+    extra: &[&str],
+) -> (bool, serde_json::Value, String) {
     // A test that failed while holding the lock poisons it; the next one may still run.
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let script = format!("{}/tests/browser/{name}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("node")
-        .arg(script)
-        .args(["--url", url])
-        .args(extra)
-        .output()
-        .expect("node runs (make test-deps installs the browser test's packages)");
+    let out = match netns {
+        Some(ns) => ns.command("node"),
+        None => Command::new("node"),
+    }
+    .arg(script)
+    .args(["--url", url])
+    .args(extra)
+    .output()
+    .expect("node runs (make test-deps installs the browser test's packages)");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let report = common::script_report(&out.stdout);
@@ -473,5 +487,88 @@ async fn chromium_hears_the_camera_and_talks_back() {
         "the microphone branch produced packets"
     );
     eprintln!("chromium audio: {report}; talkback samples played: {played}");
+    rt.app.stop().await;
+}
+
+/// Talk from another machine: browsers lend the microphone only to a secure context, which
+/// `http://127.0.0.1` is and a page from another machine's address is only over HTTPS.
+/// Chromium runs in a network namespace of its own and opens the page over HTTPS at rtcam's
+/// address on a veth link, trusting rtcam's self-signed certificate by the public-key hash
+/// rtcam logs (`--ignore-certificate-errors-spki-list`), then talks to the board's sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_talks_over_https_from_another_machine() {
+    if !netns::available() {
+        eprintln!("skipped: network namespaces need root and iproute2");
+        return;
+    }
+    // rtcam's end of the link stays in the test's namespace; the browser's goes into its own.
+    // Deleting the namespace on drop deletes the pair.
+    let view = Netns::new("brtls-view");
+    netns::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "brtls-cam",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "brtls-v0",
+            "netns",
+            &view.name,
+        ],
+    );
+    netns::run("ip", &["addr", "add", "10.231.7.1/24", "dev", "brtls-cam"]);
+    netns::run("ip", &["link", "set", "brtls-cam", "up"]);
+    view.ip(&["addr", "add", "10.231.7.2/24", "dev", "brtls-v0"]);
+    view.ip(&["link", "set", "brtls-v0", "up"]);
+
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config("browsertls");
+    config.http.listen = "10.231.7.1:0".parse().unwrap();
+    config.http.https_listen = "10.231.7.1:0".into();
+    config.http.state_dir = state.path().to_str().unwrap().into();
+    config.webrtc.udp_addrs = vec!["10.231.7.1".parse().unwrap()];
+    config.source.width = 160;
+    config.source.height = 120;
+    config.audio.enabled = true;
+    config.audio.talkback = true;
+    config.audio.sink = "fake".into();
+    let rt = start(config).await;
+    let https = rt.app.https().expect("HTTPS is on").clone();
+    let url = format!("https://{}/", https.addr);
+    let spki = https.fingerprints.spki_sha256.clone();
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        run_script_in(
+            Some(&view),
+            "audio.mjs",
+            &url,
+            &["--timeout", "60000", "--talk-ms", "3000", "--spki", &spki],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok,
+        "the page over HTTPS did not receive and send audio: {output}"
+    );
+    assert_eq!(report["secureContext"], true, "{report}");
+    assert_eq!(
+        report["origin"],
+        format!("https://{}", https.addr),
+        "{report}"
+    );
+    let played = rt
+        .app
+        .media()
+        .audio_stats()
+        .talkback_samples
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        played >= 48_000,
+        "the board's sink got {played} samples: {report}"
+    );
+    eprintln!("chromium over HTTPS: {report}; talkback samples played: {played}");
     rt.app.stop().await;
 }

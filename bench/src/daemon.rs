@@ -66,6 +66,7 @@ embedded_listen = "127.0.0.1:{port}"
 embedded_listen_v5 = "127.0.0.1:{v5}"
 [http]
 listen = "127.0.0.1:{http_port}"
+https_listen = ""
 [source]
 kind = "test"
 width = {w}

@@ -3,7 +3,7 @@
 // and checks the sound both ways. Prints one JSON line on stdout; exit code
 // 0 = pass, 1 = fail or timeout, 2 = bad usage.
 //
-//   node tests/browser/audio.mjs --url URL [--timeout MS] [--talk-ms MS]
+//   node tests/browser/audio.mjs --url URL [--timeout MS] [--talk-ms MS] [--spki HASH]
 //
 // Receiving: once video plays, the page's inbound-rtp audio report must show
 // samples arriving (totalSamplesReceived growing by at least a second's worth
@@ -12,11 +12,14 @@
 // With --talk-ms: clicks the page's Talk button (Chromium's fake microphone,
 // a beep, with its permission granted by flag), keeps talking that long and
 // reports the outbound audio; the Rust side checks the board played it.
+// With --spki: Chromium trusts the HTTPS certificate whose public key has this
+// SHA-256 (base64), as rtcam prints it, so an https:// URL on another machine's
+// address is a secure context without a CA. The report says whether it was.
 
 import { parseArgs } from 'node:util';
 import { DEFAULT_CHROMIUM, closeWithin, openBrowser } from './lib.mjs';
 
-const USAGE = 'usage: node tests/browser/audio.mjs --url URL [--timeout MS] [--talk-ms MS]';
+const USAGE = 'usage: node tests/browser/audio.mjs --url URL [--timeout MS] [--talk-ms MS] [--spki HASH]';
 const POLL_MS = 250;
 
 function parseCli() {
@@ -27,6 +30,7 @@ function parseCli() {
         url: { type: 'string' },
         timeout: { type: 'string', default: '30000' },
         'talk-ms': { type: 'string' },
+        spki: { type: 'string' },
         chromium: { type: 'string', default: DEFAULT_CHROMIUM },
       },
       strict: true,
@@ -41,7 +45,7 @@ function parseCli() {
     console.error(USAGE);
     process.exit(2);
   }
-  return { url: values.url, timeout, talkMs, executablePath: values.chromium };
+  return { url: values.url, timeout, talkMs, spki: values.spki ?? null, executablePath: values.chromium };
 }
 
 // Runs inside the page: the current session's audio and video figures.
@@ -54,6 +58,8 @@ async function samplePage() {
     talking: !!r?.talking,
     unmuteShown: !document.getElementById('unmute').hidden,
     talkShown: !document.getElementById('talk').hidden,
+    origin: location.origin,
+    secureContext: window.isSecureContext,
   };
   if (!r?.pc) return out;
   try {
@@ -88,7 +94,11 @@ async function main() {
   try {
     browser = await openBrowser({
       executablePath: opts.executablePath,
-      extraArgs: ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+      extraArgs: [
+        '--use-fake-device-for-media-stream',
+        '--use-fake-ui-for-media-stream',
+        ...(opts.spki ? [`--ignore-certificate-errors-spki-list=${opts.spki}`] : []),
+      ],
     });
     const { page, consoleLines } = browser;
     const deadline = Date.now() + opts.timeout;
@@ -116,6 +126,8 @@ async function main() {
       ok: false,
       unmuteShown: second.unmuteShown,
       talkShown: second.talkShown,
+      origin: second.origin,
+      secureContext: second.secureContext,
       framesDecoded: second.framesDecoded,
       audio: second.audio,
       samplesPerSecond: Math.round(grown / seconds),

@@ -70,6 +70,8 @@ pub fn test_config(device: &str) -> Config {
     c.mqtt.embedded_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     c.mqtt.embedded_listen_v5 = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    // HTTPS has tests of its own, which give it a port and a state directory.
+    c.http.https_listen = String::new();
     c.source.kind = SourceKind::Test;
     c.source.width = 320;
     c.source.height = 240;

@@ -166,6 +166,7 @@ embedded_listen_v5 = "127.0.0.1:1884"
 
 [http]
 listen = "127.0.0.1:8080"
+https_listen = ""
 
 [source]
 kind = "v4l2"

@@ -1,21 +1,43 @@
 //! The HTTP server: the viewer page (embedded in the binary), its `/config.json`, and `/mqtt`,
 //! a WebSocket that carries the page's MQTT connection to the broker, so a person needs this
-//! one URL and nothing else. The only file that uses `axum`.
+//! one URL and nothing else. Served over plain HTTP and, with its own certificate, HTTPS
+//! (which browsers require before they lend a page the microphone for Talk). The only
+//! `axum` user; the accept loop and its bounds are in `serve`, the `Host`/`Origin` checks in
+//! `guard`, the certificate in `tls`.
+
+pub mod guard;
+pub mod serve;
+pub mod tls;
 
 use crate::auth::Right;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use futures::{SinkExt, StreamExt};
+use serve::{Scheme, SlotHandle};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+/// The largest WebSocket message (and frame) `/mqtt` takes: the largest MQTT packet rtcam's
+/// broker and client accept, with room for the packet's header. A bigger one closes that
+/// connection before it is buffered whole.
+pub const MAX_WS_MESSAGE: usize = crate::gate::MAX_INBOUND;
+
+/// The page's Content-Security-Policy: everything from the camera itself. `connect-src`
+/// allows any WebSocket because `[http] viewer_broker_url` may name another host;
+/// `worker-src blob:` because the bundled mqtt.js keeps its keep-alive timers in a worker it
+/// makes from a blob (browsers throttle timers in background tabs, not in workers);
+/// `img-src data: blob:` for snapshots.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+    img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; \
+    worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The viewer page. Built files only: `web/vendor/mqtt.min.js` is copied from npm by the build
 /// (see the Makefile); node_modules and the page's own tests stay out of the binary.
@@ -30,11 +52,16 @@ struct Assets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    #[error("cannot listen for {what} on {addr}: {source}")]
     Listen {
+        /// The door, by its setting: "HTTP (http.listen)" or "HTTPS (http.https_listen)".
+        what: &'static str,
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
+    #[error("HTTPS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// What the page's `/mqtt` WebSocket is connected to.
@@ -60,6 +87,17 @@ pub struct HttpState {
     pub device_id: String,
     /// Checks tokens when `[auth] secret` is set.
     pub authority: Option<crate::auth::Authority>,
+    /// The names requests may carry in `Host`.
+    pub hosts: guard::HostPolicy,
+}
+
+/// The listening sockets to serve.
+pub struct Doors {
+    pub http: tokio::net::TcpListener,
+    /// The HTTPS socket and its TLS acceptor, unless `[http] https_listen` is off.
+    pub https: Option<(tokio::net::TcpListener, tls::Acceptor)>,
+    /// `[http] redirect_http`: plain-HTTP requests but `/mqtt` are sent to HTTPS.
+    pub redirect_http: bool,
 }
 
 /// The token of a request: `?token=` (what a link carries) or `Authorization: Bearer`.
@@ -120,21 +158,22 @@ pub fn connectable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+/// A listening socket for a door; `what` names the door and its setting in the error.
+pub async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, HttpError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| HttpError::Listen { addr, source })?;
+        .map_err(|source| HttpError::Listen { what, addr, source })?;
     // Accepted connections inherit it: the `/mqtt` WebSocket carries signalling, where a
     // Nagle delay would hold an answer back (sockets.rs).
     crate::sockets::nodelay_on(&listener);
     Ok(listener)
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: HttpState,
-    shutdown: CancellationToken,
-) {
+/// Serves the doors until `shutdown`.
+pub async fn serve(doors: Doors, state: HttpState, shutdown: CancellationToken) {
     let state = Arc::new(state);
     // Token checks wrap whole routes, so every guarded one is guarded the same way and before
     // its extractors run (a refused `/mqtt` is a 401, not a failed upgrade).
@@ -152,17 +191,108 @@ pub async fn serve(
                 require_metrics,
             ));
     // Static files carry no secrets and stay open, so a page opened with a token can load them.
-    let app = Router::new()
+    let routes = Router::new()
         .merge(viewing)
         .merge(metering)
         .route("/*path", get(asset))
-        .with_state(state);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("HTTP server stopped: {e}");
+        .with_state(state.clone());
+    // Layers wrap what was built before them: the last added runs first. Every response,
+    // refusals included, carries the security headers; every request, to any path, must
+    // name this camera in `Host` before anything else looks at it.
+    let outer = |router: Router| {
+        router
+            .layer(middleware::from_fn_with_state(state.clone(), check_host))
+            .layer(middleware::map_response(security_headers))
+            .layer(Extension(shutdown.clone()))
+    };
+    let https_port = match &doors.https {
+        Some((listener, _)) => listener.local_addr().ok().map(|a| a.port()),
+        None => None,
+    };
+    let plain = match https_port {
+        Some(port) if doors.redirect_http => {
+            routes
+                .clone()
+                .layer(middleware::from_fn(move |request: Request, next: Next| {
+                    redirect_to_https(port, request, next)
+                }))
+        }
+        _ => routes.clone(),
+    };
+    let mut list = vec![serve::Door {
+        listener: doors.http,
+        tls: None,
+        router: outer(plain),
+    }];
+    if let Some((listener, acceptor)) = doors.https {
+        list.push(serve::Door {
+            listener,
+            tls: Some(acceptor),
+            router: outer(routes),
+        });
+    }
+    serve::run(list, serve::Caps::default(), shutdown).await;
+}
+
+/// Refuses, with 403 and a sentence, a request whose `Host` does not name this camera.
+async fn check_host(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match state.hosts.check_host(host) {
+        Ok(_) => next.run(request).await,
+        Err(why) => (StatusCode::FORBIDDEN, format!("{why}\n")).into_response(),
+    }
+}
+
+/// What every response carries: the page's CSP, no MIME sniffing, no framing, and no
+/// `Referer` (tokens travel in URLs).
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// With `[http] redirect_http`: a plain-HTTP request goes to the same path on HTTPS (308, so
+/// the method is kept). `/mqtt` stays: a page someone opened over plain HTTP keeps working.
+async fn redirect_to_https(https_port: u16, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/mqtt" {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(guard::Authority::parse);
+    let Some(host) = host else {
+        return next.run(request).await;
+    };
+    let host = if host.host.contains(':') {
+        format!("[{}]", host.host)
+    } else {
+        host.host
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let location = format!("https://{host}:{https_port}{path}");
+    match Uri::try_from(location.as_str()) {
+        Ok(_) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => next.run(request).await,
     }
 }
 
@@ -322,12 +452,17 @@ async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
+/// What `/mqtt` is handed besides the upgrade: who is asking, with what, from which page.
+#[allow(clippy::too_many_arguments)]
 async fn mqtt_ws(
     ws: Option<WebSocketUpgrade>,
+    State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(scheme): Extension<Scheme>,
+    Extension(slot): Extension<SlotHandle>,
+    Extension(stop): Extension<CancellationToken>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    State(state): State<Arc<HttpState>>,
 ) -> Response {
     let Some(ws) = ws else {
         return (
@@ -336,65 +471,87 @@ async fn mqtt_ws(
         )
             .into_response();
     };
-    let stream: Box<dyn FnOnce() -> DoorFuture + Send> =
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    // `check_host` let the request in, so the Host parses.
+    let Some(host) = text(header::HOST).and_then(guard::Authority::parse) else {
+        return (StatusCode::FORBIDDEN, "A Host header is required.\n").into_response();
+    };
+    if let Err(why) = guard::check_origin(text(header::ORIGIN), &host, scheme) {
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    let door =
         match &state.mqtt_door {
+            Some(MqttDoor::Gate(gate)) => Door::Gate(gate.clone()),
+            Some(MqttDoor::Forward(target)) => Door::Forward(target.clone()),
             None => return (
                 StatusCode::NOT_FOUND,
                 "this camera's broker is not reachable through /mqtt; set http.viewer_broker_url",
             )
                 .into_response(),
-            Some(MqttDoor::Gate(gate)) => {
-                // The gate checks the token again (a `/mqtt` opened with one gets its rights) and
-                // ends the connection when it expires.
-                let token = token_of(&query, &headers).map(String::from);
-                let gate = gate.clone();
-                Box::new(move || {
-                    Box::pin(async move {
-                        let (ours, theirs) = tokio::io::duplex(64 * 1024);
-                        let shutdown = CancellationToken::new();
-                        tokio::spawn(gate.serve(theirs, peer, token, shutdown));
-                        Some(Box::new(ours) as Box<dyn Stream>)
-                    })
-                })
-            }
-            Some(MqttDoor::Forward(target)) => {
-                let target = target.clone();
-                Box::new(move || {
-                    Box::pin(async move {
-                        match tokio::net::TcpStream::connect(&target).await {
-                            Ok(tcp) => {
-                                let _ = tcp.set_nodelay(true);
-                                Some(Box::new(tcp) as Box<dyn Stream>)
-                            }
-                            Err(e) => {
-                                tracing::warn!("/mqtt: cannot reach broker {target}: {e}");
-                                None
-                            }
-                        }
-                    })
-                })
-            }
         };
+    // `require_view` has checked it already; the gate checks it again (a `/mqtt` opened with
+    // one gets its rights) and ends the connection when it expires.
+    let token = token_of(&query, &headers).map(str::to_owned);
     ws.protocols(["mqtt"])
-        .max_message_size(crate::gate::MAX_INBOUND)
-        .max_frame_size(crate::gate::MAX_INBOUND)
+        .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
-            if let Some(stream) = stream().await {
-                pump(socket, stream).await;
+            // The connection's place under the caps is kept until the WebSocket closes.
+            let _slot = slot;
+            tokio::select! {
+                // Not cancel-safe: dropping it ends the page's MQTT connection, which is
+                // what stopping means.
+                _ = carry(socket, door, peer, token, stop.clone()) => {}
+                // Cancel-safe: a token.
+                _ = stop.cancelled() => {}
             }
         })
 }
 
-/// A byte stream `/mqtt` carries the page's MQTT to.
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
-type DoorFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Box<dyn Stream>>> + Send>>;
+/// Where one `/mqtt` connection goes (an owned [`MqttDoor`]).
+enum Door {
+    Gate(crate::gate::Gate),
+    Forward(String),
+}
+
+/// The page's MQTT from `peer` (with `token`, if the request had one), carried through the
+/// gate in this process, or to an external broker's `target` over TCP.
+async fn carry(
+    socket: WebSocket,
+    door: Door,
+    peer: SocketAddr,
+    token: Option<String>,
+    stop: CancellationToken,
+) {
+    match door {
+        Door::Gate(gate) => {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(gate.serve(theirs, peer, token, stop));
+            pump(socket, ours).await;
+        }
+        Door::Forward(target) => {
+            let tcp = match tokio::net::TcpStream::connect(&target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("/mqtt from {peer}: cannot reach broker {target}: {e}");
+                    return;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            pump(socket, tcp).await;
+        }
+    }
+}
 
 /// Copies MQTT bytes both ways between the page's WebSocket and `stream`. MQTT needs no
-/// framing help: WebSocket binary messages carry the same byte stream.
-async fn pump(socket: WebSocket, stream: Box<dyn Stream>) {
-    let (mut tcp_rd, mut tcp_wr) = tokio::io::split(stream);
+/// framing help: WebSocket binary messages carry the same byte stream. A message over
+/// [`MAX_WS_MESSAGE`] ends the WebSocket with an error, and with it the pump.
+async fn pump(socket: WebSocket, stream: impl AsyncRead + AsyncWrite + Send + Unpin) {
+    let (mut stream_rd, mut stream_wr) = tokio::io::split(stream);
     let (mut ws_tx, mut ws_rx) = socket.split();
     let upstream = async {
         while let Some(Ok(msg)) = ws_rx.next().await {
@@ -403,7 +560,7 @@ async fn pump(socket: WebSocket, stream: Box<dyn Stream>) {
                     // Not a match guard, as clippy suggests: a guard that writes would hide the
                     // write where a reader looks only for a condition.
                     #[allow(clippy::collapsible_match)]
-                    if tcp_wr.write_all(&bytes).await.is_err() {
+                    if stream_wr.write_all(&bytes).await.is_err() {
                         break;
                     }
                 }
@@ -411,12 +568,12 @@ async fn pump(socket: WebSocket, stream: Box<dyn Stream>) {
                 _ => {}
             }
         }
-        let _ = tcp_wr.shutdown().await;
+        let _ = stream_wr.shutdown().await;
     };
     let downstream = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            match tcp_rd.read(&mut buf).await {
+            match stream_rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if ws_tx
@@ -431,7 +588,7 @@ async fn pump(socket: WebSocket, stream: Box<dyn Stream>) {
         }
         let _ = ws_tx.close().await;
     };
-    // Either side closing ends the bridge; the other half is dropped with it.
+    // Either side closing ends the pump; the other half is dropped with it.
     tokio::select! {
         _ = upstream => {}
         _ = downstream => {}
