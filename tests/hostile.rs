@@ -68,7 +68,10 @@ fn start_camera(ns: &Netns, auth_secret: Option<&str>) -> Camera {
     let child = ns
         .command(env!("CARGO_BIN_EXE_rtcam"))
         .args(["--config", path.to_str().unwrap()])
-        .env("RTCAM_LOG", "info,rumqttd=off,webrtc=warn,rtc=warn")
+        .env(
+            "RTCAM_LOG",
+            "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -225,7 +228,12 @@ async fn attack(sid: String, pid: u32) -> String {
     let ws = format!("ws://{CAM_STRANGER}:8080/mqtt");
     wait_listening(&broker).await;
     let mut report = Vec::new();
-    let mut note = |s: &str| report.push(s.to_string());
+    let started = std::time::Instant::now();
+    let mut note = |s: &str| {
+        let line = format!("{:5.1} s  {s}", started.elapsed().as_secs_f64());
+        eprintln!("{line}");
+        report.push(line);
+    };
 
     // Reading other viewers' signalling, commands, telemetry: every subscription refused, over
     // both doors.

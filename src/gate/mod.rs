@@ -680,11 +680,13 @@ impl Admission {
     }
 
     fn admit(admission: &Mutex<Admission>, ip: IpAddr) -> Option<Ticket<'_>> {
-        admission
+        let taken = admission
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .try_take(ip)
-            .then_some(Ticket { admission, ip })
+            .try_take(ip);
+        // Lazily: a ticket gives its place back when dropped, so one must exist only for a
+        // place taken, and only once the lock is released (dropping one takes it again).
+        taken.then(|| Ticket { admission, ip })
     }
 }
 
