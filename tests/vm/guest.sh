@@ -156,6 +156,8 @@ wait "$pid" 2>/dev/null
 # 5. The agent itself: R/status follows the camera through an unplug, and the control plane's
 # controls/set commands reach the real driver. The clients speak MQTT 5 on the broker's v5 port,
 # as rtcam itself does.
+# Commands need a broker user of the embedded broker (docs/security.md).
+echo operator-pass | rtcam passwd /tmp/mqtt-users operator > /dev/null
 cat > /tmp/agent.toml <<EOF
 [device]
 id = "vm"
@@ -163,6 +165,7 @@ id = "vm"
 [mqtt]
 embedded_listen = "127.0.0.1:1883"
 embedded_listen_v5 = "127.0.0.1:1884"
+users_file = "/tmp/mqtt-users"
 
 [http]
 listen = "127.0.0.1:8080"
@@ -190,7 +193,7 @@ apid=$!
 status_ok() { grep 'rtcam/vm/status' /tmp/mqtt.log | tail -n 1 | grep -q '"camera":"ok"'; }
 reply_has() { grep "\"id\":\"$1\"" /tmp/mqtt.log | grep -q "$2"; }
 if wait_until 30 'grep -q "rtcam is running" /tmp/agent.out'; then
-    mosquitto_sub -V 5 -h 127.0.0.1 -p 1884 -i vm-probe -v \
+    mosquitto_sub -V 5 -h 127.0.0.1 -p 1884 -i vm-probe -u operator -P operator-pass -v \
         -t rtcam/vm/status -t rtcam/vm/command/reply > /tmp/mqtt.log 2>&1 &
     spid=$!
     if wait_until 20 status_ok; then pass "status-camera-ok"; else fail "status-camera-ok"; tail -3 /tmp/mqtt.log; fi
@@ -204,9 +207,9 @@ if wait_until 30 'grep -q "rtcam is running" /tmp/agent.out'; then
     else
         fail "status-camera-lost-then-ok: never lost"; tail -3 /tmp/mqtt.log; tail -5 /tmp/agent.err
     fi
-    mosquitto_pub -V 5 -h 127.0.0.1 -p 1884 -i vm-pub -t rtcam/vm/command \
+    mosquitto_pub -V 5 -h 127.0.0.1 -p 1884 -i vm-pub -u operator -P operator-pass -t rtcam/vm/command \
         -m '{"id":"b1","command":"set","args":{"controls":{"brightness":77}}}'
-    mosquitto_pub -V 5 -h 127.0.0.1 -p 1884 -i vm-pub -t rtcam/vm/command -m '{"id":"c1","command":"controls"}'
+    mosquitto_pub -V 5 -h 127.0.0.1 -p 1884 -i vm-pub -u operator -P operator-pass -t rtcam/vm/command -m '{"id":"c1","command":"controls"}'
     if wait_until 10 'reply_has b1 "\"brightness\":77"' \
         && [ "$(rtcam controls --device /dev/video0 --get brightness)" = "brightness=77" ]; then
         pass "command-set-control"
