@@ -84,6 +84,13 @@ pub struct ViewerIceServers {
 impl IceServers {
     /// `device_id` becomes the label of derived usernames (a topic level: it has no `:`).
     pub fn new(fixed: Vec<IceServer>, rest: Option<TurnRest>, device_id: &str) -> Self {
+        for s in fixed.iter().filter(|s| !s.credential.is_empty()) {
+            tracing::info!(
+                urls = ?s.urls,
+                "a TURN server with a static credential is used by rtcam only, never handed to \
+                 viewers; give viewers TURN with webrtc.turn_urls and turn_secret (TURN REST)"
+            );
+        }
         Self {
             fixed,
             rest,
@@ -100,8 +107,16 @@ impl IceServers {
     }
 
     /// For a viewer (the page's `/config.json`, the `ice_servers` message), derived at `now`.
+    /// A configured server with a static credential stays rtcam's own: a viewer could keep it
+    /// and relay through the camera owner's TURN server forever. Viewers get TURN through
+    /// derived, expiring credentials (`turn_secret`) only.
     pub fn for_viewers(&self, now: SystemTime) -> ViewerIceServers {
-        let mut servers = self.fixed.clone();
+        let mut servers: Vec<IceServer> = self
+            .fixed
+            .iter()
+            .filter(|s| s.credential.is_empty())
+            .cloned()
+            .collect();
         servers.extend(
             self.rest
                 .as_ref()
@@ -132,6 +147,23 @@ mod tests {
         assert_eq!(s.username, "1433895918:gorst");
         assert_eq!(s.credential, "Jkoq/bR7DWfoH9c0tHZx2FEf1SM=");
         assert_eq!(s.urls, vec!["turn:turn.lan:3478?transport=udp".to_string()]);
+    }
+
+    #[test]
+    fn static_turn_credentials_stay_with_rtcam() {
+        let stun = IceServer {
+            urls: vec!["stun:t:3478".into()],
+            ..IceServer::default()
+        };
+        let fixed_turn = IceServer {
+            urls: vec!["turn:t:3478".into()],
+            username: "rtcam".into(),
+            credential: "static-secret".into(),
+        };
+        let all = IceServers::new(vec![stun.clone(), fixed_turn.clone()], None, "cam");
+        let now = SystemTime::now();
+        assert_eq!(all.for_rtcam(now), vec![stun.clone(), fixed_turn]);
+        assert_eq!(all.for_viewers(now).servers, vec![stun]);
     }
 
     #[test]

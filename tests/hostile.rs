@@ -157,7 +157,11 @@ fn a_stranger_can_neither_read_viewers_nor_command_the_camera(
     let sid = viewer.wait(|_, frames| frames >= 10).0;
     assert!(!sid.is_empty(), "the viewer decoded");
     let (rss_before, fds_before) = footprint(pid);
-    let report = netns::enter_named(&stranger.name, move || runtime().block_on(attack(sid, pid)));
+    // A real offer's text, made here: replayed offers are part of the attack.
+    let offer = runtime().block_on(common::real_offer_sdp());
+    let report = netns::enter_named(&stranger.name, move || {
+        runtime().block_on(attack(sid, offer, pid))
+    });
     let (rss_during, fds_during) = footprint(pid);
     let before = viewer.frames();
     let after = viewer.wait(|_, frames| frames >= before + 30).1;
@@ -223,7 +227,7 @@ fn a_stranger_can_neither_read_viewers_nor_command_the_camera(
 }
 
 /// Everything the stranger tries; each step asserts its refusal. Returns a line per step.
-async fn attack(sid: String, pid: u32) -> String {
+async fn attack(sid: String, offer: String, pid: u32) -> String {
     let broker = format!("{CAM_STRANGER}:1883");
     let ws = format!("ws://{CAM_STRANGER}:8080/mqtt");
     wait_listening(&broker).await;
@@ -383,6 +387,40 @@ async fn attack(sid: String, pid: u32) -> String {
         "a 4 MiB WebSocket message closes it"
     );
     note("garbage, a 512 KiB packet, a 4 MiB WebSocket message: their connection closed");
+
+    // Replayed offers under many client ids hold at most half the session slots (2 of 4).
+    let mut holders = Vec::new();
+    let mut answered = 0;
+    for i in 0..3 {
+        let id = format!("holder{i}");
+        let mut c = RawMqtt::tcp(&broker).await;
+        assert_eq!(c.connect(&id, None).await, Connack::Accepted);
+        assert_eq!(
+            c.subscribe(&format!("{ROOT}/session/{id}/out")).await,
+            Some(true)
+        );
+        let body = json!({"type": "offer", "sdp": offer}).to_string();
+        c.publish(&format!("{ROOT}/session/{id}/in"), body.as_bytes(), false)
+            .await;
+        let reply = loop {
+            match c.recv(Duration::from_secs(5)).await {
+                Some(rumqttc::mqttbytes::v4::Packet::Publish(p)) => {
+                    break serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap()
+                }
+                Some(_) => continue,
+                None => panic!("{id}: no reply to its offer"),
+            }
+        };
+        if reply["type"] == "answer" {
+            answered += 1;
+        } else {
+            assert_eq!(reply["code"], "too_many_sessions", "{id}: {reply}");
+        }
+        holders.push(c);
+    }
+    assert_eq!(answered, 2, "one address holds at most half the slots");
+    drop(holders);
+    note("3 replayed offers from one address: 2 answered, the third too_many_sessions");
 
     // Floods from one address: connections beyond the per-address cap are closed at once,
     // and connections that never say CONNECT are closed after the connect timeout.

@@ -56,9 +56,10 @@ pub struct GateConfig {
     pub login: (String, String),
 }
 
-/// The rights a connected client's token or user gave it, by client id (= session id for a
-/// viewer), for the session manager: a session opened over the gate needs no token in its
-/// offer, so tokens never travel through the broker.
+/// What the session manager needs to know of the clients connected through the gate, by
+/// client id (= session id for a viewer): the rights a token or broker user gave it (a session
+/// opened over the gate needs no token in its offer, so tokens never travel through the
+/// broker), and its address (sessions per address are capped).
 #[derive(Clone, Default)]
 pub struct ClientRights {
     inner: Arc<Mutex<HashMap<String, Grant>>>,
@@ -66,7 +67,9 @@ pub struct ClientRights {
 
 #[derive(Debug, Clone)]
 struct Grant {
-    rights: Vec<Right>,
+    /// `None` for a client that showed no token or login (a viewer of an open camera).
+    rights: Option<Vec<Right>>,
+    ip: IpAddr,
     /// Which connection holds the id; a later one with the same id takes it over.
     serial: u64,
 }
@@ -75,16 +78,21 @@ impl ClientRights {
     /// The rights of the client connected under `client_id`, if it authenticated with a token
     /// or as a broker user.
     pub fn rights_of(&self, client_id: &str) -> Option<Vec<Right>> {
-        self.lock().get(client_id).map(|g| g.rights.clone())
+        self.lock().get(client_id).and_then(|g| g.rights.clone())
+    }
+
+    /// The address the client connected under `client_id` comes from.
+    pub fn address_of(&self, client_id: &str) -> Option<IpAddr> {
+        self.lock().get(client_id).map(|g| g.ip)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, client_id: &str, rights: Vec<Right>, serial: u64) {
+    fn insert(&self, client_id: &str, rights: Option<Vec<Right>>, ip: IpAddr, serial: u64) {
         self.lock()
-            .insert(client_id.to_string(), Grant { rights, serial });
+            .insert(client_id.to_string(), Grant { rights, ip, serial });
     }
 
     fn remove(&self, client_id: &str, serial: u64) {
@@ -232,11 +240,12 @@ impl Gate {
                 return;
             }
         };
-        if let Some(rights) = &session.grant {
-            self.inner
-                .rights
-                .insert(&session.identity.client_id, rights.clone(), serial);
-        }
+        self.inner.rights.insert(
+            &session.identity.client_id,
+            session.grant.clone(),
+            peer.ip(),
+            serial,
+        );
         let client_id = session.identity.client_id.clone();
         let conn = Connection {
             gate: &self,

@@ -73,6 +73,11 @@ pub fn admit(
     })
 }
 
+/// Sessions one address may hold: half the slots, so others can still get in.
+pub fn per_address_cap(max_sessions: usize) -> usize {
+    (max_sessions / 2).max(1)
+}
+
 /// Live figures of one session, written by its task and read by `sessions` and telemetry.
 #[derive(Debug)]
 pub struct SessionStats {
@@ -276,6 +281,7 @@ impl SessionManager {
                 // Cancel-safe: mpsc recv.
                 Some(event) = self.events.recv() => {
                     let (message, grants) = self.authorize(&event.sid, event.message);
+                    let message = self.cap_per_address(&event.sid, message, &running);
                     let actions = self.table.on_message(&event.sid, message, Instant::now());
                     for action in actions {
                         self.apply(&event.sid, action, grants, &mut running, &mut tasks, &mut owners, &ended_tx).await;
@@ -394,6 +400,37 @@ impl SessionManager {
                 Grants::NONE,
             ),
         }
+    }
+
+    /// A new session from an address that already holds half the slots is refused, so one
+    /// sender (replaying offers under many client ids) cannot hold them all. Only clients of the
+    /// gate have a known address; loopback (the board's own programs) is not capped.
+    fn cap_per_address(
+        &self,
+        sid: &str,
+        message: Result<Inbound, ProtocolError>,
+        running: &HashMap<String, Running>,
+    ) -> Result<Inbound, ProtocolError> {
+        let (Ok(Inbound::Offer { .. }), Some(rights)) = (&message, &self.client_rights) else {
+            return message;
+        };
+        let Some(ip) = rights.address_of(sid).filter(|ip| !ip.is_loopback()) else {
+            return message;
+        };
+        let held = running
+            .keys()
+            .filter(|other| other.as_str() != sid && rights.address_of(other) == Some(ip))
+            .count();
+        let cap = per_address_cap(self.table.max_sessions());
+        if held >= cap {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManySessions,
+                format!(
+                    "This address already watches in {held} of the camera's sessions, the most one address may hold; end one first."
+                ),
+            ));
+        }
+        message
     }
 
     #[allow(clippy::too_many_arguments)]

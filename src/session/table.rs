@@ -143,6 +143,11 @@ impl SessionTable {
         self.live.len()
     }
 
+    /// `[webrtc] max_sessions`.
+    pub fn max_sessions(&self) -> usize {
+        self.limits.max_sessions
+    }
+
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
