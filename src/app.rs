@@ -134,6 +134,9 @@ impl App {
             "viewer_commands": config.control.viewer_commands,
             // The page adds an audio transceiver (and a talk button) only when these say so.
             "audio": { "enabled": config.audio.enabled, "talkback": config.audio.enabled && config.audio.talkback },
+            // Whether `/mqtt` leads to the gate, which takes the page's token once at connect
+            // (offers then carry none); an external broker behind `/mqtt` needs it in offers.
+            "mqtt_gate": config.mqtt.url == "embedded",
         });
         let media_stop = CancellationToken::new();
         let (media, media_task) = media::start(

@@ -98,3 +98,49 @@ fn a_short_token_secret_is_refused_from_the_file_or_a_credential() {
         );
     }
 }
+
+/// The embedded broker facing the network with nobody to let in but anonymous viewers is
+/// refused at start, naming the key and the way out; `rtcam passwd` makes the users file that
+/// lets it start.
+#[test]
+fn a_broker_listening_beyond_this_machine_needs_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    let config = |users: &str| {
+        format!(
+            "[mqtt]\nembedded_listen = \"0.0.0.0:0\"\nembedded_listen_v5 = \"127.0.0.1:0\"\n{users}\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n"
+        )
+    };
+    std::fs::write(&path, config("")).unwrap();
+    let out = rtcam(&["--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "mqtt.embedded_listen = \"0.0.0.0:0\" lets other machines reach the embedded broker"
+        ) && err.contains("mqtt.users_file")
+            && err.contains("rtcam passwd"),
+        "{err}"
+    );
+
+    let users = dir.path().join("users");
+    let mut passwd = Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args(["passwd", users.to_str().unwrap(), "homeassistant"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    passwd
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long password\n")
+        .unwrap();
+    assert!(passwd.wait().unwrap().success());
+    let hashed = std::fs::read_to_string(&users).unwrap();
+    assert!(hashed.starts_with("homeassistant:$7$") && !hashed.contains("a long password"));
+    let loaded = rtcam::gate::users::Users::load(&users).unwrap();
+    assert!(loaded.verify("homeassistant", "a long password"));
+}

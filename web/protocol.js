@@ -175,10 +175,11 @@ export function resolveSettings(config, search, location) {
       prefix,
       brokerUrl,
       token,
-      // Through the camera's own /mqtt, the token on the WebSocket's address proves who
-      // this page is once, at connect; offers then carry none, so no token ever travels
-      // through the broker. Another broker only sees the token inside the offer.
-      tokenInOffers: !!token && brokerUrl !== defaultBrokerUrl(location, token),
+      // Through the camera's own /mqtt to its embedded broker (config.json's mqtt_gate), the
+      // token on the WebSocket's address proves who this page is once, at connect; offers
+      // then carry none, so no token travels through the broker. Any other broker only sees
+      // the token inside the offer.
+      tokenInOffers: !!token && !(cfg?.mqtt_gate === true && brokerUrl === defaultBrokerUrl(location, token)),
       watchingServer,
       viewerCommands: watchingServer ? viewerCommandsOf(cfg) : 'unknown',
       iceServers: normalizeIceServers(cfg?.ice_servers),

@@ -140,9 +140,11 @@ test('resolveSettings prefers the configured broker_url', () => {
 });
 
 test('a token travels in offers only to a broker other than the camera\'s own /mqtt', () => {
-  const own = resolveSettings(config, '?token=tok', httpLocation).settings;
+  const own = resolveSettings({ ...config, mqtt_gate: true }, '?token=tok', httpLocation).settings;
   assert.equal(own.brokerUrl, 'ws://127.0.0.1:8080/mqtt?token=tok');
   assert.equal(own.tokenInOffers, false);
+  // /mqtt forwarded to an external broker: only the offer carries the token to rtcam.
+  assert.equal(resolveSettings(config, '?token=tok', httpLocation).settings.tokenInOffers, true);
   const other = resolveSettings({ ...config, broker_url: 'wss://broker.test/mqtt' }, '?token=tok', httpLocation).settings;
   assert.equal(other.tokenInOffers, true);
   assert.equal(resolveSettings(config, '', httpLocation).settings.tokenInOffers, false);

@@ -111,6 +111,36 @@ pub struct GateStats {
     pub refused_packets: AtomicU64,
 }
 
+impl GateStats {
+    /// The counts in Prometheus' text format.
+    pub fn prometheus(&self, device: &str) -> String {
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "mqtt_gate_connections_total",
+                "MQTT clients the gate admitted (embedded broker).",
+                &self.connections,
+            ),
+            (
+                "mqtt_gate_refused_connections_total",
+                "MQTT connections the gate refused: caps, logins, client ids, last wills.",
+                &self.refused_connections,
+            ),
+            (
+                "mqtt_gate_refused_packets_total",
+                "Subscriptions and publishes the gate refused.",
+                &self.refused_packets,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} counter\nrtcam_{name}{{device=\"{device}\"}} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
 #[derive(Clone)]
 pub struct Gate {
     inner: Arc<Inner>,
@@ -347,11 +377,15 @@ impl Gate {
         };
         match (&config.authority, token) {
             (Some(authority), Some(token)) => {
+                // Any right gets a token in: a `metrics` token reads telemetry without watching.
+                let now = SystemTime::now();
                 let claims = authority
-                    .verify(Some(token), Right::View, SystemTime::now())
+                    .verify(Some(token), Right::View, now)
+                    .or_else(|_| authority.verify(Some(token), Right::Control, now))
+                    .or_else(|_| authority.verify(Some(token), Right::Metrics, now))
                     .map_err(|e| (ConnectRefusal::BadCredentials, format!("token: {e}")))?;
                 let rights = Rights {
-                    view: true,
+                    view: claims.grants(Right::View),
                     metrics: claims.grants(Right::Metrics),
                     control: claims.grants(Right::Control),
                     operator: false,

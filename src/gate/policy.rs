@@ -130,7 +130,7 @@ impl Policy {
             within(filter, &self.root) || within(filter, &self.ha_prefix)
         } else {
             let exact = [
-                (r.view, self.topic("status")),
+                (r.view || r.metrics || r.control, self.topic("status")),
                 (
                     r.view,
                     format!("{}/session/{}/out", self.root, who.client_id),

@@ -186,7 +186,24 @@ pub fn set_user(path: &Path, name: &str, password: &str) -> Result<(), UsersErro
         .open(path)
         .map_err(io)?;
     file.write_all((lines.join("\n") + "\n").as_bytes())
-        .map_err(io)
+        .map_err(io)?;
+    // Made by root for the service: its group is rtcam's, so the service (user rtcam) can read
+    // it and nobody else can.
+    if let Some(gid) = group_id("rtcam") {
+        let _ = std::os::unix::fs::chown(path, None, Some(gid));
+    }
+    Ok(())
+}
+
+/// The id of a group in /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name)).then(|| f.nth(1)?.parse().ok())?
+        })
 }
 
 /// One line of a users file for `name` with `password`, PBKDF2-SHA512 with a random salt.

@@ -434,7 +434,11 @@ async fn page_config(
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let text = crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
+    let mut text =
+        crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
+    if let Some(MqttDoor::Gate(gate)) = &state.mqtt_door {
+        text.push_str(&gate.stats().prometheus(&state.device_id));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
