@@ -151,9 +151,9 @@ struct Inner {
     rights: ClientRights,
     stats: GateStats,
     admission: Mutex<Admission>,
-    /// Client ids connected now, with the serial of the connection holding each: a viewer's id
-    /// is its session, and a second connection may not take it over (the first keeps it).
-    held_ids: Mutex<HashMap<String, u64>>,
+    /// Client ids connected now, with the serial and address of the connection holding each: a
+    /// viewer's id is its session, and a connection from elsewhere may not take it over.
+    held_ids: Mutex<HashMap<String, (u64, IpAddr)>>,
     /// Refusals are logged once per connection, and no more than a few per second in all.
     log_budget: Mutex<RateLimiter>,
     serial: AtomicU64,
@@ -241,7 +241,7 @@ impl Gate {
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
         let session = self
             .admit(&connect, peer, url_token.as_deref())
-            .and_then(|s| self.hold_id(s, serial));
+            .and_then(|s| self.hold_id(s, serial, peer.ip()));
         let session = match session {
             Ok(s) => s,
             Err((why, sentence)) => {
@@ -294,32 +294,32 @@ impl Gate {
             .held_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if held.get(&client_id) == Some(&serial) {
+        if held.get(&client_id).is_some_and(|(s, _)| *s == serial) {
             held.remove(&client_id);
         }
     }
 
-    /// Records the connection's client id as held; a viewer's id that another connection holds
-    /// is refused, so a stolen or replayed session id cannot push the viewer off. Broker users
-    /// take an id over as MQTT says (their tools reconnect under a fixed id).
+    /// Records the connection's client id as held. A viewer's id held by a connection from
+    /// another address is refused, so a stolen or replayed session id cannot push the viewer
+    /// off; from the same address it is the viewer reconnecting (a page on a flaky link, whose
+    /// old connection is not closed yet) and takes the id over, as MQTT says. Broker users
+    /// always may (their tools reconnect under a fixed id).
     fn hold_id(
         &self,
         session: Admitted,
         serial: u64,
+        ip: IpAddr,
     ) -> Result<Admitted, (ConnectRefusal, String)> {
-        let mut held = self
-            .inner
-            .held_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut held = self.inner.held_ids.lock().unwrap_or_else(|e| e.into_inner());
         let id = &session.identity.client_id;
-        if held.contains_key(id) && !session.identity.rights.operator {
+        let elsewhere = held.get(id).is_some_and(|(_, by)| *by != ip);
+        if elsewhere && !session.identity.rights.operator {
             return Err((
                 ConnectRefusal::BadClientId,
-                "that client id is connected already".into(),
+                "that client id is connected already, from another address".into(),
             ));
         }
-        held.insert(id.clone(), serial);
+        held.insert(id.clone(), (serial, ip));
         Ok(session)
     }
 
