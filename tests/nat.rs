@@ -226,10 +226,12 @@ fn start_rtcam(scene: &Scene, device: &str, webrtc: &str) -> Proc {
         format!(
             "[device]\nid = \"{device}\"\n\
              [mqtt]\nembedded_listen = \"0.0.0.0:{MQTT_PORT}\"\nembedded_listen_v5 = \"127.0.0.1:1884\"\n\
+             users_file = \"{users}\"\n\
              [http]\nlisten = \"0.0.0.0:{HTTP_PORT}\"\nhttps_listen = \"\"\n\
              [source]\nkind = \"test\"\nwidth = 320\nheight = 240\nfps = 15\n\
              [encoder]\nbitrate_kbps = 300\nkeyframe_interval = 15\n\
-             [webrtc]\nudp_addrs = [\"{CAM_LAN}\"]\n{webrtc}\n"
+             [webrtc]\nudp_addrs = [\"{CAM_LAN}\"]\n{webrtc}\n",
+            users = common::operator_users_file(),
         ),
     )
     .unwrap();
