@@ -23,9 +23,10 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
 # (iproute2, nftables), with coturn as their STUN and TURN server (tests/nat.rs); the lossy
 # link (tests/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
-# lack, with iproute2's tc copied into its busybox initramfs.
+# lack, with iproute2's tc copied into its busybox initramfs. `promtool check metrics` checks
+# /metrics (tests/metrics.rs); Debian ships promtool in the prometheus package.
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables coturn \
-	qemu-system-x86 busybox-static cpio kmod binutils
+	qemu-system-x86 busybox-static cpio kmod binutils prometheus
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \

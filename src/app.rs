@@ -60,6 +60,8 @@ pub struct App {
 
 impl App {
     pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
+        // `/metrics`' uptime counts from here.
+        let started = std::time::Instant::now();
         let device_id = config.device_id();
         let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
@@ -161,7 +163,7 @@ impl App {
             media.clone(),
             sessions.clone(),
             status_rx.clone(),
-            telemetry_rx.clone(),
+            telemetry_rx,
             publications_tx.clone(),
             config.clone(),
             origin,
@@ -249,7 +251,13 @@ impl App {
                 ice_servers,
                 mqtt_door,
                 media: media.clone(),
-                telemetry: telemetry_rx,
+                metrics: crate::metrics::Metrics {
+                    device_id: device_id.clone(),
+                    started,
+                    media: media.clone(),
+                    sessions: sessions.clone(),
+                    viewers: viewers_rx.clone(),
+                },
                 device_id: device_id.clone(),
                 authority,
                 hosts: http::guard::HostPolicy::new(&own_names, &config.http.allowed_hosts),

@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod media;
 pub mod memory;
+pub mod metrics;
 pub mod service;
 pub mod session;
 pub mod signalling;

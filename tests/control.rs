@@ -278,14 +278,16 @@ async fn telemetry_and_metrics() {
         "{t}"
     );
 
+    // /metrics has its own test (tests/metrics.rs); here, that it reads the same pipeline.
     let metrics = http_get(rt.app.http_addr(), "/metrics").await;
     assert!(
-        metrics.contains(
-            "rtcam_latency_ms{device=\"ctl-telemetry\",stage=\"capture_to_sent\",quantile=\"0.5\"}"
-        ),
+        metrics.contains("rtcam_frame_latency_seconds_bucket{stage=\"capture_to_sent\""),
         "{metrics}"
     );
-    assert!(metrics.contains("# TYPE rtcam_fps_in gauge"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE rtcam_encoded_bytes_total counter"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("rtcam_viewers{device=\"ctl-telemetry\"} 1"),
         "{metrics}"

@@ -140,7 +140,7 @@ impl Rtcam {
             .count()
     }
 
-    /// rtcam's own figures from `/metrics` (refreshed every second).
+    /// rtcam's own figures from `/metrics` (read live at each request).
     async fn metrics(&self) -> Option<Metrics> {
         let body = common::http::get(self.http, "/metrics", &[])
             .await
@@ -159,7 +159,7 @@ impl Rtcam {
         })
     }
 
-    /// The next telemetry sample taken after now (so it reflects the present).
+    /// Figures taken more than a second after now (so they reflect the present).
     async fn fresh_metrics(&self) -> Metrics {
         let deadline = Instant::now() + Duration::from_secs(20);
         let first = loop {

@@ -1,17 +1,16 @@
-//! Telemetry: what the device is doing, published on `R/telemetry` every interval and served as
-//! Prometheus text on `/metrics`.
+//! Telemetry: what the device is doing, published on `R/telemetry` every interval and pushed
+//! to viewers' control channels. `/metrics` reads its figures live instead (src/metrics.rs).
 //!
 //! Rates are differences of counters between two samples; the process figures come from /proc
 //! and the SoC temperature from /sys/class/thermal where the board has one.
 
 use super::Publication;
-use crate::media::latency::{LatencySummary, StageSummary};
+use crate::media::latency::StageSummary;
 use crate::media::Media;
 use crate::session::table::Label;
 use crate::session::{SessionInfo, Sessions};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -149,7 +148,7 @@ fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-/// Publishes telemetry every `interval` and keeps the latest for `/metrics`.
+/// Publishes telemetry every `interval` and keeps the latest for the control plane.
 pub async fn run(
     mut sampler: Sampler,
     interval: Duration,
@@ -173,177 +172,6 @@ pub async fn run(
         }
         latest.send_replace(t);
     }
-}
-
-/// The same figures in Prometheus text exposition format.
-pub fn prometheus(t: &Telemetry, device: &str) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} {kind}\nrtcam_{name}{{device=\"{device}\"}} {value}");
-    };
-    metric(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since rtcam started.",
-        t.uptime_secs as f64,
-    );
-    metric(
-        "frames_total",
-        "counter",
-        "Encoded frames produced.",
-        t.frames_total as f64,
-    );
-    metric(
-        "frames_dropped_total",
-        "counter",
-        "Frames viewers skipped.",
-        t.frames_dropped as f64,
-    );
-    metric(
-        "pipeline_restarts_total",
-        "counter",
-        "Media pipeline rebuilds after errors.",
-        t.pipeline_restarts as f64,
-    );
-    metric(
-        "vp8_frames_total",
-        "counter",
-        "Frames from the VP8 fallback encoder.",
-        t.vp8_frames_total as f64,
-    );
-    metric("fps_in", "gauge", "Encoded frames per second.", t.fps_in);
-    metric(
-        "fps_out",
-        "gauge",
-        "Frames per second sent to each viewer, averaged.",
-        t.fps_out,
-    );
-    metric(
-        "bitrate_kbps",
-        "gauge",
-        "Encoder output in kbit/s.",
-        t.bitrate_kbps,
-    );
-    metric(
-        "target_bitrate_kbps",
-        "gauge",
-        "Bitrate the encoder is set to (bitrate adaptation's choice).",
-        f64::from(t.target_bitrate_kbps),
-    );
-    metric("viewers", "gauge", "Connected viewers.", t.viewers as f64);
-    metric(
-        "cpu_percent",
-        "gauge",
-        "CPU used by rtcam, percent of one core.",
-        t.cpu_percent,
-    );
-    metric(
-        "rss_bytes",
-        "gauge",
-        "Resident memory of rtcam.",
-        t.rss_bytes as f64,
-    );
-    metric(
-        "tokio_tasks",
-        "gauge",
-        "Tokio tasks alive in rtcam's runtime.",
-        t.tokio_tasks as f64,
-    );
-    metric(
-        "open_fds",
-        "gauge",
-        "Open file descriptors of rtcam.",
-        t.open_fds as f64,
-    );
-    metric(
-        "streaming",
-        "gauge",
-        "1 while streaming, 0 while switched off.",
-        f64::from(u8::from(t.streaming)),
-    );
-    metric(
-        "audio_packets_total",
-        "counter",
-        "Opus packets from the microphone.",
-        t.audio_packets_total as f64,
-    );
-    metric(
-        "talkback_samples_total",
-        "counter",
-        "Samples of viewers' microphones played on the board.",
-        t.talkback_samples_total as f64,
-    );
-    if let Some(c) = t.temperature_c {
-        metric("soc_temperature_celsius", "gauge", "SoC temperature.", c);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP rtcam_latency_ms Time a frame spends in rtcam over the last telemetry interval, by stage.\n# TYPE rtcam_latency_ms summary"
-    );
-    let stages: [(&str, Option<LatencySummary>); 3] = [
-        ("capture_to_encoded", t.latency.capture_to_encoded),
-        ("encoded_to_sent", t.latency.encoded_to_sent),
-        ("capture_to_sent", t.latency.capture_to_sent),
-    ];
-    for (stage, summary) in stages {
-        if let Some(l) = summary {
-            for (q, v) in [("0.5", l.p50_ms), ("0.95", l.p95_ms), ("1", l.max_ms)] {
-                let _ = writeln!(
-                    out,
-                    "rtcam_latency_ms{{device=\"{device}\",stage=\"{stage}\",quantile=\"{q}\"}} {v}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "rtcam_latency_ms_count{{device=\"{device}\",stage=\"{stage}\"}} {}",
-                l.samples
-            );
-        }
-    }
-    viewer_aggregates(&mut out, &t.sessions, device);
-    out
-}
-
-/// Per-viewer figures folded over the viewers connected now. Prometheus gets no per-session
-/// series: a label per session would grow its series without bound as viewers come and go,
-/// and would name sessions to whoever reads `/metrics`. The `sessions` command has each
-/// session's figures under its label.
-fn viewer_aggregates(out: &mut String, sessions: &[SessionInfo], device: &str) {
-    let mut metric = |name: &str, help: &str, value: Option<f64>| {
-        let _ = writeln!(out, "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} gauge");
-        if let Some(v) = value {
-            let _ = writeln!(out, "rtcam_{name}{{device=\"{device}\"}} {v}");
-        }
-    };
-    metric(
-        "viewers_rtt_ms_max",
-        "Highest round-trip time among connected viewers.",
-        sessions.iter().filter_map(|s| s.rtt_ms).reduce(f64::max),
-    );
-    metric(
-        "viewers_estimate_kbps_min",
-        "Lowest of bitrate adaptation's estimates of what each viewer can take.",
-        sessions
-            .iter()
-            .filter_map(|s| s.estimate_kbps)
-            .min()
-            .map(|k| k as f64),
-    );
-    metric(
-        "viewers_paced",
-        "Viewers held below the encoder's rate (keyframe-skipping).",
-        Some(sessions.iter().filter(|s| s.paced).count() as f64),
-    );
-    metric(
-        "viewers_nacked_packets",
-        "Packets the connected viewers asked to be resent, summed over their sessions so far.",
-        Some(sessions.iter().map(|s| s.nacked_packets).sum::<u64>() as f64),
-    );
-    metric(
-        "viewers_retransmitted_packets",
-        "Packets resent to the connected viewers for their NACKs, summed over their sessions so far.",
-        Some(sessions.iter().map(|s| s.retransmitted_packets).sum::<u64>() as f64),
-    );
 }
 
 fn process_cpu_ticks() -> Option<u64> {
@@ -373,7 +201,7 @@ fn open_fds() -> Option<usize> {
 }
 
 /// The SoC temperature: the first thermal zone (on Raspberry Pi and most boards, the CPU).
-fn soc_temperature() -> Option<f64> {
+pub(crate) fn soc_temperature() -> Option<f64> {
     let milli: f64 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
         .ok()?
         .trim()
@@ -385,98 +213,6 @@ fn soc_temperature() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prometheus_text_has_help_type_and_labels() {
-        let t = Telemetry {
-            viewers: 2,
-            fps_in: 29.9,
-            vp8_frames_total: 12,
-            temperature_c: Some(51.2),
-            latency: StageSummary {
-                capture_to_encoded: Some(LatencySummary {
-                    samples: 30,
-                    p50_ms: 4.5,
-                    p95_ms: 7.25,
-                    max_ms: 9.0,
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let text = prometheus(&t, "cam1");
-        assert!(
-            text.contains("# TYPE rtcam_viewers gauge\nrtcam_viewers{device=\"cam1\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("rtcam_fps_in{device=\"cam1\"} 29.9"));
-        assert!(text.contains(
-            "# TYPE rtcam_vp8_frames_total counter\nrtcam_vp8_frames_total{device=\"cam1\"} 12\n"
-        ));
-        assert!(text.contains("rtcam_soc_temperature_celsius{device=\"cam1\"} 51.2"));
-        assert!(text.contains(
-            "rtcam_latency_ms{device=\"cam1\",stage=\"capture_to_encoded\",quantile=\"0.95\"} 7.25"
-        ));
-        assert!(text
-            .contains("rtcam_latency_ms_count{device=\"cam1\",stage=\"capture_to_encoded\"} 30"));
-        assert!(
-            !text.contains("stage=\"encoded_to_sent\""),
-            "no sample, no line"
-        );
-    }
-
-    fn session(generation: u64, rtt_ms: Option<f64>, estimate_kbps: Option<u64>) -> SessionInfo {
-        SessionInfo {
-            label: Label::of(generation),
-            state: "connected",
-            duration_secs: 5,
-            codec: "H264",
-            bitrate_kbps: 900,
-            frames_sent: 150,
-            frames_skipped: 1,
-            keyframe_requests: 0,
-            rtt_ms,
-            time_to_first_frame_ms: Some(200),
-            estimate_kbps,
-            loss_percent: None,
-            nacked_packets: 4,
-            retransmitted_packets: 3,
-            paced: generation == 2,
-        }
-    }
-
-    #[test]
-    fn prometheus_folds_viewers_and_names_no_session() {
-        let t = Telemetry {
-            viewers: 2,
-            sessions: vec![
-                session(1, Some(2.5), Some(1800)),
-                session(2, Some(40.0), Some(600)),
-            ],
-            ..Default::default()
-        };
-        let text = prometheus(&t, "cam1");
-        assert!(
-            text.contains("rtcam_viewers_rtt_ms_max{device=\"cam1\"} 40\n"),
-            "{text}"
-        );
-        assert!(text.contains("rtcam_viewers_estimate_kbps_min{device=\"cam1\"} 600\n"));
-        assert!(text.contains("rtcam_viewers_paced{device=\"cam1\"} 1\n"));
-        assert!(text.contains("rtcam_viewers_nacked_packets{device=\"cam1\"} 8\n"));
-        assert!(text.contains("rtcam_viewers_retransmitted_packets{device=\"cam1\"} 6\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(
-                !line.contains("sid=") && !line.contains("label=") && !line.contains("\"v1\""),
-                "no per-session series: {line}"
-            );
-        }
-        let none = prometheus(&Telemetry::default(), "cam1");
-        assert!(
-            !none.contains("rtcam_viewers_rtt_ms_max{"),
-            "no viewer, no RTT sample"
-        );
-        assert!(none.contains("rtcam_viewers_paced{device=\"cam1\"} 0\n"));
-    }
 
     #[test]
     fn proc_readers_work_on_linux() {

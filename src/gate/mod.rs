@@ -103,42 +103,12 @@ impl ClientRights {
     }
 }
 
-/// Counts for `/metrics` and tests.
+/// Counts for `/metrics` (src/metrics.rs names them) and tests; they only grow.
 #[derive(Debug, Default)]
 pub struct GateStats {
     pub connections: AtomicU64,
     pub refused_connections: AtomicU64,
     pub refused_packets: AtomicU64,
-}
-
-impl GateStats {
-    /// The counts in Prometheus' text format.
-    pub fn prometheus(&self, device: &str) -> String {
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "mqtt_gate_connections_total",
-                "MQTT clients the gate admitted (embedded broker).",
-                &self.connections,
-            ),
-            (
-                "mqtt_gate_refused_connections_total",
-                "MQTT connections the gate refused: caps, logins, client ids, last wills.",
-                &self.refused_connections,
-            ),
-            (
-                "mqtt_gate_refused_packets_total",
-                "Subscriptions and publishes the gate refused.",
-                &self.refused_packets,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP rtcam_{name} {help}\n# TYPE rtcam_{name} counter\nrtcam_{name}{{device=\"{device}\"}} {}\n",
-                value.load(Ordering::Relaxed)
-            ));
-        }
-        out
-    }
 }
 
 #[derive(Clone)]

@@ -82,8 +82,8 @@ pub struct HttpState {
     pub mqtt_door: Option<MqttDoor>,
     /// For `/snapshot.jpg`.
     pub media: crate::media::Media,
-    /// Latest telemetry, for `/metrics`.
-    pub telemetry: tokio::sync::watch::Receiver<crate::control::telemetry::Telemetry>,
+    /// What `/metrics` reads at each scrape.
+    pub metrics: crate::metrics::Metrics,
     pub device_id: String,
     /// Checks tokens when `[auth] secret` is set.
     pub authority: Option<crate::auth::Authority>,
@@ -434,12 +434,17 @@ async fn page_config(
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let mut text =
-        crate::control::telemetry::prometheus(&state.telemetry.borrow(), &state.device_id);
-    if let Some(MqttDoor::Gate(gate)) = &state.mqtt_door {
-        text.push_str(&gate.stats().prometheus(&state.device_id));
+    let gate = match &state.mqtt_door {
+        Some(MqttDoor::Gate(gate)) => Some(gate.stats()),
+        _ => None,
+    };
+    match state.metrics.render(gate).await {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!("/metrics: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response()
+        }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn snapshot(State(state): State<Arc<HttpState>>) -> Response {

@@ -3,6 +3,8 @@
 //!
 //! Pure state: the pipeline and the sessions record durations, telemetry takes a summary of
 //! each window and starts the next. Bounded, so a window nobody reads costs a fixed amount.
+//! Each sample also goes into a histogram that lives as long as the process, for `/metrics`
+//! (src/metrics.rs): a scraper computes its own quantiles over whatever span it wants.
 
 use serde::Serialize;
 use std::time::Duration;
@@ -56,15 +58,42 @@ impl LatencyWindow {
     }
 }
 
-/// The stages rtcam measures, one window each.
+/// The stages rtcam measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Capture timestamp (the camera driver's, or the test pattern's) → encoded frame out.
+    CaptureToEncoded,
+    /// Encoded frame out → written to a viewer's connection, one sample per viewer and frame.
+    EncodedToSent,
+    /// Capture → written to a viewer's connection: the whole of rtcam's share of the latency.
+    CaptureToSent,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [
+        Stage::CaptureToEncoded,
+        Stage::EncodedToSent,
+        Stage::CaptureToSent,
+    ];
+
+    /// The name telemetry and `/metrics` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::CaptureToEncoded => "capture_to_encoded",
+            Stage::EncodedToSent => "encoded_to_sent",
+            Stage::CaptureToSent => "capture_to_sent",
+        }
+    }
+}
+
+/// One window per stage (telemetry's), and the histograms behind `/metrics`.
 #[derive(Debug, Default)]
 pub struct StageLatency {
-    /// Capture timestamp (the camera driver's, or the test pattern's) → encoded frame out.
-    pub capture_to_encoded: std::sync::Mutex<LatencyWindow>,
-    /// Encoded frame out → written to a viewer's connection, one sample per viewer and frame.
-    pub encoded_to_sent: std::sync::Mutex<LatencyWindow>,
-    /// Capture → written to a viewer's connection: the whole of rtcam's share of the latency.
-    pub capture_to_sent: std::sync::Mutex<LatencyWindow>,
+    capture_to_encoded: std::sync::Mutex<LatencyWindow>,
+    encoded_to_sent: std::sync::Mutex<LatencyWindow>,
+    capture_to_sent: std::sync::Mutex<LatencyWindow>,
+    /// Every sample since start, never reset: a scrape must not take what telemetry reads.
+    pub histograms: crate::metrics::LatencyHistograms,
 }
 
 /// One telemetry window of [`StageLatency`]; a stage with no sample is left out.
@@ -91,8 +120,14 @@ impl StageLatency {
         }
     }
 
-    pub fn record(window: &std::sync::Mutex<LatencyWindow>, d: Duration) {
+    pub fn record(&self, stage: Stage, d: Duration) {
+        let window = match stage {
+            Stage::CaptureToEncoded => &self.capture_to_encoded,
+            Stage::EncodedToSent => &self.encoded_to_sent,
+            Stage::CaptureToSent => &self.capture_to_sent,
+        };
         window.lock().unwrap_or_else(|p| p.into_inner()).record(d);
+        self.histograms.observe(stage, d);
     }
 }
 

@@ -163,8 +163,24 @@ pub struct MediaStats {
     /// Frames and keyframes of the VP8 fallback encoder, counted apart from the H.264 ones.
     pub vp8_frames: std::sync::atomic::AtomicU64,
     pub vp8_keyframes: std::sync::atomic::AtomicU64,
-    /// Capture → encoded → sent, for telemetry.
+    /// Capture → encoded → sent, for telemetry and `/metrics`.
     pub latency: latency::StageLatency,
+    /// What viewers were sent and what they skipped, summed over every session since start.
+    /// Sessions keep their own figures too, but those go when the viewer leaves; these are
+    /// `/metrics`' counters, which must never go down.
+    pub viewers: ViewerTotals,
+}
+
+/// Process-wide counts of what every viewer session did (see [`MediaStats::viewers`]).
+#[derive(Debug, Default)]
+pub struct ViewerTotals {
+    pub frames_sent: std::sync::atomic::AtomicU64,
+    /// Frames not sent: waiting for a keyframe, skipped after falling behind or by pacing.
+    pub frames_skipped: std::sync::atomic::AtomicU64,
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Packets viewers asked to be resent (NACK), and the packets resent for them.
+    pub nacked_packets: std::sync::atomic::AtomicU64,
+    pub retransmitted_packets: std::sync::atomic::AtomicU64,
 }
 
 /// Requests to the media task.
@@ -954,7 +970,7 @@ impl Runner {
                     // the pipeline clock is how long capture → encoded took.
                     let age = capture_age(sink, &sample);
                     if let Some(age) = age {
-                        latency::StageLatency::record(&stats.latency.capture_to_encoded, age);
+                        stats.latency.record(latency::Stage::CaptureToEncoded, age);
                         audio::record_delay(&audio_stats.video_delay_us, age);
                     }
                     stats.frames.fetch_add(1, Ordering::Relaxed);

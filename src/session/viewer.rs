@@ -5,7 +5,7 @@ use super::adapt::{Adaptation, ByteBudget, Report};
 use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerState};
 use super::table::{Generation, Label};
 use crate::media::audio::AudioPacket;
-use crate::media::latency::StageLatency;
+use crate::media::latency::Stage;
 use crate::media::{EncodedFrame, Media, VideoCodec};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
@@ -116,16 +116,39 @@ impl Viewer {
             .map(|a| f(&mut a.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
+    /// Counts `n` frames this viewer did not get, in its session and process-wide.
+    fn skipped(&self, n: u64) {
+        self.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+        self.media
+            .stats()
+            .viewers
+            .frames_skipped
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Hands the viewer's RTCP feedback to adaptation, applies an encoder change it decides,
     /// and returns this viewer's own budget (when it cannot take the encoder's rate).
     fn adapt(&self, peer: &Peer) -> Option<u32> {
         let feedback = peer.take_feedback();
-        self.stats
+        // The peer's figures are this session's running totals; the process-wide counters
+        // take what they grew by since the last turn.
+        let totals = &self.media.stats().viewers;
+        let before = self
+            .stats
             .nacked_packets
-            .store(feedback.nacked_packets, Ordering::Relaxed);
-        self.stats
+            .swap(feedback.nacked_packets, Ordering::Relaxed);
+        totals.nacked_packets.fetch_add(
+            feedback.nacked_packets.saturating_sub(before),
+            Ordering::Relaxed,
+        );
+        let before = self
+            .stats
             .retransmitted_packets
-            .store(feedback.retransmitted_packets, Ordering::Relaxed);
+            .swap(feedback.retransmitted_packets, Ordering::Relaxed);
+        totals.retransmitted_packets.fetch_add(
+            feedback.retransmitted_packets.saturating_sub(before),
+            Ordering::Relaxed,
+        );
         if let Some(loss) = feedback.losses.fraction() {
             self.stats
                 .loss_centipercent
@@ -297,7 +320,7 @@ impl Viewer {
                 frame = recv_frame(&mut frames) => match frame {
                     Ok(frame) => {
                         if waiting_for_keyframe && !frame.keyframe {
-                            self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                            self.skipped(1);
                             continue;
                         }
                         waiting_for_keyframe = false;
@@ -313,7 +336,7 @@ impl Viewer {
                         }
                         if let Some(kbps) = budget_kbps {
                             if !budget.admit(frame.data.len(), frame.keyframe, kbps, Instant::now()) {
-                                self.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                                self.skipped(1);
                                 continue;
                             }
                         }
@@ -324,7 +347,7 @@ impl Viewer {
                         // way to show a clean picture again.
                         tracing::debug!(sid = %self.sid, "viewer lagged {n} frames; waiting for a keyframe");
                         waiting_for_keyframe = true;
-                        self.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+                        self.skipped(n);
                         self.media.request_keyframe_for(self.codec);
                     }
                     Err(broadcast::error::RecvError::Closed) => break ("video source ended".into(), true),
@@ -404,13 +427,15 @@ impl Viewer {
         match peer.write_frame(frame).await {
             Ok(()) => {
                 *write_failed = false;
-                let latency = &self.media.stats().latency;
-                StageLatency::record(&latency.encoded_to_sent, frame.produced.elapsed());
-                StageLatency::record(&latency.capture_to_sent, frame.captured.elapsed());
+                let media = self.media.stats();
+                let latency = &media.latency;
+                latency.record(Stage::EncodedToSent, frame.produced.elapsed());
+                latency.record(Stage::CaptureToSent, frame.captured.elapsed());
                 let sent = self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .bytes_sent
-                    .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                let bytes = frame.data.len() as u64;
+                self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                media.viewers.frames_sent.fetch_add(1, Ordering::Relaxed);
+                media.viewers.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
                 if sent == 0 {
                     let ms = started.elapsed().as_millis().max(1) as u64;
                     self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
