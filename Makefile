@@ -68,6 +68,9 @@ test-deps:
 	@# and the demo's embedded broker wants port 1883, so the packaged service stays off.
 	@if [ -d /run/systemd/system ] && systemctl is-active -q mosquitto 2>/dev/null; then \
 		$(SUDO) systemctl disable --now mosquitto; fi
+	@# The prometheus package is there for promtool; its server is not needed.
+	@if [ -d /run/systemd/system ] && systemctl is-active -q prometheus 2>/dev/null; then \
+		$(SUDO) systemctl disable --now prometheus; fi
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 # Toolchains for boards: apt packages, rustup targets, cargo-deb; each only when missing.
