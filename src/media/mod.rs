@@ -351,25 +351,55 @@ enum Source {
     Libcamera,
 }
 
-/// What to open this time. `had_camera`: once `auto` has found a camera, a missing one is a lost
-/// camera to wait for, not a reason to switch to the test pattern.
-fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaError> {
+/// The camera libcamera sees, by name, when GStreamer has `libcamerasrc`: its device provider
+/// lists the cameras (none on a board without a CSI camera, or with only USB ones).
+pub fn libcamera_camera() -> Option<String> {
+    gst::init().ok()?;
+    gst::ElementFactory::find("libcamerasrc")?;
+    let provider = gst::DeviceProviderFactory::find("libcameraprovider")?.get()?;
+    let first = provider.devices().into_iter().next()?;
+    Some(first.display_name().to_string())
+}
+
+/// What to open this time, and for `auto` (or `v4l2` with no device) the lines saying why.
+/// `had_camera`: once `auto` has found a camera, a missing one is a lost camera to wait for, not
+/// a reason to switch to the test pattern.
+fn resolve_source(
+    cfg: &SourceConfig,
+    had_camera: bool,
+) -> Result<(Source, Vec<String>), MediaError> {
     Ok(match cfg.kind {
-        SourceKind::Test => Source::Test,
-        SourceKind::Libcamera => Source::Libcamera,
-        SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::V4l2 => {
-            Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?)
+        SourceKind::Test => (Source::Test, Vec::new()),
+        SourceKind::Libcamera => (Source::Libcamera, Vec::new()),
+        SourceKind::V4l2 | SourceKind::Auto if !cfg.device.is_empty() => {
+            (Source::V4l2(PathBuf::from(&cfg.device)), Vec::new())
         }
-        SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::Auto => match v4l2::first_capture_device() {
-            Some(p) => Source::V4l2(p),
-            None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
-            None => {
-                tracing::info!("no camera found; streaming the test pattern");
-                Source::Test
+        SourceKind::V4l2 => {
+            let pick = v4l2::auto_pick();
+            let why = pick.explain();
+            (
+                Source::V4l2(pick.chosen.ok_or(v4l2::V4l2Error::NoDevice)?),
+                why,
+            )
+        }
+        SourceKind::Auto => {
+            if let Some(name) = libcamera_camera() {
+                let why = vec![format!(
+                    "libcamera sees camera {name}: streaming from it (kind = \"auto\")"
+                )];
+                return Ok((Source::Libcamera, why));
             }
-        },
+            let pick = v4l2::auto_pick();
+            let mut why = pick.explain();
+            match pick.chosen {
+                Some(p) => (Source::V4l2(p), why),
+                None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
+                None => {
+                    why.push("no camera found; streaming the test pattern".into());
+                    (Source::Test, why)
+                }
+            }
+        }
     })
 }
 
@@ -467,6 +497,7 @@ pub fn start(
         audio_stats: audio_stats.clone(),
         audio: audio_packets.map(|tx| (audio_cfg.clone(), tx, audio_stats)),
         last_error: None,
+        auto_why: Vec::new(),
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -506,6 +537,8 @@ struct Runner {
     )>,
     /// The last failure, carried into every new pipeline's `MediaInfo` for status.
     last_error: Option<String>,
+    /// Why `auto` took the source it took, as last logged.
+    auto_why: Vec<String>,
 }
 
 /// Why one pipeline run ended without an error.
@@ -718,7 +751,16 @@ impl Runner {
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Exit, MediaError> {
         let camera_before = self.info.borrow().camera;
         let source = match resolve_source(&self.source, self.uses_camera) {
-            Ok(s) => s,
+            Ok((s, why)) => {
+                // Said once per change of choice, not at every rebuild.
+                if why != self.auto_why {
+                    for line in &why {
+                        tracing::info!("camera choice: {line}");
+                    }
+                    self.auto_why = why;
+                }
+                s
+            }
             Err(e) => {
                 // Only a camera source fails to resolve (none found): that is a lost camera.
                 self.uses_camera = true;
