@@ -18,6 +18,7 @@ pub mod check;
 pub mod encoder;
 pub mod keyframe;
 pub mod latency;
+pub mod orientation;
 pub mod stamp;
 pub mod v4l2;
 pub mod vp8;
@@ -179,6 +180,8 @@ enum MediaCommand {
         height: u32,
         fps: u32,
     },
+    /// New `[source]` rotation/hflip/vflip: the pipeline is rebuilt with them.
+    Orient(orientation::Orientation),
     Restart,
     Streaming(bool),
     Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
@@ -282,6 +285,12 @@ impl Media {
         let _ = self
             .commands
             .send(MediaCommand::Reconfigure { width, height, fps });
+    }
+
+    /// Turns the picture: the pipeline is rebuilt (viewers see a keyframe with the new
+    /// orientation, and the camera's flip controls are set again).
+    pub fn set_orientation(&self, o: orientation::Orientation) {
+        let _ = self.commands.send(MediaCommand::Orient(o));
     }
 
     /// Rebuilds the pipeline from scratch (camera reopened, encoder recreated).
@@ -670,6 +679,12 @@ impl Runner {
         }
     }
 
+    fn orient(&mut self, o: orientation::Orientation) {
+        self.source.rotation = o.rotation;
+        self.source.hflip = o.hflip;
+        self.source.vflip = o.vflip;
+    }
+
     /// The picture the encoders are asked for: what the source granted.
     fn picture(&self, info: &MediaInfo) -> Picture {
         Picture {
@@ -724,6 +739,10 @@ impl Runner {
                 self.source.fps = fps;
                 self.streaming && !self.is_idle()
             }
+            MediaCommand::Orient(o) => {
+                self.orient(o);
+                self.streaming && !self.is_idle()
+            }
             MediaCommand::Restart => self.streaming && !self.is_idle(),
             MediaCommand::Streaming(on) => {
                 self.streaming = on;
@@ -768,7 +787,10 @@ impl Runner {
             }
         };
         self.uses_camera = !matches!(source, Source::Test);
-        let (capture, head, info) = match &source {
+        // The pipeline turns the picture unless a V4L2 camera's flip controls can (below).
+        let orientation = orientation::Orientation::of(&self.source);
+        let mut turn = orientation::plan(orientation, false).pipeline;
+        let (capture, head, mut info) = match &source {
             Source::Test => {
                 let s = &self.source;
                 let overlay = if gst::ElementFactory::find("clockoverlay").is_some() {
@@ -878,6 +900,20 @@ impl Runner {
                         tracing::warn!("[source.controls]: {e}");
                     }
                 }
+                let flipped = v4l2::controls::apply_flips(
+                    &dev,
+                    &neg.path,
+                    |has| {
+                        let plan = orientation::plan(orientation, has);
+                        turn = plan.pipeline;
+                        plan.camera_flips
+                    },
+                    &s.controls,
+                );
+                if let Err(e) = flipped {
+                    tracing::warn!("camera flips: {e}; the pipeline turns the picture instead");
+                    turn = orientation::plan(orientation, false).pipeline;
+                }
                 // A bounded, leaky queue: when the encoder is slower than the camera, old frames
                 // are dropped instead of piling up in memory.
                 let head = format!(
@@ -911,6 +947,22 @@ impl Runner {
         let passthrough = capture
             .as_ref()
             .is_some_and(|(_, n)| n.format == PixelFormat::H264);
+        // videoflip turns raw frames: a camera's own H.264 passes through unturned.
+        let flip = if turn == orientation::Turn::Identity {
+            String::new()
+        } else if passthrough {
+            tracing::warn!(
+                "[source] rotation/hflip/vflip: the camera sends H.264, which rtcam passes \
+                 through without decoding; set format = \"yuyv\" or \"mjpeg\" to turn it"
+            );
+            String::new()
+        } else {
+            if turn.swaps_sides() {
+                std::mem::swap(&mut info.width, &mut info.height);
+            }
+            tracing::info!("the pipeline turns the picture: videoflip {turn:?}");
+            format!("videoflip video-direction={} ! ", turn as u8)
+        };
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
             // The board's JPEG decoder where it has one (v4l2jpegdec), else software.
             Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => {
@@ -926,7 +978,7 @@ impl Runner {
             String::new()
         } else {
             format!(
-                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name={tee} allow-not-linked=true ! \
+                "{decode}{flip}videoconvert ! video/x-raw,format={fmt} ! tee name={tee} allow-not-linked=true ! \
                  queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! {enc} ! ",
                 fmt = self.choice.spec.input_format,
                 tee = vp8::RAW_TEE,
@@ -1191,6 +1243,11 @@ impl Runner {
                         self.source.height = height;
                         self.source.fps = fps;
                         tracing::info!("video now {width}x{height} at {fps} fps; rebuilding the pipeline");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Orient(o) => {
+                        self.orient(o);
+                        tracing::info!("orientation changed; rebuilding the pipeline");
                         break Ok(Exit::Rebuild);
                     }
                     MediaCommand::Restart => {
