@@ -270,7 +270,9 @@ async fn pipeline_runs_only_while_watched() {
 /// are bright, the PLUGE strip at the bottom mostly black; the pattern scrolls sideways, so only
 /// the vertical order is a stable mark.
 async fn top_minus_bottom(viewer: &Viewer) -> f64 {
-    let d = viewer.wait_frames(viewer.decoded().frames + 5, WITHIN).await;
+    let d = viewer
+        .wait_frames(viewer.decoded().frames + 5, WITHIN)
+        .await;
     let top = d.row_luma(0.15).expect("a decoded picture");
     let bottom = d.row_luma(0.85).expect("a decoded picture");
     top - bottom
@@ -284,7 +286,10 @@ async fn rotation_turns_the_picture_a_viewer_sees() {
     let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
     assert!(viewer.wait_frames(10, WITHIN).await.frames >= 10);
     let turned = top_minus_bottom(&viewer).await;
-    assert!(turned < -40.0, "rotation = 180: the dark strip is on top ({turned:.0})");
+    assert!(
+        turned < -40.0,
+        "rotation = 180: the dark strip is on top ({turned:.0})"
+    );
 
     // `set` turns it back; the pipeline is rebuilt and the viewer keeps its session.
     let c = Commander::connect(Protocol::V5, rt.broker(), &rt.root()).await;

@@ -59,7 +59,7 @@ impl Decoded {
         let buffer = sample.buffer()?;
         let frame = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
         let row = ((info.height() as f64 * fraction) as usize).min(info.height() as usize - 1);
-        let stride = frame.plane_stride()[0] as usize;
+        let stride = info.stride()[0] as usize;
         let plane = frame.plane_data(0).ok()?;
         let line = &plane[row * stride..row * stride + info.width() as usize];
         Some(line.iter().map(|&y| f64::from(y)).sum::<f64>() / line.len() as f64)
