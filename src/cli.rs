@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// `rtcam devices [--json]`.
 pub fn devices(json: bool) -> anyhow::Result<()> {
-    let list = probe::list();
+    let list = probe::list(crate::media::libcamera_camera().as_deref());
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {

@@ -324,7 +324,8 @@ impl HttpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
-    /// The first V4L2 capture device if there is one, else the test pattern.
+    /// libcamera's camera if it sees one, else the first usable V4L2 capture device (metadata,
+    /// memory-to-memory and raw-Bayer-only nodes skipped), else the test pattern.
     Auto,
     /// A moving test pattern with a clock overlay.
     Test,
@@ -385,6 +386,65 @@ pub struct SourceConfig {
     /// Camera controls set every time the camera is opened, by the names `rtcam controls`
     /// shows (`brightness = 140`, `focus_automatic_continuous = false`).
     pub controls: std::collections::BTreeMap<String, ControlSetting>,
+    /// Turns the picture clockwise by 0, 90, 180 or 270 degrees, after the flips below.
+    pub rotation: Rotation,
+    /// Mirrors the picture left to right (a camera seen in a mirror, or mounted behind glass).
+    pub hflip: bool,
+    /// Mirrors the picture top to bottom.
+    pub vflip: bool,
+}
+
+/// `[source] rotation`: degrees clockwise. Anything but the four right angles is refused where
+/// the file says it, so the error carries its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(into = "u16")]
+pub enum Rotation {
+    #[default]
+    R0,
+    R90,
+    R180,
+    R270,
+}
+
+impl Rotation {
+    pub fn degrees(self) -> u16 {
+        match self {
+            Rotation::R0 => 0,
+            Rotation::R90 => 90,
+            Rotation::R180 => 180,
+            Rotation::R270 => 270,
+        }
+    }
+
+    pub fn from_degrees(degrees: u64) -> Option<Rotation> {
+        Some(match degrees {
+            0 => Rotation::R0,
+            90 => Rotation::R90,
+            180 => Rotation::R180,
+            270 => Rotation::R270,
+            _ => return None,
+        })
+    }
+}
+
+impl From<Rotation> for u16 {
+    fn from(r: Rotation) -> u16 {
+        r.degrees()
+    }
+}
+
+impl<'de> Deserialize<'de> for Rotation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let degrees = i64::deserialize(d)?;
+        u64::try_from(degrees)
+            .ok()
+            .and_then(Rotation::from_degrees)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "rotation {degrees} is not one of 0, 90, 180, 270 (degrees clockwise)"
+                ))
+            })
+    }
 }
 
 impl Default for SourceConfig {
@@ -399,6 +459,9 @@ impl Default for SourceConfig {
             always_on: false,
             idle_stop_secs: 10,
             controls: Default::default(),
+            rotation: Rotation::R0,
+            hflip: false,
+            vflip: false,
         }
     }
 }
@@ -926,6 +989,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("x.toml:3:"), "{msg}");
+    }
+
+    #[test]
+    fn rotation_takes_right_angles_and_points_at_a_bad_one() {
+        let c = Config::parse(
+            "[source]\nrotation = 270\nhflip = true\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.source.rotation, Rotation::R270);
+        assert!(c.source.hflip && !c.source.vflip);
+        let msg = Config::parse(
+            "[source]\nkind = \"test\"\nrotation = 45\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.starts_with("x.toml:3:"), "{msg}");
+        assert!(msg.contains("0, 90, 180, 270"), "{msg}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::commander::{Commander, Protocol};
 use common::viewer::{Viewer, ViewerOptions};
 use common::{start, test_config, Mosquitto, Probe};
 use std::time::Duration;
@@ -262,5 +263,50 @@ async fn pipeline_runs_only_while_watched() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(media.encoders_running(), 0);
+    rt.app.stop().await;
+}
+
+/// How much brighter the top of the picture is than its bottom. The SMPTE bars (top two thirds)
+/// are bright, the PLUGE strip at the bottom mostly black; the pattern scrolls sideways, so only
+/// the vertical order is a stable mark.
+async fn top_minus_bottom(viewer: &Viewer) -> f64 {
+    let d = viewer
+        .wait_frames(viewer.decoded().frames + 5, WITHIN)
+        .await;
+    let top = d.row_luma(0.15).expect("a decoded picture");
+    let bottom = d.row_luma(0.85).expect("a decoded picture");
+    top - bottom
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_turns_the_picture_a_viewer_sees() {
+    let mut cfg = test_config("turned");
+    cfg.source.rotation = rtcam::config::Rotation::R180;
+    let rt = start(cfg).await;
+    let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
+    assert!(viewer.wait_frames(10, WITHIN).await.frames >= 10);
+    let turned = top_minus_bottom(&viewer).await;
+    assert!(
+        turned < -40.0,
+        "rotation = 180: the dark strip is on top ({turned:.0})"
+    );
+
+    // `set` turns it back; the pipeline is rebuilt and the viewer keeps its session.
+    let c = Commander::connect(Protocol::V5, rt.broker(), &rt.root()).await;
+    let r = c.request("set", serde_json::json!({"rotation": 0})).await;
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(r.body["result"]["pipeline_restarted"], true, "{}", r.body);
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let upright = top_minus_bottom(&viewer).await;
+        if upright > 40.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after set rotation 0 the bars are still not on top ({upright:.0})"
+        );
+    }
+    viewer.bye().await;
     rt.app.stop().await;
 }

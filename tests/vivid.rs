@@ -1,8 +1,9 @@
 //! rtcam against a real V4L2 kernel driver: Debian's kernel boots in qemu with the `vivid`
 //! test driver, and the rtcam binary built by this test run lists devices, captures and encodes
 //! two formats, sets controls, and survives two kinds of hot-unplug inside the guest; then the
-//! agent runs there and its `R/status` and control-plane commands are watched over MQTT
-//! (tests/vm/guest.sh). The guest prints one `RTCAM-VM: PASS|FAIL name` line per check; this
+//! agent runs there and its `R/status` and control-plane commands are watched over MQTT; then
+//! `rotation = 180` is checked on the camera's flip controls, and vivid is reloaded with a
+//! metadata and an output node before the camera for `kind = "auto"` (tests/vm/guest.sh). The guest prints one `RTCAM-VM: PASS|FAIL name` line per check; this
 //! test decides on those lines.
 //!
 //! Needs qemu-system-x86, busybox-static, cpio and kmod (`make test-deps`) and apt access for
@@ -30,6 +31,9 @@ const EXPECTED: &[&str] = &[
     "status-camera-lost-then-ok",
     "command-set-control",
     "command-controls",
+    "rotation-by-camera-flips",
+    "auto-devices-marks-choice",
+    "auto-streams-from-camera",
 ];
 
 #[test]

@@ -289,6 +289,20 @@ impl Controller {
             applied.insert("height".into(), json!(s.height));
             applied.insert("fps".into(), json!(s.fps));
         }
+        if args.rotation.is_some() || args.hflip.is_some() || args.vflip.is_some() {
+            let s = &mut config.source;
+            s.rotation = args.rotation.unwrap_or(s.rotation);
+            s.hflip = args.hflip.unwrap_or(s.hflip);
+            s.vflip = args.vflip.unwrap_or(s.vflip);
+            inner
+                .media
+                .set_orientation(crate::media::orientation::Orientation::of(s));
+            applied.insert("rotation".into(), json!(s.rotation.degrees()));
+            applied.insert("hflip".into(), json!(s.hflip));
+            applied.insert("vflip".into(), json!(s.vflip));
+            // The camera's flips are set and videoflip placed when a pipeline is built.
+            applied.insert("pipeline_restarted".into(), json!(true));
+        }
         Ok(Value::Object(applied))
     }
 
@@ -318,7 +332,17 @@ impl Controller {
         {
             inner.media.set_bitrate(new.encoder.bitrate_kbps);
         }
-        if plan.applied.iter().any(|k| k.starts_with("source.")) {
+        let turned = ["source.rotation", "source.hflip", "source.vflip"];
+        if plan.applied.iter().any(|k| turned.contains(k)) {
+            inner
+                .media
+                .set_orientation(crate::media::orientation::Orientation::of(&new.source));
+        }
+        if plan
+            .applied
+            .iter()
+            .any(|k| k.starts_with("source.") && !turned.contains(k))
+        {
             inner
                 .media
                 .reconfigure(new.source.width, new.source.height, new.source.fps);
@@ -374,6 +398,13 @@ pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
         true,
     );
     check(old.source.fps != new.source.fps, "source.fps", true);
+    check(
+        old.source.rotation != new.source.rotation,
+        "source.rotation",
+        true,
+    );
+    check(old.source.hflip != new.source.hflip, "source.hflip", true);
+    check(old.source.vflip != new.source.vflip, "source.vflip", true);
     check(old.source.kind != new.source.kind, "source.kind", false);
     check(
         old.source.device != new.source.device,

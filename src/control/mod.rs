@@ -99,6 +99,10 @@ pub struct SetArgs {
     pub height: Option<u32>,
     /// Camera controls by name, validated against the device when applied.
     pub controls: Vec<(String, i64)>,
+    /// `[source]` orientation: degrees clockwise (0, 90, 180, 270) and mirrors.
+    pub rotation: Option<crate::config::Rotation>,
+    pub hflip: Option<bool>,
+    pub vflip: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,8 +349,39 @@ fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
     only_keys(
         "set",
         args,
-        &["bitrate_kbps", "fps", "width", "height", "controls"],
+        &[
+            "bitrate_kbps",
+            "fps",
+            "width",
+            "height",
+            "controls",
+            "rotation",
+            "hflip",
+            "vflip",
+        ],
     )?;
+    let flag = |key: &str| -> Result<Option<bool>, CommandError> {
+        match args.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| bad_args(format!("\"{key}\" must be true or false."))),
+        }
+    };
+    let rotation = match args.get("rotation") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(crate::config::Rotation::from_degrees)
+                .ok_or_else(|| {
+                    CommandError::new(
+                        ErrorCode::OutOfRange,
+                        "\"rotation\" must be 0, 90, 180 or 270 (degrees clockwise).",
+                    )
+                })?,
+        ),
+    };
     let num = |key: &str, min: u32, max: u32| -> Result<Option<u32>, CommandError> {
         match args.get(key) {
             None => Ok(None),
@@ -370,6 +405,9 @@ fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
         width: num("width", 16, 7680)?,
         height: num("height", 16, 4320)?,
         controls: Vec::new(),
+        rotation,
+        hflip: flag("hflip")?,
+        vflip: flag("vflip")?,
     };
     if set.width.is_some() != set.height.is_some() {
         return Err(bad_args("Give \"width\" and \"height\" together."));
@@ -401,7 +439,8 @@ fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
     }
     if set == SetArgs::default() {
         return Err(bad_args(
-            "set needs at least one of: bitrate_kbps, fps, width and height, controls.",
+            "set needs at least one of: bitrate_kbps, fps, width and height, controls, \
+             rotation, hflip, vflip.",
         ));
     }
     Ok(set)
@@ -552,6 +591,22 @@ mod tests {
             ErrorCode::OutOfRange
         );
         assert_eq!(code(r#"{"command":"set","args":{}}"#), ErrorCode::BadArgs);
+        assert_eq!(
+            cmd(r#"{"command":"set","args":{"rotation":180,"hflip":true}}"#).unwrap(),
+            Command::Set(SetArgs {
+                rotation: Some(crate::config::Rotation::R180),
+                hflip: Some(true),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"rotation":45}}"#),
+            ErrorCode::OutOfRange
+        );
+        assert_eq!(
+            code(r#"{"command":"set","args":{"vflip":1}}"#),
+            ErrorCode::BadArgs
+        );
         assert_eq!(
             code(r#"{"command":"set","args":{"zoom":2}}"#),
             ErrorCode::BadArgs

@@ -18,6 +18,7 @@ pub mod check;
 pub mod encoder;
 pub mod keyframe;
 pub mod latency;
+pub mod orientation;
 pub mod stamp;
 pub mod v4l2;
 pub mod vp8;
@@ -195,6 +196,8 @@ enum MediaCommand {
         height: u32,
         fps: u32,
     },
+    /// New `[source]` rotation/hflip/vflip: the pipeline is rebuilt with them.
+    Orient(orientation::Orientation),
     Restart,
     Streaming(bool),
     Snapshot(tokio::sync::oneshot::Sender<Result<Bytes, MediaError>>),
@@ -300,6 +303,12 @@ impl Media {
             .send(MediaCommand::Reconfigure { width, height, fps });
     }
 
+    /// Turns the picture: the pipeline is rebuilt (viewers see a keyframe with the new
+    /// orientation, and the camera's flip controls are set again).
+    pub fn set_orientation(&self, o: orientation::Orientation) {
+        let _ = self.commands.send(MediaCommand::Orient(o));
+    }
+
     /// Rebuilds the pipeline from scratch (camera reopened, encoder recreated).
     pub fn restart(&self) {
         let _ = self.commands.send(MediaCommand::Restart);
@@ -367,25 +376,55 @@ enum Source {
     Libcamera,
 }
 
-/// What to open this time. `had_camera`: once `auto` has found a camera, a missing one is a lost
-/// camera to wait for, not a reason to switch to the test pattern.
-fn resolve_source(cfg: &SourceConfig, had_camera: bool) -> Result<Source, MediaError> {
+/// The camera libcamera sees, by name, when GStreamer has `libcamerasrc`: its device provider
+/// lists the cameras (none on a board without a CSI camera, or with only USB ones).
+pub fn libcamera_camera() -> Option<String> {
+    gst::init().ok()?;
+    gst::ElementFactory::find("libcamerasrc")?;
+    let provider = gst::DeviceProviderFactory::find("libcameraprovider")?.get()?;
+    let first = provider.devices().into_iter().next()?;
+    Some(first.display_name().to_string())
+}
+
+/// What to open this time, and for `auto` (or `v4l2` with no device) the lines saying why.
+/// `had_camera`: once `auto` has found a camera, a missing one is a lost camera to wait for, not
+/// a reason to switch to the test pattern.
+fn resolve_source(
+    cfg: &SourceConfig,
+    had_camera: bool,
+) -> Result<(Source, Vec<String>), MediaError> {
     Ok(match cfg.kind {
-        SourceKind::Test => Source::Test,
-        SourceKind::Libcamera => Source::Libcamera,
-        SourceKind::V4l2 if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::V4l2 => {
-            Source::V4l2(v4l2::first_capture_device().ok_or(v4l2::V4l2Error::NoDevice)?)
+        SourceKind::Test => (Source::Test, Vec::new()),
+        SourceKind::Libcamera => (Source::Libcamera, Vec::new()),
+        SourceKind::V4l2 | SourceKind::Auto if !cfg.device.is_empty() => {
+            (Source::V4l2(PathBuf::from(&cfg.device)), Vec::new())
         }
-        SourceKind::Auto if !cfg.device.is_empty() => Source::V4l2(PathBuf::from(&cfg.device)),
-        SourceKind::Auto => match v4l2::first_capture_device() {
-            Some(p) => Source::V4l2(p),
-            None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
-            None => {
-                tracing::info!("no camera found; streaming the test pattern");
-                Source::Test
+        SourceKind::V4l2 => {
+            let pick = v4l2::auto_pick();
+            let why = pick.explain();
+            (
+                Source::V4l2(pick.chosen.ok_or(v4l2::V4l2Error::NoDevice)?),
+                why,
+            )
+        }
+        SourceKind::Auto => {
+            if let Some(name) = libcamera_camera() {
+                let why = vec![format!(
+                    "libcamera sees camera {name}: streaming from it (kind = \"auto\")"
+                )];
+                return Ok((Source::Libcamera, why));
             }
-        },
+            let pick = v4l2::auto_pick();
+            let mut why = pick.explain();
+            match pick.chosen {
+                Some(p) => (Source::V4l2(p), why),
+                None if had_camera => return Err(v4l2::V4l2Error::NoDevice.into()),
+                None => {
+                    why.push("no camera found; streaming the test pattern".into());
+                    (Source::Test, why)
+                }
+            }
+        }
     })
 }
 
@@ -483,6 +522,7 @@ pub fn start(
         audio_stats: audio_stats.clone(),
         audio: audio_packets.map(|tx| (audio_cfg.clone(), tx, audio_stats)),
         last_error: None,
+        auto_why: Vec::new(),
     };
     let task = tokio::spawn(runner.run(shutdown));
     Ok((media, task))
@@ -522,6 +562,8 @@ struct Runner {
     )>,
     /// The last failure, carried into every new pipeline's `MediaInfo` for status.
     last_error: Option<String>,
+    /// Why `auto` took the source it took, as last logged.
+    auto_why: Vec<String>,
 }
 
 /// Why one pipeline run ended without an error.
@@ -653,6 +695,12 @@ impl Runner {
         }
     }
 
+    fn orient(&mut self, o: orientation::Orientation) {
+        self.source.rotation = o.rotation;
+        self.source.hflip = o.hflip;
+        self.source.vflip = o.vflip;
+    }
+
     /// The picture the encoders are asked for: what the source granted.
     fn picture(&self, info: &MediaInfo) -> Picture {
         Picture {
@@ -707,6 +755,10 @@ impl Runner {
                 self.source.fps = fps;
                 self.streaming && !self.is_idle()
             }
+            MediaCommand::Orient(o) => {
+                self.orient(o);
+                self.streaming && !self.is_idle()
+            }
             MediaCommand::Restart => self.streaming && !self.is_idle(),
             MediaCommand::Streaming(on) => {
                 self.streaming = on;
@@ -734,7 +786,16 @@ impl Runner {
     async fn run_once(&mut self, shutdown: &CancellationToken) -> Result<Exit, MediaError> {
         let camera_before = self.info.borrow().camera;
         let source = match resolve_source(&self.source, self.uses_camera) {
-            Ok(s) => s,
+            Ok((s, why)) => {
+                // Said once per change of choice, not at every rebuild.
+                if why != self.auto_why {
+                    for line in &why {
+                        tracing::info!("camera choice: {line}");
+                    }
+                    self.auto_why = why;
+                }
+                s
+            }
             Err(e) => {
                 // Only a camera source fails to resolve (none found): that is a lost camera.
                 self.uses_camera = true;
@@ -742,7 +803,10 @@ impl Runner {
             }
         };
         self.uses_camera = !matches!(source, Source::Test);
-        let (capture, head, info) = match &source {
+        // The pipeline turns the picture unless a V4L2 camera's flip controls can (below).
+        let orientation = orientation::Orientation::of(&self.source);
+        let mut turn = orientation::plan(orientation, false).pipeline;
+        let (capture, head, mut info) = match &source {
             Source::Test => {
                 let s = &self.source;
                 let overlay = if gst::ElementFactory::find("clockoverlay").is_some() {
@@ -852,6 +916,20 @@ impl Runner {
                         tracing::warn!("[source.controls]: {e}");
                     }
                 }
+                let flipped = v4l2::controls::apply_flips(
+                    &dev,
+                    &neg.path,
+                    |has| {
+                        let plan = orientation::plan(orientation, has);
+                        turn = plan.pipeline;
+                        plan.camera_flips
+                    },
+                    &s.controls,
+                );
+                if let Err(e) = flipped {
+                    tracing::warn!("camera flips: {e}; the pipeline turns the picture instead");
+                    turn = orientation::plan(orientation, false).pipeline;
+                }
                 // A bounded, leaky queue: when the encoder is slower than the camera, old frames
                 // are dropped instead of piling up in memory.
                 let head = format!(
@@ -885,6 +963,22 @@ impl Runner {
         let passthrough = capture
             .as_ref()
             .is_some_and(|(_, n)| n.format == PixelFormat::H264);
+        // videoflip turns raw frames: a camera's own H.264 passes through unturned.
+        let flip = if turn == orientation::Turn::Identity {
+            String::new()
+        } else if passthrough {
+            tracing::warn!(
+                "[source] rotation/hflip/vflip: the camera sends H.264, which rtcam passes \
+                 through without decoding; set format = \"yuyv\" or \"mjpeg\" to turn it"
+            );
+            String::new()
+        } else {
+            if turn.swaps_sides() {
+                std::mem::swap(&mut info.width, &mut info.height);
+            }
+            tracing::info!("the pipeline turns the picture: videoflip {turn:?}");
+            format!("videoflip video-direction={} ! ", turn as u8)
+        };
         let decode = match capture.as_ref().map(|(_, n)| n.format) {
             // The board's JPEG decoder where it has one (v4l2jpegdec), else software.
             Some(PixelFormat::Mjpeg) if gst::ElementFactory::find("v4l2jpegdec").is_some() => {
@@ -900,7 +994,7 @@ impl Runner {
             String::new()
         } else {
             format!(
-                "{decode}videoconvert ! video/x-raw,format={fmt} ! tee name={tee} allow-not-linked=true ! \
+                "{decode}{flip}videoconvert ! video/x-raw,format={fmt} ! tee name={tee} allow-not-linked=true ! \
                  queue max-size-buffers=2 max-size-bytes=0 max-size-time=0 leaky=downstream ! {enc} ! ",
                 fmt = self.choice.spec.input_format,
                 tee = vp8::RAW_TEE,
@@ -1165,6 +1259,11 @@ impl Runner {
                         self.source.height = height;
                         self.source.fps = fps;
                         tracing::info!("video now {width}x{height} at {fps} fps; rebuilding the pipeline");
+                        break Ok(Exit::Rebuild);
+                    }
+                    MediaCommand::Orient(o) => {
+                        self.orient(o);
+                        tracing::info!("orientation changed; rebuilding the pipeline");
                         break Ok(Exit::Rebuild);
                     }
                     MediaCommand::Restart => {

@@ -5,10 +5,12 @@
 //! asked to, or when the camera fails; the pipeline's run loop decides what happens next.
 //!
 //! Children: `formats` (what a camera offers, which of it to ask for), `controls` (brightness,
-//! exposure … by name), `probe` (`rtcam devices`). The `v4l` crate is used nowhere else.
+//! exposure … by name), `probe` (`rtcam devices`), `pick`
+//! (which node `auto` takes). The `v4l` crate is used nowhere else.
 
 pub mod controls;
 pub mod formats;
+pub mod pick;
 pub mod probe;
 
 use crate::config::PixelFormat;
@@ -97,24 +99,74 @@ pub fn query_caps(dev: &Device) -> std::io::Result<v4l::capability::Capabilities
     )
 }
 
-/// The first V4L2 node that can capture video, if any.
-pub fn first_capture_device() -> Option<PathBuf> {
-    let mut nodes = v4l::context::enum_devices();
-    nodes.sort_by_key(|n| n.index());
-    nodes
-        .into_iter()
-        .map(|n| n.path().to_path_buf())
-        .find(|p| is_capture_device(p))
+/// The node's own capabilities (`device_caps`): `query_caps` reports the whole driver's, and a
+/// driver with a video node and a metadata node reports both capture kinds on each.
+pub fn node_caps(dev: &Device) -> std::io::Result<u32> {
+    // SAFETY: VIDIOC_QUERYCAP fills a zeroed v4l2_capability (plain integers and byte arrays)
+    // that lives across the call; the fd is the open device's.
+    let caps = unsafe {
+        let mut caps: v4l::v4l_sys::v4l2_capability = std::mem::zeroed();
+        v4l::v4l2::ioctl(
+            dev.handle().fd(),
+            v4l::v4l2::vidioc::VIDIOC_QUERYCAP,
+            &mut caps as *mut _ as *mut std::os::raw::c_void,
+        )?;
+        caps
+    };
+    const DEVICE_CAPS: u32 = 0x8000_0000;
+    Ok(if caps.capabilities & DEVICE_CAPS != 0 {
+        caps.device_caps
+    } else {
+        caps.capabilities
+    })
 }
 
-fn is_capture_device(path: &Path) -> bool {
-    Device::with_path(path)
-        .and_then(|d| query_caps(&d))
-        .map(|caps| {
-            caps.capabilities
-                .contains(v4l::capability::Flags::VIDEO_CAPTURE)
-        })
-        .unwrap_or(false)
+/// Every `/dev/video*` node, in index order.
+pub fn nodes() -> Vec<PathBuf> {
+    let mut nodes = v4l::context::enum_devices();
+    nodes.sort_by_key(|n| n.index());
+    nodes.into_iter().map(|n| n.path().to_path_buf()).collect()
+}
+
+/// What `pick` needs to know about a node; a node that cannot be opened is reported as such.
+pub fn facts(path: &Path) -> Result<pick::NodeFacts, pick::Skip> {
+    let cannot = |e: std::io::Error| pick::Skip::CannotOpen {
+        error: e.to_string(),
+    };
+    let dev = Device::with_path(path).map_err(cannot)?;
+    let caps = node_caps(&dev).map_err(cannot)?;
+    let fourccs = if caps & pick::cap::VIDEO_CAPTURE != 0 {
+        dev.enum_formats()
+            .map(|f| f.into_iter().map(|f| f.fourcc.to_string()).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(pick::NodeFacts {
+        path: path.to_path_buf(),
+        caps,
+        fourccs,
+    })
+}
+
+/// `auto`'s choice among the V4L2 nodes present now (see `pick`).
+pub fn auto_pick() -> pick::Pick {
+    let mut unopened = Vec::new();
+    let mut known = Vec::new();
+    for path in nodes() {
+        match facts(&path) {
+            Ok(f) => known.push(f),
+            Err(skip) => unopened.push((path, Some(skip))),
+        }
+    }
+    let mut p = pick::pick(&known);
+    p.passed_over.extend(unopened);
+    p
+}
+
+/// The first V4L2 node that is a usable capture device (see `pick`), if any.
+pub fn first_capture_device() -> Option<PathBuf> {
+    auto_pick().chosen
 }
 
 /// Opens `path` and sets the format, size and rate, reporting what the driver granted.

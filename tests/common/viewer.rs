@@ -46,6 +46,24 @@ pub struct Decoded {
     pub sender_reports: HashMap<u32, usize>,
     /// Picture loss indications sent because the decoder lost packets (`recover`).
     pub plis_sent: usize,
+    /// The last decoded picture (a reference to GStreamer's buffer, not a copy), for tests
+    /// that look at what the picture shows.
+    pub last_sample: Option<gst::Sample>,
+}
+
+impl Decoded {
+    /// Mean luma (0–255) of the last decoded picture's row at `fraction` of its height.
+    pub fn row_luma(&self, fraction: f64) -> Option<f64> {
+        let sample = self.last_sample.as_ref()?;
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps()?).ok()?;
+        let buffer = sample.buffer()?;
+        let frame = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
+        let row = ((info.height() as f64 * fraction) as usize).min(info.height() as usize - 1);
+        let stride = info.stride()[0] as usize;
+        let plane = frame.plane_data(0).ok()?;
+        let line = &plane[row * stride..row * stride + info.width() as usize];
+        Some(line.iter().map(|&y| f64::from(y)).sum::<f64>() / line.len() as f64)
+    }
 }
 
 pub struct Viewer {
@@ -798,7 +816,8 @@ impl Decoder {
         let (pipeline, appsrc, sink) = launch_decoder(&format!(
             "appsrc name=src is-live=true format=time do-timestamp=true \
              caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000 ! \
-             {jitter}{depay} ! {decode} ! videoconvert ! appsink name=sink sync=false"
+             {jitter}{depay} ! {decode} ! videoconvert ! video/x-raw,format=I420 ! \
+             appsink name=sink sync=false"
         ));
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -812,6 +831,7 @@ impl Decoder {
                         }
                     }
                     d.frames += 1;
+                    d.last_sample = Some(sample.clone());
                     if d.first_frame_after.is_none() {
                         d.first_frame_after = Some(started.elapsed());
                     }

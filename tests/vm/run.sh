@@ -14,7 +14,7 @@ if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then
 fi
 echo "run.sh: booting with $accel" >&2
 # The guest powers itself off; the timeout only catches a kernel that hangs.
-exec timeout 150 qemu-system-x86_64 \
+exec timeout 210 qemu-system-x86_64 \
     -accel "$accel" -cpu "$cpu" -smp 2 -m 768 \
     -nographic -no-reboot -nodefaults -serial stdio -monitor none \
     -kernel "$out/vmlinuz" -initrd "$out/initramfs.cpio.gz" \

@@ -279,6 +279,31 @@ pub fn open(path: &Path) -> Result<Device, ControlError> {
     })
 }
 
+/// The V4L2 flip controls, by the names `list` gives them.
+pub const FLIPS: (&str, &str) = ("horizontal_flip", "vertical_flip");
+
+/// Sets the camera's flips for `[source] hflip`/`vflip`/`rotation` when it has both flip
+/// controls (returns false when it has not, so the pipeline turns the picture instead). A flip
+/// that `[source.controls]` names is left as the user set it there.
+pub fn apply_flips(
+    dev: &Device,
+    path: &Path,
+    flips: impl FnOnce(bool) -> Option<(bool, bool)>,
+    configured: &std::collections::BTreeMap<String, ControlSetting>,
+) -> Result<bool, ControlError> {
+    let names = list(dev, path)?;
+    let has = |n: &str| names.iter().any(|c| c.name == n && !c.read_only);
+    let Some((h, v)) = flips(has(FLIPS.0) && has(FLIPS.1)) else {
+        return Ok(false);
+    };
+    for (name, on) in [(FLIPS.0, h), (FLIPS.1, v)] {
+        if !configured.contains_key(name) {
+            set(dev, path, name, &ControlSetting::Bool(on))?;
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

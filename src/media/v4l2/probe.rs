@@ -21,26 +21,72 @@ pub struct DeviceInfo {
     /// What could not be read (a device busy or in a bad state still gets listed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// What `kind = "auto"` does with this node: `chosen`, `usable` (a usable node after the
+    /// chosen one, or any usable node when libcamera's camera is taken), or `skipped`.
+    pub auto: &'static str,
+    /// Why `auto` skips it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_reason: Option<String>,
 }
 
-/// Every node that can capture video, in index order.
-pub fn list() -> Vec<DeviceInfo> {
-    let mut nodes = v4l::context::enum_devices();
-    nodes.sort_by_key(|n| n.index());
-    nodes
-        .into_iter()
-        .filter_map(|n| describe(n.path()))
-        .collect()
+/// Every V4L2 node in index order, each with what `auto` does with it. `libcamera` names the
+/// camera libcamera sees, which `auto` takes before any V4L2 node; it is listed first.
+pub fn list(libcamera: Option<&str>) -> Vec<DeviceInfo> {
+    let pick = super::auto_pick();
+    let mut out = Vec::new();
+    if let Some(name) = libcamera {
+        out.push(DeviceInfo {
+            path: format!("libcamera:{name}").into(),
+            driver: "libcamera".into(),
+            card: name.to_string(),
+            bus: String::new(),
+            formats: Vec::new(),
+            controls: Vec::new(),
+            problems: Vec::new(),
+            auto: "chosen",
+            auto_reason: None,
+        });
+    }
+    for path in super::nodes() {
+        let verdict = pick.verdict(&path).cloned();
+        let (auto, auto_reason) = match verdict {
+            _ if libcamera.is_some() && pick.chosen.as_deref() == Some(&path) => ("usable", None),
+            None if pick.chosen.as_deref() == Some(&path) => ("chosen", None),
+            Some(Some(skip)) => ("skipped", Some(skip.to_string())),
+            _ => ("usable", None),
+        };
+        let mut info = describe(&path).unwrap_or_else(|| outline(&path));
+        info.auto = auto;
+        info.auto_reason = auto_reason;
+        out.push(info);
+    }
+    out
+}
+
+/// A node that is not a video capture device: its names only.
+fn outline(path: &Path) -> DeviceInfo {
+    let caps = Device::with_path(path)
+        .ok()
+        .and_then(|d| super::query_caps(&d).ok());
+    DeviceInfo {
+        path: path.to_path_buf(),
+        driver: caps.as_ref().map_or_else(String::new, |c| c.driver.clone()),
+        card: caps.as_ref().map_or_else(String::new, |c| c.card.clone()),
+        bus: caps.map_or_else(String::new, |c| c.bus),
+        formats: Vec::new(),
+        controls: Vec::new(),
+        problems: Vec::new(),
+        auto: "skipped",
+        auto_reason: None,
+    }
 }
 
 /// One node, or `None` when it is not a capture device (an output, a metadata node…).
 pub fn describe(path: &Path) -> Option<DeviceInfo> {
     let dev = Device::with_path(path).ok()?;
     let caps = super::query_caps(&dev).ok()?;
-    if !caps
-        .capabilities
-        .contains(v4l::capability::Flags::VIDEO_CAPTURE)
-    {
+    let node_caps = super::node_caps(&dev).ok()?;
+    if node_caps & super::pick::cap::VIDEO_CAPTURE == 0 {
         return None;
     }
     let mut problems = Vec::new();
@@ -60,6 +106,8 @@ pub fn describe(path: &Path) -> Option<DeviceInfo> {
         formats,
         controls,
         problems,
+        auto: "usable",
+        auto_reason: None,
     })
 }
 
@@ -68,6 +116,9 @@ pub fn render(devices: &[DeviceInfo]) -> String {
     let mut out = String::new();
     if devices.is_empty() {
         out.push_str("No V4L2 capture devices found. (A Pi CSI camera on libcamera is used with [source] kind = \"libcamera\".)\n");
+    }
+    if !devices.iter().any(|d| d.auto == "chosen") {
+        out.push_str("kind = \"auto\" finds no usable camera here and streams the test pattern.\n");
     }
     for d in devices {
         let _ = writeln!(
@@ -78,6 +129,20 @@ pub fn render(devices: &[DeviceInfo]) -> String {
             d.driver,
             d.bus
         );
+        match (d.auto, &d.auto_reason) {
+            ("chosen", _) => out.push_str("  auto: chosen (kind = \"auto\" streams from this)\n"),
+            ("skipped", Some(why)) => {
+                let _ = writeln!(out, "  auto: skipped, {why}");
+            }
+            ("skipped", None) => out.push_str("  auto: skipped\n"),
+            _ => {}
+        }
+        if d.driver == "libcamera" {
+            continue;
+        }
+        if d.auto == "skipped" && d.formats.is_empty() && d.controls.is_empty() {
+            continue;
+        }
         for p in &d.problems {
             let _ = writeln!(out, "  problem: {p}");
         }
@@ -176,6 +241,8 @@ mod tests {
             }],
             controls: vec![],
             problems: vec![],
+            auto: "chosen",
+            auto_reason: None,
         };
         let text = render(std::slice::from_ref(&d));
         assert!(
@@ -183,6 +250,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("640x480 @ 30, 7.5 fps"), "{text}");
+        assert!(text.contains("auto: chosen"), "{text}");
+        let skipped = DeviceInfo {
+            path: "/dev/video1".into(),
+            auto: "skipped",
+            auto_reason: Some("a metadata capture node, not pictures".into()),
+            formats: vec![],
+            ..d.clone()
+        };
+        let text = render(&[skipped.clone(), d.clone()]);
+        assert!(
+            text.contains("/dev/video1: USB Camera (driver uvcvideo, bus usb-0000:01:00.0-1)\n  auto: skipped, a metadata capture node, not pictures\n"),
+            "{text}"
+        );
+        let json = serde_json::to_value([&skipped]).unwrap();
+        assert_eq!(json[0]["auto"], "skipped");
+        assert_eq!(
+            json[0]["auto_reason"],
+            "a metadata capture node, not pictures"
+        );
         let json = serde_json::to_value([&d]).unwrap();
         assert_eq!(json[0]["formats"][0]["sizes"][0]["width"], 640);
         assert!(render(&[]).contains("No V4L2 capture devices"));
