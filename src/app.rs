@@ -137,6 +137,9 @@ impl App {
             // Whether `/mqtt` leads to the gate, which takes the page's token once at connect
             // (offers then carry none); an external broker behind `/mqtt` needs it in offers.
             "mqtt_gate": config.mqtt.url == "embedded",
+            // Where the page sends a viewer on plain HTTP who wants to Talk: browsers give the
+            // microphone only to secure pages (null: no HTTPS door).
+            "https_port": https.as_ref().map(|h| h.addr.port()),
         });
         let media_stop = CancellationToken::new();
         let (media, media_task) = media::start(
