@@ -166,7 +166,8 @@ fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcam.toml");
     // The [mqtt] defaults; only HTTP moves off its fixed ports so parallel tests do not collide.
-    let rest = "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n";
+    let rest =
+        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n";
     std::fs::write(&path, rest).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtcam"))
         .args(["--config", path.to_str().unwrap()])
@@ -179,7 +180,10 @@ fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
