@@ -131,7 +131,7 @@ demo: build
 
 test: test-deps cross-deps web
 	$(CARGO) test --all-targets
-	node --test web/protocol.test.mjs
+	node --test web/
 	$(MAKE) --no-print-directory test-board
 	$(MAKE) --no-print-directory test-board-nat
 	$(MAKE) --no-print-directory test-packages

@@ -139,6 +139,9 @@ impl App {
             // Whether `/mqtt` leads to the gate, which takes the page's token once at connect
             // (offers then carry none); an external broker behind `/mqtt` needs it in offers.
             "mqtt_gate": config.mqtt.url == "embedded",
+            // Where the page sends a viewer on plain HTTP who wants to Talk: browsers give the
+            // microphone only to secure pages (null: no HTTPS door).
+            "https_port": https.as_ref().map(|h| h.addr.port()),
         });
         let media_stop = CancellationToken::new();
         let (media, media_task) = media::start(
@@ -422,17 +425,27 @@ async fn start_embedded(
         upstream_v5: internal.v5,
         login: internal.gate_login.clone(),
     });
-    for (key, addr) in [
-        ("mqtt.embedded_listen", m.embedded_listen),
-        ("mqtt.embedded_listen_v5", m.embedded_listen_v5),
+    let defaults = crate::config::MqttConfig::default();
+    let mut bound = Vec::new();
+    for (key, addr, chosen) in [
+        (
+            "mqtt.embedded_listen",
+            m.embedded_listen,
+            m.embedded_listen_chosen.v311 || m.embedded_listen != defaults.embedded_listen,
+        ),
+        (
+            "mqtt.embedded_listen_v5",
+            m.embedded_listen_v5,
+            m.embedded_listen_chosen.v5 || m.embedded_listen_v5 != defaults.embedded_listen_v5,
+        ),
     ] {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("{key}: cannot listen for MQTT on {addr}: {e}"))?;
+        let listener = bind_mqtt(key, addr, chosen).await?;
+        bound.push(listener.local_addr()?);
         tokio::spawn(gate.clone().listen(listener, stop.clone()));
     }
     tracing::info!(
-        listen = %m.embedded_listen,
+        listen = %bound[0],
+        listen_v5 = %bound[1],
         users = gate_users(&m.users_file),
         "embedded MQTT broker running"
     );
@@ -442,6 +455,38 @@ async fn start_embedded(
         port: internal.v5.port(),
     };
     Ok((url, gate))
+}
+
+/// Binds one of the embedded broker's addresses. An address left at its default that another
+/// program holds (a mosquitto already on 1883, as Home Assistant installs) gives way to a free
+/// port on the same interface, so a first start works; an address the user chose stays theirs,
+/// and a taken one stops rtcam naming the key.
+async fn bind_mqtt(
+    key: &str,
+    addr: SocketAddr,
+    chosen: bool,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !chosen => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .map_err(|e| anyhow::anyhow!("{key}: cannot listen for MQTT: {e}"))?;
+            let got = listener.local_addr()?;
+            tracing::warn!(
+                "{addr} is taken (another MQTT broker?), so the embedded broker listens for MQTT \
+                 on {got} instead; to pin an address, set {key} in the config"
+            );
+            Ok(listener)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "{key} = \"{addr}\": another program (another MQTT broker?) already listens \
+             there; set {key} to a free address, or point mqtt.url at that broker"
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "{key} = \"{addr}\": cannot listen for MQTT there ({e})"
+        )),
+    }
 }
 
 fn gate_users(file: &str) -> &str {

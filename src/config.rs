@@ -213,6 +213,18 @@ pub struct MqttConfig {
     /// With `url = "embedded"`: allow `embedded_listen` on an address other machines reach
     /// while there are no broker users (those clients may only watch, as on `/mqtt`).
     pub embedded_allow_anonymous: bool,
+    /// Whether the configuration file sets `embedded_listen` and `embedded_listen_v5`. Not a
+    /// key: [`Config::parse`] fills it in. A default address another program holds (a
+    /// mosquitto already on 1883) gives way to a free port; an address the user chose does not.
+    #[serde(skip)]
+    pub embedded_listen_chosen: ListenChosen,
+}
+
+/// Which embedded broker addresses came from the configuration file rather than the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenChosen {
+    pub v311: bool,
+    pub v5: bool,
 }
 
 impl Default for MqttConfig {
@@ -231,6 +243,7 @@ impl Default for MqttConfig {
             embedded_listen_v5: "127.0.0.1:1884".parse().expect("literal address"),
             users_file: String::new(),
             embedded_allow_anonymous: false,
+            embedded_listen_chosen: ListenChosen::default(),
         }
     }
 }
@@ -630,6 +643,19 @@ impl WebrtcConfig {
     }
 }
 
+/// Which of `[mqtt] embedded_listen` and `embedded_listen_v5` TOML text that already parsed as a
+/// [`Config`] sets.
+fn listen_chosen(text: &str) -> ListenChosen {
+    let mqtt = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("mqtt").and_then(|m| m.as_table()).cloned())
+        .unwrap_or_default();
+    ListenChosen {
+        v311: mqtt.contains_key("embedded_listen"),
+        v5: mqtt.contains_key("embedded_listen_v5"),
+    }
+}
+
 /// Where a configuration came from, for messages and `reload`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -665,7 +691,7 @@ impl Config {
 
     /// Parses and validates TOML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()
                 .map(|span| line_column(text, span.start))
@@ -677,6 +703,7 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        config.mqtt.embedded_listen_chosen = listen_chosen(text);
         config.validate(path)?;
         Ok(config)
     }
@@ -929,6 +956,25 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loader_knows_which_broker_addresses_the_file_sets() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(c.mqtt.embedded_listen_chosen, ListenChosen::default());
+        // Even the default value, written out, is the user's choice.
+        let c = Config::parse(
+            "[mqtt]\nembedded_listen = \"127.0.0.1:1883\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt.embedded_listen_chosen,
+            ListenChosen {
+                v311: true,
+                v5: false
+            }
+        );
+    }
 
     #[test]
     fn example_parses_and_matches_defaults_where_documented() {

@@ -572,3 +572,54 @@ async fn chromium_talks_over_https_from_another_machine() {
     eprintln!("chromium over HTTPS: {report}; talkback samples played: {played}");
     rt.app.stop().await;
 }
+
+/// The viewing buttons and the Talk note, on a page that is not a secure context: Chromium
+/// reaches the camera by a name (`camera.test`, mapped to 127.0.0.1 inside Chromium only)
+/// over plain HTTP, as a phone reaches a board. Fullscreen must take the stage and give it
+/// back on a double click; picture-in-picture must be offered and entered (Debian's headless
+/// Chromium does); Talk must be off, with a note linking to the camera's HTTPS address.
+/// `RTCAM_SCREENSHOT=/tmp/page` keeps desktop and phone screenshots of the live page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_views_fullscreen_and_is_told_where_talk_works() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = test_config("browserview");
+    config.webrtc.udp_addrs.clear();
+    config.http.allowed_hosts = vec!["camera.test".into()];
+    config.http.https_listen = "127.0.0.1:0".into();
+    config.http.state_dir = state.path().to_str().unwrap().into();
+    config.audio.enabled = true;
+    config.audio.talkback = true;
+    config.audio.sink = "fake".into();
+    let rt = start(config).await;
+    let url = format!("http://camera.test:{}/", rt.app.http_addr().port());
+    let https_port = rt.app.https().expect("HTTPS is on").addr.port();
+    let screenshot = std::env::var("RTCAM_SCREENSHOT").ok();
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["--resolve", "camera.test", "--timeout", "45000"];
+        if let Some(prefix) = screenshot.as_deref() {
+            args.extend(["--screenshot", prefix]);
+        }
+        run_script("viewing.mjs", &url, &args)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "the viewing buttons did not work: {output}");
+    assert_eq!(report["fullscreen"]["entered"], "stage", "{report}");
+    assert_eq!(report["pip"]["entered"], true, "{report}");
+    assert_eq!(report["talk"]["secureContext"], false, "{report}");
+    assert_eq!(report["talk"]["shown"], true, "{report}");
+    assert_eq!(report["talk"]["disabled"], true, "{report}");
+    assert_eq!(
+        report["talk"]["link"],
+        format!("https://camera.test:{https_port}/"),
+        "{report}"
+    );
+    assert!(
+        report["talk"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("accept its certificate")),
+        "{report}"
+    );
+    eprintln!("chromium viewing: {report}");
+    rt.app.stop().await;
+}

@@ -144,3 +144,95 @@ fn a_broker_listening_beyond_this_machine_needs_users() {
     let loaded = rtcam::gate::users::Users::load(&users).unwrap();
     assert!(loaded.verify("homeassistant", "a long password"));
 }
+
+/// A first start on a machine that already runs a broker on 1883 (Home Assistant's mosquitto):
+/// with the defaults, rtcam's embedded broker takes a free port and says which, and how to pin
+/// one; the same address written in the config is the user's choice, and a taken one stops
+/// rtcam naming the key.
+#[test]
+fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
+    // Hold 1883 ourselves if it is free; if another program holds it, it is taken all the same.
+    let _held = match std::net::TcpListener::bind("127.0.0.1:1883") {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("127.0.0.1:1883 is already held by another program; testing against it");
+            None
+        }
+        Err(e) => {
+            eprintln!("skipped: cannot bind 127.0.0.1:1883 to occupy it: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    // The [mqtt] defaults; only HTTP moves off its fixed ports so parallel tests do not collide.
+    let rest =
+        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n";
+    std::fs::write(&path, rest).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .args(["--config", path.to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = String::new();
+    let moved = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("127.0.0.1:1883 is taken") {
+                    break line;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no word about the taken port within 30 s:\n{seen}");
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        moved.contains("set mqtt.embedded_listen in the config"),
+        "{moved}"
+    );
+    let port: u16 = moved
+        .split("on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in: {moved}"));
+    assert_ne!(port, 1883);
+
+    // The same address, written in the config, stops rtcam with the key to change.
+    std::fs::write(
+        &path,
+        format!("[mqtt]\nembedded_listen = \"127.0.0.1:1883\"\n\n{rest}"),
+    )
+    .unwrap();
+    let out = rtcam(&["--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.embedded_listen = \"127.0.0.1:1883\": another program")
+            && err.contains("set mqtt.embedded_listen to a free address"),
+        "{err}"
+    );
+}

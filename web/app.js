@@ -27,6 +27,7 @@ import {
 } from './protocol.js';
 import { CONTROL_LABEL } from './control.js';
 import { createPanel } from './panel.js';
+import { talkBlocker, viewingFeatures } from './viewing.js';
 
 const STATUS_WAIT_MS = 3000;
 const ANSWER_TIMEOUT_MS = 15000;
@@ -46,6 +47,10 @@ const el = {
   video: document.getElementById('video'),
   unmute: document.getElementById('unmute'),
   talk: document.getElementById('talk'),
+  talkNote: document.getElementById('talk-note'),
+  stage: document.querySelector('.stage'),
+  fullscreen: document.getElementById('fullscreen'),
+  pip: document.getElementById('pip'),
 };
 
 // Read by tests (tests/browser/view.mjs); kept current at every change.
@@ -597,6 +602,72 @@ function stopTalking() {
   rtcam.talking = false;
 }
 
+// Shows why Talk cannot work here, and disables it, instead of letting the
+// microphone request fail into the log.
+function explainTalk(httpsPort) {
+  const blocker = talkBlocker({
+    secure: window.isSecureContext,
+    hasMicrophoneApi: typeof navigator.mediaDevices?.getUserMedia === 'function',
+    location,
+    httpsPort,
+  });
+  el.talk.disabled = !!blocker;
+  el.talkNote.hidden = !blocker;
+  el.talkNote.replaceChildren();
+  if (!blocker) return;
+  el.talkNote.append(blocker.text);
+  if (blocker.url) {
+    const a = document.createElement('a');
+    a.href = blocker.url;
+    a.textContent = blocker.url;
+    el.talkNote.append(' ', a);
+  }
+}
+
+// ------------------------------------------------------------------ viewing
+
+// Fullscreen takes the stage, not just the video, so the stats overlay and the
+// paused notice come along.
+function setUpViewing() {
+  const can = viewingFeatures(document, el.video);
+  el.fullscreen.hidden = !can.fullscreen;
+  el.pip.hidden = !can.pip;
+  const toggleFullscreen = () => {
+    const request = document.fullscreenElement ? document.exitFullscreen() : el.stage.requestFullscreen();
+    request.catch((err) => log(`fullscreen refused: ${err.message}`));
+  };
+  el.fullscreen.addEventListener('click', toggleFullscreen);
+  // The stage covers the button while fullscreen; a double click on the picture
+  // (or Esc, or a phone's back gesture) leaves, as in video players.
+  if (can.fullscreen) el.stage.addEventListener('dblclick', toggleFullscreen);
+  document.addEventListener('fullscreenchange', () => {
+    const on = document.fullscreenElement === el.stage;
+    el.fullscreen.setAttribute('aria-pressed', String(on));
+    el.fullscreen.textContent = on ? 'Exit fullscreen' : 'Fullscreen';
+  });
+  el.pip.addEventListener('click', () => {
+    const request = document.pictureInPictureElement
+      ? document.exitPictureInPicture()
+      : el.video.requestPictureInPicture();
+    request.catch((err) => log(`picture-in-picture refused: ${err.message}`));
+  });
+  const pipState = (on) => {
+    el.pip.setAttribute('aria-pressed', String(on));
+    el.pip.textContent = on ? 'Exit picture-in-picture' : 'Picture-in-picture';
+  };
+  el.video.addEventListener('enterpictureinpicture', () => pipState(true));
+  el.video.addEventListener('leavepictureinpicture', () => pipState(false));
+  // Browsers refuse picture-in-picture until the video knows its size.
+  el.video.addEventListener('loadedmetadata', () => {
+    el.pip.disabled = false;
+  });
+  el.video.addEventListener('emptied', () => {
+    el.pip.disabled = !document.pictureInPictureElement;
+  });
+}
+
+setUpViewing();
+
 function failSession(s, code, message, hint = '', { sendBye = true } = {}) {
   if (session !== s) return;
   endSession(s, { sendBye });
@@ -660,6 +731,7 @@ async function main() {
   setFact('Protocol', `v${PROTOCOL_VERSION}`);
   el.unmute.hidden = !settings.audio.enabled;
   el.talk.hidden = !settings.audio.talkback;
+  if (settings.audio.talkback) explainTalk(Number.isInteger(config?.https_port) ? config.https_port : null);
 
   connectBroker();
 }
