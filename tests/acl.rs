@@ -452,7 +452,7 @@ async fn acl_gives_a_stranger_status_and_nothing_else() {
         QoS::AtLeastOnce,
         true,
     ));
-    let (willful, _) = Client::connect_with(opts, &[status.clone()]).await;
+    let (willful, _) = Client::connect_with(opts, std::slice::from_ref(&status)).await;
     willful
         .wait_for(|t, _| t == status)
         .await
@@ -504,11 +504,11 @@ async fn acl_gives_a_stranger_status_and_nothing_else() {
 
     let read = stranger.seen();
     assert!(
-        read.iter().all(|(t, _)| t == &status),
+        read.iter().all(|(t, _)| *t == status),
         "the stranger read more than status: {read:?}"
     );
     assert!(
-        read.iter().any(|(t, _)| t == &status),
+        read.iter().any(|(t, _)| *t == status),
         "its subscriptions were live (it read the status)"
     );
 
@@ -533,7 +533,7 @@ async fn a_client_named_like_rtcam_does_not_knock_it_off() {
     )
     .await;
     watch
-        .wait_for(|t, v| t == &status && v["state"] == "online")
+        .wait_for(|t, v| t == status && v["state"] == "online")
         .await
         .expect("rtcam is online");
 
@@ -546,7 +546,7 @@ async fn a_client_named_like_rtcam_does_not_knock_it_off() {
     )
     .await;
     impostor
-        .wait_for(|t, _| t == &status)
+        .wait_for(|t, _| t == status)
         .await
         .expect("the impostor is connected");
     let (impostor2, _) = Client::connect(
@@ -557,7 +557,7 @@ async fn a_client_named_like_rtcam_does_not_knock_it_off() {
     )
     .await;
     impostor2
-        .wait_for(|t, _| t == &status)
+        .wait_for(|t, _| t == status)
         .await
         .expect("the second impostor is connected");
 
