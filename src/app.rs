@@ -66,7 +66,7 @@ impl App {
         let topics = Topics::new(&config.mqtt.prefix, &device_id);
 
         let client_id = if config.mqtt.client_id.is_empty() {
-            format!("rtcam-{device_id}")
+            default_client_id(&device_id)
         } else {
             config.mqtt.client_id.clone()
         };
@@ -623,4 +623,14 @@ pub use protocol::MAX_PAYLOAD;
 /// What viewers' data channels may do, from config.
 pub fn viewers_may_change_state(c: &Config) -> bool {
     c.control.viewer_commands == ViewerCommands::All
+}
+
+/// rtcam's MQTT client id when `[mqtt] client_id` is empty: `rtcam-{device}-` and 8 random
+/// alphanumerics, new at every start. Any client that connects under rtcam's id takes its
+/// connection over (MQTT says so, and a broker ACL cannot forbid one id), so the id must not be
+/// guessable; rtcam uses clean sessions, so a new id per start loses nothing.
+fn default_client_id(device_id: &str) -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 8);
+    format!("rtcam-{device_id}-{suffix}")
 }

@@ -195,7 +195,10 @@ pub struct MqttConfig {
     /// `ca_file`.
     pub client_cert_file: String,
     pub client_key_file: String,
-    /// MQTT client id; empty means `rtcam-{device id}`.
+    /// MQTT client id. Empty: `rtcam-{device id}-` and 8 random alphanumerics, new at every
+    /// start, so no other client can guess it and take rtcam's connection over (a broker hands
+    /// a client id to whoever connects with it last). A fixed id set here can be taken over by
+    /// anyone the broker lets connect.
     pub client_id: String,
     /// Keep-alive interval in seconds; the broker declares rtcam offline after 1.5 × this.
     pub keep_alive_secs: u64,

@@ -43,3 +43,83 @@ pub fn sdp(data: &[u8]) {
     let _ = protocol::check_offer_sdp(&text, true);
     let _ = crate::session::peer::without_mdns_candidates(&text);
 }
+
+/// Bytes from an MQTT client at the gate: read as a connection's first packets (a CONNECT,
+/// then whatever follows in the protocol it chose), and again as the packets after the
+/// CONNECT of an MQTT 3.1.1 and of an MQTT 5 connection, each packet decided by the gate's
+/// filter for a viewer, a control-token holder and a broker user.
+pub fn gate_packets(data: &[u8]) {
+    use crate::gate::codec::{self, Request, Version};
+    use crate::gate::filter::PacketFilter;
+    use crate::gate::policy::{Identity, Policy, Rights};
+    use crate::gate::{MAX_INBOUND, MAX_SUBSCRIPTIONS};
+
+    let policy = Policy::new(
+        "rtcam/cam",
+        "homeassistant",
+        "rtcam-cam-fuzz0000",
+        MAX_SUBSCRIPTIONS,
+    );
+    let control = Rights {
+        view: true,
+        control: true,
+        ..Rights::default()
+    };
+    let identities = [Rights::VIEWER, control, Rights::OPERATOR].map(|rights| Identity {
+        client_id: "fuzz1".to_string(),
+        rights,
+    });
+
+    // Each packet through every identity's filter; a filter that ended its connection sees no
+    // more. Returns the version of the CONNECT found on the way.
+    let run = |version: Option<Version>| -> Option<Version> {
+        let mut buf = bytes::BytesMut::from(data);
+        let mut version = version;
+        let mut filters: Vec<Option<PacketFilter>> = Vec::new();
+        if let Some(v) = version {
+            filters = identities
+                .iter()
+                .map(|id| Some(PacketFilter::new(v, id.clone())))
+                .collect();
+        }
+        loop {
+            let before = buf.len();
+            let Ok(Some((raw, request))) = codec::read(&mut buf, version, MAX_INBOUND) else {
+                return version;
+            };
+            assert!(buf.len() < before, "a packet read is taken from the buffer");
+            if version.is_none() {
+                // The first packet: only a CONNECT gets this far.
+                let Request::Connect(connect) = &request else {
+                    panic!("codec::read gave a first packet that is not a CONNECT");
+                };
+                version = Some(connect.version);
+                for id in &identities {
+                    let _ = policy.check_connect(&connect.client_id, &id.rights);
+                    if let Some((topic, retain)) = &connect.will {
+                        let _ = policy.check_publish(id, topic, *retain);
+                    }
+                }
+                let _ = connect.rewritten("fuzz1", ("gate", "password"));
+                filters = identities
+                    .iter()
+                    .map(|id| Some(PacketFilter::new(connect.version, id.clone())))
+                    .collect();
+                continue;
+            }
+            for slot in filters.iter_mut() {
+                if let Some(filter) = slot {
+                    let (step, _) = filter.check(&policy, (raw.clone(), request.clone()));
+                    if matches!(step, crate::gate::filter::Step::End(_)) {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    };
+    if let Some(v) = run(None) {
+        let _ = codec::disconnect(v, codec::Goodbye::Malformed);
+    }
+    run(Some(Version::V311));
+    run(Some(Version::V5));
+}

@@ -110,6 +110,13 @@ impl Client {
         if let Some((user, password)) = login {
             opts.set_credentials(user, password);
         }
+        Client::connect_with(opts, filters).await
+    }
+
+    async fn connect_with(
+        opts: MqttOptions,
+        filters: &[String],
+    ) -> (Client, Vec<rumqttc::SubscribeReasonCode>) {
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
         for f in filters {
             client.subscribe(f, QoS::AtLeastOnce).await.unwrap();
@@ -145,11 +152,15 @@ impl Client {
     }
 
     async fn publish(&self, topic: &str, body: Value) {
+        self.publish_with(topic, body, false).await;
+    }
+
+    async fn publish_with(&self, topic: &str, body: Value, retain: bool) {
         self.client
             .publish(
                 topic,
                 QoS::AtLeastOnce,
-                false,
+                retain,
                 body.to_string().into_bytes(),
             )
             .await
@@ -300,5 +311,323 @@ async fn acl_keeps_viewers_to_their_own_session_and_commands_to_trusted_users() 
     );
 
     viewer.bye().await;
+    rt.app.stop().await;
+}
+
+/// rtcam on the ACL'd mosquitto, with telemetry every second so every topic a stranger might
+/// read carries traffic while it listens.
+async fn rtcam_on(broker: &AclMosquitto, device: &str) -> common::Running {
+    let mut config = test_config(device);
+    config.mqtt.url = format!("mqtt://127.0.0.1:{}", broker.port);
+    config.mqtt.username = "rtcam".into();
+    config.mqtt.password = RTCAM_PASSWORD.into();
+    config.control.telemetry_interval_secs = 1;
+    start(config).await
+}
+
+/// The retained status a newly subscribing client is given.
+async fn retained_status(port: u16, root: &str) -> Value {
+    let status = format!("{root}/status");
+    let (probe, _) = Client::connect(
+        port,
+        &format!("probe{}", rand::random::<u32>()),
+        Some(("operator", OPERATOR_PASSWORD)),
+        std::slice::from_ref(&status),
+    )
+    .await;
+    probe
+        .wait_for(|t, _| t == status)
+        .await
+        .expect("a retained status")
+        .1
+}
+
+/// The same table tests/hostile.rs plays against the embedded broker, as far as mosquitto's
+/// ACL file can enforce it. mosquitto grants every subscription (its ACL file checks reads when
+/// it delivers, not when a client subscribes) and drops refused publishes without a word, so
+/// what is checked is what arrives: the stranger reads nothing but status, and an operator
+/// watching everything sees nothing forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_gives_a_stranger_status_and_nothing_else() {
+    let broker = AclMosquitto::start();
+    let rt = rtcam_on(&broker, "aclstranger").await;
+    let root = rt.root();
+    let status = format!("{root}/status");
+
+    let viewer = Viewer::connect(rt.broker(), &root).await;
+    assert!(viewer.wait_frames(10, WITHIN).await.frames >= 10);
+    let sid = viewer.sid.clone();
+
+    // The operator (Home Assistant, say) watches everything of the camera and discovery.
+    let (watch, granted) = Client::connect(
+        broker.port,
+        &format!("watch{}", rand::random::<u32>()),
+        Some(("operator", OPERATOR_PASSWORD)),
+        &[format!("{root}/#"), "homeassistant/#".to_string()],
+    )
+    .await;
+    assert!(
+        granted
+            .iter()
+            .all(|g| matches!(g, rumqttc::SubscribeReasonCode::Success(_))),
+        "{granted:?}"
+    );
+
+    let stranger_id = format!("stranger{}", rand::random::<u32>());
+    let filters = vec![
+        "#".to_string(),
+        "rtcam/#".into(),
+        format!("{root}/#"),
+        format!("{root}/session/+/out"),
+        format!("{root}/session/{sid}/out"),
+        format!("{root}/command/reply"),
+        format!("{root}/telemetry"),
+        "homeassistant/#".into(),
+    ];
+    let (stranger, granted) = Client::connect(broker.port, &stranger_id, None, &filters).await;
+    eprintln!("mosquitto's SUBACK to the stranger: {granted:?}");
+    assert_eq!(granted.len(), filters.len());
+
+    // Traffic on every topic it asked for: the viewer's own error reply on its `out`, telemetry
+    // (every second), a command reply.
+    viewer.send_raw(json!({"type":"candidate"})).await;
+    let deadline = Instant::now() + WITHIN;
+    while viewer.has_message("error").is_none() {
+        assert!(Instant::now() < deadline, "the viewer got its error reply");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watch
+        .wait_for(|t, _| t == format!("{root}/telemetry"))
+        .await
+        .expect("telemetry flows");
+
+    // Everything it may not write: commands, a bye into the viewer's `in`, a forged answer and
+    // bye into its `out`, a forged retained status, a discovery topic.
+    let forged = [
+        (
+            format!("{root}/command"),
+            json!({"id":"evil1","command":"stream","args":{"on":false}}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/in"),
+            json!({"type":"bye"}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/out"),
+            json!({"type":"answer","sdp":"v=0\r\nforged\r\n","forged":true}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/out"),
+            json!({"type":"bye","forged":true}),
+            false,
+        ),
+        (
+            status.clone(),
+            json!({"state":"offline","forged":true}),
+            true,
+        ),
+        (
+            "homeassistant/camera/rtcam_aclstranger/config".to_string(),
+            json!({"forged":true}),
+            true,
+        ),
+    ];
+    for (topic, body, retain) in &forged {
+        stranger.publish_with(topic, body.clone(), *retain).await;
+    }
+
+    // A last will is a publish too: one on the status topic, then a connection that just
+    // drops, as a crashed client's would.
+    let mut opts = MqttOptions::new(
+        format!("willful{}", rand::random::<u32>()),
+        "127.0.0.1",
+        broker.port,
+    );
+    opts.set_last_will(rumqttc::LastWill::new(
+        &status,
+        json!({"state":"offline","forged":true}).to_string(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (willful, _) = Client::connect_with(opts, std::slice::from_ref(&status)).await;
+    willful
+        .wait_for(|t, _| t == status)
+        .await
+        .expect("the willful client is connected");
+    drop(willful);
+
+    // The operator's command, after all of that: had the stranger's command got through,
+    // rtcam would have handled it first and streaming would be off.
+    watch
+        .publish(
+            &format!("{root}/command"),
+            json!({"id":"op1","command":"status"}),
+        )
+        .await;
+    let reply_topic = format!("{root}/command/reply");
+    let (_, reply) = watch
+        .wait_for(|t, v| t == reply_topic && v["id"] == "op1")
+        .await
+        .expect("the operator's command is answered");
+    assert_eq!(reply["result"]["streaming"], true, "{reply}");
+    assert_eq!(reply["result"]["viewers"], 1, "{reply}");
+
+    let seen = watch.seen();
+    let leaked: Vec<_> = seen
+        .iter()
+        .filter(|(_, v)| v["forged"] == true || v["id"] == "evil1")
+        .collect();
+    assert!(leaked.is_empty(), "forged messages arrived: {leaked:?}");
+    assert_eq!(
+        retained_status(broker.port, &root).await["state"],
+        "online",
+        "the retained status is rtcam's"
+    );
+    let before = viewer.decoded().frames;
+    assert!(viewer.wait_frames(before + 20, WITHIN).await.frames >= before + 20);
+    assert!(
+        viewer.has_message("bye").is_none(),
+        "the viewer was not ended"
+    );
+    assert!(
+        viewer
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|m| m["forged"].is_null()),
+        "the viewer got nothing forged"
+    );
+
+    let read = stranger.seen();
+    assert!(
+        read.iter().all(|(t, _)| *t == status),
+        "the stranger read more than status: {read:?}"
+    );
+    assert!(
+        read.iter().any(|(t, _)| *t == status),
+        "its subscriptions were live (it read the status)"
+    );
+
+    viewer.bye().await;
+    rt.app.stop().await;
+}
+
+/// rtcam's client id is no longer `rtcam-{device}`: a client connecting under that id (which
+/// mosquitto, like any broker, would give to the newcomer) leaves rtcam connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_named_like_rtcam_does_not_knock_it_off() {
+    let broker = AclMosquitto::start();
+    let device = "aclimpostor";
+    let rt = rtcam_on(&broker, device).await;
+    let root = rt.root();
+    let status = format!("{root}/status");
+    let (watch, _) = Client::connect(
+        broker.port,
+        &format!("watch{}", rand::random::<u32>()),
+        Some(("operator", OPERATOR_PASSWORD)),
+        std::slice::from_ref(&status),
+    )
+    .await;
+    watch
+        .wait_for(|t, v| t == status && v["state"] == "online")
+        .await
+        .expect("rtcam is online");
+
+    // Anonymous, and with rtcam's login: the password file does not bind client ids either.
+    let (impostor, _) = Client::connect(
+        broker.port,
+        &format!("rtcam-{device}"),
+        None,
+        std::slice::from_ref(&status),
+    )
+    .await;
+    impostor
+        .wait_for(|t, _| t == status)
+        .await
+        .expect("the impostor is connected");
+    let (impostor2, _) = Client::connect(
+        broker.port,
+        &format!("rtcam-{device}"),
+        Some(("rtcam", RTCAM_PASSWORD)),
+        std::slice::from_ref(&status),
+    )
+    .await;
+    impostor2
+        .wait_for(|t, _| t == status)
+        .await
+        .expect("the second impostor is connected");
+
+    // A new viewer gets its answer and decodes; rtcam never went offline.
+    let viewer = Viewer::connect(rt.broker(), &root).await;
+    assert!(
+        viewer.wait_frames(10, WITHIN).await.frames >= 10,
+        "a viewer is answered while the impostors are connected"
+    );
+    let offline: Vec<_> = watch
+        .seen()
+        .into_iter()
+        .filter(|(_, v)| v["state"] != "online")
+        .collect();
+    assert!(offline.is_empty(), "rtcam stayed online: {offline:?}");
+    assert_eq!(retained_status(broker.port, &root).await["state"], "online");
+
+    drop((impostor, impostor2));
+    viewer.bye().await;
+    rt.app.stop().await;
+}
+
+/// mosquitto's ACL file cannot forbid retained publishes, so a viewer may leave a retained
+/// message on its own `…/in`; rtcam ignores retained deliveries (they predate its
+/// subscription), so such a message is not replayed into a session at every reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_left_on_session_topics_are_not_replayed() {
+    let broker = AclMosquitto::start();
+    let device = "aclretained";
+    let root = format!("rtcam/{device}");
+    let (stale, _) = Client::connect(broker.port, "stale1", None, &[]).await;
+    stale
+        .publish_with(
+            &format!("{root}/session/stale1/in"),
+            json!({"type":"offer","sdp":"v=0\r\nstale\r\n"}),
+            true,
+        )
+        .await;
+    let (op, _) = Client::connect(
+        broker.port,
+        &format!("op{}", rand::random::<u32>()),
+        Some(("operator", OPERATOR_PASSWORD)),
+        &[format!("{root}/#")],
+    )
+    .await;
+    op.wait_for(|t, _| t.ends_with("/stale1/in"))
+        .await
+        .expect("mosquitto keeps a viewer's retained message");
+
+    // rtcam subscribes after it was left; an offer it handled would get an answer or error.
+    let rt = rtcam_on(&broker, device).await;
+    assert_eq!(rt.root(), root);
+    let reply_topic = format!("{root}/command/reply");
+    op.publish(
+        &format!("{root}/command"),
+        json!({"id":"op1","command":"status"}),
+    )
+    .await;
+    op.wait_for(|t, v| t == reply_topic && v["id"] == "op1")
+        .await
+        .expect("rtcam answers commands");
+    let replayed: Vec<_> = op
+        .seen()
+        .into_iter()
+        .filter(|(t, _)| t.ends_with("/stale1/out"))
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "rtcam handled a retained offer: {replayed:?}"
+    );
+    assert_eq!(rt.app.viewers(), 0);
     rt.app.stop().await;
 }

@@ -328,7 +328,8 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
         note("a client refused 20 times is disconnected");
     }
 
-    // Identities it may not take.
+    // Identities it may not take. rtcam's own id is `rtcam-hostile-` and 8 random characters,
+    // which a stranger cannot know; the gate refuses its `rtcam-hostile` stem as well.
     for (id, login, want) in [
         ("rtcam-hostile", None, ConnectReturnCode::BadClientId),
         (sid.as_str(), None, ConnectReturnCode::BadClientId),

@@ -45,7 +45,8 @@ enum ConnectPacket {
 /// What the gate checks of a packet from a client.
 #[derive(Debug, Clone)]
 pub enum Request {
-    Connect(Connect),
+    // Boxed: a CONNECT comes once per connection, every other packet is far smaller.
+    Connect(Box<Connect>),
     Publish {
         /// Empty for an MQTT 5 publish that names its topic by alias only.
         topic: String,
@@ -115,7 +116,7 @@ fn connect_version(frame: &[u8]) -> Result<Version, CodecError> {
 
 fn from_v4(packet: v4::Packet) -> Request {
     match packet {
-        v4::Packet::Connect(c) => Request::Connect(Connect {
+        v4::Packet::Connect(c) => Request::Connect(Box::new(Connect {
             version: Version::V311,
             client_id: c.client_id.clone(),
             login: c
@@ -124,7 +125,7 @@ fn from_v4(packet: v4::Packet) -> Request {
                 .map(|l| (l.username.clone(), l.password.clone())),
             will: c.last_will.as_ref().map(|w| (w.topic.clone(), w.retain)),
             packet: ConnectPacket::V311(c),
-        }),
+        })),
         v4::Packet::Publish(p) => Request::Publish {
             topic: p.topic,
             alias: None,
@@ -143,7 +144,7 @@ fn from_v4(packet: v4::Packet) -> Request {
 
 fn from_v5(packet: v5::Packet) -> Request {
     match packet {
-        v5::Packet::Connect(c, will, login) => Request::Connect(Connect {
+        v5::Packet::Connect(c, will, login) => Request::Connect(Box::new(Connect {
             version: Version::V5,
             client_id: c.client_id.clone(),
             login: login
@@ -153,7 +154,7 @@ fn from_v5(packet: v5::Packet) -> Request {
                 .as_ref()
                 .map(|w| (String::from_utf8_lossy(&w.topic).into_owned(), w.retain)),
             packet: ConnectPacket::V5(Box::new((c, will, login))),
-        }),
+        })),
         v5::Packet::Publish(p) => Request::Publish {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
             alias: p.properties.as_ref().and_then(|p| p.topic_alias),

@@ -11,6 +11,7 @@
 //! per address; a token's connection ends when the token expires.
 
 pub mod codec;
+pub mod filter;
 pub mod policy;
 pub mod users;
 
@@ -18,8 +19,9 @@ use crate::auth::{Authority, Right};
 use crate::util::RateLimiter;
 use bytes::{Bytes, BytesMut};
 use codec::{ConnectRefusal, Goodbye, Request, Version};
+use filter::{PacketFilter, Step};
 use policy::{Identity, Policy, Rights};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +36,6 @@ use users::Users;
 pub const MAX_INBOUND: usize = crate::signalling::protocol::MAX_PAYLOAD + 8 * 1024;
 /// Time a client has to send its CONNECT after opening the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Refusals one connection may collect before it is disconnected.
-const MAX_REFUSALS: u32 = 20;
 /// Outside connections at once, and from one address (loopback is not limited per address:
 /// it is the board's own programs, and the page behind a local reverse proxy).
 pub const MAX_CONNECTIONS: usize = 256;
@@ -251,10 +251,7 @@ impl Gate {
             gate: &self,
             peer,
             version: connect.version,
-            identity: session.identity,
-            subscriptions: HashSet::new(),
-            aliases: HashMap::new(),
-            refusals: 0,
+            filter: PacketFilter::new(connect.version, session.identity),
         };
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
@@ -423,19 +420,8 @@ struct Connection<'a> {
     gate: &'a Gate,
     peer: SocketAddr,
     version: Version,
-    identity: Identity,
-    subscriptions: HashSet<String>,
-    /// MQTT 5 topic aliases the client set up, so a publish by alias is checked by its topic.
-    aliases: HashMap<u16, String>,
-    refusals: u32,
-}
-
-/// What to do with one packet from the client.
-enum Step {
-    Forward(Bytes),
-    Answer(Bytes),
-    Drop,
-    End(Goodbye),
+    /// Decides each packet; this connection applies, counts and logs what it decides.
+    filter: PacketFilter,
 }
 
 impl Connection<'_> {
@@ -539,88 +525,23 @@ impl Connection<'_> {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
 
-    fn check(&mut self, (raw, request): (Bytes, Request)) -> Step {
-        let policy = &self.gate.inner.config.policy;
-        match request {
-            Request::Connect(_) => Step::End(Goodbye::Malformed),
-            Request::Other => Step::Forward(raw),
-            Request::Subscribe { pkid, filters } => {
-                let mut held = self.subscriptions.len();
-                let mut verdict = Ok(());
-                for filter in &filters {
-                    if !self.subscriptions.contains(filter) {
-                        verdict = verdict.and(policy.check_subscribe(&self.identity, filter, held));
-                        held += 1;
-                    }
-                }
-                match verdict {
-                    Ok(()) => {
-                        self.subscriptions.extend(filters);
-                        Step::Forward(raw)
-                    }
-                    Err(e) => {
-                        self.refused(&e.to_string())
-                            .unwrap_or(Step::Answer(codec::suback_refused(
-                                self.version,
-                                pkid,
-                                filters.len(),
-                            )))
-                    }
-                }
-            }
-            Request::Unsubscribe { filters } => {
-                for f in &filters {
-                    self.subscriptions.remove(f);
-                }
-                Step::Forward(raw)
-            }
-            Request::Publish {
-                topic,
-                alias,
-                retain,
-                qos,
-                pkid,
-            } => {
-                let topic = match (topic.is_empty(), alias) {
-                    (true, Some(a)) => match self.aliases.get(&a) {
-                        Some(t) => t.clone(),
-                        None => return Step::End(Goodbye::Malformed),
-                    },
-                    _ => topic,
-                };
-                match policy.check_publish(&self.identity, &topic, retain) {
-                    Ok(()) => {
-                        if let Some(a) = alias {
-                            self.aliases.insert(a, topic);
-                        }
-                        Step::Forward(raw)
-                    }
-                    Err(e) => self.refused(&e.to_string()).unwrap_or(match qos {
-                        0 => Step::Drop,
-                        1 => Step::Answer(codec::puback_refused(self.version, pkid)),
-                        // Exactly-once has a second round trip the broker would not know of.
-                        _ => Step::End(Goodbye::NotAuthorized),
-                    }),
-                }
+    /// The filter's decision on one packet; a refusal is counted, and logged for the first.
+    fn check(&mut self, packet: (Bytes, Request)) -> Step {
+        let (step, refusal) = self.filter.check(&self.gate.inner.config.policy, packet);
+        if let Some(why) = refusal {
+            self.gate
+                .inner
+                .stats
+                .refused_packets
+                .fetch_add(1, Ordering::Relaxed);
+            if self.filter.refusals() == 1 {
+                self.gate.log_refusal(
+                    self.peer,
+                    &format!("{why} (later refusals on this connection are not logged)"),
+                );
             }
         }
-    }
-
-    /// Counts a refusal; `Some(End)` once the client has had too many.
-    fn refused(&mut self, why: &str) -> Option<Step> {
-        self.refusals += 1;
-        self.gate
-            .inner
-            .stats
-            .refused_packets
-            .fetch_add(1, Ordering::Relaxed);
-        if self.refusals == 1 {
-            self.gate.log_refusal(
-                self.peer,
-                &format!("{why} (later refusals on this connection are not logged)"),
-            );
-        }
-        (self.refusals >= MAX_REFUSALS).then_some(Step::End(Goodbye::NotAuthorized))
+        step
     }
 }
 

@@ -104,8 +104,8 @@ impl Policy {
 
     /// Whether a client may connect under this id with these rights.
     pub fn check_connect(&self, client_id: &str, rights: &Rights) -> Result<(), Refusal> {
-        if client_id == self.own_client_id {
-            return Err(Refusal::OwnClientId(client_id.to_string()));
+        if self.is_own_client_id(client_id) {
+            return Err(Refusal::OwnClientId(truncate(client_id)));
         }
         // A viewer's client id is its session id: that is what binds a session to the one
         // connection that opened it. Broker users may name themselves as they like.
@@ -179,6 +179,18 @@ impl Policy {
         }
     }
 
+    /// rtcam's own id, and the shorter ids it extends with `-`: the default id is
+    /// `rtcam-{device}-{random}`, and a client calling itself `rtcam-{device}` (rtcam's id
+    /// before it had the random part) is posing as rtcam even though it cannot displace it.
+    fn is_own_client_id(&self, client_id: &str) -> bool {
+        client_id == self.own_client_id
+            || (!client_id.is_empty()
+                && self
+                    .own_client_id
+                    .strip_prefix(client_id)
+                    .is_some_and(|rest| rest.starts_with('-')))
+    }
+
     fn topic(&self, leaf: &str) -> String {
         format!("{}/{leaf}", self.root)
     }
@@ -212,7 +224,7 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy::new("rtcam/cam1", "homeassistant", "rtcam-cam1", 4)
+        Policy::new("rtcam/cam1", "homeassistant", "rtcam-cam1-Ab3dE6gH", 4)
     }
 
     fn who(id: &str, rights: Rights) -> Identity {
@@ -275,10 +287,17 @@ mod tests {
         assert!(p.check_connect(&"x".repeat(65), &Rights::VIEWER).is_err());
         assert_eq!(p.check_connect("my tool/1", &Rights::OPERATOR), Ok(()));
         for rights in [Rights::VIEWER, Rights::OPERATOR] {
-            assert_eq!(
-                p.check_connect("rtcam-cam1", &rights),
-                Err(Refusal::OwnClientId("rtcam-cam1".into()))
-            );
+            for own in ["rtcam-cam1-Ab3dE6gH", "rtcam-cam1", "rtcam"] {
+                assert_eq!(
+                    p.check_connect(own, &rights),
+                    Err(Refusal::OwnClientId(own.into())),
+                    "{own}"
+                );
+            }
+        }
+        // Other ids that merely look alike are viewers like any other.
+        for other in ["rtcam-cam1-Ab3", "rtcam-cam12", "rtcam-cam1-Ab3dE6gHx"] {
+            assert_eq!(p.check_connect(other, &Rights::VIEWER), Ok(()), "{other}");
         }
     }
 

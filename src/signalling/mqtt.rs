@@ -206,6 +206,14 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
                         let _ = link.connected.send(true);
                     }
                 }
+                // A retained message was kept from before rtcam subscribed: a stale offer or
+                // command at best, at worst one a client left to be replayed at every
+                // reconnect (mosquitto's ACL cannot stop a viewer retaining on its own `in`).
+                // Live messages come without the flag: rtcam does not ask for
+                // retain-as-published.
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                    tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), "ignored a retained message");
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic);
                     if topic == link.topics.command() {
