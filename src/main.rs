@@ -1,7 +1,7 @@
 //! The `rtcam` command: parses arguments, sets up logging, and hands over to the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use rtcam::app::{self, App};
 use rtcam::config::{self, Config};
 use rtcam::credentials;
@@ -74,6 +74,10 @@ enum Command {
         #[arg(long)]
         sub: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `rtcam man | man -l -`.
+    Man,
     /// Add a broker user of the embedded broker, or change its password, in a users file
     /// (`[mqtt] users_file`; mosquitto's format). Reads the password from standard input.
     Passwd {
@@ -94,24 +98,20 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
-                // `rtc=warn` matches every target that starts with "rtc", rtcam's own too: the
-                // longer `rtcam=info` wins for rtcam's.
-                tracing_subscriber::EnvFilter::new(
-                    "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rtcam::logging::init();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::EXAMPLE);
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rtcam", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
         Command::Token { ttl, rights, sub } => token(cli.config, &ttl, &rights, sub),
         Command::Passwd { file, user } => passwd(&file, &user),
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
@@ -144,9 +144,25 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rtcam: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("rtcam: {}", rtcam::logging::error_text(e.as_ref()));
+            exit_code(&e)
         }
+    }
+}
+
+/// 78 (EX_CONFIG from sysexits.h) for a configuration that cannot work: the unit's
+/// `RestartPreventExitStatus=78` keeps systemd from restarting rtcam into the same error.
+/// Anything else is 1, and systemd retries it.
+const EX_CONFIG: u8 = 78;
+
+fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    let config = e
+        .chain()
+        .any(|c| c.is::<config::ConfigError>() || c.is::<credentials::CredentialError>());
+    if config {
+        std::process::ExitCode::from(EX_CONFIG)
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 
