@@ -144,3 +144,125 @@ fn a_broker_listening_beyond_this_machine_needs_users() {
     let loaded = rtcam::gate::users::Users::load(&users).unwrap();
     assert!(loaded.verify("homeassistant", "a long password"));
 }
+
+/// A configuration rtcam cannot use exits with 78 (EX_CONFIG), which the unit's
+/// `RestartPreventExitStatus=` names so systemd does not restart it into the same error.
+#[test]
+fn a_config_error_exits_with_ex_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(&path, "[encoder]\nbitrat = 5\n").unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["config", "check", path],
+        vec!["--config", path],
+        vec!["--config", "/nonexistent/rtcam.toml"],
+    ] {
+        let out = rtcam(&args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+    }
+    let unit = std::fs::read_to_string("systemd/rtcam.service").unwrap();
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"));
+}
+
+/// rtcam started with its MQTT port taken: it logs its first line, then stops with an error
+/// that is not a configuration error. Returns its exit status and stderr.
+fn run_with_a_busy_port(setup: impl FnOnce(&mut Command)) -> (Option<i32>, String) {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mqtt]\nembedded_listen = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             https_listen = \"\"\n\n[source]\nkind = \"test\"\n",
+            busy.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtcam"));
+    cmd.args(["--config", path.to_str().unwrap()])
+        .env_remove("RTCAM_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    setup(&mut cmd);
+    let out = cmd.output().expect("rtcam runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether `line` starts with an RFC 3339 timestamp, as the text log's lines do.
+fn timestamped(line: &str) -> bool {
+    line.len() > 20 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) && &line[4..5] == "-"
+}
+
+#[test]
+fn an_error_names_each_cause_once() {
+    let (code, err) = run_with_a_busy_port(|_| {});
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("rtcam: mqtt.embedded_listen: "), "{err}");
+    assert_eq!(last.matches("(os error 98)").count(), 1, "{err}");
+}
+
+#[test]
+fn log_to_a_pipe_is_plain_text_with_timestamps() {
+    // A JOURNAL_STREAM that names another file (inherited from a service, say) is ignored.
+    for journal_stream in [None, Some("1:2")] {
+        let (_, err) = run_with_a_busy_port(|cmd| {
+            cmd.env("TERM", "xterm-256color");
+            if let Some(v) = journal_stream {
+                cmd.env("JOURNAL_STREAM", v);
+            }
+        });
+        assert!(!err.contains('\x1b'), "ANSI escapes in: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            timestamped(first) && first.contains(" INFO rtcam: rtcam "),
+            "{journal_stream:?}: {err}"
+        );
+    }
+}
+
+/// stderr that is the file JOURNAL_STREAM names, as systemd sets it up: rtcam logs to the
+/// journal's socket, or, where there is none (as in a container), plain text without colour
+/// or a timestamp of its own, since the journal stamps each line.
+#[test]
+fn log_under_systemd_has_no_colour_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let (code, _) = run_with_a_busy_port(|cmd| {
+        cmd.env("JOURNAL_STREAM", &stream)
+            .env("TERM", "xterm-256color")
+            .stderr(file);
+    });
+    assert_eq!(code, Some(1));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!err.contains('\x1b'), "ANSI escapes in: {err}");
+    let journal_socket = std::path::Path::new("/run/systemd/journal/socket").exists();
+    let logged = err.lines().find(|l| l.contains("rtcam: rtcam "));
+    if journal_socket {
+        // The line went to the journal; only the final error is on stderr.
+        assert!(logged.is_none(), "{err}");
+    } else {
+        let line = logged.unwrap_or_else(|| panic!("no log line in: {err}"));
+        assert!(!timestamped(line), "{err}");
+        assert!(line.trim_start().starts_with("INFO rtcam: rtcam "), "{err}");
+    }
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("rtcam: "),
+        "{err}"
+    );
+}
