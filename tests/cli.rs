@@ -266,3 +266,72 @@ fn log_under_systemd_has_no_colour_and_no_timestamp() {
         "{err}"
     );
 }
+
+/// The files the .deb ships that rtcam generates: the conffile (every key commented out),
+/// the manual pages and the shell completions. They are kept in the tree so cross builds can
+/// package them without running the board's binary; this fails when the CLI or the example
+/// has changed without them (`make packaging-files` writes them again).
+#[test]
+fn packaged_files_match_what_rtcam_generates() {
+    let stale = "out of date: run `make packaging-files`";
+    let out = rtcam(&["config", "example", "--commented"]);
+    assert!(out.status.success());
+    let shipped = std::fs::read_to_string("packaging/rtcam.toml").unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        shipped,
+        "packaging/rtcam.toml {stale}"
+    );
+    // It sets nothing: checked, it gives the defaults.
+    let out = rtcam(&["config", "check", "packaging/rtcam.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shipped
+        .lines()
+        .all(|l| l.is_empty() || l.starts_with(['#', '['])));
+
+    for (shell, file) in [
+        ("bash", "rtcam.bash"),
+        ("zsh", "_rtcam"),
+        ("fish", "rtcam.fish"),
+    ] {
+        let out = rtcam(&["completions", shell]);
+        assert!(out.status.success());
+        let shipped = std::fs::read(format!("packaging/completions/{file}")).unwrap();
+        assert!(
+            out.stdout == shipped,
+            "packaging/completions/{file} {stale}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = rtcam(&["man", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages = |d: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let made = pages(dir.path());
+    assert!(made.contains(&"rtcam.1".to_string()), "{made:?}");
+    assert_eq!(
+        made,
+        pages("packaging/man".as_ref()),
+        "packaging/man {stale}"
+    );
+    for page in made {
+        let made = std::fs::read(dir.path().join(&page)).unwrap();
+        let shipped = std::fs::read(format!("packaging/man/{page}")).unwrap();
+        assert!(made == shipped, "packaging/man/{page} {stale}");
+    }
+}
