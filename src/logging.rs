@@ -104,8 +104,32 @@ pub fn filter_directives(
     }
 }
 
+/// Where `init` sent the log, which is also where a fatal error goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// The journal's socket.
+    Journal,
+    /// Text on stderr, which is the journal's stream: a `<N>` prefix sets a line's priority.
+    JournalStream,
+    /// Text on stderr.
+    Stderr,
+}
+
+impl Installed {
+    /// Reports the error that ends rtcam, at error priority where the journal takes it.
+    pub fn fatal(self, error: &(dyn std::error::Error + 'static)) {
+        let text = error_text(error);
+        match self {
+            Installed::Journal => tracing::error!("{text}"),
+            // 3 is LOG_ERR; journald reads the prefix (SyslogLevelPrefix= is on by default).
+            Installed::JournalStream => eprintln!("<3>rtcam: {text}"),
+            Installed::Stderr => eprintln!("rtcam: {text}"),
+        }
+    }
+}
+
 /// Installs the global subscriber for this process, reading the environment.
-pub fn init() {
+pub fn init() -> Installed {
     let (directives, from) = filter_directives(
         std::env::var("RTCAM_LOG").ok(),
         std::env::var("RUST_LOG").ok(),
@@ -124,11 +148,18 @@ pub fn init() {
     if output == Output::Journal {
         match tracing_journald::layer() {
             Ok(journal) => {
-                registry
-                    .with(journal.with_syslog_identifier("rtcam".into()))
-                    .init();
+                // The crate's default makes INFO "notice" (5); rtcam's info lines are routine
+                // (started, a viewer came and went), which syslog calls "informational".
+                let journal = journal
+                    .with_syslog_identifier("rtcam".into())
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        info: tracing_journald::Priority::Informational,
+                        debug: tracing_journald::Priority::Debug,
+                        ..tracing_journald::PriorityMappings::new()
+                    });
+                registry.with(journal).init();
                 report_bad_filter(bad_filter);
-                return;
+                return Installed::Journal;
             }
             // The socket is missing (a container, a minimal system): stderr still reaches the
             // journal, which stamps each line itself.
@@ -152,6 +183,11 @@ pub fn init() {
         registry.with(fmt.without_time()).init();
     }
     report_bad_filter(bad_filter);
+    if time {
+        Installed::Stderr
+    } else {
+        Installed::JournalStream
+    }
 }
 
 fn report_bad_filter(bad: Option<String>) {

@@ -121,7 +121,7 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    rtcam::logging::init();
+    let log = rtcam::logging::init();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::Config(ConfigCommand::Example { commented }) => {
@@ -173,7 +173,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rtcam: {}", rtcam::logging::error_text(e.as_ref()));
+            log.fatal(e.as_ref());
             exit_code(&e)
         }
     }

@@ -251,20 +251,23 @@ fn log_under_systemd_has_no_colour_and_no_timestamp() {
     let journal_socket = std::path::Path::new("/run/systemd/journal/socket").exists();
     let logged = err.lines().find(|l| l.contains("rtcam: rtcam "));
     if journal_socket {
-        // The line went to the journal; only the final error is on stderr.
+        // The log, the final error too, went to the journal.
         assert!(logged.is_none(), "{err}");
     } else {
         let line = logged.unwrap_or_else(|| panic!("no log line in: {err}"));
         assert!(!timestamped(line), "{err}");
         assert!(line.trim_start().starts_with("INFO rtcam: rtcam "), "{err}");
     }
-    assert!(
-        err.lines()
-            .last()
-            .unwrap_or_default()
-            .starts_with("rtcam: "),
-        "{err}"
-    );
+    // The error that stopped rtcam, at error priority (`<3>`) where journald reads stderr.
+    let last = err.lines().last().unwrap_or_default();
+    if journal_socket {
+        assert!(!last.contains("os error 98"), "{err}");
+    } else {
+        assert!(
+            last.starts_with("<3>rtcam: mqtt.embedded_listen: "),
+            "{err}"
+        );
+    }
 }
 
 /// The files the .deb ships that rtcam generates: the conffile (every key commented out),
@@ -334,4 +337,99 @@ fn packaged_files_match_what_rtcam_generates() {
         let shipped = std::fs::read(format!("packaging/man/{page}")).unwrap();
         assert!(made == shipped, "packaging/man/{page} {stale}");
     }
+}
+
+/// The journal itself: in a mount namespace of its own, rtcam finds a socket this test listens
+/// on at /run/systemd/journal/socket and sends it native entries, INFO as "informational" (6)
+/// and the error that stops it as "err" (3), with nothing on stderr. Needs root (unshare -m);
+/// elsewhere it says so and passes.
+#[test]
+fn log_to_the_journal_socket_with_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind(journal.join("socket")).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let rtcam = env!("CARGO_BIN_EXE_rtcam");
+    let (code, _) = run_with_a_busy_port(|cmd| {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        // A fresh /run in the namespace, with the test's directory as /run/systemd/journal.
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+             mount --bind {} /run/systemd/journal && exec \"$0\" \"$@\"",
+            journal.display()
+        );
+        *cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script, rtcam])
+            .args(args)
+            .env_remove("RTCAM_LOG")
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", &stream)
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+    });
+    let err = std::fs::read_to_string(&log).unwrap();
+    if err.starts_with("unshare:") || err.starts_with("mount:") {
+        eprintln!("skipped: no mount namespace here ({err})");
+        return;
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err, "", "stderr is for the journal's stream only");
+    let mut entries = Vec::new();
+    let mut buf = vec![0; 65536];
+    while let Ok(n) = socket.recv(&mut buf) {
+        // An empty datagram is the crate's check that the socket is there.
+        if n > 0 {
+            entries.push(journal_fields(&buf[..n]));
+        }
+        if entries.iter().any(|e| e["MESSAGE"].contains("os error 98")) {
+            break;
+        }
+    }
+    let started = entries
+        .iter()
+        .find(|e| e["MESSAGE"].contains("rtcam 0.1.0 starting with"))
+        .unwrap_or_else(|| panic!("no start entry in {entries:?}"));
+    assert_eq!(started["PRIORITY"], "6", "{started:?}");
+    assert_eq!(started["SYSLOG_IDENTIFIER"], "rtcam", "{started:?}");
+    let failed = entries
+        .iter()
+        .find(|e| e["MESSAGE"].contains("os error 98"))
+        .unwrap_or_else(|| panic!("no error entry in {entries:?}"));
+    assert_eq!(failed["PRIORITY"], "3", "{failed:?}");
+    assert!(
+        failed["MESSAGE"].starts_with("mqtt.embedded_listen: "),
+        "{failed:?}"
+    );
+}
+
+/// The fields of a native journal entry: `NAME=value\n`, or `NAME\n`, the value's length
+/// (64 bits, little-endian), the value and `\n` (systemd's journal native protocol).
+fn journal_fields(mut data: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while let Some(eol) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..eol];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            let name = String::from_utf8_lossy(&line[..eq]).into_owned();
+            fields.insert(name, String::from_utf8_lossy(&line[eq + 1..]).into_owned());
+            data = &data[eol + 1..];
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[eol + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = String::from_utf8_lossy(&rest[8..8 + len])
+                .trim_end()
+                .to_owned();
+            fields.insert(name, value);
+            data = &rest[8 + len + 1..];
+        }
+    }
+    fields
 }
