@@ -6,6 +6,7 @@
 #   make cross TARGET=aarch64-unknown-linux-gnu   cross-build for a board (or armv7-unknown-linux-gnueabihf)
 #   make deb TARGET=…                             the .deb for that board (target/TARGET/debian/)
 #   make deploy HOST=user@board TARGET=…          install it on a board over ssh and show the service
+#   make packaging-files                          regenerate the conffile, man pages and completions the .deb ships
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -43,7 +44,7 @@ BENCH_PKGS := $(BUILD_PKGS) janus chromium
 
 MQTT_JS := web/vendor/mqtt.min.js
 
-.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench clean
+.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench packaging-files clean
 
 all: build
 
@@ -114,6 +115,18 @@ test-packages: cross-deps
 		$(CARGO) deb --fast --no-build --target $$t --profile board-test -o target/$$t/debian/ >/dev/null && \
 		tests/package/check.sh target/$$t/debian/rtcam_*_$$arch.deb $$arch || exit 1; \
 	done
+
+# What the .deb ships that rtcam generates from its CLI and example configuration: the conffile
+# with every key commented out, manual pages, shell completions. Kept in the tree so a cross
+# build packages them without running the board's binary; tests/cli.rs fails when they are stale.
+packaging-files:
+	$(CARGO) build --bin rtcam
+	rtcam=$$($(CARGO) metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/debug/rtcam; \
+	$$rtcam config example --commented > packaging/rtcam.toml && \
+	rm -f packaging/man/*.1 && $$rtcam man packaging/man && \
+	$$rtcam completions bash > packaging/completions/rtcam.bash && \
+	$$rtcam completions zsh > packaging/completions/_rtcam && \
+	$$rtcam completions fish > packaging/completions/rtcam.fish
 
 # mqtt.js for the viewer page comes from npm at build time and is embedded in the binary.
 $(MQTT_JS): web/package.json web/package-lock.json

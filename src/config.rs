@@ -16,6 +16,26 @@ use std::time::Duration;
 /// works on a board with nothing else installed.
 pub const EXAMPLE: &str = include_str!("../rtcam.example.toml");
 
+/// The example with every setting commented out, for `/etc/rtcam/rtcam.toml` in the .deb
+/// (`packaging/rtcam.toml`, which `tests/cli.rs` keeps equal to this). It shows each key and
+/// its default but sets none, so the defaults stay the binary's: an upgrade can change one
+/// without dpkg asking about a conffile the user never edited.
+pub fn commented_example() -> String {
+    let mut out = String::from(
+        "# Every setting below is commented out: rtcam uses its built-in defaults, shown here.\n\
+         # Uncomment a line (keep its [section]) to change it.\n",
+    );
+    for line in EXAMPLE.lines() {
+        let setting = !(line.is_empty() || line.starts_with('#') || line.starts_with('['));
+        if setting {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Longest lifetime of derived TURN credentials: a leaked one must not work for ever.
 const MAX_TURN_TTL_SECS: u64 = 30 * 86_400;
 
@@ -1137,6 +1157,19 @@ mod tests {
             .replace("# auto_exposure", "auto_exposure");
         let c = Config::parse(&uncommented, Path::new("example")).unwrap();
         assert_eq!(c.source.controls.len(), 3);
+    }
+
+    #[test]
+    fn the_commented_example_sets_nothing() {
+        let text = commented_example();
+        let json = |t: &str| {
+            serde_json::to_value(Config::parse(t, Path::new("rtcam.toml")).unwrap()).unwrap()
+        };
+        assert_eq!(json(&text), json(""));
+        assert_eq!(json(&text), json(EXAMPLE));
+        // Every key of the example is still there to uncomment.
+        let keys = |t: &str| t.lines().filter(|l| l.contains(" = ")).count();
+        assert_eq!(keys(&text), keys(EXAMPLE));
     }
 
     #[test]

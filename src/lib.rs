@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod gate;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod media;
 pub mod memory;
 pub mod metrics;

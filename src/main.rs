@@ -1,18 +1,35 @@
 //! The `rtcam` command: parses arguments, sets up logging, and hands over to the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use rtcam::app::{self, App};
 use rtcam::config::{self, Config};
 use rtcam::credentials;
 use rtcam::service::Notifier;
 use std::path::PathBuf;
 
+/// The end of `rtcam --help` and of the manual page.
+const AFTER_HELP: &str = "\
+Files:
+  /etc/rtcam/rtcam.toml   the configuration (`rtcam config example` prints every key, documented)
+
+Environment:
+  RTCAM_LOG, RUST_LOG     log filter, e.g. debug or info,rtcam=debug (RTCAM_LOG wins)
+  NO_COLOR                no colour in the log on a terminal
+  JOURNAL_STREAM          set by systemd: rtcam then logs to the journal with priorities
+  CREDENTIALS_DIRECTORY   set by systemd: secrets the configuration leaves empty
+
+Exit status:
+  0 done; 1 failed (the service restarts); 78 the configuration is unusable (it does not)
+
+Documentation: /usr/share/doc/rtcam/README.md";
+
 #[derive(Parser)]
 #[command(
     name = "rtcam",
     version,
-    about = "Live WebRTC camera, signalled and controlled over MQTT"
+    about = "Live WebRTC camera, signalled and controlled over MQTT",
+    after_long_help = AFTER_HELP
 )]
 struct Cli {
     /// Configuration file (default: /etc/rtcam/rtcam.toml if present, else built-in demo defaults).
@@ -74,6 +91,11 @@ enum Command {
         #[arg(long)]
         sub: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `rtcam man | man -l -`; with a directory, write it
+    /// and one page per subcommand there (rtcam.1, rtcam-devices.1 …).
+    Man { dir: Option<PathBuf> },
     /// Add a broker user of the embedded broker, or change its password, in a users file
     /// (`[mqtt] users_file`; mosquitto's format). Reads the password from standard input.
     Passwd {
@@ -89,29 +111,36 @@ enum ConfigCommand {
     /// Check a configuration file and report the first problem with its line and key.
     Check { path: PathBuf },
     /// Print the documented example configuration.
-    Example,
+    Example {
+        /// Every setting commented out, as the package installs /etc/rtcam/rtcam.toml: the
+        /// built-in defaults apply, and each key is there to uncomment.
+        #[arg(long)]
+        commented: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
-                // `rtc=warn` matches every target that starts with "rtc", rtcam's own too: the
-                // longer `rtcam=info` wins for rtcam's.
-                tracing_subscriber::EnvFilter::new(
-                    "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log = rtcam::logging::init();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
-        Command::Config(ConfigCommand::Example) => {
-            print!("{}", config::EXAMPLE);
+        Command::Config(ConfigCommand::Example { commented }) => {
+            if commented {
+                print!("{}", config::commented_example());
+            } else {
+                print!("{}", config::EXAMPLE);
+            }
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rtcam", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+            .with_context(|| format!("cannot write manual pages to {}", dir.display())),
         Command::Token { ttl, rights, sub } => token(cli.config, &ttl, &rights, sub),
         Command::Passwd { file, user } => passwd(&file, &user),
         Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
@@ -144,9 +173,25 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rtcam: {e:#}");
-            std::process::ExitCode::FAILURE
+            log.fatal(e.as_ref());
+            exit_code(&e)
         }
+    }
+}
+
+/// 78 (EX_CONFIG from sysexits.h) for a configuration that cannot work: the unit's
+/// `RestartPreventExitStatus=78` keeps systemd from restarting rtcam into the same error.
+/// Anything else is 1, and systemd retries it.
+const EX_CONFIG: u8 = 78;
+
+fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    let config = e
+        .chain()
+        .any(|c| c.is::<config::ConfigError>() || c.is::<credentials::CredentialError>());
+    if config {
+        std::process::ExitCode::from(EX_CONFIG)
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

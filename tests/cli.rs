@@ -236,3 +236,292 @@ fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
         "{err}"
     );
 }
+
+/// A configuration rtcam cannot use exits with 78 (EX_CONFIG), which the unit's
+/// `RestartPreventExitStatus=` names so systemd does not restart it into the same error.
+#[test]
+fn a_config_error_exits_with_ex_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(&path, "[encoder]\nbitrat = 5\n").unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["config", "check", path],
+        vec!["--config", path],
+        vec!["--config", "/nonexistent/rtcam.toml"],
+    ] {
+        let out = rtcam(&args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+    }
+    let unit = std::fs::read_to_string("systemd/rtcam.service").unwrap();
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"));
+}
+
+/// rtcam started with its MQTT port taken: it logs its first line, then stops with an error
+/// that is not a configuration error. Returns its exit status and stderr.
+fn run_with_a_busy_port(setup: impl FnOnce(&mut Command)) -> (Option<i32>, String) {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mqtt]\nembedded_listen = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             https_listen = \"\"\n\n[source]\nkind = \"test\"\n",
+            busy.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtcam"));
+    cmd.args(["--config", path.to_str().unwrap()])
+        .env_remove("RTCAM_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    setup(&mut cmd);
+    let out = cmd.output().expect("rtcam runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether `line` starts with an RFC 3339 timestamp, as the text log's lines do.
+fn timestamped(line: &str) -> bool {
+    line.len() > 20 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) && &line[4..5] == "-"
+}
+
+#[test]
+fn an_error_names_each_cause_once() {
+    let (code, err) = run_with_a_busy_port(|_| {});
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("rtcam: mqtt.embedded_listen: "), "{err}");
+    assert_eq!(last.matches("(os error 98)").count(), 1, "{err}");
+}
+
+#[test]
+fn log_to_a_pipe_is_plain_text_with_timestamps() {
+    // A JOURNAL_STREAM that names another file (inherited from a service, say) is ignored.
+    for journal_stream in [None, Some("1:2")] {
+        let (_, err) = run_with_a_busy_port(|cmd| {
+            cmd.env("TERM", "xterm-256color");
+            if let Some(v) = journal_stream {
+                cmd.env("JOURNAL_STREAM", v);
+            }
+        });
+        assert!(!err.contains('\x1b'), "ANSI escapes in: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            timestamped(first) && first.contains(" INFO rtcam: rtcam "),
+            "{journal_stream:?}: {err}"
+        );
+    }
+}
+
+/// stderr that is the file JOURNAL_STREAM names, as systemd sets it up: rtcam logs to the
+/// journal's socket, or, where there is none (as in a container), plain text without colour
+/// or a timestamp of its own, since the journal stamps each line.
+#[test]
+fn log_under_systemd_has_no_colour_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let (code, _) = run_with_a_busy_port(|cmd| {
+        cmd.env("JOURNAL_STREAM", &stream)
+            .env("TERM", "xterm-256color")
+            .stderr(file);
+    });
+    assert_eq!(code, Some(1));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!err.contains('\x1b'), "ANSI escapes in: {err}");
+    let journal_socket = std::path::Path::new("/run/systemd/journal/socket").exists();
+    let logged = err.lines().find(|l| l.contains("rtcam: rtcam "));
+    if journal_socket {
+        // The log, the final error too, went to the journal.
+        assert!(logged.is_none(), "{err}");
+    } else {
+        let line = logged.unwrap_or_else(|| panic!("no log line in: {err}"));
+        assert!(!timestamped(line), "{err}");
+        assert!(line.trim_start().starts_with("INFO rtcam: rtcam "), "{err}");
+    }
+    // The error that stopped rtcam, at error priority (`<3>`) where journald reads stderr.
+    let last = err.lines().last().unwrap_or_default();
+    if journal_socket {
+        assert!(!last.contains("os error 98"), "{err}");
+    } else {
+        assert!(
+            last.starts_with("<3>rtcam: mqtt.embedded_listen: "),
+            "{err}"
+        );
+    }
+}
+
+/// The files the .deb ships that rtcam generates: the conffile (every key commented out),
+/// the manual pages and the shell completions. They are kept in the tree so cross builds can
+/// package them without running the board's binary; this fails when the CLI or the example
+/// has changed without them (`make packaging-files` writes them again).
+#[test]
+fn packaged_files_match_what_rtcam_generates() {
+    let stale = "out of date: run `make packaging-files`";
+    let out = rtcam(&["config", "example", "--commented"]);
+    assert!(out.status.success());
+    let shipped = std::fs::read_to_string("packaging/rtcam.toml").unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        shipped,
+        "packaging/rtcam.toml {stale}"
+    );
+    // It sets nothing: checked, it gives the defaults.
+    let out = rtcam(&["config", "check", "packaging/rtcam.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shipped
+        .lines()
+        .all(|l| l.is_empty() || l.starts_with(['#', '['])));
+
+    for (shell, file) in [
+        ("bash", "rtcam.bash"),
+        ("zsh", "_rtcam"),
+        ("fish", "rtcam.fish"),
+    ] {
+        let out = rtcam(&["completions", shell]);
+        assert!(out.status.success());
+        let shipped = std::fs::read(format!("packaging/completions/{file}")).unwrap();
+        assert!(
+            out.stdout == shipped,
+            "packaging/completions/{file} {stale}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = rtcam(&["man", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages = |d: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let made = pages(dir.path());
+    assert!(made.contains(&"rtcam.1".to_string()), "{made:?}");
+    assert_eq!(
+        made,
+        pages("packaging/man".as_ref()),
+        "packaging/man {stale}"
+    );
+    for page in made {
+        let made = std::fs::read(dir.path().join(&page)).unwrap();
+        let shipped = std::fs::read(format!("packaging/man/{page}")).unwrap();
+        assert!(made == shipped, "packaging/man/{page} {stale}");
+    }
+}
+
+/// The journal itself: in a mount namespace of its own, rtcam finds a socket this test listens
+/// on at /run/systemd/journal/socket and sends it native entries, INFO as "informational" (6)
+/// and the error that stops it as "err" (3), with nothing on stderr. Needs root (unshare -m);
+/// elsewhere it says so and passes.
+#[test]
+fn log_to_the_journal_socket_with_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind(journal.join("socket")).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let rtcam = env!("CARGO_BIN_EXE_rtcam");
+    let (code, _) = run_with_a_busy_port(|cmd| {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        // A fresh /run in the namespace, with the test's directory as /run/systemd/journal.
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+             mount --bind {} /run/systemd/journal && exec \"$0\" \"$@\"",
+            journal.display()
+        );
+        *cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script, rtcam])
+            .args(args)
+            .env_remove("RTCAM_LOG")
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", &stream)
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+    });
+    let err = std::fs::read_to_string(&log).unwrap();
+    if err.starts_with("unshare:") || err.starts_with("mount:") {
+        eprintln!("skipped: no mount namespace here ({err})");
+        return;
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err, "", "stderr is for the journal's stream only");
+    let mut entries = Vec::new();
+    let mut buf = vec![0; 65536];
+    while let Ok(n) = socket.recv(&mut buf) {
+        // An empty datagram is the crate's check that the socket is there.
+        if n > 0 {
+            entries.push(journal_fields(&buf[..n]));
+        }
+        if entries.iter().any(|e| e["MESSAGE"].contains("os error 98")) {
+            break;
+        }
+    }
+    let started = entries
+        .iter()
+        .find(|e| e["MESSAGE"].contains("rtcam 0.1.0 starting with"))
+        .unwrap_or_else(|| panic!("no start entry in {entries:?}"));
+    assert_eq!(started["PRIORITY"], "6", "{started:?}");
+    assert_eq!(started["SYSLOG_IDENTIFIER"], "rtcam", "{started:?}");
+    let failed = entries
+        .iter()
+        .find(|e| e["MESSAGE"].contains("os error 98"))
+        .unwrap_or_else(|| panic!("no error entry in {entries:?}"));
+    assert_eq!(failed["PRIORITY"], "3", "{failed:?}");
+    assert!(
+        failed["MESSAGE"].starts_with("mqtt.embedded_listen: "),
+        "{failed:?}"
+    );
+}
+
+/// The fields of a native journal entry: `NAME=value\n`, or `NAME\n`, the value's length
+/// (64 bits, little-endian), the value and `\n` (systemd's journal native protocol).
+fn journal_fields(mut data: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while let Some(eol) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..eol];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            let name = String::from_utf8_lossy(&line[..eq]).into_owned();
+            fields.insert(name, String::from_utf8_lossy(&line[eq + 1..]).into_owned());
+            data = &data[eol + 1..];
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[eol + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let value = String::from_utf8_lossy(&rest[8..8 + len])
+                .trim_end()
+                .to_owned();
+            fields.insert(name, value);
+            data = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}

@@ -27,9 +27,20 @@ fn unit_for_test(dir: &Path) -> PathBuf {
 fn unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_for_test(dir.path());
+    // verify opens every man: page in Documentation=, rtcam(1) among them: the page `rtcam man`
+    // prints, which the .deb installs, is put where man looks for it.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    let page = Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(page.status.success());
+    std::fs::write(man1.join("rtcam.1"), page.stdout).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .expect("systemd-analyze is installed (apt-get install systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);

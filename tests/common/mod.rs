@@ -32,9 +32,7 @@ pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RTCAM_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,rumqttd=off,webrtc=warn,rtc=warn,rtcam=info",
-                )
+                tracing_subscriber::EnvFilter::new(rtcam::logging::DEFAULT_FILTER)
             }),
         )
         .with_test_writer()
