@@ -663,3 +663,53 @@ async fn data_channel_takes_commands_and_pushes_telemetry() {
     viewer.bye().await;
     rt.app.stop().await;
 }
+
+/// The first command MQTT users type, with mosquitto's own clients against the embedded broker:
+/// `mosquitto_sub` sends an empty client id (MQTT lets the broker assign one) and gets the
+/// retained status as any anonymous client may; asking for everything is refused in words, and
+/// with a broker user's login it sees the camera's topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_with_no_client_id_are_answered() {
+    let rt = start(test_config("mosqsub")).await;
+    let port = rt.broker().1.to_string();
+    let root = rt.root();
+    let sub = |args: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str(), "-W", "5"];
+        all.extend_from_slice(args);
+        std::process::Command::new("mosquitto_sub")
+            .args(&all)
+            .output()
+            .expect("mosquitto_sub is installed (mosquitto-clients)")
+    };
+    let status = format!("{root}/status");
+    let out = sub(&["-t", &status, "-C", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"state\":\"online\""), "{text} {:?}", out);
+
+    let everything = format!("{root}/#");
+    let out = sub(&["-t", &everything, "-C", "1"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        said.contains("denied"),
+        "an anonymous `#` is refused: {out:?}"
+    );
+
+    let (user, password) = common::OPERATOR;
+    let out = sub(&[
+        "-u",
+        user,
+        "-P",
+        password,
+        "-t",
+        &everything,
+        "-C",
+        "1",
+        "-v",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&root),
+        "a broker user reads the camera's topics: {out:?}"
+    );
+    rt.app.stop().await;
+}

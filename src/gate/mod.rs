@@ -277,7 +277,11 @@ impl Gate {
         serial: u64,
         ip: IpAddr,
     ) -> Result<Admitted, (ConnectRefusal, String)> {
-        let mut held = self.inner.held_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self
+            .inner
+            .held_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let id = &session.identity.client_id;
         let elsewhere = held.get(id).is_some_and(|(_, by)| *by != ip);
         if elsewhere && !session.identity.rights.operator {
