@@ -16,9 +16,9 @@ for dep in adduser libgstreamer1.0-0 gstreamer1.0-plugins-base gstreamer1.0-plug
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly; do
 	field Depends | tr ',' '\n' | grep -q "^ *$dep\b" || fail "Depends lacks $dep: $(field Depends)"
 done
-# Plugins only some boards use are recommended or suggested, never required.
+# Plugins only some boards use are recommended, never required.
 field Recommends | tr ',' '\n' | grep -q '^ *gstreamer1.0-libcamera\b' || fail "Recommends lacks gstreamer1.0-libcamera: $(field Recommends)"
-field Suggests | tr ',' '\n' | grep -q '^ *gstreamer1.0-alsa\b' || fail "Suggests lacks gstreamer1.0-alsa: $(field Suggests)"
+field Recommends | tr ',' '\n' | grep -q '^ *gstreamer1.0-alsa\b' || fail "Recommends lacks gstreamer1.0-alsa: $(field Recommends)"
 field Depends | grep -Eq 'libcamera|gstreamer1.0-alsa' && fail "Depends on a plugin some boards do not need: $(field Depends)"
 for path in ./usr/bin/rtcam ./etc/rtcam/rtcam.toml ./usr/lib/systemd/system/rtcam.service \
 	./usr/share/doc/rtcam/README.md ./usr/share/doc/rtcam/rtcam.example.toml \
