@@ -257,7 +257,7 @@ fn a_config_error_exits_with_ex_config() {
     assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=78"));
 }
 
-/// rtcam started with its MQTT port taken: it logs its first line, then stops with an error
+/// rtcam started with its HTTP port taken: it logs its first line, then stops with an error
 /// that is not a configuration error. Returns its exit status and stderr.
 fn run_with_a_busy_port(setup: impl FnOnce(&mut Command)) -> (Option<i32>, String) {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -266,8 +266,8 @@ fn run_with_a_busy_port(setup: impl FnOnce(&mut Command)) -> (Option<i32>, Strin
     std::fs::write(
         &path,
         format!(
-            "[mqtt]\nembedded_listen = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             https_listen = \"\"\n\n[source]\nkind = \"test\"\n",
+            "[mqtt]\nembedded_listen = \"127.0.0.1:0\"\nembedded_listen_v5 = \"127.0.0.1:0\"\n\n\
+             [http]\nlisten = \"{}\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n",
             busy.local_addr().unwrap()
         ),
     )
@@ -298,7 +298,10 @@ fn an_error_names_each_cause_once() {
     let (code, err) = run_with_a_busy_port(|_| {});
     assert_eq!(code, Some(1), "{err}");
     let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with("rtcam: mqtt.embedded_listen: "), "{err}");
+    assert!(
+        last.starts_with("rtcam: cannot listen for HTTP (http.listen) on "),
+        "{err}"
+    );
     assert_eq!(last.matches("(os error 98)").count(), 1, "{err}");
 }
 
@@ -356,7 +359,7 @@ fn log_under_systemd_has_no_colour_and_no_timestamp() {
         assert!(!last.contains("os error 98"), "{err}");
     } else {
         assert!(
-            last.starts_with("<3>rtcam: mqtt.embedded_listen: "),
+            last.starts_with("<3>rtcam: cannot listen for HTTP (http.listen) on "),
             "{err}"
         );
     }
@@ -497,7 +500,7 @@ fn log_to_the_journal_socket_with_priorities() {
         .unwrap_or_else(|| panic!("no error entry in {entries:?}"));
     assert_eq!(failed["PRIORITY"], "3", "{failed:?}");
     assert!(
-        failed["MESSAGE"].starts_with("mqtt.embedded_listen: "),
+        failed["MESSAGE"].starts_with("cannot listen for HTTP (http.listen) on "),
         "{failed:?}"
     );
 }
