@@ -231,6 +231,7 @@ impl Gate {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
+                self.release(&session.identity.client_id, serial);
                 let _ = wr
                     .write_all(&codec::connack_refused(
                         connect.version,
@@ -255,14 +256,19 @@ impl Gate {
         };
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
-        self.inner.rights.remove(&client_id, serial);
+        self.release(&client_id, serial);
+    }
+
+    /// Forgets what connection `serial` held under `client_id`, unless a later one took it over.
+    fn release(&self, client_id: &str, serial: u64) {
+        self.inner.rights.remove(client_id, serial);
         let mut held = self
             .inner
             .held_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if held.get(&client_id).is_some_and(|(s, _)| *s == serial) {
-            held.remove(&client_id);
+        if held.get(client_id).is_some_and(|(s, _)| *s == serial) {
+            held.remove(client_id);
         }
     }
 
