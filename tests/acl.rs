@@ -516,8 +516,9 @@ async fn acl_gives_a_stranger_status_and_nothing_else() {
     rt.app.stop().await;
 }
 
-/// rtcam's client id is no longer `rtcam-{device}`: a client connecting under that id (which
-/// mosquitto, like any broker, would give to the newcomer) leaves rtcam connected.
+/// rtcam's client id is `rtcam-{device}` plus a random suffix: a client connecting as
+/// `rtcam-{device}` (an id mosquitto, like any broker, would give to the newcomer, pushing off
+/// the one holding it) leaves rtcam connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_named_like_rtcam_does_not_knock_it_off() {
     let broker = AclMosquitto::start();
