@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of this crate and the rules it keeps.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod broker;

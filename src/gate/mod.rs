@@ -15,6 +15,7 @@ pub mod filter;
 pub mod policy;
 pub mod users;
 
+use crate::admission::{Caps, Counts, Slot};
 use crate::auth::{Authority, Right};
 use crate::util::RateLimiter;
 use bytes::{Bytes, BytesMut};
@@ -40,6 +41,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// it is the board's own programs, and the page behind a local reverse proxy).
 pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_PER_ADDRESS: usize = 16;
+const CAPS: Caps = Caps {
+    total: MAX_CONNECTIONS,
+    per_address: MAX_PER_ADDRESS,
+};
 /// Subscriptions one connection may hold; a viewer needs two.
 pub const MAX_SUBSCRIPTIONS: usize = 32;
 
@@ -120,7 +125,8 @@ struct Inner {
     config: GateConfig,
     rights: ClientRights,
     stats: GateStats,
-    admission: Mutex<Admission>,
+    /// Connections open now, in all and per address.
+    connections: Arc<Mutex<Counts>>,
     /// Client ids connected now, with the serial and address of the connection holding each: a
     /// viewer's id is its session, and a connection from elsewhere may not take it over.
     held_ids: Mutex<HashMap<String, (u64, IpAddr)>>,
@@ -137,7 +143,7 @@ impl Gate {
                 rights: ClientRights::default(),
                 held_ids: Mutex::new(HashMap::new()),
                 stats: GateStats::default(),
-                admission: Mutex::new(Admission::new(MAX_CONNECTIONS, MAX_PER_ADDRESS)),
+                connections: Arc::new(Mutex::new(Counts::new(CAPS))),
                 log_budget: Mutex::new(RateLimiter::new(2, 10)),
                 serial: AtomicU64::new(0),
             }),
@@ -185,7 +191,7 @@ impl Gate {
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let Some(_ticket) = Admission::admit(&self.inner.admission, peer.ip()) else {
+        let Ok(_slot) = Slot::take(&self.inner.connections, peer.ip()) else {
             self.inner
                 .stats
                 .refused_connections
@@ -577,90 +583,33 @@ fn random_id() -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), 16)
 }
 
-/// Connection counts, in total and per address (pure bookkeeping).
-#[derive(Debug)]
-pub struct Admission {
-    total: usize,
-    per_address: HashMap<IpAddr, usize>,
-    max_total: usize,
-    max_per_address: usize,
-}
-
-/// Holds one admitted connection's place; dropping it gives the place back.
-pub struct Ticket<'a> {
-    admission: &'a Mutex<Admission>,
-    ip: IpAddr,
-}
-
-impl Admission {
-    pub fn new(max_total: usize, max_per_address: usize) -> Self {
-        Self {
-            total: 0,
-            per_address: HashMap::new(),
-            max_total,
-            max_per_address,
-        }
-    }
-
-    /// Takes a place for a connection from `ip`, if there is one.
-    pub fn try_take(&mut self, ip: IpAddr) -> bool {
-        let mine = self.per_address.get(&ip).copied().unwrap_or(0);
-        if self.total >= self.max_total || (!ip.is_loopback() && mine >= self.max_per_address) {
-            return false;
-        }
-        self.total += 1;
-        *self.per_address.entry(ip).or_default() += 1;
-        true
-    }
-
-    pub fn give_back(&mut self, ip: IpAddr) {
-        self.total = self.total.saturating_sub(1);
-        if let Some(n) = self.per_address.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_address.remove(&ip);
-            }
-        }
-    }
-
-    fn admit(admission: &Mutex<Admission>, ip: IpAddr) -> Option<Ticket<'_>> {
-        let taken = admission
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_take(ip);
-        // Lazily: a ticket gives its place back when dropped, so one must exist only for a
-        // place taken, and only once the lock is released (dropping one takes it again).
-        taken.then(|| Ticket { admission, ip })
-    }
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.admission
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .give_back(self.ip);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::Refusal;
 
     #[test]
-    fn admission_caps_each_address_and_the_total_but_not_loopback_alone() {
-        let mut a = Admission::new(5, 2);
+    fn connections_are_capped_per_address_and_in_all_but_not_loopback_alone() {
+        let mut c = Counts::new(CAPS);
         let lan: IpAddr = "192.0.2.7".parse().unwrap();
-        let other: IpAddr = "192.0.2.8".parse().unwrap();
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(a.try_take(lan) && a.try_take(lan));
-        assert!(!a.try_take(lan), "a third from one address");
-        assert!(a.try_take(other));
-        assert!(a.try_take(local) && a.try_take(local));
-        assert!(!a.try_take(local), "the total holds for loopback too");
-        a.give_back(lan);
-        assert!(a.try_take(lan), "a place given back is free again");
-        a.give_back(other);
-        assert!(!a.per_address.contains_key(&other));
+        for _ in 0..MAX_PER_ADDRESS {
+            c.admit(lan).unwrap();
+        }
+        assert_eq!(
+            c.admit(lan),
+            Err(Refusal::PerAddress),
+            "one more from one address"
+        );
+        for _ in MAX_PER_ADDRESS..MAX_CONNECTIONS {
+            c.admit(local).unwrap();
+        }
+        assert_eq!(
+            c.admit(local),
+            Err(Refusal::Total),
+            "the total holds for loopback too"
+        );
+        c.release(lan);
+        assert_eq!(c.admit(lan), Ok(()), "a place given back is free again");
     }
 }

@@ -231,7 +231,7 @@ pub async fn serve(doors: Doors, state: HttpState, shutdown: CancellationToken) 
             router: outer(routes),
         });
     }
-    serve::run(list, serve::Caps::default(), shutdown).await;
+    serve::run(list, serve::CAPS, shutdown).await;
 }
 
 /// Refuses, with 403 and a sentence, a request whose `Host` does not name this camera.
