@@ -14,6 +14,7 @@ pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists under its locks; it takes
     // no pointers from us and is safe to call from any thread at any time.
+    #[allow(unsafe_code)]
     let released = unsafe { libc::malloc_trim(0) } == 1;
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let released = false;

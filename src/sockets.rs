@@ -37,6 +37,7 @@ pub fn nodelay_on_all_tcp() -> usize {
         // close it (and the number be reused) in between, they act on whatever holds the
         // number now: getsockopt/setsockopt either fail or set the option on another of this
         // process's TCP sockets, which is what this function does anyway.
+        #[allow(unsafe_code)]
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let socket = SockRef::from(&fd);
         let tcp = socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM)

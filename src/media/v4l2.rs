@@ -104,6 +104,7 @@ pub fn query_caps(dev: &Device) -> std::io::Result<v4l::capability::Capabilities
 pub fn node_caps(dev: &Device) -> std::io::Result<u32> {
     // SAFETY: VIDIOC_QUERYCAP fills a zeroed v4l2_capability (plain integers and byte arrays)
     // that lives across the call; the fd is the open device's.
+    #[allow(unsafe_code)]
     let caps = unsafe {
         let mut caps: v4l::v4l_sys::v4l2_capability = std::mem::zeroed();
         v4l::v4l2::ioctl(
