@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod credentials;

@@ -207,7 +207,7 @@ impl Controller {
                 inner.media.request_keyframe();
                 inner
                     .media
-                    .request_keyframe_for(crate::media::VideoCodec::Vp8);
+                    .request_keyframe_for(crate::codec::VideoCodec::Vp8);
                 Ok(json!({"requested": true}))
             }
             Command::Sessions => Ok(json!(inner.sessions.list().await)),

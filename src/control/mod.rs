@@ -11,41 +11,13 @@ pub mod ha;
 pub mod telemetry;
 
 use crate::session::table::Label;
+pub use crate::signalling::message::{ControlRequest, Publication};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 /// Largest command payload accepted. Commands are small; anything bigger is a mistake.
 pub const MAX_COMMAND: usize = 16 * 1024;
-
-/// A command as it arrived over MQTT, with the MQTT 5 reply routing if the request had it.
-#[derive(Debug, Clone)]
-pub struct ControlRequest {
-    pub payload: Bytes,
-    pub response_topic: Option<String>,
-    pub correlation_data: Option<Bytes>,
-}
-
-/// Something to publish. The MQTT adapter sends these as they come.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Publication {
-    pub topic: String,
-    pub payload: Bytes,
-    pub retain: bool,
-    /// MQTT 5 correlation data echoed on a reply.
-    pub correlation_data: Option<Bytes>,
-}
-
-impl Publication {
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, retain: bool) -> Self {
-        Self {
-            topic: topic.into(),
-            payload: payload.into(),
-            retain,
-            correlation_data: None,
-        }
-    }
-}
 
 /// Error codes in replies. Tools match on these strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

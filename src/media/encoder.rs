@@ -7,24 +7,6 @@
 
 use crate::config::EncoderConfig;
 
-/// The video codec a viewer receives. H.264 whenever its browser offers it (one encoder for
-/// everyone); VP8 from a second encoder only for browsers without H.264.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VideoCodec {
-    H264,
-    Vp8,
-}
-
-impl VideoCodec {
-    /// The name used in logs, status and the page (`H264`, `VP8`, as in SDP).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VideoCodec::H264 => "H264",
-            VideoCodec::Vp8 => "VP8",
-        }
-    }
-}
-
 /// The VP8 encoder (gstreamer1.0-plugins-good), for the fallback branch. Not in [`CATALOGUE`]:
 /// `auto` and `element` choose the H.264 encoder only.
 pub const VP8: EncoderSpec = EncoderSpec {

@@ -27,7 +27,7 @@ use crate::config::{AudioConfig, EncoderConfig, PixelFormat, SourceConfig, Sourc
 use crate::health::Heartbeat;
 use crate::util::sleep_until;
 use bytes::Bytes;
-pub use encoder::VideoCodec;
+pub use crate::codec::VideoCodec;
 use encoder::{EncoderChoice, EncoderSettings, Picture};
 use futures::StreamExt;
 use gstreamer as gst;

@@ -96,7 +96,7 @@ pub struct SessionStats {
     /// Send rate over the last few seconds.
     pub bitrate_kbps: AtomicU64,
     /// What the viewer receives, decided from its offer.
-    pub codec: crate::media::VideoCodec,
+    pub codec: crate::codec::VideoCodec,
     /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
     pub estimate_kbps: AtomicU64,
     /// Loss in the viewer's receiver reports over the last stats interval (packets lost for good
@@ -111,7 +111,7 @@ pub struct SessionStats {
 }
 
 impl SessionStats {
-    fn new(codec: crate::media::VideoCodec) -> Self {
+    fn new(codec: crate::codec::VideoCodec) -> Self {
         Self {
             codec,
             started: Instant::now(),

@@ -8,7 +8,8 @@
 use super::adapt::{LossCounter, Losses};
 use crate::config::WebrtcConfig;
 use crate::media::audio::AudioPacket;
-use crate::media::{EncodedFrame, VideoCodec};
+use crate::codec::VideoCodec;
+use crate::media::EncodedFrame;
 use crate::signalling::protocol::Candidate;
 use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;

@@ -6,7 +6,8 @@ use super::peer::{AudioOptions, Peer, PeerError, PeerEvent, PeerFactory, PeerSta
 use super::table::{Generation, Label};
 use crate::media::audio::AudioPacket;
 use crate::media::latency::Stage;
-use crate::media::{EncodedFrame, Media, VideoCodec};
+use crate::codec::VideoCodec;
+use crate::media::{EncodedFrame, Media};
 use crate::signalling::protocol::{Candidate, ErrorCode, Outbound, ProtocolError};
 use crate::signalling::Outgoing;
 use crate::util::sleep_until;

@@ -4,6 +4,7 @@
 //! manager only sees [`SignalEvent`]s and sends [`Outgoing`]s, so another transport (WHEP over
 //! HTTP, say) would be one more adapter beside `mqtt`, not a change to sessions.
 
+pub mod message;
 pub mod mqtt;
 pub mod protocol;
 

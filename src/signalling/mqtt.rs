@@ -9,7 +9,7 @@
 use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
-use crate::control::{ControlRequest, Publication};
+use super::message::{ControlRequest, Publication};
 use crate::health::Heartbeat;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;

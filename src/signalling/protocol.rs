@@ -4,7 +4,7 @@
 //! network is turned into a [`Inbound`] or a [`ProtocolError`] here, so the rest of rtcam never
 //! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
 
-pub use crate::media::encoder::VideoCodec;
+pub use crate::codec::VideoCodec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
