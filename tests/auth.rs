@@ -374,7 +374,7 @@ async fn no_secret_in_logs_status_or_telemetry() {
     probe
         .wait_error(&format!("{root}/session/x1/out"), "unauthorized")
         .await;
-    unsafe { libc_kill(child.id() as i32) };
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     let mut everything = String::from_utf8_lossy(&out.stderr).to_string();
     everything.push_str(&String::from_utf8_lossy(&out.stdout));
@@ -393,9 +393,10 @@ async fn no_secret_in_logs_status_or_telemetry() {
 }
 
 /// SIGTERM, for an orderly stop that flushes the logs.
-unsafe fn libc_kill(pid: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    kill(pid, 15);
+fn terminate(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -TERM {}: {status}", child.id());
 }

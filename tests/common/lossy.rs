@@ -76,6 +76,7 @@ impl LossyLink {
         let mut command = cam.command("qemu-system-x86_64");
         // SAFETY: prctl is async-signal-safe. A test killed outright (a CI timeout) takes its
         // qemu with it: `ip netns exec` execs qemu, which keeps this parent-death signal.
+        #[allow(unsafe_code)]
         unsafe {
             use std::os::unix::process::CommandExt;
             command.pre_exec(|| {
