@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod exec;
 pub mod ha;
+pub mod reload;
 pub mod telemetry;
 
 use crate::session::table::Label;
