@@ -252,7 +252,7 @@ impl Controller {
                     .media
                     .snapshot()
                     .await
-                    .map_err(|e| CommandError::new(ErrorCode::Unavailable, e.to_string()))?;
+                    .map_err(|e| CommandError::caused_by(ErrorCode::Unavailable, e))?;
                 let topic = inner.topics.snapshot();
                 let bytes = jpeg.len();
                 // Retained: the latest picture is there for whoever subscribes next (a home
@@ -351,12 +351,11 @@ impl Controller {
     /// The file's settings as rtcam reads them at start: parsed, the same secrets from
     /// credentials (so a credential is not mistaken for a changed key), checked by each part.
     fn read_settings(&self, path: &std::path::Path) -> Result<Config, CommandError> {
-        let failed = |e: &(dyn std::error::Error + Send + Sync + 'static)| {
-            CommandError::new(ErrorCode::Failed, crate::logging::error_text(e))
-        };
-        let (mut config, _) = Config::load(Some(path)).map_err(|e| failed(&e))?;
-        crate::credentials::apply_from_env(&mut config).map_err(|e| failed(&e))?;
-        (self.inner.check)(&config, &self.inner.origin).map_err(|e| failed(&e))?;
+        let failed = |e| CommandError::caused_by(ErrorCode::Failed, e);
+        let (mut config, _) = Config::load(Some(path)).map_err(failed)?;
+        crate::credentials::apply_from_env(&mut config)
+            .map_err(|e| CommandError::caused_by(ErrorCode::Failed, e))?;
+        (self.inner.check)(&config, &self.inner.origin).map_err(failed)?;
         Ok(config)
     }
 
@@ -388,5 +387,5 @@ fn control_error(e: MediaError) -> CommandError {
         MediaError::Control(ControlError::BadValue { .. }) => ErrorCode::OutOfRange,
         _ => ErrorCode::Unavailable,
     };
-    CommandError::new(code, e.to_string())
+    CommandError::caused_by(code, e)
 }
