@@ -176,11 +176,10 @@ fn request_object(payload: &[u8]) -> Result<Map<String, Value>, CommandError> {
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| {
-        CommandError::new(
-            ErrorCode::BadJson,
-            format!("The request is not valid JSON ({e})."),
-        )
+    let value: Value = serde_json::from_slice(payload).map_err(|e| CommandError {
+        code: ErrorCode::BadJson,
+        message: format!("The request is not valid JSON ({e})."),
+        cause: Some(Arc::new(e)),
     })?;
     match value {
         Value::Object(obj) => Ok(obj),
