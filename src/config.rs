@@ -4,7 +4,11 @@
 //! prints and a test parses. Unknown keys are refused (`deny_unknown_fields`) so a typo is an
 //! error naming the file, line and key, never a silently ignored setting.
 //!
-//! This module owns parsing and validation only; it opens no device and no socket.
+//! This module owns parsing and the settings' shapes (types, ranges, keys that go together)
+//! only; it opens no device and no socket, and it depends on no other part of rtcam. What a
+//! value means to the part using it (an encoder's name, a topic level, a broker URL) that part
+//! checks, returning a [`Refusal`]; `app::check_config` runs those checks before anything
+//! starts.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -922,7 +926,7 @@ impl Config {
         Ok((config, Origin::File(path)))
     }
 
-    /// Parses and validates TOML text; `path` is only used in error messages.
+    /// Parses TOML text and checks its shapes; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
