@@ -284,7 +284,9 @@ impl Controller {
                 .map_err(control_error)?;
             controls.insert(c.name.clone(), json!(c.value));
         }
-        let mut config = inner
+        // The settings change first (what the user asked for); the running parts then follow
+        // them, as they follow a reload.
+        let mut settings = inner
             .settings
             .lock()
             .expect("settings lock is never poisoned: no panics while held");
@@ -293,28 +295,28 @@ impl Controller {
             applied.insert("controls".into(), Value::Object(controls));
         }
         if let Some(kbps) = args.bitrate_kbps {
-            config.encoder.bitrate_kbps = kbps;
-            inner.media.set_bitrate(kbps);
+            settings.encoder.bitrate_kbps = kbps;
+            self.apply(Action::Bitrate, &settings);
             applied.insert("bitrate_kbps".into(), json!(kbps));
         }
         if args.fps.is_some() || args.width.is_some() {
-            let s = &mut config.source;
+            let s = &mut settings.source;
             s.fps = args.fps.unwrap_or(s.fps);
             s.width = args.width.unwrap_or(s.width);
             s.height = args.height.unwrap_or(s.height);
-            inner.media.reconfigure(s.width, s.height, s.fps);
+            self.apply(Action::Picture, &settings);
+            let s = &settings.source;
             applied.insert("width".into(), json!(s.width));
             applied.insert("height".into(), json!(s.height));
             applied.insert("fps".into(), json!(s.fps));
         }
         if args.rotation.is_some() || args.hflip.is_some() || args.vflip.is_some() {
-            let s = &mut config.source;
+            let s = &mut settings.source;
             s.rotation = args.rotation.unwrap_or(s.rotation);
             s.hflip = args.hflip.unwrap_or(s.hflip);
             s.vflip = args.vflip.unwrap_or(s.vflip);
-            inner
-                .media
-                .set_orientation(crate::media::orientation::Orientation::of(s));
+            self.apply(Action::Orientation, &settings);
+            let s = &settings.source;
             applied.insert("rotation".into(), json!(s.rotation.degrees()));
             applied.insert("hflip".into(), json!(s.hflip));
             applied.insert("vflip".into(), json!(s.vflip));
