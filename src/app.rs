@@ -5,7 +5,7 @@
 //! disconnect → HTTP server.
 
 use crate::auth::Authority;
-use crate::config::{Config, Origin, ViewerCommands};
+use crate::config::{Config, ConfigError, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
 use crate::gate::policy::Policy;
@@ -58,8 +58,23 @@ pub struct App {
     control_tasks: Vec<JoinHandle<()>>,
 }
 
+/// What each part of rtcam makes of its settings, checked before anything starts: the
+/// configuration has checked its own shapes when it was read; these are the values only the
+/// part using them can judge. `rtcam config check`, every command that reads the
+/// configuration, [`App::start`] and `reload` run them.
+pub fn check_config(config: &Config, origin: &Origin) -> Result<(), ConfigError> {
+    protocol::check_config(config)
+        .and_then(|()| BrokerUrl::check_config(&config.mqtt))
+        .and_then(|()| media::encoder::check_config(&config.encoder))
+        .map_err(|refusal| ConfigError::Refused {
+            origin: origin.clone(),
+            refusal,
+        })
+}
+
 impl App {
     pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
+        check_config(&config, &origin)?;
         // `/metrics`' uptime counts from here.
         let started = std::time::Instant::now();
         let device_id = config.device_id();
@@ -70,8 +85,11 @@ impl App {
         } else {
             config.mqtt.client_id.clone()
         };
+        // `reload` sends a new secret down this channel; every part holding the authority
+        // verifies with it from then on.
+        let (token_secret, secret_in_force) = watch::channel(config.auth.secret.clone());
         let authority = (!config.auth.secret.is_empty())
-            .then(|| Authority::new(&config.auth.secret, &device_id));
+            .then(|| Authority::following(secret_in_force, &device_id));
         let http_stop = CancellationToken::new();
 
         // The broker rtcam's own client connects to, and what the page's `/mqtt` reaches: the
@@ -123,7 +141,7 @@ impl App {
         }
         let ice_servers = Arc::new(crate::turn::IceServers::new(
             config.webrtc.ice_servers.clone(),
-            config.webrtc.turn_rest(),
+            crate::turn::TurnRest::from_config(&config.webrtc),
             &device_id,
         ));
         // The ICE servers are added per request: derived TURN credentials must be fresh.
@@ -168,8 +186,12 @@ impl App {
             status_rx.clone(),
             telemetry_rx,
             publications_tx.clone(),
-            config.clone(),
-            origin,
+            crate::control::exec::Settings {
+                config: config.clone(),
+                origin,
+                check: check_config,
+                token_secret,
+            },
         );
         let sessions_stop = CancellationToken::new();
         let manager = SessionManager {
@@ -633,4 +655,35 @@ fn default_client_id(device_id: &str) -> String {
     use rand::distributions::{Alphanumeric, DistString};
     let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 8);
     format!("rtcam-{device_id}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn checked(text: &str) -> Result<(), String> {
+        let config = Config::parse(text, Path::new("x.toml")).expect("the shape is right");
+        check_config(&config, &Origin::File(PathBuf::from("x.toml")))
+            .map_err(|e| crate::logging::error_text(&e))
+    }
+
+    #[test]
+    fn each_part_refuses_what_it_cannot_use_naming_file_and_key() {
+        assert_eq!(checked(""), Ok(()));
+        let msg = checked("[encoder]\nelement = \"nope\"\n").unwrap_err();
+        assert!(
+            msg.starts_with("x.toml: encoder.element: \"nope\" is not an encoder")
+                && msg.contains("x264enc"),
+            "{msg}"
+        );
+        let msg = checked("[mqtt]\nurl = \"http://x\"\n").unwrap_err();
+        assert!(msg.starts_with("x.toml: mqtt.url: \"http://x\" is not a broker URL"), "{msg}");
+        let msg = checked("[device]\nid = \"a/b\"\n").unwrap_err();
+        assert!(msg.starts_with("x.toml: device.id: \"a/b\" cannot be"), "{msg}");
+        let msg = checked("[mqtt]\nprefix = \"a+\"\n").unwrap_err();
+        assert!(msg.starts_with("x.toml: mqtt.prefix:"), "{msg}");
+        // Each cause once: the refusal's reason is not repeated after it.
+        assert_eq!(msg.matches("cannot be").count(), 1, "{msg}");
+    }
 }

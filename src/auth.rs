@@ -15,10 +15,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The shortest secret rtcam accepts: HS256's key is as strong as its secret, and RFC 7518
-/// (3.2) asks for at least the hash's 256 bits.
-pub const MIN_SECRET_BYTES: usize = 32;
+use tokio::sync::watch;
 
 /// The audience that names every device sharing the secret.
 pub const ANY_DEVICE: &str = "*";
@@ -129,11 +126,12 @@ pub enum TokenError {
     NotAllowed(Right),
 }
 
-/// Verifies and mints tokens with one secret.
+/// Verifies and mints tokens with the secret in force. Clones share it: when `reload` sends a
+/// new secret down the channel [`Authority::following`] was given, every holder (the gate, the
+/// HTTP doors, the session manager) checks with it from its next token on.
 #[derive(Clone)]
 pub struct Authority {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    secret: watch::Receiver<String>,
     /// HS256 only, signature checked; `exp` and `aud` are checked by [`Authority::verify`]
     /// itself, against the clock it is given and in the order it documents.
     validation: Validation,
@@ -141,9 +139,15 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// An authority for `device_id`. The secret's length is checked where it is configured
-    /// ([`MIN_SECRET_BYTES`]), not here.
+    /// An authority for `device_id` with a secret that never changes. The secret's length is
+    /// checked where it is configured ([`crate::config::MIN_SECRET_BYTES`]), not here.
     pub fn new(secret: &str, device_id: &str) -> Self {
+        Self::following(watch::channel(secret.to_string()).1, device_id)
+    }
+
+    /// An authority for `device_id` that signs and verifies with the latest secret `secret`
+    /// holds (its sender may be dropped: the last secret stays).
+    pub fn following(secret: watch::Receiver<String>, device_id: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // The crate would read the system clock; rtcam passes time in.
         validation.validate_exp = false;
@@ -152,8 +156,7 @@ impl Authority {
         // Presence is the claims' own business: `Claims` needs `aud` and `exp` to parse.
         validation.required_spec_claims = HashSet::new();
         Self {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            secret,
             validation,
             device_id: device_id.to_string(),
         }
@@ -161,7 +164,9 @@ impl Authority {
 
     /// The token for `claims`: a JWT signed with HS256.
     pub fn mint(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        // Keys are made per use from the secret in force: an HMAC key is its bytes.
+        let key = EncodingKey::from_secret(self.secret.borrow().as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
             .expect("HS256 with a byte secret and serialisable claims cannot fail")
     }
 
@@ -174,7 +179,8 @@ impl Authority {
         now: SystemTime,
     ) -> Result<Claims, TokenError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let key = DecodingKey::from_secret(self.secret.borrow().as_bytes());
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|e| token_error(e.kind()))?
             .claims;
         if claims.exp <= unix_secs(now) {
@@ -313,6 +319,29 @@ mod tests {
             .unwrap();
         let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
         assert_eq!(header, json!({"typ": "JWT", "alg": "HS256"}));
+    }
+
+    #[test]
+    fn clones_follow_a_new_secret_and_refuse_the_old_one() {
+        let other = "another secret, also thirty-two bytes long";
+        let (secret, follows) = watch::channel(SECRET.to_string());
+        let held = Authority::following(follows, "cam1");
+        // Another part's copy, made before the change.
+        let gate = held.clone();
+        let old = held.mint(&held.claims(Duration::from_secs(60), vec![Right::View], t0()));
+        assert!(gate.verify(Some(&old), Right::View, t0()).is_ok());
+        secret.send_replace(other.into());
+        assert_eq!(
+            gate.verify(Some(&old), Right::View, t0()),
+            Err(TokenError::BadSignature)
+        );
+        let fresh = Authority::new(other, "cam1");
+        let new = fresh.mint(&fresh.claims(Duration::from_secs(60), vec![Right::View], t0()));
+        assert!(gate.verify(Some(&new), Right::View, t0()).is_ok());
+        assert_eq!(held.mint(&fresh.claims(Duration::from_secs(60), vec![Right::View], t0())), new);
+        // Without its sender the last secret stays in force.
+        drop(secret);
+        assert!(held.verify(Some(&new), Right::View, t0()).is_ok());
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! prints and a test parses. Unknown keys are refused (`deny_unknown_fields`) so a typo is an
 //! error naming the file, line and key, never a silently ignored setting.
 //!
-//! This module owns parsing and validation only; it opens no device and no socket.
+//! This module owns parsing and the settings' shapes (types, ranges, keys that go together)
+//! only; it opens no device and no socket, and it depends on no other part of rtcam. What a
+//! value means to the part using it (an encoder's name, a topic level, a broker URL) that part
+//! checks, returning a [`Refusal`]; `app::check_config` runs those checks before anything
+//! starts.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -39,6 +43,11 @@ pub fn commented_example() -> String {
 /// Longest lifetime of derived TURN credentials: a leaked one must not work for ever.
 const MAX_TURN_TTL_SECS: u64 = 30 * 86_400;
 
+/// The shortest token secret rtcam accepts (`[auth] secret`, or the `auth_secret` credential):
+/// HS256's key is as strong as its secret, and RFC 7518 (3.2) asks for at least the hash's 256
+/// bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Where rtcam looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/rtcam/rtcam.toml";
 
@@ -57,13 +66,45 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    /// A value that parses but makes no sense (a zero frame rate, an unknown encoder…).
+    /// A value of the right type but outside its shape (a zero frame rate, a lone
+    /// `tls_cert`…).
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
         key: &'static str,
         message: String,
     },
+    /// A value of the right shape that the part of rtcam using it refuses (an encoder rtcam
+    /// does not know, a broker URL it cannot parse).
+    #[error("{origin}: {refusal}")]
+    Refused {
+        origin: Origin,
+        #[source]
+        refusal: Refusal,
+    },
+}
+
+/// What a part of rtcam says about a setting it checks before anything starts: the key, and
+/// why the value cannot work there. `app::check_config` names the file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct Refusal {
+    pub key: &'static str,
+    #[source]
+    pub reason: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Refusal {
+    /// `reason` is the part's own error, or a sentence where the part has no error type.
+    pub fn new(
+        key: &'static str,
+        reason: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            key,
+            reason: reason.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -162,7 +203,7 @@ impl AudioConfig {
         AudioEndpoint::parse(&self.sink, "fake", true)
     }
 
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Checked {
         self.source().map_err(|m| ("audio.source", m))?;
         self.sink().map_err(|m| ("audio.sink", m))?;
         if !(6..=510).contains(&self.bitrate_kbps) {
@@ -319,7 +360,7 @@ impl HttpConfig {
         self.https_listen.parse().ok()
     }
 
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Checked {
         if !self.https_listen.is_empty() && self.https_listen.parse::<SocketAddr>().is_err() {
             return Err((
                 "http.https_listen",
@@ -654,15 +695,188 @@ impl WebrtcConfig {
         Duration::from_secs(self.disconnect_timeout_secs)
     }
 
-    /// The TURN REST credential source, when `turn_urls` and `turn_secret` are both set.
-    pub fn turn_rest(&self) -> Option<crate::turn::TurnRest> {
-        (!self.turn_urls.is_empty() && !self.turn_secret.is_empty()).then(|| {
-            crate::turn::TurnRest::new(
-                &self.turn_secret,
-                self.turn_urls.clone(),
-                Duration::from_secs(self.turn_ttl_secs),
-            )
-        })
+}
+
+/// A section's shape check: the key at fault and what is wrong with its value.
+type Checked = Result<(), (&'static str, String)>;
+
+/// A value outside `range`, said the same way for every numeric key.
+fn within<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Checked {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err((
+        key,
+        format!("{value} is not between {} and {}", range.start(), range.end()),
+    ))
+}
+
+/// A count that must be at least one.
+fn at_least_one(key: &'static str, value: u64) -> Checked {
+    if value == 0 {
+        return Err((key, "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+impl MqttConfig {
+    fn validate(&self) -> Checked {
+        if self.client_cert_file.is_empty() != self.client_key_file.is_empty() {
+            return Err((
+                "mqtt.client_cert_file",
+                "give client_cert_file and client_key_file together".into(),
+            ));
+        }
+        if !self.client_cert_file.is_empty() && self.ca_file.is_empty() {
+            return Err((
+                "mqtt.client_cert_file",
+                "a client certificate needs ca_file, the CA that signed the broker's certificate"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Checked {
+        if !self.secret.is_empty() && self.secret.len() < MIN_SECRET_BYTES {
+            return Err((
+                "auth.secret",
+                format!(
+                    "{} bytes is too short to sign tokens with; use at least {MIN_SECRET_BYTES} \
+                     (e.g. `openssl rand -base64 32`)",
+                    self.secret.len(),
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Checked {
+        if !(16..=7680).contains(&self.width) || !(16..=4320).contains(&self.height) {
+            return Err((
+                "source.width",
+                format!(
+                    "{}x{} is not a video size rtcam can stream",
+                    self.width, self.height
+                ),
+            ));
+        }
+        if self.width % 2 != 0 || self.height % 2 != 0 {
+            return Err((
+                "source.width",
+                format!(
+                    "{}x{}: H.264 needs an even width and height",
+                    self.width, self.height
+                ),
+            ));
+        }
+        within("source.fps", self.fps, 1..=120)?;
+        let control_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if let Some(name) = self.controls.keys().find(|n| !control_name(n)) {
+            return Err((
+                "source.controls",
+                format!("{name:?} is not a control name: use the names `rtcam controls` prints (lowercase, '_')"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EncoderConfig {
+    fn validate(&self) -> Checked {
+        within("encoder.bitrate_kbps", self.bitrate_kbps, 50..=50_000)?;
+        let max = if self.max_bitrate_kbps == 0 {
+            self.bitrate_kbps
+        } else {
+            self.max_bitrate_kbps
+        };
+        within("encoder.max_bitrate_kbps", max, 50..=50_000)?;
+        within("encoder.min_bitrate_kbps", self.min_bitrate_kbps, 50..=50_000)?;
+        if !(self.follow_ratio > 0.0 && self.follow_ratio <= 1.0) {
+            return Err((
+                "encoder.follow_ratio",
+                format!("{} is not above 0 and at most 1", self.follow_ratio),
+            ));
+        }
+        at_least_one("encoder.keyframe_interval", self.keyframe_interval.into())
+    }
+}
+
+impl ControlConfig {
+    fn validate(&self) -> Checked {
+        within(
+            "control.telemetry_interval_secs",
+            self.telemetry_interval_secs,
+            1..=3600,
+        )?;
+        if self.ha_prefix.is_empty() || self.ha_prefix.contains(['+', '#']) {
+            return Err((
+                "control.ha_prefix",
+                "must be a topic prefix without wildcards".into(),
+            ));
+        }
+        at_least_one(
+            "control.commands_per_second",
+            self.commands_per_second.into(),
+        )
+    }
+}
+
+impl WebrtcConfig {
+    fn validate_limits(&self) -> Checked {
+        at_least_one("webrtc.offers_per_second", self.offers_per_second.into())?;
+        at_least_one("webrtc.max_sessions", self.max_sessions as u64)?;
+        let ice_url = |url: &&String| {
+            let scheme = url.split(':').next().unwrap_or_default();
+            matches!(scheme, "stun" | "stuns" | "turn" | "turns")
+        };
+        let mut urls = self.ice_servers.iter().flat_map(|s| &s.urls);
+        if let Some(url) = urls.find(|u| !ice_url(u)) {
+            return Err((
+                "webrtc.ice_servers",
+                format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Checked {
+        let turn_url = |url: &&String| url.starts_with("turn:") || url.starts_with("turns:");
+        if let Some(url) = self.turn_urls.iter().find(|u| !turn_url(u)) {
+            return Err((
+                "webrtc.turn_urls",
+                format!("{url:?} is not a turn: or turns: URL"),
+            ));
+        }
+        if !self.turn_secret.is_empty() && self.turn_urls.is_empty() {
+            return Err((
+                "webrtc.turn_secret",
+                "a TURN secret needs turn_urls, the TURN servers that share it".into(),
+            ));
+        }
+        if !(1..=MAX_TURN_TTL_SECS).contains(&self.turn_ttl_secs) {
+            return Err((
+                "webrtc.turn_ttl_secs",
+                format!(
+                    "{} is not between 1 and {MAX_TURN_TTL_SECS} (30 days)",
+                    self.turn_ttl_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -712,7 +926,7 @@ impl Config {
         Ok((config, Origin::File(path)))
     }
 
-    /// Parses and validates TOML text; `path` is only used in error messages.
+    /// Parses TOML text and checks its shapes; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e
@@ -731,213 +945,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks the shapes of every section: ranges, keys that go together, the syntax of names
+    /// and URLs. What a value means to the part that uses it (an encoder rtcam knows, a topic
+    /// level, a broker URL) that part checks before anything starts (`app::check_config`).
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
-        if !self.device.id.is_empty()
-            && !crate::signalling::protocol::is_valid_topic_level(&self.device.id)
-        {
-            return Err(invalid(
-                "device.id",
-                format!(
-                    "{:?} cannot be an MQTT topic level: use letters, digits, '-' and '_'",
-                    self.device.id
-                ),
-            ));
-        }
-        if !crate::signalling::protocol::is_valid_topic_level(&self.mqtt.prefix) {
-            return Err(invalid(
-                "mqtt.prefix",
-                format!("{:?} cannot be an MQTT topic level", self.mqtt.prefix),
-            ));
-        }
-        if self.mqtt.url != "embedded" {
-            crate::signalling::mqtt::BrokerUrl::parse(&self.mqtt.url)
-                .map_err(|e| invalid("mqtt.url", e.to_string()))?;
-        }
-        let m = &self.mqtt;
-        if m.client_cert_file.is_empty() != m.client_key_file.is_empty() {
-            return Err(invalid(
-                "mqtt.client_cert_file",
-                "give client_cert_file and client_key_file together".into(),
-            ));
-        }
-        if !m.client_cert_file.is_empty() && m.ca_file.is_empty() {
-            return Err(invalid(
-                "mqtt.client_cert_file",
-                "a client certificate needs ca_file, the CA that signed the broker's certificate"
-                    .into(),
-            ));
-        }
-        if !self.auth.secret.is_empty() && self.auth.secret.len() < crate::auth::MIN_SECRET_BYTES {
-            return Err(invalid(
-                "auth.secret",
-                format!(
-                    "{} bytes is too short to sign tokens with; use at least {} \
-                     (e.g. `openssl rand -base64 32`)",
-                    self.auth.secret.len(),
-                    crate::auth::MIN_SECRET_BYTES
-                ),
-            ));
-        }
-        let s = &self.source;
-        if !(16..=7680).contains(&s.width) || !(16..=4320).contains(&s.height) {
-            return Err(invalid(
-                "source.width",
-                format!(
-                    "{}x{} is not a video size rtcam can stream",
-                    s.width, s.height
-                ),
-            ));
-        }
-        if s.width % 2 != 0 || s.height % 2 != 0 {
-            return Err(invalid(
-                "source.width",
-                format!(
-                    "{}x{}: H.264 needs an even width and height",
-                    s.width, s.height
-                ),
-            ));
-        }
-        if !(1..=120).contains(&s.fps) {
-            return Err(invalid(
-                "source.fps",
-                format!("{} is not between 1 and 120", s.fps),
-            ));
-        }
-        for name in s.controls.keys() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                return Err(invalid(
-                    "source.controls",
-                    format!("{name:?} is not a control name: use the names `rtcam controls` prints (lowercase, '_')"),
-                ));
-            }
-        }
-        let e = &self.encoder;
-        if !(50..=50_000).contains(&e.bitrate_kbps) {
-            return Err(invalid(
-                "encoder.bitrate_kbps",
-                format!("{} is not between 50 and 50000", e.bitrate_kbps),
-            ));
-        }
-        let max = if e.max_bitrate_kbps == 0 {
-            e.bitrate_kbps
-        } else {
-            e.max_bitrate_kbps
-        };
-        if !(50..=50_000).contains(&max) {
-            return Err(invalid(
-                "encoder.max_bitrate_kbps",
-                format!("{max} is not between 50 and 50000"),
-            ));
-        }
-        if !(50..=50_000).contains(&e.min_bitrate_kbps) {
-            return Err(invalid(
-                "encoder.min_bitrate_kbps",
-                format!("{} is not between 50 and 50000", e.min_bitrate_kbps),
-            ));
-        }
-        if !(e.follow_ratio > 0.0 && e.follow_ratio <= 1.0) {
-            return Err(invalid(
-                "encoder.follow_ratio",
-                format!("{} is not above 0 and at most 1", e.follow_ratio),
-            ));
-        }
-        if e.keyframe_interval == 0 {
-            return Err(invalid(
-                "encoder.keyframe_interval",
-                "must be at least 1".into(),
-            ));
-        }
-        if e.element != "auto" && !crate::media::encoder::is_known(&e.element) {
-            return Err(invalid(
-                "encoder.element",
-                format!(
-                    "{:?} is not an encoder rtcam knows; use \"auto\" or one of: {}",
-                    e.element,
-                    crate::media::encoder::known_names().join(", ")
-                ),
-            ));
-        }
-        if !(1..=3600).contains(&self.control.telemetry_interval_secs) {
-            return Err(invalid(
-                "control.telemetry_interval_secs",
-                format!(
-                    "{} is not between 1 and 3600",
-                    self.control.telemetry_interval_secs
-                ),
-            ));
-        }
-        if self.control.ha_prefix.is_empty() || self.control.ha_prefix.contains(['+', '#']) {
-            return Err(invalid(
-                "control.ha_prefix",
-                "must be a topic prefix without wildcards".into(),
-            ));
-        }
-        if self.control.commands_per_second == 0 {
-            return Err(invalid(
-                "control.commands_per_second",
-                "must be at least 1".into(),
-            ));
-        }
-        if self.webrtc.offers_per_second == 0 {
-            return Err(invalid(
-                "webrtc.offers_per_second",
-                "must be at least 1".into(),
-            ));
-        }
-        if self.webrtc.max_sessions == 0 {
-            return Err(invalid("webrtc.max_sessions", "must be at least 1".into()));
-        }
-        for server in &self.webrtc.ice_servers {
-            for url in &server.urls {
-                let scheme = url.split(':').next().unwrap_or_default();
-                if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
-                    return Err(invalid(
-                        "webrtc.ice_servers",
-                        format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
-                    ));
-                }
-            }
-        }
-        self.audio
-            .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
-        self.http
-            .validate()
-            .map_err(|(key, message)| invalid(key, message))?;
-        let w = &self.webrtc;
-        for url in &w.turn_urls {
-            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
-                return Err(invalid(
-                    "webrtc.turn_urls",
-                    format!("{url:?} is not a turn: or turns: URL"),
-                ));
-            }
-        }
-        if !w.turn_secret.is_empty() && w.turn_urls.is_empty() {
-            return Err(invalid(
-                "webrtc.turn_secret",
-                "a TURN secret needs turn_urls, the TURN servers that share it".into(),
-            ));
-        }
-        if !(1..=MAX_TURN_TTL_SECS).contains(&w.turn_ttl_secs) {
-            return Err(invalid(
-                "webrtc.turn_ttl_secs",
-                format!(
-                    "{} is not between 1 and {MAX_TURN_TTL_SECS} (30 days)",
-                    w.turn_ttl_secs
-                ),
-            ));
-        }
-        Ok(())
+        self.check_sections()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })
+    }
+
+    /// The sections' checks in the file's order, so the first problem reported is the first
+    /// a reader meets.
+    fn check_sections(&self) -> Checked {
+        self.mqtt.validate()?;
+        self.auth.validate()?;
+        self.source.validate()?;
+        self.encoder.validate()?;
+        self.control.validate()?;
+        self.webrtc.validate_limits()?;
+        self.audio.validate()?;
+        self.http.validate()?;
+        self.webrtc.validate_turn()
     }
 
     /// The device id used in topics: the configured one, else the hostname made topic-safe.
@@ -1085,17 +1116,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("source.fps"), "{msg}");
-        let msg = Config::parse("[encoder]\nelement = \"nope\"\n", Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("encoder.element") && msg.contains("x264enc"),
-            "{msg}"
-        );
-        let msg = Config::parse("[mqtt]\nurl = \"http://x\"\n", Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("mqtt.url"), "{msg}");
+        // What the encoder and the MQTT client make of their values is theirs to check
+        // (`app::check_config`); their shapes pass here.
+        assert!(Config::parse("[encoder]\nelement = \"nope\"\n", Path::new("x.toml")).is_ok());
+        assert!(Config::parse("[mqtt]\nurl = \"http://x\"\n", Path::new("x.toml")).is_ok());
     }
 
     #[test]
@@ -1204,15 +1228,13 @@ mod tests {
     #[test]
     fn turn_rest_settings_are_checked() {
         let ok = "[webrtc]\nturn_urls = [\"turn:t.lan:3478?transport=udp\"]\nturn_secret = \"s\"\nturn_ttl_secs = 600\n";
-        let c = Config::parse(ok, Path::new("x.toml")).unwrap();
-        assert!(c.webrtc.turn_rest().is_some());
-        // The secret may still come from a credential: no error yet, and no REST source.
-        let c = Config::parse(
+        assert!(Config::parse(ok, Path::new("x.toml")).is_ok());
+        // The secret may still come from a credential: no error yet.
+        assert!(Config::parse(
             "[webrtc]\nturn_urls = [\"turn:t.lan:3478\"]\n",
             Path::new("x.toml"),
         )
-        .unwrap();
-        assert!(c.webrtc.turn_rest().is_none());
+        .is_ok());
         for (text, key) in [
             (
                 "[webrtc]\nturn_urls = [\"stun:t.lan\"]\n",

@@ -88,11 +88,11 @@ pub fn apply(
     if config.auth.secret.is_empty() {
         if let Some(secret) = read(dir, AUTH_SECRET)? {
             // The config file's secret is checked when it is parsed; this one only here.
-            if secret.len() < crate::auth::MIN_SECRET_BYTES {
+            if secret.len() < crate::config::MIN_SECRET_BYTES {
                 return Err(CredentialError::ShortSecret {
                     path: dir.join(AUTH_SECRET),
                     len: secret.len(),
-                    min: crate::auth::MIN_SECRET_BYTES,
+                    min: crate::config::MIN_SECRET_BYTES,
                 });
             }
             config.auth.secret = secret;

@@ -3,10 +3,10 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use rtcam::app::{self, App};
-use rtcam::config::{self, Config};
+use rtcam::config::{self, Config, ConfigError, Origin};
 use rtcam::credentials;
 use rtcam::service::Notifier;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The end of `rtcam --help` and of the manual page.
 const AFTER_HELP: &str = "\
@@ -143,7 +143,7 @@ fn main() -> std::process::ExitCode {
             .with_context(|| format!("cannot write manual pages to {}", dir.display())),
         Command::Token { ttl, rights, sub } => token(cli.config, &ttl, &rights, sub),
         Command::Passwd { file, user } => passwd(&file, &user),
-        Command::Config(ConfigCommand::Check { path }) => Config::load(Some(&path))
+        Command::Config(ConfigCommand::Check { path }) => load_config(Some(&path))
             .map(|_| println!("{}: ok", path.display()))
             .map_err(anyhow::Error::from),
         Command::Devices { json } => rtcam::cli::devices(json),
@@ -152,14 +152,14 @@ fn main() -> std::process::ExitCode {
             set,
             get,
             json,
-        } => Config::load(cli.config.as_deref())
+        } => load_config(cli.config.as_deref())
             .map_err(anyhow::Error::from)
             .and_then(|(c, _)| rtcam::cli::controls(&c, device, &set, &get, json)),
         Command::Check {
             frames,
             timeout,
             progress,
-        } => Config::load(cli.config.as_deref())
+        } => load_config(cli.config.as_deref())
             .map_err(anyhow::Error::from)
             .and_then(|(c, _)| {
                 rtcam::cli::check(
@@ -179,6 +179,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Reads the configuration as every command needs it: its shapes checked as the file is read,
+/// then what each part of rtcam makes of its values.
+fn load_config(path: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+    let (config, origin) = Config::load(path)?;
+    app::check_config(&config, &origin)?;
+    Ok((config, origin))
+}
+
 /// 78 (EX_CONFIG from sysexits.h) for a configuration that cannot work: the unit's
 /// `RestartPreventExitStatus=78` keeps systemd from restarting rtcam into the same error.
 /// Anything else is 1, and systemd retries it.
@@ -196,7 +204,7 @@ fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    let (mut config, origin) = load_config(config_path.as_deref())?;
     // Secrets systemd passes with LoadCredential= fill what the config file leaves empty.
     let used = credentials::apply_from_env(&mut config)?;
     let notifier = Notifier::from_env();
@@ -252,7 +260,7 @@ fn token(
     sub: Option<String>,
 ) -> anyhow::Result<()> {
     use rtcam::auth::{Authority, Right};
-    let (mut config, origin) = Config::load(config_path.as_deref())?;
+    let (mut config, origin) = load_config(config_path.as_deref())?;
     // As the service sees it: `sudo CREDENTIALS_DIRECTORY=/etc/rtcam/credentials rtcam token`.
     credentials::apply_from_env(&mut config)?;
     if config.auth.secret.is_empty() {

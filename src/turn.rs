@@ -10,7 +10,7 @@
 //!
 //! Pure apart from the clock, which is passed in; nothing here opens a socket.
 
-use crate::config::IceServer;
+use crate::config::{IceServer, WebrtcConfig};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -42,6 +42,18 @@ impl TurnRest {
             urls,
             ttl,
         }
+    }
+
+    /// The TURN REST source `[webrtc]` describes: `None` unless `turn_urls` and `turn_secret`
+    /// (from the file or its credential) are both set.
+    pub fn from_config(webrtc: &WebrtcConfig) -> Option<Self> {
+        (!webrtc.turn_urls.is_empty() && !webrtc.turn_secret.is_empty()).then(|| {
+            Self::new(
+                &webrtc.turn_secret,
+                webrtc.turn_urls.clone(),
+                Duration::from_secs(webrtc.turn_ttl_secs),
+            )
+        })
     }
 
     /// Unix seconds at which credentials derived at `now` expire.
@@ -198,5 +210,19 @@ mod tests {
     fn debug_output_hides_the_secret() {
         let rest = TurnRest::new("very-secret", vec![], Duration::from_secs(1));
         assert!(!format!("{rest:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn a_rest_source_needs_urls_and_a_secret() {
+        let mut webrtc = WebrtcConfig {
+            turn_urls: vec!["turn:t.lan:3478?transport=udp".into()],
+            turn_ttl_secs: 600,
+            ..WebrtcConfig::default()
+        };
+        // The secret may still come from a credential: no REST source until it does.
+        assert!(TurnRest::from_config(&webrtc).is_none());
+        webrtc.turn_secret = "s".into();
+        let rest = TurnRest::from_config(&webrtc).expect("urls and secret");
+        assert_eq!(rest.ttl, Duration::from_secs(600));
     }
 }

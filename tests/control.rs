@@ -403,7 +403,9 @@ async fn page_files_are_compressed_and_revalidated() {
 async fn reload_applies_what_it_can_and_names_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcam.toml");
-    let config = test_config("ctl-reload");
+    let mut config = test_config("ctl-reload");
+    // Tokens on from the start, so that a new secret can apply live below.
+    config.auth.secret = "o".repeat(32);
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     common::init_logs();
     let app = rtcam::app::App::start(config.clone(), rtcam::config::Origin::File(path.clone()))
@@ -437,6 +439,35 @@ async fn reload_applies_what_it_can_and_names_the_rest() {
         r.body
     );
     assert_eq!(app.media().info().borrow().bitrate_kbps, 500);
+
+    // A new token secret: tokens signed with it open the page at once, the old secret's are
+    // refused.
+    let http = app.http_addr();
+    let status = |secret: &str| {
+        let a = rtcam::auth::Authority::new(secret, app.device_id());
+        let token = a.mint(&a.claims(
+            Duration::from_secs(60),
+            vec![rtcam::auth::Right::View],
+            std::time::SystemTime::now(),
+        ));
+        async move {
+            common::http::get(http, &format!("/config.json?token={token}"), &[])
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    let (old, new) = (config.auth.secret.clone(), "n".repeat(32));
+    assert_eq!(status(&old).await, 200);
+    let mut secured = changed.clone();
+    secured.auth.secret = new.clone();
+    std::fs::write(&path, toml::to_string(&secured).unwrap()).unwrap();
+    let r = c.request("reload", json!({})).await;
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+    assert_eq!(r.body["result"]["applied"], json!(["auth.secret"]), "{}", r.body);
+    assert_eq!(r.body["result"]["restart_needed"], json!(["webrtc"]), "{}", r.body);
+    assert_eq!(status(&new).await, 200);
+    assert_eq!(status(&old).await, 401);
     app.stop().await;
 }
 

@@ -2,9 +2,10 @@
 //! pipeline, the sessions and the configuration. Used by the MQTT command topic and by viewers'
 //! data channels alike.
 
+use super::reload::{self, Action};
 use super::telemetry::Telemetry;
 use super::{Command, CommandError, ControlRequest, ErrorCode, Publication, SetArgs};
-use crate::config::{Config, ControlSetting, Origin};
+use crate::config::{Config, ConfigError, ControlSetting, Origin};
 use crate::media::v4l2::controls::ControlError;
 use crate::media::{Media, MediaError};
 use crate::session::Sessions;
@@ -41,9 +42,15 @@ struct Inner {
     status: watch::Receiver<Status>,
     telemetry: watch::Receiver<Telemetry>,
     publications: mpsc::Sender<Publication>,
-    /// The configuration in force, for `reload` to compare against.
-    config: Mutex<Config>,
+    /// The settings in force (what the user asked for, not what runs): the configuration
+    /// rtcam started with, with `set` and live reloads applied; `reload` compares the file
+    /// against it.
+    settings: Mutex<Config>,
     origin: Origin,
+    /// The app's check of a configuration's values, run again on the reloaded file.
+    check: CheckConfig,
+    /// The token secret the gate, the HTTP doors and the sessions verify with.
+    token_secret: watch::Sender<String>,
     /// Shared by every MQTT requester: the broker does not tell rtcam who is who.
     mqtt_rate: Mutex<RateLimiter>,
     commands_per_second: u32,
@@ -51,10 +58,22 @@ struct Inner {
     refused_reply_log: Mutex<LogWindow>,
 }
 
+/// The app's check of what each part makes of a configuration (`app::check_config`).
+pub type CheckConfig = fn(&Config, &Origin) -> Result<(), ConfigError>;
+
+/// The settings side of the controller: what rtcam was started with and how to re-read it.
+pub struct Settings {
+    /// The configuration in force at start, secrets from credentials filled in.
+    pub config: Config,
+    pub origin: Origin,
+    pub check: CheckConfig,
+    /// Sends a reloaded `[auth] secret` to the authority that verifies tokens
+    /// (`Authority::following`); unused while tokens are off.
+    pub token_secret: watch::Sender<String>,
+}
+
 impl Controller {
-    // Called once, by `App::start`, with each part the commands reach; a struct of them would
-    // only rename the same eight things.
-    #[allow(clippy::too_many_arguments)]
+    /// Called once, by `App::start`, with each part the commands reach.
     pub fn new(
         topics: Topics,
         media: Media,
@@ -62,9 +81,9 @@ impl Controller {
         status: watch::Receiver<Status>,
         telemetry: watch::Receiver<Telemetry>,
         publications: mpsc::Sender<Publication>,
-        config: Config,
-        origin: Origin,
+        settings: Settings,
     ) -> Self {
+        let rate = settings.config.control.commands_per_second;
         Self {
             inner: Arc::new(Inner {
                 topics,
@@ -73,14 +92,13 @@ impl Controller {
                 status,
                 telemetry,
                 publications,
-                mqtt_rate: Mutex::new(RateLimiter::new(
-                    config.control.commands_per_second,
-                    config.control.commands_per_second * 2,
-                )),
-                commands_per_second: config.control.commands_per_second,
+                mqtt_rate: Mutex::new(RateLimiter::new(rate, rate * 2)),
+                commands_per_second: rate,
                 refused_reply_log: Mutex::new(LogWindow::new(REFUSED_REPLY_LOG_EVERY)),
-                config: Mutex::new(config),
-                origin,
+                settings: Mutex::new(settings.config),
+                origin: settings.origin,
+                check: settings.check,
+                token_secret: settings.token_secret,
             }),
         }
     }
@@ -234,7 +252,7 @@ impl Controller {
                     .media
                     .snapshot()
                     .await
-                    .map_err(|e| CommandError::new(ErrorCode::Unavailable, e.to_string()))?;
+                    .map_err(|e| CommandError::caused_by(ErrorCode::Unavailable, e))?;
                 let topic = inner.topics.snapshot();
                 let bytes = jpeg.len();
                 // Retained: the latest picture is there for whoever subscribes next (a home
@@ -266,37 +284,39 @@ impl Controller {
                 .map_err(control_error)?;
             controls.insert(c.name.clone(), json!(c.value));
         }
-        let mut config = inner
-            .config
+        // The settings change first (what the user asked for); the running parts then follow
+        // them, as they follow a reload.
+        let mut settings = inner
+            .settings
             .lock()
-            .expect("config lock is never poisoned: no panics while held");
+            .expect("settings lock is never poisoned: no panics while held");
         let mut applied = serde_json::Map::new();
         if !controls.is_empty() {
             applied.insert("controls".into(), Value::Object(controls));
         }
         if let Some(kbps) = args.bitrate_kbps {
-            config.encoder.bitrate_kbps = kbps;
-            inner.media.set_bitrate(kbps);
+            settings.encoder.bitrate_kbps = kbps;
+            self.apply(Action::Bitrate, &settings);
             applied.insert("bitrate_kbps".into(), json!(kbps));
         }
         if args.fps.is_some() || args.width.is_some() {
-            let s = &mut config.source;
+            let s = &mut settings.source;
             s.fps = args.fps.unwrap_or(s.fps);
             s.width = args.width.unwrap_or(s.width);
             s.height = args.height.unwrap_or(s.height);
-            inner.media.reconfigure(s.width, s.height, s.fps);
+            self.apply(Action::Picture, &settings);
+            let s = &settings.source;
             applied.insert("width".into(), json!(s.width));
             applied.insert("height".into(), json!(s.height));
             applied.insert("fps".into(), json!(s.fps));
         }
         if args.rotation.is_some() || args.hflip.is_some() || args.vflip.is_some() {
-            let s = &mut config.source;
+            let s = &mut settings.source;
             s.rotation = args.rotation.unwrap_or(s.rotation);
             s.hflip = args.hflip.unwrap_or(s.hflip);
             s.vflip = args.vflip.unwrap_or(s.vflip);
-            inner
-                .media
-                .set_orientation(crate::media::orientation::Orientation::of(s));
+            self.apply(Action::Orientation, &settings);
+            let s = &settings.source;
             applied.insert("rotation".into(), json!(s.rotation.degrees()));
             applied.insert("hflip".into(), json!(s.hflip));
             applied.insert("vflip".into(), json!(s.vflip));
@@ -306,7 +326,8 @@ impl Controller {
         Ok(Value::Object(applied))
     }
 
-    /// Re-reads the configuration file and applies what can change while running.
+    /// Re-reads the configuration file, applies what [`reload::KEYS`] says applies live, and
+    /// names the keys that wait for a restart.
     fn reload(&self) -> Result<Value, CommandError> {
         let inner = &self.inner;
         let Origin::File(path) = &inner.origin else {
@@ -315,161 +336,49 @@ impl Controller {
                 "rtcam was started without a configuration file; there is nothing to reload.",
             ));
         };
-        let (mut new, _) = Config::load(Some(path))
-            .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
-        // The same secrets as at start, so a credential is not mistaken for a changed key.
-        crate::credentials::apply_from_env(&mut new)
-            .map_err(|e| CommandError::new(ErrorCode::Failed, e.to_string()))?;
-        let mut current = inner
-            .config
+        let from_file = self.read_settings(path)?;
+        let mut settings = inner
+            .settings
             .lock()
-            .expect("config lock is never poisoned: no panics while held");
-        let plan = reload_plan(&current, &new);
-        if plan
-            .applied
-            .iter()
-            .any(|k| k.starts_with("encoder.bitrate"))
-        {
-            inner.media.set_bitrate(new.encoder.bitrate_kbps);
+            .expect("settings lock is never poisoned: no panics while held");
+        let plan = reload::plan(&settings, &from_file);
+        for action in &plan.actions {
+            self.apply(*action, &plan.settings);
         }
-        let turned = ["source.rotation", "source.hflip", "source.vflip"];
-        if plan.applied.iter().any(|k| turned.contains(k)) {
-            inner
-                .media
-                .set_orientation(crate::media::orientation::Orientation::of(&new.source));
-        }
-        if plan
-            .applied
-            .iter()
-            .any(|k| k.starts_with("source.") && !turned.contains(k))
-        {
-            inner
-                .media
-                .reconfigure(new.source.width, new.source.height, new.source.fps);
-        }
-        // What could not be applied stays as it runs, so the next reload reports it again.
-        let mut kept = new.clone();
-        kept.device = current.device.clone();
-        kept.mqtt = current.mqtt.clone();
-        kept.http = current.http.clone();
-        kept.webrtc = current.webrtc.clone();
-        kept.control = current.control.clone();
-        kept.source.kind = current.source.kind;
-        kept.source.device = current.source.device.clone();
-        kept.source.format = current.source.format;
-        kept.encoder.element = current.encoder.element.clone();
-        kept.encoder.keyframe_interval = current.encoder.keyframe_interval;
-        kept.encoder.keyframe_min_interval_ms = current.encoder.keyframe_min_interval_ms;
-        kept.encoder.vp8_fallback = current.encoder.vp8_fallback;
-        *current = kept;
+        *settings = plan.settings;
         tracing::info!(applied = ?plan.applied, restart_needed = ?plan.restart_needed, "configuration reloaded");
         Ok(json!({"applied": plan.applied, "restart_needed": plan.restart_needed}))
     }
-}
 
-/// What a reload changes: keys applied live, and keys that take effect only after a restart.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ReloadPlan {
-    pub applied: Vec<&'static str>,
-    pub restart_needed: Vec<&'static str>,
-}
+    /// The file's settings as rtcam reads them at start: parsed, the same secrets from
+    /// credentials (so a credential is not mistaken for a changed key), checked by each part.
+    fn read_settings(&self, path: &std::path::Path) -> Result<Config, CommandError> {
+        let failed = |e| CommandError::caused_by(ErrorCode::Failed, e);
+        let (mut config, _) = Config::load(Some(path)).map_err(failed)?;
+        crate::credentials::apply_from_env(&mut config)
+            .map_err(|e| CommandError::caused_by(ErrorCode::Failed, e))?;
+        (self.inner.check)(&config, &self.inner.origin).map_err(failed)?;
+        Ok(config)
+    }
 
-/// Compares two configurations key by key (pure, so it is unit-tested).
-pub fn reload_plan(old: &Config, new: &Config) -> ReloadPlan {
-    let mut plan = ReloadPlan::default();
-    let mut check = |changed: bool, key: &'static str, live: bool| {
-        if changed {
-            if live {
-                plan.applied.push(key);
-            } else {
-                plan.restart_needed.push(key);
+    /// Makes the running parts (the state) follow a key applied live, with the settings that
+    /// take effect.
+    fn apply(&self, action: Action, settings: &Config) {
+        let media = &self.inner.media;
+        let source = &settings.source;
+        match action {
+            Action::Bitrate => media.set_bitrate(settings.encoder.bitrate_kbps),
+            Action::Picture => media.reconfigure(source.width, source.height, source.fps),
+            Action::Orientation => {
+                media.set_orientation(crate::media::orientation::Orientation::of(source));
+            }
+            Action::TokenSecret => {
+                self.inner
+                    .token_secret
+                    .send_replace(settings.auth.secret.clone());
             }
         }
-    };
-    check(
-        old.encoder.bitrate_kbps != new.encoder.bitrate_kbps,
-        "encoder.bitrate_kbps",
-        true,
-    );
-    check(old.source.width != new.source.width, "source.width", true);
-    check(
-        old.source.height != new.source.height,
-        "source.height",
-        true,
-    );
-    check(old.source.fps != new.source.fps, "source.fps", true);
-    check(
-        old.source.rotation != new.source.rotation,
-        "source.rotation",
-        true,
-    );
-    check(old.source.hflip != new.source.hflip, "source.hflip", true);
-    check(old.source.vflip != new.source.vflip, "source.vflip", true);
-    check(old.source.kind != new.source.kind, "source.kind", false);
-    check(
-        old.source.device != new.source.device,
-        "source.device",
-        false,
-    );
-    check(
-        old.source.format != new.source.format,
-        "source.format",
-        false,
-    );
-    check(
-        old.source.controls != new.source.controls,
-        "source.controls",
-        false,
-    );
-    check(
-        old.encoder.element != new.encoder.element,
-        "encoder.element",
-        false,
-    );
-    check(
-        old.encoder.keyframe_interval != new.encoder.keyframe_interval,
-        "encoder.keyframe_interval",
-        false,
-    );
-    check(
-        old.encoder.keyframe_min_interval_ms != new.encoder.keyframe_min_interval_ms,
-        "encoder.keyframe_min_interval_ms",
-        false,
-    );
-    // The session table decides codecs with the value it was started with.
-    check(
-        old.encoder.vp8_fallback != new.encoder.vp8_fallback,
-        "encoder.vp8_fallback",
-        false,
-    );
-    // The adaptation's bounds are read when the sessions start (app.rs), so they need a restart.
-    check(
-        old.encoder.min_bitrate_kbps != new.encoder.min_bitrate_kbps,
-        "encoder.min_bitrate_kbps",
-        false,
-    );
-    check(
-        old.encoder.max_bitrate_kbps != new.encoder.max_bitrate_kbps,
-        "encoder.max_bitrate_kbps",
-        false,
-    );
-    check(
-        old.encoder.follow_ratio != new.encoder.follow_ratio,
-        "encoder.follow_ratio",
-        false,
-    );
-    check(old.device.id != new.device.id, "device.id", false);
-    check(toml_differs(&old.mqtt, &new.mqtt), "mqtt", false);
-    check(toml_differs(&old.http, &new.http), "http", false);
-    check(toml_differs(&old.webrtc, &new.webrtc), "webrtc", false);
-    check(toml_differs(&old.control, &new.control), "control", false);
-    // The page's config and every session's negotiation depend on it: restart to apply.
-    check(old.audio != new.audio, "audio", false);
-    plan
-}
-
-fn toml_differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
-    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
 }
 
 /// A camera-control failure as a reply: what is wrong with the request, or why the camera
@@ -480,34 +389,5 @@ fn control_error(e: MediaError) -> CommandError {
         MediaError::Control(ControlError::BadValue { .. }) => ErrorCode::OutOfRange,
         _ => ErrorCode::Unavailable,
     };
-    CommandError::new(code, e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reload_plan_splits_live_and_restart_keys() {
-        let old = Config::default();
-        let mut new = Config::default();
-        assert_eq!(reload_plan(&old, &new), ReloadPlan::default());
-        new.encoder.bitrate_kbps = 900;
-        new.source.width = 640;
-        new.mqtt.url = "mqtt://elsewhere:1883".into();
-        new.webrtc.max_sessions = 3;
-        new.encoder.vp8_fallback = false;
-        let plan = reload_plan(&old, &new);
-        assert_eq!(plan.applied, vec!["encoder.bitrate_kbps", "source.width"]);
-        assert_eq!(
-            plan.restart_needed,
-            vec!["encoder.vp8_fallback", "mqtt", "webrtc"]
-        );
-        let mut new = Config::default();
-        new.encoder.follow_ratio = 0.3;
-        assert_eq!(
-            reload_plan(&old, &new).restart_needed,
-            vec!["encoder.follow_ratio"]
-        );
-    }
+    CommandError::caused_by(code, e)
 }

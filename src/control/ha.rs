@@ -16,107 +16,132 @@ pub struct Entity {
 
 /// The entities rtcam announces.
 pub fn entities(topics: &Topics, device_id: &str, version: &str) -> Vec<Entity> {
-    let node = node_id(device_id);
-    let root = topics.root();
-    let device = json!({
-        "identifiers": [node],
-        "name": format!("rtcam {device_id}"),
-        "manufacturer": "rtcam",
-        "model": "rtcam camera agent",
-        "sw_version": version,
-    });
-    let availability = json!([{
-        "topic": topics.status(),
-        "value_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-    }]);
-    let base = |name: &str, object: &str| {
-        json!({
-            "name": name,
-            "unique_id": format!("{node}_{object}"),
-            "object_id": format!("{node}_{object}"),
-            "device": device,
-            "availability": availability,
-        })
-    };
-    let with = |mut v: Value, extra: Value| {
-        if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
-            a.extend(b.clone());
-        }
-        v
-    };
-    let command = |name: &str, args: Value| {
-        json!({"id": format!("ha-{name}"), "command": name, "args": args}).to_string()
-    };
+    let device = Device::new(topics, device_id, version);
+    let command_topic = format!("{}/command", topics.root());
+    let telemetry = |template: &str, own: Value| measurement(topics.telemetry(), template, own);
     vec![
-        Entity {
-            component: "camera",
-            object_id: "camera",
-            config: with(
-                base("Camera", "camera"),
-                json!({"topic": topics.snapshot()}),
+        device.entity(
+            ("camera", "camera", "Camera"),
+            json!({"topic": topics.snapshot()}),
+        ),
+        device.entity(
+            ("sensor", "viewers", "Viewers"),
+            measurement(
+                topics.status(),
+                "{{ value_json.viewers | default(0) }}",
+                json!({"icon": "mdi:eye"}),
             ),
-        },
-        Entity {
-            component: "sensor",
-            object_id: "viewers",
-            config: with(
-                base("Viewers", "viewers"),
-                json!({"state_topic": topics.status(), "value_template": "{{ value_json.viewers | default(0) }}",
-                       "state_class": "measurement", "icon": "mdi:eye"}),
+        ),
+        device.entity(
+            ("sensor", "fps", "Frame rate"),
+            telemetry(
+                "{{ value_json.fps_in }}",
+                json!({"unit_of_measurement": "fps"}),
             ),
-        },
-        Entity {
-            component: "sensor",
-            object_id: "fps",
-            config: with(
-                base("Frame rate", "fps"),
-                json!({"state_topic": topics.telemetry(), "value_template": "{{ value_json.fps_in }}",
-                       "unit_of_measurement": "fps", "state_class": "measurement"}),
+        ),
+        device.entity(
+            ("sensor", "bitrate", "Bitrate"),
+            telemetry(
+                "{{ value_json.bitrate_kbps }}",
+                json!({"unit_of_measurement": "kbit/s", "device_class": "data_rate"}),
             ),
-        },
-        Entity {
-            component: "sensor",
-            object_id: "bitrate",
-            config: with(
-                base("Bitrate", "bitrate"),
-                json!({"state_topic": topics.telemetry(), "value_template": "{{ value_json.bitrate_kbps }}",
-                       "unit_of_measurement": "kbit/s", "device_class": "data_rate", "state_class": "measurement"}),
+        ),
+        device.entity(
+            ("sensor", "temperature", "SoC temperature"),
+            telemetry(
+                "{{ value_json.temperature_c }}",
+                json!({"unit_of_measurement": "°C", "device_class": "temperature"}),
             ),
-        },
-        Entity {
-            component: "sensor",
-            object_id: "temperature",
-            config: with(
-                base("SoC temperature", "temperature"),
-                json!({"state_topic": topics.telemetry(), "value_template": "{{ value_json.temperature_c }}",
-                       "unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"}),
-            ),
-        },
-        Entity {
-            component: "switch",
-            object_id: "stream",
-            config: with(
-                base("Streaming", "stream"),
-                json!({"command_topic": format!("{root}/command"),
-                       "payload_on": command("stream", json!({"on": true})),
-                       "payload_off": command("stream", json!({"on": false})),
-                       "state_topic": topics.status(),
-                       "value_template": "{{ 'ON' if value_json.streaming else 'OFF' }}",
-                       "state_on": "ON", "state_off": "OFF", "icon": "mdi:cctv"}),
-            ),
-        },
-        Entity {
-            component: "button",
-            object_id: "snapshot",
-            config: with(
-                base("Take snapshot", "snapshot"),
-                json!({"command_topic": format!("{root}/command"),
-                       "payload_press": command("snapshot", json!({})), "icon": "mdi:camera"}),
-            ),
-        },
+        ),
+        device.entity(
+            ("switch", "stream", "Streaming"),
+            json!({"command_topic": command_topic,
+                   "payload_on": command("stream", json!({"on": true})),
+                   "payload_off": command("stream", json!({"on": false})),
+                   "state_topic": topics.status(),
+                   "value_template": "{{ 'ON' if value_json.streaming else 'OFF' }}",
+                   "state_on": "ON", "state_off": "OFF", "icon": "mdi:cctv"}),
+        ),
+        device.entity(
+            ("button", "snapshot", "Take snapshot"),
+            json!({"command_topic": command_topic,
+                   "payload_press": command("snapshot", json!({})), "icon": "mdi:camera"}),
+        ),
     ]
+}
+
+/// What every entity of the camera carries: the device it belongs to and its availability,
+/// taken from `R/status`.
+struct Device {
+    node: String,
+    device: Value,
+    availability: Value,
+}
+
+impl Device {
+    fn new(topics: &Topics, device_id: &str, version: &str) -> Self {
+        let node = node_id(device_id);
+        let device = json!({
+            "identifiers": [node],
+            "name": format!("rtcam {device_id}"),
+            "manufacturer": "rtcam",
+            "model": "rtcam camera agent",
+            "sw_version": version,
+        });
+        let availability = json!([{
+            "topic": topics.status(),
+            "value_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }]);
+        Self {
+            node,
+            device,
+            availability,
+        }
+    }
+
+    /// The entity `(component, object id, name)`: the shared fields, then its own.
+    fn entity(
+        &self,
+        (component, object_id, name): (&'static str, &'static str, &str),
+        own: Value,
+    ) -> Entity {
+        let node = &self.node;
+        let config = json!({
+            "name": name,
+            "unique_id": format!("{node}_{object_id}"),
+            "object_id": format!("{node}_{object_id}"),
+            "device": self.device,
+            "availability": self.availability,
+        });
+        Entity {
+            component,
+            object_id,
+            config: with(config, own),
+        }
+    }
+}
+
+/// A sensor's state: `template` applied to `state_topic`'s JSON, a measurement, and `own`.
+fn measurement(state_topic: String, template: &str, own: Value) -> Value {
+    with(
+        json!({"state_topic": state_topic, "value_template": template, "state_class": "measurement"}),
+        own,
+    )
+}
+
+/// `base` with the fields of `extra` added (or replaced).
+fn with(mut base: Value, extra: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (base.as_object_mut(), extra) {
+        a.extend(b);
+    }
+    base
+}
+
+/// The command payload Home Assistant publishes for a switch or button.
+fn command(name: &str, args: Value) -> String {
+    json!({"id": format!("ha-{name}"), "command": name, "args": args}).to_string()
 }
 
 /// Discovery messages for the broker: the configs, or, when discovery is off, empty retained

@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod exec;
 pub mod ha;
+pub mod reload;
 pub mod telemetry;
 
 use crate::session::table::Label;
@@ -15,6 +16,7 @@ pub use crate::signalling::message::{ControlRequest, Publication};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// Largest command payload accepted. Commands are small; anything bigger is a mistake.
 pub const MAX_COMMAND: usize = 16 * 1024;
@@ -42,18 +44,42 @@ pub enum ErrorCode {
     RateLimited,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct CommandError {
     pub code: ErrorCode,
+    /// The sentence the requester reads.
     pub message: String,
+    /// What failed inside rtcam (a camera control, the reloaded file), kept for whoever logs
+    /// the error; the message says it in words.
+    #[source]
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Replies are equal when they say the same: the cause is not part of the reply.
+impl PartialEq for CommandError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.message == other.message
+    }
+}
+
+impl Eq for CommandError {}
 
 impl CommandError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure of one of rtcam's parts, told in its own words and kept as the cause.
+    pub fn caused_by(code: ErrorCode, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            code,
+            message: cause.to_string(),
+            cause: Some(Arc::new(cause)),
         }
     }
 }
@@ -132,85 +158,83 @@ pub fn parse_request(payload: &[u8]) -> (Envelope, Result<Command, CommandError>
         id: Value::Null,
         reply_to: None,
     };
+    let command = request_object(payload).and_then(|obj| {
+        read_envelope(&obj, &mut env)?;
+        command_of(&obj)
+    });
+    (env, command)
+}
+
+/// The payload as a JSON object, or why it cannot be a request.
+fn request_object(payload: &[u8]) -> Result<Map<String, Value>, CommandError> {
     if payload.len() > MAX_COMMAND {
-        return (
-            env,
-            Err(CommandError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "The request is {} bytes; at most {MAX_COMMAND} are accepted.",
-                    payload.len()
-                ),
-            )),
-        );
+        return Err(CommandError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "The request is {} bytes; at most {MAX_COMMAND} are accepted.",
+                payload.len()
+            ),
+        ));
     }
-    let value: Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(e) => {
-            return (
-                env,
-                Err(CommandError::new(
-                    ErrorCode::BadJson,
-                    format!("The request is not valid JSON ({e})."),
-                )),
-            )
-        }
-    };
-    let Some(obj) = value.as_object() else {
-        return (
-            env,
-            Err(CommandError::new(
-                ErrorCode::BadRequest,
-                "The request must be a JSON object.",
-            )),
-        );
-    };
+    let value: Value = serde_json::from_slice(payload).map_err(|e| CommandError {
+        code: ErrorCode::BadJson,
+        message: format!("The request is not valid JSON ({e})."),
+        cause: Some(Arc::new(e)),
+    })?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(CommandError::new(
+            ErrorCode::BadRequest,
+            "The request must be a JSON object.",
+        )),
+    }
+}
+
+/// Fills `env` with the request's id, then its reply topic, so that a refused reply topic is
+/// still answered under the request's id.
+fn read_envelope(obj: &Map<String, Value>, env: &mut Envelope) -> Result<(), CommandError> {
     match obj.get("id") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.len() <= 128 => env.id = Value::String(s.clone()),
         Some(_) => {
-            return (
-                env,
-                Err(CommandError::new(
-                    ErrorCode::BadRequest,
-                    "\"id\" must be a string of at most 128 characters.",
-                )),
-            );
+            return Err(CommandError::new(
+                ErrorCode::BadRequest,
+                "\"id\" must be a string of at most 128 characters.",
+            ));
         }
     }
     if let Some(r) = obj.get("reply_to") {
         match r.as_str() {
             Some(t) if valid_reply_topic(t) => env.reply_to = Some(t.to_string()),
             _ => {
-                return (
-                    env,
-                    Err(CommandError::new(
-                        ErrorCode::BadRequest,
-                        "\"reply_to\" must be an MQTT topic without wildcards.",
-                    )),
-                )
+                return Err(CommandError::new(
+                    ErrorCode::BadRequest,
+                    "\"reply_to\" must be an MQTT topic without wildcards.",
+                ))
             }
         }
     }
+    Ok(())
+}
+
+/// The command the request names, with its arguments checked.
+fn command_of(obj: &Map<String, Value>) -> Result<Command, CommandError> {
     let Some(name) = obj.get("command").and_then(Value::as_str) else {
-        return (
-            env,
-            Err(CommandError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "The request has no \"command\" string; commands are: {}.",
-                    COMMANDS.join(", ")
-                ),
-            )),
-        );
+        return Err(CommandError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "The request has no \"command\" string; commands are: {}.",
+                COMMANDS.join(", ")
+            ),
+        ));
     };
     let empty = Map::new();
     let args = match obj.get("args") {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(m)) => m,
-        Some(_) => return (env, Err(bad_args("\"args\" must be a JSON object."))),
+        Some(_) => return Err(bad_args("\"args\" must be a JSON object.")),
     };
-    (env, parse_command(name, args))
+    parse_command(name, args)
 }
 
 /// Where the reply to an MQTT request goes: the MQTT 5 response topic, else the payload's
@@ -317,69 +341,31 @@ fn only_keys(name: &str, args: &Map<String, Value>, allowed: &[&str]) -> Result<
     }
 }
 
+/// The keys `set` takes.
+const SET_KEYS: &[&str] = &[
+    "bitrate_kbps",
+    "fps",
+    "width",
+    "height",
+    "controls",
+    "rotation",
+    "hflip",
+    "vflip",
+];
+
 fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
-    only_keys(
-        "set",
-        args,
-        &[
-            "bitrate_kbps",
-            "fps",
-            "width",
-            "height",
-            "controls",
-            "rotation",
-            "hflip",
-            "vflip",
-        ],
-    )?;
-    let flag = |key: &str| -> Result<Option<bool>, CommandError> {
-        match args.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| bad_args(format!("\"{key}\" must be true or false."))),
-        }
-    };
-    let rotation = match args.get("rotation") {
-        None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(crate::config::Rotation::from_degrees)
-                .ok_or_else(|| {
-                    CommandError::new(
-                        ErrorCode::OutOfRange,
-                        "\"rotation\" must be 0, 90, 180 or 270 (degrees clockwise).",
-                    )
-                })?,
-        ),
-    };
-    let num = |key: &str, min: u32, max: u32| -> Result<Option<u32>, CommandError> {
-        match args.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let n = v
-                    .as_u64()
-                    .ok_or_else(|| bad_args(format!("\"{key}\" must be a whole number.")))?;
-                if n < u64::from(min) || n > u64::from(max) {
-                    return Err(CommandError::new(
-                        ErrorCode::OutOfRange,
-                        format!("\"{key}\" is {n}; it must be between {min} and {max}."),
-                    ));
-                }
-                Ok(Some(n as u32))
-            }
-        }
-    };
+    only_keys("set", args, SET_KEYS)?;
+    let num = |key, min, max| set_number(args, key, min, max);
+    // Fields are checked in the order written here; controls last, after the picture's size.
     let mut set = SetArgs {
+        rotation: set_rotation(args)?,
         bitrate_kbps: num("bitrate_kbps", 50, 50_000)?,
         fps: num("fps", 1, 120)?,
         width: num("width", 16, 7680)?,
         height: num("height", 16, 4320)?,
+        hflip: set_flag(args, "hflip")?,
+        vflip: set_flag(args, "vflip")?,
         controls: Vec::new(),
-        rotation,
-        hflip: flag("hflip")?,
-        vflip: flag("vflip")?,
     };
     if set.width.is_some() != set.height.is_some() {
         return Err(bad_args("Give \"width\" and \"height\" together."));
@@ -390,11 +376,76 @@ fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
             "H.264 needs an even width and height.",
         ));
     }
-    if let Some(c) = args.get("controls") {
-        let map = c
-            .as_object()
-            .ok_or_else(|| bad_args("\"controls\" must be an object of control name → value."))?;
-        for (name, value) in map {
+    set.controls = set_controls(args)?;
+    if set == SetArgs::default() {
+        return Err(bad_args(
+            "set needs at least one of: bitrate_kbps, fps, width and height, controls, \
+             rotation, hflip, vflip.",
+        ));
+    }
+    Ok(set)
+}
+
+/// `set`'s `key` as a whole number within `min..=max`, if given.
+fn set_number(
+    args: &Map<String, Value>,
+    key: &str,
+    min: u32,
+    max: u32,
+) -> Result<Option<u32>, CommandError> {
+    let Some(v) = args.get(key) else {
+        return Ok(None);
+    };
+    let n = v
+        .as_u64()
+        .ok_or_else(|| bad_args(format!("\"{key}\" must be a whole number.")))?;
+    match u32::try_from(n) {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(CommandError::new(
+            ErrorCode::OutOfRange,
+            format!("\"{key}\" is {n}; it must be between {min} and {max}."),
+        )),
+    }
+}
+
+/// `set`'s `key` as true or false, if given.
+fn set_flag(args: &Map<String, Value>, key: &str) -> Result<Option<bool>, CommandError> {
+    args.get(key)
+        .map(|v| {
+            v.as_bool()
+                .ok_or_else(|| bad_args(format!("\"{key}\" must be true or false.")))
+        })
+        .transpose()
+}
+
+/// `set`'s `rotation`: one of the four right angles, if given.
+fn set_rotation(
+    args: &Map<String, Value>,
+) -> Result<Option<crate::config::Rotation>, CommandError> {
+    args.get("rotation")
+        .map(|v| {
+            v.as_u64()
+                .and_then(crate::config::Rotation::from_degrees)
+                .ok_or_else(|| {
+                    CommandError::new(
+                        ErrorCode::OutOfRange,
+                        "\"rotation\" must be 0, 90, 180 or 270 (degrees clockwise).",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `set`'s `controls`: names with whole numbers (true and false count as 1 and 0).
+fn set_controls(args: &Map<String, Value>) -> Result<Vec<(String, i64)>, CommandError> {
+    let Some(c) = args.get("controls") else {
+        return Ok(Vec::new());
+    };
+    let map = c
+        .as_object()
+        .ok_or_else(|| bad_args("\"controls\" must be an object of control name → value."))?;
+    map.iter()
+        .map(|(name, value)| {
             let v = match value {
                 Value::Bool(b) => i64::from(*b),
                 Value::Number(n) => n
@@ -406,16 +457,9 @@ fn parse_set(args: &Map<String, Value>) -> Result<SetArgs, CommandError> {
                     )))
                 }
             };
-            set.controls.push((name.clone(), v));
-        }
-    }
-    if set == SetArgs::default() {
-        return Err(bad_args(
-            "set needs at least one of: bitrate_kbps, fps, width and height, controls, \
-             rotation, hflip, vflip.",
-        ));
-    }
-    Ok(set)
+            Ok((name.clone(), v))
+        })
+        .collect()
 }
 
 /// The reply body: `{"id":…,"ok":true,"result":…}` or `{"id":…,"ok":false,"error":{…}}`.

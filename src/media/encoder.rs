@@ -73,6 +73,22 @@ pub fn known_names() -> Vec<&'static str> {
     CATALOGUE.iter().map(|e| e.element).collect()
 }
 
+/// `[encoder] element` checked against the catalogue before anything starts: `auto` or an
+/// encoder rtcam knows how to drive.
+pub fn check_config(encoder: &EncoderConfig) -> Result<(), crate::config::Refusal> {
+    if encoder.element == "auto" || is_known(&encoder.element) {
+        return Ok(());
+    }
+    Err(crate::config::Refusal::new(
+        "encoder.element",
+        format!(
+            "{:?} is not an encoder rtcam knows; use \"auto\" or one of: {}",
+            encoder.element,
+            known_names().join(", ")
+        ),
+    ))
+}
+
 /// The encoder picked at start, and why, so the log can say it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncoderChoice {

@@ -77,6 +77,17 @@ impl BrokerUrl {
             port,
         })
     }
+
+    /// `[mqtt] url` checked before anything starts: `embedded`, or a URL [`BrokerUrl::parse`]
+    /// takes.
+    pub fn check_config(mqtt: &MqttConfig) -> Result<(), crate::config::Refusal> {
+        if mqtt.url == "embedded" {
+            return Ok(());
+        }
+        BrokerUrl::parse(&mqtt.url)
+            .map(drop)
+            .map_err(|e| crate::config::Refusal::new("mqtt.url", e))
+    }
 }
 
 /// Everything the MQTT loop needs, handed over by the app.

@@ -428,6 +428,27 @@ pub fn is_valid_topic_level(s: &str) -> bool {
     is_valid_sid(s)
 }
 
+/// The configured topic levels (`[device] id`, `[mqtt] prefix`) checked before anything
+/// starts: each must be one level of the topics [`Topics`] builds.
+pub fn check_config(config: &crate::config::Config) -> Result<(), crate::config::Refusal> {
+    use crate::config::Refusal;
+    let id = &config.device.id;
+    if !id.is_empty() && !is_valid_topic_level(id) {
+        return Err(Refusal::new(
+            "device.id",
+            format!("{id:?} cannot be an MQTT topic level: use letters, digits, '-' and '_'"),
+        ));
+    }
+    let prefix = &config.mqtt.prefix;
+    if !is_valid_topic_level(prefix) {
+        return Err(Refusal::new(
+            "mqtt.prefix",
+            format!("{prefix:?} cannot be an MQTT topic level"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn bad_sid_error(sid: &str) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::BadMessage,
