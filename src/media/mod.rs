@@ -20,6 +20,7 @@ pub mod check;
 mod describe;
 pub mod encoder;
 mod error;
+pub mod histograms;
 pub mod keyframe;
 pub mod latency;
 mod live;
