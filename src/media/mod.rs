@@ -10,6 +10,11 @@
 //! With `[audio]` the same pipeline also encodes the microphone to Opus, published on a second
 //! broadcast channel (see [`audio`], which also explains how the two stay in sync).
 //!
+//! Where things are: `describe` says what pipeline to build (pure), `capture` opens the
+//! source and builds it, `runner` runs pipelines one after another and serves the running
+//! one, `appsink` hands every sink's buffers to its channel, `live` changes a running
+//! pipeline. This file holds the [`Media`] handle the rest of rtcam uses, and [`start`].
+//!
 //! This module and its children are the only users of GStreamer and v4l.
 
 mod appsink;

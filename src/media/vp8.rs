@@ -8,7 +8,8 @@
 //! their own broadcast channel, and its keyframe requests have their own limiter, so a VP8
 //! viewer's PLI never forces an H.264 keyframe and the other way round.
 //!
-//! Owns no pipeline: [`super::runner::Runner`] calls [`Fallback::sync`] when demand may have changed.
+//! Owns no pipeline: [`super::runner::Runner`] calls [`Fallback::sync`] when demand may have
+//! changed.
 
 use super::encoder::{self, EncoderSettings, Picture};
 use super::error::BuildError;
