@@ -43,7 +43,6 @@ pub use capture::libcamera_camera;
 use encoder::{EncoderChoice, EncoderSettings};
 pub use error::{AudioError, BuildError, MediaError, SnapshotError};
 use gstreamer as gst;
-use keyframe::KeyframeLimiter;
 use runner::{Asked, MediaCommand, Mic, Runner, Shared};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -368,8 +367,6 @@ pub fn start(
         },
         streaming: true,
     };
-    let limiter =
-        || KeyframeLimiter::new(Duration::from_millis(encoder_cfg.keyframe_min_interval_ms));
     let mic = audio_packets.map(|packets| Mic {
         cfg: audio_cfg.clone(),
         packets,
@@ -377,7 +374,7 @@ pub fn start(
     let runner = Runner::new(
         asked,
         choice,
-        [limiter(), limiter()],
+        Duration::from_millis(encoder_cfg.keyframe_min_interval_ms),
         vp8_frames,
         mic,
         shared,

@@ -128,17 +128,18 @@ impl Runner {
     pub fn new(
         asked: Asked,
         choice: EncoderChoice,
-        limiters: [KeyframeLimiter; 2],
+        keyframe_min_interval: Duration,
         vp8_frames: broadcast::Sender<EncodedFrame>,
         mic: Option<Mic>,
         shared: Shared,
     ) -> Self {
-        let [limiter, vp8_limiter] = limiters;
+        // Each encoder merges its own viewers' requests.
+        let limiter = || KeyframeLimiter::new(keyframe_min_interval);
         Runner {
             asked,
             choice,
-            limiter,
-            vp8: vp8::Fallback::new(vp8_frames, vp8_limiter),
+            limiter: limiter(),
+            vp8: vp8::Fallback::new(vp8_frames, limiter()),
             mic,
             shared,
             uses_camera: false,
