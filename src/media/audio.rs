@@ -58,7 +58,8 @@ pub struct AudioStats {
     pub audio_delay_us: AtomicU64,
 }
 
-/// Records how long after its capture a buffer left the pipeline (see `capture_age`).
+/// Records how long after its capture a buffer left the pipeline (its age: see
+/// `appsink::Pulled`).
 pub fn record_delay(into: &AtomicU64, age: Duration) {
     into.store(age.as_micros() as u64, Ordering::Relaxed);
 }

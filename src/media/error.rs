@@ -139,3 +139,40 @@ pub enum AudioError {
     #[error("the pipeline has no audio sink")]
     NoSink,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_cause_once() {
+        let e = MediaError::build("videotestsrc ! fakesink", BuildError::Missing("appsink"));
+        assert_eq!(
+            e.to_string(),
+            "pipeline \"videotestsrc ! fakesink\" cannot be built: no appsink"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        assert_eq!(crate::logging::error_text(&e), e.to_string());
+        let e = MediaError::from(SnapshotError::Passthrough);
+        assert_eq!(
+            e.to_string(),
+            "snapshot failed: the camera sends H.264 that rtcam passes through; there is no raw \
+             frame to take a snapshot of"
+        );
+        let e = MediaError::Ended {
+            what: "pipeline",
+            why: "end of stream",
+        };
+        assert_eq!(e.to_string(), "pipeline error from pipeline: end of stream");
+        assert_eq!(e.element(), None);
+        let e = MediaError::from(AudioError::Missing {
+            element: "opusenc",
+            package: "gstreamer1.0-plugins-base",
+        });
+        assert_eq!(
+            e.to_string(),
+            "audio: [audio] needs GStreamer's opusenc element; install the package \
+             gstreamer1.0-plugins-base"
+        );
+    }
+}
