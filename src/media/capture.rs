@@ -184,19 +184,14 @@ impl Drop for Built {
 /// Builds `d`'s pipeline (not yet playing), with the benchmark stamp where it asks for one.
 pub(super) fn build(d: &Description) -> Result<Built, MediaError> {
     let pipeline = launch(&d.launch)?;
-    // Built first, so the pipeline goes to NULL even when a sink is missing.
-    let mut built = Built {
-        sink: match appsink::find(&pipeline, "sink") {
-            Some(sink) => sink,
-            None => {
-                let _ = pipeline.set_state(gst::State::Null);
-                return Err(MediaError::build(&d.launch, BuildError::Missing("appsink")));
-            }
-        },
-        rawsink: None,
+    // Still NULL: a pipeline dropped here holds nothing.
+    let sink = appsink::find(&pipeline, "sink")
+        .ok_or_else(|| MediaError::build(&d.launch, BuildError::Missing("appsink")))?;
+    let built = Built {
+        rawsink: appsink::find(&pipeline, "rawsink"),
+        sink,
         pipeline,
     };
-    built.rawsink = appsink::find(&built.pipeline, "rawsink");
     if let Some(identity) = built.pipeline.by_name("stamp") {
         live::install_stamp(&identity);
     }
