@@ -14,7 +14,8 @@
 //! down when that viewer's microphone track ends (it leaves) or another viewer takes over: no
 //! sound device is held before anyone talks.
 
-use super::MediaError;
+use super::error::{AudioError, BuildError};
+use super::{appsink, capture, MediaError};
 use crate::config::{AudioConfig, AudioEndpoint};
 use bytes::Bytes;
 use gstreamer as gst;
@@ -57,7 +58,8 @@ pub struct AudioStats {
     pub audio_delay_us: AtomicU64,
 }
 
-/// Records how long after its capture a buffer left the pipeline (see `capture_age`).
+/// Records how long after its capture a buffer left the pipeline (its age: see
+/// `appsink::Pulled`).
 pub fn record_delay(into: &AtomicU64, age: Duration) {
     into.store(age.as_micros() as u64, Ordering::Relaxed);
 }
@@ -67,13 +69,14 @@ const MIC_ELEMENT: &str = "micsrc";
 
 /// Whether a pipeline error came from the microphone (missing device, unplugged, no server).
 pub fn is_microphone_error(e: &MediaError) -> bool {
-    matches!(e, MediaError::Runtime { source_name, .. } if source_name.contains(MIC_ELEMENT))
+    e.element()
+        .is_some_and(|element| element.contains(MIC_ELEMENT))
 }
 
 /// Checks at start that the elements the config needs are installed, so a missing plugin is
 /// one clear fatal line instead of a pipeline that fails and retries forever.
 pub fn check_elements(cfg: &AudioConfig) -> Result<(), MediaError> {
-    let source = cfg.source().map_err(MediaError::Audio)?;
+    let source = cfg.source().map_err(AudioError::Endpoint)?;
     let mut needed = vec![("opusenc", "gstreamer1.0-plugins-base")];
     needed.push(match source {
         AudioEndpoint::Alsa(_) => ("alsasrc", "gstreamer1.0-alsa"),
@@ -82,7 +85,7 @@ pub fn check_elements(cfg: &AudioConfig) -> Result<(), MediaError> {
     });
     if cfg.talkback {
         needed.push(("opusdec", "gstreamer1.0-plugins-base"));
-        needed.push(match cfg.sink().map_err(MediaError::Audio)? {
+        needed.push(match cfg.sink().map_err(AudioError::Endpoint)? {
             AudioEndpoint::Alsa(_) => ("alsasink", "gstreamer1.0-alsa"),
             AudioEndpoint::Pulse(_) => ("pulsesink", "gstreamer1.0-plugins-good"),
             AudioEndpoint::Auto => ("autoaudiosink", "gstreamer1.0-plugins-good"),
@@ -91,9 +94,7 @@ pub fn check_elements(cfg: &AudioConfig) -> Result<(), MediaError> {
     }
     for (element, package) in needed {
         if gst::ElementFactory::find(element).is_none() {
-            return Err(MediaError::Audio(format!(
-                "[audio] needs GStreamer's {element} element; install the package {package}"
-            )));
+            return Err(AudioError::Missing { element, package }.into());
         }
     }
     Ok(())
@@ -133,36 +134,17 @@ pub fn attach(
     packets: broadcast::Sender<AudioPacket>,
     stats: Arc<AudioStats>,
 ) -> Result<(), MediaError> {
-    let sink = pipeline
-        .by_name("audiosink")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| MediaError::Audio("the pipeline has no audio sink".into()))?;
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                if let Some(age) = super::capture_age(sink, &sample) {
-                    record_delay(&stats.audio_delay_us, age);
-                }
-                stats.packets.fetch_add(1, Ordering::Relaxed);
-                let packet = AudioPacket {
-                    data: Bytes::copy_from_slice(map.as_slice()),
-                    duration: buffer
-                        .duration()
-                        .map(|d| Duration::from_nanos(d.nseconds()))
-                        .filter(|d| !d.is_zero())
-                        .unwrap_or(Duration::from_millis(20)),
-                };
-                // No receivers is normal (no viewer with audio yet).
-                let _ = packets.send(packet);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let sink = appsink::find(pipeline, "audiosink").ok_or(AudioError::NoSink)?;
+    appsink::forward(&sink, packets, move |pulled| {
+        if let Some(age) = pulled.age {
+            record_delay(&stats.audio_delay_us, age);
+        }
+        stats.packets.fetch_add(1, Ordering::Relaxed);
+        AudioPacket {
+            data: pulled.data,
+            duration: pulled.duration.unwrap_or(Duration::from_millis(20)),
+        }
+    });
     Ok(())
 }
 
@@ -291,14 +273,11 @@ impl Player {
              queue max-size-buffers=0 max-size-bytes=0 max-size-time=200000000 leaky=downstream ! \
              opusdec plc=true ! audioconvert ! audioresample ! {sink_desc} name=talksink"
         );
-        let pipeline = gst::parse::launch(&desc)
-            .map_err(|e| MediaError::Build(desc.clone(), e.to_string()))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| MediaError::Build(desc.clone(), "not a pipeline".into()))?;
+        let pipeline = capture::launch(&desc)?;
         let appsrc = pipeline
             .by_name("talksrc")
             .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-            .ok_or_else(|| MediaError::Build(desc.clone(), "no appsrc".into()))?;
+            .ok_or_else(|| MediaError::build(&desc, BuildError::Missing("appsrc")))?;
         // Counts what reaches the sink, in 48 kHz samples from each buffer's duration, so the
         // count means the same whatever format the sink negotiated.
         if let Some(pad) = pipeline
@@ -315,7 +294,7 @@ impl Player {
         }
         pipeline
             .set_state(gst::State::Playing)
-            .map_err(|e| MediaError::Build(desc.clone(), e.to_string()))?;
+            .map_err(|e| MediaError::build(&desc, e))?;
         Ok(Self {
             pipeline,
             appsrc,

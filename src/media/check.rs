@@ -105,47 +105,34 @@ pub async fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<CheckReport, MediaError> {
     let stop = CancellationToken::new();
-    let started = Instant::now();
+    let mut tally = Tally {
+        started: Instant::now(),
+        first_at: None,
+        report: CheckReport {
+            info: MediaInfo::default(),
+            frames: 0,
+            keyframes: 0,
+            first_frame: None,
+            span: Duration::ZERO,
+            camera: CameraState::None,
+            wanted: opts.frames,
+            configured: configured(source),
+        },
+    };
     // `rtcam check` is about the camera: no microphone.
     let (media, task) = super::start(source, encoder, &Default::default(), stop.clone())?;
     let mut frames_rx = media.subscribe();
     let mut info_rx = media.info();
-    let mut report = CheckReport {
-        info: MediaInfo::default(),
-        frames: 0,
-        keyframes: 0,
-        first_frame: None,
-        span: Duration::ZERO,
-        camera: CameraState::None,
-        wanted: opts.frames,
-        configured: configured(source),
-    };
-    let mut first_at: Option<Instant> = None;
     let deadline = tokio::time::sleep(opts.timeout);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
-    let line = |r: &CheckReport| {
-        format!(
-            "progress frames={} camera={} t={:.1}",
-            r.frames,
-            r.camera.as_status().unwrap_or("none"),
-            started.elapsed().as_secs_f64()
-        )
-    };
-    while report.frames < opts.frames {
+    while tally.report.frames < opts.frames {
         tokio::select! {
             // Cancel-safe: a broadcast receiver keeps its place when `recv` is dropped.
             r = frames_rx.recv() => match r {
-                Ok(frame) => {
-                    let now = Instant::now();
-                    let first = *first_at.get_or_insert(now);
-                    report.first_frame.get_or_insert(now - started);
-                    report.span = now - first;
-                    report.frames += 1;
-                    report.keyframes += u64::from(frame.keyframe);
-                }
+                Ok(frame) => tally.frame(frame.keyframe),
                 // Frames we were too slow to see were still delivered by the pipeline.
-                Err(RecvError::Lagged(n)) => report.frames += n,
+                Err(RecvError::Lagged(n)) => tally.report.frames += n,
                 Err(RecvError::Closed) => break,
             },
             // Cancel-safe: watch `changed` only marks what it has seen when it completes.
@@ -154,28 +141,64 @@ pub async fn run(
                     break;
                 }
                 let info = info_rx.borrow_and_update().clone();
-                if info.running {
-                    report.info = info.clone();
-                }
-                if info.camera != report.camera {
-                    report.camera = info.camera;
-                    if opts.progress {
-                        progress(&line(&report));
-                    }
+                if tally.info(info) && opts.progress {
+                    progress(&tally.line());
                 }
             }
             // Cancel-safe: an interval tick is not consumed unless it completes.
-            _ = tick.tick(), if opts.progress => progress(&line(&report)),
+            _ = tick.tick(), if opts.progress => progress(&tally.line()),
             // Cancel-safe: the pinned sleep keeps its deadline across turns.
             _ = &mut deadline => break,
         }
     }
     if opts.progress {
-        progress(&line(&report));
+        progress(&tally.line());
     }
     stop.cancel();
     let _ = task.await;
-    Ok(report)
+    Ok(tally.report)
+}
+
+/// The report as it fills, with when the check started and when its first frame came.
+struct Tally {
+    report: CheckReport,
+    started: Instant,
+    first_at: Option<Instant>,
+}
+
+impl Tally {
+    fn frame(&mut self, keyframe: bool) {
+        let now = Instant::now();
+        let first = *self.first_at.get_or_insert(now);
+        let r = &mut self.report;
+        r.first_frame.get_or_insert(now - self.started);
+        r.span = now - first;
+        r.frames += 1;
+        r.keyframes += u64::from(keyframe);
+    }
+
+    /// New status from the pipeline; true when the camera's state changed.
+    fn info(&mut self, info: MediaInfo) -> bool {
+        let camera = info.camera;
+        if info.running {
+            self.report.info = info;
+        }
+        if camera == self.report.camera {
+            return false;
+        }
+        self.report.camera = camera;
+        true
+    }
+
+    /// A `--progress` line.
+    fn line(&self) -> String {
+        format!(
+            "progress frames={} camera={} t={:.1}",
+            self.report.frames,
+            self.report.camera.as_status().unwrap_or("none"),
+            self.started.elapsed().as_secs_f64()
+        )
+    }
 }
 
 /// The source as the config names it, for a report on a camera that never opened.

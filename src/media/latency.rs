@@ -4,7 +4,7 @@
 //! Pure state: the pipeline and the sessions record durations, telemetry takes a summary of
 //! each window and starts the next. Bounded, so a window nobody reads costs a fixed amount.
 //! Each sample also goes into a histogram that lives as long as the process, for `/metrics`
-//! (src/metrics.rs): a scraper computes its own quantiles over whatever span it wants.
+//! ([`super::histograms`]): a scraper computes its own quantiles over whatever span it wants.
 
 use serde::Serialize;
 use std::time::Duration;
@@ -93,7 +93,7 @@ pub struct StageLatency {
     encoded_to_sent: std::sync::Mutex<LatencyWindow>,
     capture_to_sent: std::sync::Mutex<LatencyWindow>,
     /// Every sample since start, never reset: a scrape must not take what telemetry reads.
-    pub histograms: crate::metrics::LatencyHistograms,
+    pub histograms: super::histograms::LatencyHistograms,
 }
 
 /// One telemetry window of [`StageLatency`]; a stage with no sample is left out.

@@ -1,5 +1,5 @@
 //! `[source] rotation`, `hflip`, `vflip`: who turns the picture, the camera or the pipeline
-//! (pure; `mod.rs` applies the plan).
+//! (pure; `capture.rs` applies the plan to a camera, `describe.rs` to the pipeline).
 //!
 //! The user's orientation is "mirror, then turn clockwise". A camera with V4L2 flip controls
 //! mirrors for free, and mirroring both ways is a 180° turn, so such a camera does every

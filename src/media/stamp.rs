@@ -8,7 +8,7 @@
 //! frame whose code the encoder smeared (rare, and then that frame is simply not counted).
 //!
 //! Pure functions on a plane and its stride, so they are tested here and shared with the
-//! benchmark viewer; the GStreamer probe that calls them lives in `media/mod.rs`.
+//! benchmark viewer; the GStreamer probe that calls them lives in `media/live.rs`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

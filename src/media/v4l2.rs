@@ -21,7 +21,9 @@ use std::time::Duration;
 use v4l::buffer::Type;
 use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
-use v4l::{Device, FourCC};
+/// An open camera: the handle `open` returns, for its controls and for `stream`.
+pub use v4l::Device;
+use v4l::FourCC;
 
 /// A blocking read gives up after this, so a camera that stops delivering is noticed and the
 /// stop flag is checked (the v4l crate would otherwise wait forever).

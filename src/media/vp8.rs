@@ -8,12 +8,13 @@
 //! their own broadcast channel, and its keyframe requests have their own limiter, so a VP8
 //! viewer's PLI never forces an H.264 keyframe and the other way round.
 //!
-//! Owns no pipeline: [`super::Runner`] calls [`Fallback::sync`] when demand may have changed.
+//! Owns no pipeline: [`super::runner::Runner`] calls [`Fallback::sync`] when demand may have
+//! changed.
 
 use super::encoder::{self, EncoderSettings, Picture};
+use super::error::BuildError;
 use super::keyframe::{Decision, KeyframeLimiter};
-use super::{EncodedFrame, MediaError, MediaStats};
-use bytes::Bytes;
+use super::{appsink, live, EncodedFrame, MediaError, MediaStats};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -121,7 +122,7 @@ impl Fallback {
 
     fn force_keyframe(&self) {
         if let Some(branch) = &self.branch {
-            super::force_keyframe(&branch.sink);
+            live::force_keyframe(&branch.sink);
         }
     }
 
@@ -130,7 +131,7 @@ impl Fallback {
         if let Some(branch) = &self.branch {
             if let Some((property, scale)) = encoder::live_bitrate(&encoder::VP8) {
                 let value = u64::from(kbps) * u64::from(scale);
-                if !super::set_number(&branch.encoder, property, value) {
+                if !live::set_number(&branch.encoder, property, value) {
                     tracing::debug!("vp8enc did not take the bitrate change");
                 }
             }
@@ -164,61 +165,51 @@ impl Branch {
             fmt = encoder::VP8.input_format,
             enc = encoder::launch_fragment(&encoder::VP8, settings, picture)
         );
-        let build = |e: &dyn std::fmt::Display| MediaError::Build(desc.clone(), e.to_string());
-        let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| build(&e))?;
+        let build = |e: BuildError| MediaError::build(&desc, e);
+        let bin = gst::parse::bin_from_description(&desc, true).map_err(|e| build(e.into()))?;
         // No fixed name: a branch being removed may still be in the pipeline when the next is
         // added, and names must be unique there.
-        let sink = bin
-            .by_name("vp8sink")
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .ok_or_else(|| build(&"no appsink"))?;
+        let sink =
+            appsink::find(&bin, "vp8sink").ok_or_else(|| build(BuildError::Missing("appsink")))?;
         let encoder = bin
             .by_name("vp8encoder")
-            .ok_or_else(|| build(&"no vp8enc"))?;
+            .ok_or_else(|| build(BuildError::Missing("vp8enc")))?;
         let nominal = Duration::from_secs_f64(1.0 / f64::from(picture.fps.max(1)));
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buffer) = sample.buffer() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                    let produced = Instant::now();
-                    // Capture time as for H.264 frames, so a VP8 viewer's latency figures
-                    // mean the same; the capture → encoded window stays H.264's alone.
-                    let captured = super::capture_age(sink, &sample)
-                        .and_then(|age| produced.checked_sub(age))
-                        .unwrap_or(produced);
-                    let frame = EncodedFrame {
-                        data: Bytes::copy_from_slice(map.as_slice()),
-                        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
-                        duration: buffer
-                            .duration()
-                            .map(|d| Duration::from_nanos(d.nseconds()))
-                            .filter(|d| !d.is_zero())
-                            .unwrap_or(nominal),
-                        produced,
-                        captured,
-                    };
-                    stats.vp8_frames.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .vp8_keyframes
-                        .fetch_add(u64::from(frame.keyframe), Ordering::Relaxed);
-                    // No receiver for a moment (the last viewer just left) is normal.
-                    let _ = frames.send(frame);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        appsink::forward(&sink, frames, move |pulled| {
+            stats.vp8_frames.fetch_add(1, Ordering::Relaxed);
+            stats
+                .vp8_keyframes
+                .fetch_add(u64::from(pulled.keyframe), Ordering::Relaxed);
+            // Capture time as for H.264 frames, so a VP8 viewer's latency figures mean the
+            // same; the capture → encoded window stays H.264's alone.
+            EncodedFrame {
+                captured: pulled.captured(),
+                duration: pulled.duration.unwrap_or(nominal),
+                data: pulled.data,
+                keyframe: pulled.keyframe,
+                produced: pulled.produced,
+            }
+        });
+        let tee_pad = Self::insert(pipeline, &bin).map_err(build)?;
+        Ok(Self {
+            bin,
+            tee_pad,
+            sink,
+            encoder,
+        })
+    }
+
+    /// Adds `bin` to `pipeline`, playing, and links it to the raw tee; on failure it leaves
+    /// the pipeline as it was.
+    fn insert(pipeline: &gst::Pipeline, bin: &gst::Bin) -> Result<gst::Pad, BuildError> {
         let tee = pipeline
             .by_name(RAW_TEE)
-            .ok_or_else(|| build(&"no raw tee"))?;
-        pipeline.add(&bin).map_err(|e| build(&e))?;
+            .ok_or(BuildError::Missing("raw tee"))?;
+        pipeline.add(bin)?;
         // Playing before linked, so the first buffer the tee pushes finds it ready.
         if let Err(e) = bin.sync_state_with_parent() {
-            let _ = pipeline.remove(&bin);
-            return Err(build(&e));
+            let _ = pipeline.remove(bin);
+            return Err(e.into());
         }
         let linked = (|| {
             let tee_pad = tee
@@ -231,19 +222,11 @@ impl Branch {
             }
             Ok(tee_pad)
         })();
-        match linked {
-            Ok(tee_pad) => Ok(Self {
-                bin,
-                tee_pad,
-                sink,
-                encoder,
-            }),
-            Err(e) => {
-                let _ = bin.set_state(gst::State::Null);
-                let _ = pipeline.remove(&bin);
-                Err(build(&e))
-            }
-        }
+        linked.map_err(|e| {
+            let _ = bin.set_state(gst::State::Null);
+            let _ = pipeline.remove(bin);
+            BuildError::Link(e)
+        })
     }
 
     /// Unlinks the branch once the tee is between buffers, then stops and removes it on a

@@ -54,6 +54,26 @@ impl SizeRange {
 }
 
 impl FormatInfo {
+    /// The size it offers nearest `width`×`height` by area (what the config asked for is the
+    /// best guess at what the user wants); within its range when it lists none; else the
+    /// asked size itself.
+    fn nearest_size(&self, width: u32, height: u32) -> (u32, u32) {
+        let target = i64::from(width) * i64::from(height);
+        let nearest = self
+            .sizes
+            .iter()
+            .min_by_key(|s| (i64::from(s.width) * i64::from(s.height) - target).abs())
+            .map(|s| (s.width, s.height));
+        match (nearest, self.range) {
+            (Some(wh), _) => wh,
+            (None, Some(r)) => (
+                width.clamp(r.min_width, r.max_width),
+                height.clamp(r.min_height, r.max_height),
+            ),
+            (None, None) => (width, height),
+        }
+    }
+
     fn offers(&self, w: u32, h: u32) -> bool {
         self.sizes.iter().any(|s| s.width == w && s.height == h)
             || self.range.is_some_and(|r| r.contains(w, h))
@@ -189,21 +209,7 @@ pub fn choose(
             offered: offered_names(),
         });
     };
-    // Nearest by area: what the config asked for is the best guess at what the user wants.
-    let target = i64::from(width) * i64::from(height);
-    let nearest = info
-        .sizes
-        .iter()
-        .min_by_key(|s| (i64::from(s.width) * i64::from(s.height) - target).abs())
-        .map(|s| (s.width, s.height));
-    let (w, h) = match (nearest, info.range) {
-        (Some(wh), _) => wh,
-        (None, Some(r)) => (
-            width.clamp(r.min_width, r.max_width),
-            height.clamp(r.min_height, r.max_height),
-        ),
-        (None, None) => (width, height),
-    };
+    let (w, h) = info.nearest_size(width, height);
     Ok(Choice {
         format: *format,
         width: w,

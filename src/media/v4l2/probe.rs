@@ -148,42 +148,7 @@ pub fn render(devices: &[DeviceInfo]) -> String {
         }
         out.push_str("  formats:\n");
         for f in &d.formats {
-            let _ = writeln!(out, "    {} ({})", f.fourcc, f.description);
-            for s in &f.sizes {
-                let rates = s
-                    .fps
-                    .iter()
-                    .map(|r| {
-                        format!("{r:.4}")
-                            .trim_end_matches('0')
-                            .trim_end_matches('.')
-                            .to_string()
-                    })
-                    .collect::<Vec<_>>();
-                let _ = writeln!(
-                    out,
-                    "      {}x{} @ {} fps",
-                    s.width,
-                    s.height,
-                    if rates.is_empty() {
-                        "?".into()
-                    } else {
-                        rates.join(", ")
-                    }
-                );
-            }
-            if let Some(r) = f.range {
-                let _ = writeln!(
-                    out,
-                    "      {}x{} to {}x{} (steps of {}x{})",
-                    r.min_width,
-                    r.min_height,
-                    r.max_width,
-                    r.max_height,
-                    r.step_width,
-                    r.step_height
-                );
-            }
+            render_format(&mut out, f);
         }
         out.push_str("  controls:\n");
         for c in &d.controls {
@@ -191,6 +156,41 @@ pub fn render(devices: &[DeviceInfo]) -> String {
         }
     }
     out
+}
+
+/// One format with its sizes and rates (or its size range), under a device.
+fn render_format(out: &mut String, f: &FormatInfo) {
+    let _ = writeln!(out, "    {} ({})", f.fourcc, f.description);
+    for s in &f.sizes {
+        let rates = s
+            .fps
+            .iter()
+            .map(|r| {
+                format!("{r:.4}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string()
+            })
+            .collect::<Vec<_>>();
+        let _ = writeln!(
+            out,
+            "      {}x{} @ {} fps",
+            s.width,
+            s.height,
+            if rates.is_empty() {
+                "?".into()
+            } else {
+                rates.join(", ")
+            }
+        );
+    }
+    if let Some(r) = f.range {
+        let _ = writeln!(
+            out,
+            "      {}x{} to {}x{} (steps of {}x{})",
+            r.min_width, r.min_height, r.max_width, r.max_height, r.step_width, r.step_height
+        );
+    }
 }
 
 /// One control on one line: name, kind, range, default, current value, flags; menus listed.
