@@ -609,6 +609,31 @@ mod tests {
     }
 
     #[test]
+    fn error_codes_are_one_table_with_the_wire_and_the_docs() {
+        use ErrorCode::*;
+        let docs = include_str!("../../docs/signalling.md");
+        for code in [
+            BadJson,
+            BadMessage,
+            BadSdp,
+            NoVideoCodec,
+            TooManySessions,
+            UnknownSession,
+            PayloadTooLarge,
+            Unauthorized,
+            RateLimited,
+            Internal,
+        ] {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, code.as_str(), "serde and as_str disagree");
+            assert!(
+                docs.contains(&format!("| `{code}` |")),
+                "{code} is not in docs/signalling.md's table"
+            );
+        }
+    }
+
+    #[test]
     fn topics_and_sids() {
         let t = Topics::new("rtcam", "cam1");
         assert_eq!(t.status(), "rtcam/cam1/status");

@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(s.media_sections, 2);
         assert_eq!(s.video_codecs, ["VP8", "H264"]);
         assert!(s.offers_video("H264"));
-        assert_eq!(s.malformed_line, Some((6, "bad".to_owned())));
+        assert_eq!(s.malformed_line, Some((7, "bad".to_owned())));
         assert!(OfferSummary::of("  \nv=0\n").starts_with_version);
     }
 }
