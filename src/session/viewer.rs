@@ -22,7 +22,7 @@ use crate::signalling::sdp::OfferSummary;
 use crate::signalling::Outgoing;
 use crate::util::sleep_until;
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
@@ -501,21 +501,19 @@ impl Viewer {
         // The peer's figures are this session's running totals; the process-wide counters
         // take what they grew by since the last turn.
         let totals = &self.media.stats().viewers;
-        let before = self
-            .stats
-            .nacked_packets
-            .swap(feedback.nacked_packets, Ordering::Relaxed);
-        totals.nacked_packets.fetch_add(
-            feedback.nacked_packets.saturating_sub(before),
-            Ordering::Relaxed,
+        let count = |own: &AtomicU64, total: &AtomicU64, now: u64| {
+            let before = own.swap(now, Ordering::Relaxed);
+            total.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+        };
+        count(
+            &self.stats.nacked_packets,
+            &totals.nacked_packets,
+            feedback.nacked_packets,
         );
-        let before = self
-            .stats
-            .retransmitted_packets
-            .swap(feedback.retransmitted_packets, Ordering::Relaxed);
-        totals.retransmitted_packets.fetch_add(
-            feedback.retransmitted_packets.saturating_sub(before),
-            Ordering::Relaxed,
+        count(
+            &self.stats.retransmitted_packets,
+            &totals.retransmitted_packets,
+            feedback.retransmitted_packets,
         );
         if let Some(loss) = feedback.losses.fraction() {
             self.stats
