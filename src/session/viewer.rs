@@ -14,6 +14,7 @@ use super::peer::{
 use super::table::{Generation, Label};
 use super::OpenedChannel;
 use crate::codec::VideoCodec;
+use crate::logging::error_text;
 use crate::media::audio::AudioPacket;
 use crate::media::latency::Stage;
 use crate::media::{EncodedFrame, Media};
@@ -208,7 +209,7 @@ impl Viewer {
 
     /// Tells the viewer why its offer could not be answered.
     async fn refuse(&self, e: &PeerError) {
-        let cause = with_causes(e);
+        let cause = error_text(e);
         tracing::info!(session = %self.label, "cannot answer offer: {cause}");
         let refusal = match e {
             PeerError::Offer(_) => ProtocolError::new(
@@ -306,7 +307,7 @@ impl Viewer {
                 }
                 // One bad candidate is the viewer's problem, not a reason to end.
                 if let Err(e) = link.peer.add_remote_candidate(&c).await {
-                    tracing::debug!(sid = %self.sid, "ignored remote candidate: {}", with_causes(&e));
+                    tracing::debug!(sid = %self.sid, "ignored remote candidate: {}", error_text(&e));
                 }
             }
             Some(SessionInput::Pace(paced)) => {
@@ -479,7 +480,7 @@ impl Viewer {
             Ok(_) if !link.secure => {}
             Ok(packet) => {
                 if let Err(e) = link.peer.write_audio(&packet).await {
-                    tracing::trace!(sid = %self.sid, "cannot send audio: {}", with_causes(&e));
+                    tracing::trace!(sid = %self.sid, "cannot send audio: {}", error_text(&e));
                 }
             }
             // A lagging viewer just misses some sound; the next packet plays on.
@@ -552,24 +553,12 @@ impl Viewer {
                 }
             }
             Err(e) if !link.write_failed => {
-                tracing::debug!(sid = %self.sid, "cannot send frame: {}", with_causes(&e));
+                tracing::debug!(sid = %self.sid, "cannot send frame: {}", error_text(&e));
                 link.write_failed = true;
             }
             Err(_) => {}
         }
     }
-}
-
-/// An error and each of its causes, joined by ": ", for a log line or a viewer's message.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Frees the board's speaker when a talking viewer's microphone task ends.

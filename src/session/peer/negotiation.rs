@@ -220,8 +220,8 @@ async fn negotiate(
     } else {
         None
     };
-    // The crate would try to resolve mDNS candidates, which rtcam never does; an offer
-    // without any goes to it as it came.
+    // mDNS candidates are dropped before the crate sees them: rtcam resolves no `.local`
+    // names (see `sdp::is_mdns_candidate`). An offer without any goes as it came.
     let offer_sdp = if offer.summary.mdns_candidates > 0 {
         without_mdns_candidates(offer.sdp)
     } else {
