@@ -208,24 +208,24 @@ impl App {
             viewers: viewers_tx,
             disconnect_timeout: config.webrtc.disconnect_timeout(),
             requests: requests_rx,
-            controller: controller.clone(),
-            viewer_requester: Requester::Viewer {
-                may_change_state: viewers_may_change_state(&config),
-            },
+            channels: serve_control_channels(
+                controller.clone(),
+                viewers_may_change_state(&config),
+            ),
             authority: authority.clone(),
             client_rights: match &mqtt_door {
                 Some(http::MqttDoor::Gate(gate)) => Some(gate.client_rights()),
                 _ => None,
             },
             adaptation: config.encoder.adaptation().map(|(min_kbps, max_kbps)| {
-                Arc::new(std::sync::Mutex::new(Adaptation::new(
+                Adaptation::new(
                     AdaptLimits {
                         min_kbps,
                         max_kbps,
                         follow_ratio: config.encoder.follow_ratio,
                     },
                     config.encoder.bitrate_kbps,
-                )))
+                )
             }),
             ice_servers: ice_servers.clone(),
         };
@@ -655,6 +655,31 @@ fn default_client_id(device_id: &str) -> String {
     use rand::distributions::{Alphanumeric, DistString};
     let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 8);
     format!("rtcam-{device_id}-{suffix}")
+}
+
+/// Serves each viewer's control data channel as its session hands it on: the same commands as
+/// `R/command`, with what a viewer may change (`[control]`, or its token's `control` right).
+/// Each channel's task ends when the channel or its session does; this one when the session
+/// manager is gone.
+fn serve_control_channels(
+    controller: Controller,
+    viewers_may_change_state: bool,
+) -> mpsc::UnboundedSender<crate::session::OpenedChannel> {
+    let (channels, mut opened) = mpsc::unbounded_channel::<crate::session::OpenedChannel>();
+    tokio::spawn(async move {
+        while let Some(open) = opened.recv().await {
+            let requester = Requester::Viewer {
+                may_change_state: viewers_may_change_state || open.may_control,
+            };
+            tokio::spawn(crate::control::channel::serve(
+                open.channel,
+                controller.clone(),
+                requester,
+                open.label,
+            ));
+        }
+    });
+    channels
 }
 
 #[cfg(test)]

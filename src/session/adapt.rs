@@ -13,8 +13,10 @@
 //! by a [`ByteBudget`] at its own estimate instead: frames that do not fit are skipped up to
 //! the next keyframe.
 //!
-//! Pure: reports and the clock come in, decisions go out. The sessions feed it and apply what
-//! it decides (`viewer.rs`); it never touches the encoder or a socket itself.
+//! Pure: reports and the clock come in, decisions go out. The session manager owns the one
+//! `Adaptation`: it feeds it the reports its sessions send, sets the encoder's bitrate and
+//! tells each session its pace (`session/mod.rs`); this module never touches the encoder or a
+//! socket itself.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

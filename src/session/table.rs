@@ -6,6 +6,7 @@
 use crate::signalling::protocol::{
     self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError, VideoCodec,
 };
+use crate::signalling::sdp::OfferSummary;
 use crate::util::RateLimiter;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -72,6 +73,8 @@ pub enum Action {
     Start {
         generation: Generation,
         sdp: String,
+        /// What the offer contains, read once when it was checked.
+        offer: OfferSummary,
         codec: VideoCodec,
     },
     /// Hand a remote candidate to the running session.
@@ -213,7 +216,8 @@ impl SessionTable {
                 .into(),
             )];
         }
-        let codec = match protocol::check_offer_sdp(&sdp, self.limits.vp8_fallback) {
+        let offer = OfferSummary::of(&sdp);
+        let codec = match protocol::check_offer(&offer, self.limits.vp8_fallback) {
             Ok(codec) => codec,
             Err(e) => return vec![Action::Reply(e.into())],
         };
@@ -265,6 +269,7 @@ impl SessionTable {
         actions.push(Action::Start {
             generation,
             sdp,
+            offer,
             codec,
         });
         actions

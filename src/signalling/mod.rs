@@ -1,12 +1,13 @@
 //! Signalling: how viewers and rtcam exchange SDP and ICE candidates.
 //!
-//! [`protocol`] is the wire format (pure); [`mqtt`] carries it over an MQTT broker. The session
+//! [`protocol`] is the wire format (pure); [`sdp`] reads an offer's SDP once (pure); [`mqtt`] carries it over an MQTT broker. The session
 //! manager only sees [`SignalEvent`]s and sends [`Outgoing`]s, so another transport (WHEP over
 //! HTTP, say) would be one more adapter beside `mqtt`, not a change to sessions.
 
 pub mod message;
 pub mod mqtt;
 pub mod protocol;
+pub mod sdp;
 
 use protocol::{Inbound, Outbound, ProtocolError};
 

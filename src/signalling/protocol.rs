@@ -5,6 +5,7 @@
 //! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
 
 pub use crate::codec::VideoCodec;
+use super::sdp::{is_mdns_candidate, OfferSummary};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -97,10 +98,7 @@ impl Candidate {
     /// resolve them (that would need UDP 5353 on the board); the browser's connectivity checks
     /// reach rtcam anyway and are learned as peer-reflexive candidates.
     pub fn is_mdns(&self) -> bool {
-        self.candidate
-            .split_whitespace()
-            .nth(4)
-            .is_some_and(|addr| addr.ends_with(".local"))
+        is_mdns_candidate(&self.candidate)
     }
 }
 
@@ -140,10 +138,19 @@ pub enum Outbound {
     /// `expires_at` (Unix seconds) is when derived TURN credentials among them stop working.
     #[serde(rename = "ice_servers")]
     IceServers {
-        ice_servers: Vec<crate::config::IceServer>,
+        ice_servers: Vec<IceServer>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
     },
+}
+
+/// One STUN or TURN server as a browser's `RTCIceServer` takes it, in an `ice_servers` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
 }
 
 impl Outbound {
@@ -239,81 +246,62 @@ pub fn parse_inbound(payload: &[u8]) -> Result<Inbound, ProtocolError> {
 /// answer will use: H.264 whenever the offer has it (one encoder for everyone), VP8 only for
 /// an offer without H.264 and only when `vp8_fallback` allows the second encoder.
 pub fn check_offer_sdp(sdp: &str, vp8_fallback: bool) -> Result<VideoCodec, ProtocolError> {
-    let trimmed = sdp.trim_start();
-    if !trimmed.starts_with("v=0") {
-        return Err(ProtocolError::new(
-            ErrorCode::BadSdp,
-            "The offer is not an SDP session description (it must start with \"v=0\").",
-        ));
-    }
-    // Every line of a description is `<type>=<value>`, the type one letter (RFC 8866 §5), and
-    // an offer describes its media in `m=` sections. Text that breaks this is no description,
-    // whatever it starts with; saying so beats "no video codec", which sends its author
-    // looking at the browser's codecs.
-    let mut media_sections = 0;
-    for (number, line) in sdp.lines().enumerate() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        let bytes = line.as_bytes();
-        if !(bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b'=') {
-            return Err(ProtocolError::new(
-                ErrorCode::BadSdp,
-                format!(
-                    "The offer is not an SDP session description: line {} ({:?}) is not of the form <letter>=<value>.",
-                    number + 1,
-                    truncate(line, 40)
-                ),
-            ));
-        }
-        media_sections += usize::from(bytes[0] == b'm');
-    }
-    if media_sections == 0 {
-        return Err(ProtocolError::new(
-            ErrorCode::BadSdp,
-            "The offer is not an SDP session description a camera can answer: it has no media section (\"m=\" line).",
-        ));
-    }
-    let mut in_video = false;
-    let mut saw_video = false;
-    let mut video_codecs = Vec::new();
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if let Some(m) = line.strip_prefix("m=") {
-            in_video = m.starts_with("video ");
-            saw_video |= in_video;
-        } else if in_video {
-            if let Some(rtpmap) = line.strip_prefix("a=rtpmap:") {
-                if let Some(codec) = rtpmap.split_whitespace().nth(1) {
-                    let name = codec
-                        .split('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_ascii_uppercase();
-                    if !video_codecs.contains(&name) {
-                        video_codecs.push(name);
-                    }
-                }
-            }
-        }
-    }
-    if !saw_video {
+    check_offer(&OfferSummary::of(sdp), vp8_fallback)
+}
+
+/// [`check_offer_sdp`] on an offer already read.
+pub fn check_offer(offer: &OfferSummary, vp8_fallback: bool) -> Result<VideoCodec, ProtocolError> {
+    check_is_description(offer)?;
+    if !offer.has_video {
         return Err(ProtocolError::new(
             ErrorCode::NoVideoCodec,
             "The offer has no video section; add a video transceiver (recvonly) before creating it.",
         ));
     }
-    if video_codecs.iter().any(|c| c == "H264") {
+    if offer.offers_video("H264") {
         return Ok(VideoCodec::H264);
     }
-    if vp8_fallback && video_codecs.iter().any(|c| c == "VP8") {
+    if vp8_fallback && offer.offers_video("VP8") {
         return Ok(VideoCodec::Vp8);
     }
-    let offered = if video_codecs.is_empty() {
+    Err(no_video_codec(offer, vp8_fallback))
+}
+
+/// Every line of a description is `<type>=<value>`, the type one letter (RFC 8866 §5), and
+/// an offer describes its media in `m=` sections. Text that breaks this is no description,
+/// whatever it starts with; saying so beats "no video codec", which sends its author
+/// looking at the browser's codecs.
+fn check_is_description(offer: &OfferSummary) -> Result<(), ProtocolError> {
+    if !offer.starts_with_version {
+        return Err(ProtocolError::new(
+            ErrorCode::BadSdp,
+            "The offer is not an SDP session description (it must start with \"v=0\").",
+        ));
+    }
+    if let Some((number, line)) = &offer.malformed_line {
+        return Err(ProtocolError::new(
+            ErrorCode::BadSdp,
+            format!(
+                "The offer is not an SDP session description: line {number} ({:?}) is not of the form <letter>=<value>.",
+                truncate(line, 40)
+            ),
+        ));
+    }
+    if offer.media_sections == 0 {
+        return Err(ProtocolError::new(
+            ErrorCode::BadSdp,
+            "The offer is not an SDP session description a camera can answer: it has no media section (\"m=\" line).",
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of an offer whose video sections list no codec rtcam sends.
+fn no_video_codec(offer: &OfferSummary, vp8_fallback: bool) -> ProtocolError {
+    let offered = if offer.video_codecs.is_empty() {
         "none".to_string()
     } else {
-        video_codecs.join(", ")
+        offer.video_codecs.join(", ")
     };
     let (sends, hint) = if vp8_fallback {
         ("H.264 or VP8", "Enable H.264 or VP8 in the browser.")
@@ -323,12 +311,12 @@ pub fn check_offer_sdp(sdp: &str, vp8_fallback: bool) -> Result<VideoCodec, Prot
             "Enable H.264 in the browser (Firefox: the OpenH264 plugin).",
         )
     };
-    Err(ProtocolError::new(
+    ProtocolError::new(
         ErrorCode::NoVideoCodec,
         format!(
             "The offer has no video codec this camera sends, which is {sends} (offered: {offered}). {hint}"
         ),
-    ))
+    )
 }
 
 /// The topics of one device: `{prefix}/{device_id}/…`.
@@ -642,6 +630,31 @@ mod tests {
     }
 
     #[test]
+    fn error_codes_are_one_table_with_the_wire_and_the_docs() {
+        use ErrorCode::*;
+        let docs = include_str!("../../docs/signalling.md");
+        for code in [
+            BadJson,
+            BadMessage,
+            BadSdp,
+            NoVideoCodec,
+            TooManySessions,
+            UnknownSession,
+            PayloadTooLarge,
+            Unauthorized,
+            RateLimited,
+            Internal,
+        ] {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire, code.as_str(), "serde and as_str disagree");
+            assert!(
+                docs.contains(&format!("| `{code}` |")),
+                "{code} is not in docs/signalling.md's table"
+            );
+        }
+    }
+
+    #[test]
     fn topics_and_sids() {
         let t = Topics::new("rtcam", "cam1");
         assert_eq!(t.status(), "rtcam/cam1/status");
@@ -687,7 +700,7 @@ mod tests {
         assert_eq!(v["sdpMLineIndex"], 0);
         let v: serde_json::Value = serde_json::from_slice(
             &Outbound::IceServers {
-                ice_servers: vec![crate::config::IceServer {
+                ice_servers: vec![IceServer {
                     urls: vec!["turn:t:3478".into()],
                     username: "1600:cam".into(),
                     credential: "c".into(),
