@@ -2,7 +2,7 @@
 //! markers, so the prose around them is kept), and the SVG plots.
 
 use crate::daemon::Setup;
-use crate::viewer::Stages;
+use rtcam_viewer::Stages;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::path::Path;
