@@ -3,7 +3,7 @@
 //! answers and candidates nor any command reply, cannot end its session, and cannot command
 //! the camera; the trusted `operator` can.
 
-mod common;
+use crate::common;
 
 use common::viewer::Viewer;
 use common::{free_port, start, test_config};
@@ -190,6 +190,10 @@ impl Drop for Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one broker: each client's refusals are checked while the viewer they target keeps watching"
+)]
 async fn acl_keeps_viewers_to_their_own_session_and_commands_to_trusted_users() {
     let broker = AclMosquitto::start();
     let mut config = test_config("acl");
@@ -348,6 +352,10 @@ async fn retained_status(port: u16, root: &str) -> Value {
 /// what is checked is what arrives: the stranger reads nothing but status, and an operator
 /// watching everything sees nothing forged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: the stranger's attempts, then what the operator and the viewer saw of them"
+)]
 async fn acl_gives_a_stranger_status_and_nothing_else() {
     let broker = AclMosquitto::start();
     let rt = rtcam_on(&broker, "aclstranger").await;
@@ -403,61 +411,14 @@ async fn acl_gives_a_stranger_status_and_nothing_else() {
 
     // Everything it may not write: commands, a bye into the viewer's `in`, a forged answer and
     // bye into its `out`, a forged retained status, a discovery topic.
-    let forged = [
-        (
-            format!("{root}/command"),
-            json!({"id":"evil1","command":"stream","args":{"on":false}}),
-            false,
-        ),
-        (
-            format!("{root}/session/{sid}/in"),
-            json!({"type":"bye"}),
-            false,
-        ),
-        (
-            format!("{root}/session/{sid}/out"),
-            json!({"type":"answer","sdp":"v=0\r\nforged\r\n","forged":true}),
-            false,
-        ),
-        (
-            format!("{root}/session/{sid}/out"),
-            json!({"type":"bye","forged":true}),
-            false,
-        ),
-        (
-            status.clone(),
-            json!({"state":"offline","forged":true}),
-            true,
-        ),
-        (
-            "homeassistant/camera/rtcam_aclstranger/config".to_string(),
-            json!({"forged":true}),
-            true,
-        ),
-    ];
+    let forged = forged_messages(&root, &sid);
     for (topic, body, retain) in &forged {
         stranger.publish_with(topic, body.clone(), *retain).await;
     }
 
     // A last will is a publish too: one on the status topic, then a connection that just
     // drops, as a crashed client's would.
-    let mut opts = MqttOptions::new(
-        format!("willful{}", rand::random::<u32>()),
-        "127.0.0.1",
-        broker.port,
-    );
-    opts.set_last_will(rumqttc::LastWill::new(
-        &status,
-        json!({"state":"offline","forged":true}).to_string(),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    let (willful, _) = Client::connect_with(opts, std::slice::from_ref(&status)).await;
-    willful
-        .wait_for(|t, _| t == status)
-        .await
-        .expect("the willful client is connected");
-    drop(willful);
+    forged_will(broker.port, &status).await;
 
     // The operator's command, after all of that: had the stranger's command got through,
     // rtcam would have handled it first and streaming would be off.
@@ -514,6 +475,64 @@ async fn acl_gives_a_stranger_status_and_nothing_else() {
 
     viewer.bye().await;
     rt.app.stop().await;
+}
+
+/// What a stranger may not write into rtcam's topics, each marked `forged` (or with id
+/// `evil1`): the topic, the message and whether it is retained.
+fn forged_messages(root: &str, sid: &str) -> Vec<(String, Value, bool)> {
+    vec![
+        (
+            format!("{root}/command"),
+            json!({"id":"evil1","command":"stream","args":{"on":false}}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/in"),
+            json!({"type":"bye"}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/out"),
+            json!({"type":"answer","sdp":"v=0\r\nforged\r\n","forged":true}),
+            false,
+        ),
+        (
+            format!("{root}/session/{sid}/out"),
+            json!({"type":"bye","forged":true}),
+            false,
+        ),
+        (
+            format!("{root}/status"),
+            json!({"state":"offline","forged":true}),
+            true,
+        ),
+        (
+            "homeassistant/camera/rtcam_aclstranger/config".to_string(),
+            json!({"forged":true}),
+            true,
+        ),
+    ]
+}
+
+/// A client whose last will is an offline status connects, then drops as a crashed one does.
+async fn forged_will(port: u16, status: &str) {
+    let mut opts = MqttOptions::new(
+        format!("willful{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_last_will(rumqttc::LastWill::new(
+        status,
+        json!({"state":"offline","forged":true}).to_string(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (willful, _) = Client::connect_with(opts, &[status.to_string()]).await;
+    willful
+        .wait_for(|t, _| t == status)
+        .await
+        .expect("the willful client is connected");
+    drop(willful);
 }
 
 /// rtcam's client id is `rtcam-{device}` plus a random suffix: a client connecting as

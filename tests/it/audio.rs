@@ -3,7 +3,7 @@
 //! RTP times map to the same clock; video-only offers and audio offers to a camera without audio
 //! work as before. (The page and talkback are tested in `browser.rs`.)
 
-mod common;
+use crate::common;
 
 use common::viewer::{Decoded, Viewer, ViewerOptions};
 use common::{start, test_config};

@@ -2,7 +2,7 @@
 //! token` command; a token minted by another JWT implementation; and no secret in logs, status
 //! or telemetry.
 
-mod common;
+use crate::common;
 
 use common::viewer::{Viewer, ViewerOptions};
 use common::{start, test_config, Probe};
@@ -54,6 +54,15 @@ async fn offers_and_http_need_a_valid_token() {
     let rt = start(config).await;
     let root = rt.root();
     let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;
+    offers_need_a_valid_token(&probe, &root).await;
+    let (view, foreign) = viewers_watch_with_a_token(rt.broker(), &root).await;
+    http_needs_a_token(rt.app.http_addr(), &view, &foreign).await;
+    rt.app.stop().await;
+}
+
+/// Offers without a token, or with one expired, forged, for another camera or without the view
+/// right, are refused with the reason.
+async fn offers_need_a_valid_token(probe: &Probe, root: &str) {
     let offer = |token: Option<String>| {
         serde_json::to_vec(&json!({"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n","token":token})).unwrap()
     };
@@ -102,12 +111,16 @@ async fn offers_and_http_need_a_valid_token() {
             .await;
         assert!(e["message"].as_str().unwrap().contains(why), "{sid}: {e}");
     }
+}
 
+/// Viewers with a view token, a control token, and a token another JWT implementation minted;
+/// returns the view token and the foreign one.
+async fn viewers_watch_with_a_token(broker: (&str, u16), root: &str) -> (String, String) {
     // With a token granting view, a real viewer watches; read-only on its data channel.
     let view = token("authcam", vec![Right::View], Duration::from_secs(300));
     let viewer = Viewer::connect_with(
-        rt.broker(),
-        &root,
+        broker,
+        root,
         ViewerOptions {
             token: Some(view.clone()),
             control_channel: true,
@@ -129,8 +142,8 @@ async fn offers_and_http_need_a_valid_token() {
         Duration::from_secs(300),
     );
     let viewer = Viewer::connect_with(
-        rt.broker(),
-        &root,
+        broker,
+        root,
         ViewerOptions {
             token: Some(control),
             control_channel: true,
@@ -149,8 +162,8 @@ async fn offers_and_http_need_a_valid_token() {
         "aud": "*", "exp": in_secs(300), "scope": "view", "sub": "another tool"
     }));
     let viewer = Viewer::connect_with(
-        rt.broker(),
-        &root,
+        broker,
+        root,
         ViewerOptions {
             token: Some(foreign.clone()),
             ..Default::default()
@@ -159,9 +172,12 @@ async fn offers_and_http_need_a_valid_token() {
     .await;
     assert!(viewer.wait_frames(10, Duration::from_secs(10)).await.frames >= 10);
     viewer.bye().await;
+    (view, foreign)
+}
 
+/// HTTP: which paths need which right, by query or `Authorization` header.
+async fn http_needs_a_token(addr: std::net::SocketAddr, view: &str, foreign: &str) {
     // HTTP: the page, its config, snapshots and /mqtt need view; /metrics needs metrics.
-    let addr = rt.app.http_addr();
     for path in ["/", "/config.json", "/snapshot.jpg", "/metrics", "/mqtt"] {
         assert_eq!(http_status(addr, path).await, 401, "{path} without a token");
     }
@@ -191,7 +207,6 @@ async fn offers_and_http_need_a_valid_token() {
     assert_eq!(reply.status, 200, "a Bearer token works like ?token=");
     // Static files carry no secrets and load without a token, so a page opened with one works.
     assert_eq!(http_status(addr, "/app.js").await, 200);
-    rt.app.stop().await;
 }
 
 /// With talkback on and tokens required, the page offers Talk only to a token granting `talk`
@@ -374,7 +389,7 @@ async fn no_secret_in_logs_status_or_telemetry() {
     probe
         .wait_error(&format!("{root}/session/x1/out"), "unauthorized")
         .await;
-    unsafe { libc_kill(child.id() as i32) };
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     let mut everything = String::from_utf8_lossy(&out.stderr).to_string();
     everything.push_str(&String::from_utf8_lossy(&out.stdout));
@@ -393,9 +408,11 @@ async fn no_secret_in_logs_status_or_telemetry() {
 }
 
 /// SIGTERM, for an orderly stop that flushes the logs.
-unsafe fn libc_kill(pid: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    kill(pid, 15);
+fn terminate(child: &std::process::Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) takes no pointers; the child is ours and not yet waited for, so its pid
+    // names no other process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM: {}", std::io::Error::last_os_error());
 }

@@ -1,7 +1,7 @@
 //! Hostile and broken signalling: every error code, garbage, bad topics. Each gets a precise
 //! error on the sender's `out` topic, and a viewer that was already watching keeps decoding.
 
-mod common;
+use crate::common;
 
 use common::viewer::Viewer;
 use common::{real_offer_sdp, start, test_config, Probe};
@@ -12,6 +12,10 @@ fn offer(sdp: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of bad messages sent while one viewer decodes; the viewer's frames are checked after them all"
+)]
 async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     let mut config = test_config("hostile");
     config.webrtc.max_sessions = 2;

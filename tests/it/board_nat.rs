@@ -7,7 +7,7 @@
 //!
 //! Slow (it cross-builds and boots a board), so `#[ignore]`d: `make test-board-nat` runs it.
 
-mod common;
+use crate::common;
 
 use common::coturn::{Coturn, TurnAuth};
 use common::viewer::Viewer;
@@ -38,6 +38,10 @@ impl Drop for Group {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots an emulated board; run with make test-board-nat"]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: host broker and coturn, the emulated board, then the viewer through the relay"
+)]
 async fn board_behind_nat_streams_through_a_turn_relay() {
     common::init_logs();
     let dir = tempfile::tempdir().unwrap();

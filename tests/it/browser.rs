@@ -3,17 +3,12 @@
 //! The browser is driven by tests/browser/view.mjs and controls.mjs (playwright-core, Debian's
 //! chromium).
 
-mod common;
+use crate::common;
 
 use common::netns::{self, Netns};
 use common::{start, test_config};
 use rtcam::config::ViewerCommands;
 use std::process::Command;
-use std::sync::Mutex;
-
-/// One browser at a time: on a 2-core machine, parallel Chromiums starve each other's decoders
-/// and the tests then fail on timeouts that say nothing about the page.
-static BROWSER: Mutex<()> = Mutex::new(());
 
 fn view(url: &str, extra: &[&str]) -> (bool, serde_json::Value, String) {
     run_script("view.mjs", url, extra)
@@ -31,7 +26,7 @@ fn run_script_in(
     extra: &[&str],
 ) -> (bool, serde_json::Value, String) {
     // A test that failed while holding the lock poisons it; the next one may still run.
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let script = format!("{}/tests/browser/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = match netns {
         Some(ns) => ns.command("node"),
@@ -236,6 +231,7 @@ async fn chromium_watches_with_a_token_link() {
 }
 
 /// What one encoder case asks of Chromium.
+#[derive(Clone, Copy)]
 struct EncoderCase {
     /// The element that must exist for the case to run.
     element: &'static str,
@@ -256,7 +252,25 @@ struct EncoderCase {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_every_encoder_present() {
     gstreamer::init().expect("GStreamer initialises");
-    let cases = [
+    let mut ran = Vec::new();
+    for case in encoder_cases() {
+        if gstreamer::ElementFactory::find(case.element).is_none() {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: GStreamer element {} is not installed; this machine cannot \
+                 prove it produces decodable video (CI installs it) !!!!!!!!\n",
+                case.element
+            );
+            continue;
+        }
+        chromium_decodes(case, ran.len()).await;
+        ran.push(case.element);
+    }
+    eprintln!("encoders proven in Chromium: {ran:?}");
+}
+
+/// The encoders [`chromium_decodes_every_encoder_present`] tries.
+fn encoder_cases() -> [EncoderCase; 3] {
+    [
         EncoderCase {
             element: "x264enc",
             config_element: "x264enc",
@@ -288,119 +302,117 @@ async fn chromium_decodes_every_encoder_present() {
             fps: 30,
             mime: "video/VP8",
         },
-    ];
-    let mut ran = Vec::new();
-    for case in cases {
-        if gstreamer::ElementFactory::find(case.element).is_none() {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: GStreamer element {} is not installed; this machine cannot \
-                 prove it produces decodable video (CI installs it) !!!!!!!!\n",
-                case.element
-            );
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let mut config = test_config(&format!("browserenc{}", ran.len()));
-        config.webrtc.udp_addrs.clear();
-        config.encoder.element = case.config_element.into();
-        config.source.width = case.width;
-        config.source.height = case.height;
-        config.source.fps = case.fps;
-        let rt = start(config).await;
-        let url = format!("http://{}/", rt.app.http_addr());
-        // Seen while the browser watches: the VP8 branch runs only for the VP8 case.
-        let mut info = rt.app.media().info();
-        let vp8_seen = tokio::spawn(async move {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                info.wait_for(|i| i.vp8_running),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
-        });
-        let frames = (case.fps * 2).to_string();
-        let (w, h) = (case.width.to_string(), case.height.to_string());
-        let (ok, report, output) = tokio::task::spawn_blocking(move || {
-            let mut args = vec![
-                "--width",
-                w.as_str(),
-                "--height",
-                h.as_str(),
-                "--frames",
-                frames.as_str(),
-                "--expect-codec",
-                case.mime,
-                "--timeout",
-                "45000",
-            ];
-            if let Some(offer) = case.offer {
-                args.extend(["--offer-codecs", offer]);
-            }
-            view(&url, &args)
-        })
+    ]
+}
+
+/// rtcam with the case's encoder, and Chromium decoding it in the case's codec (the `n`th
+/// case run, for the device name).
+async fn chromium_decodes(case: EncoderCase, n: usize) {
+    let started = std::time::Instant::now();
+    let mut config = test_config(&format!("browserenc{n}"));
+    config.webrtc.udp_addrs.clear();
+    config.encoder.element = case.config_element.into();
+    config.source.width = case.width;
+    config.source.height = case.height;
+    config.source.fps = case.fps;
+    let rt = start(config).await;
+    let url = format!("http://{}/", rt.app.http_addr());
+    // Seen while the browser watches: the VP8 branch runs only for the VP8 case.
+    let mut info = rt.app.media().info();
+    let vp8_seen = tokio::spawn(async move {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            info.wait_for(|i| i.vp8_running),
+        )
         .await
-        .unwrap();
-        assert!(
-            ok,
-            "{}: browser did not decode {} at {}x{}: {output}",
-            case.element, case.mime, case.width, case.height
-        );
-        assert_eq!(report["mimeType"], case.mime, "{report}");
-        assert!(
-            report["framesDecoded"].as_u64().unwrap_or(0) >= u64::from(case.fps * 2),
-            "{report}"
-        );
-        let media = rt.app.media();
-        if case.offer.is_some() {
-            assert!(vp8_seen.await.unwrap(), "the VP8 branch never ran");
-            // The page said bye: the branch goes with the last VP8 viewer, while the H.264
-            // encoder (always on in tests) keeps producing frames.
-            let mut info = media.info();
-            tokio::time::timeout(
-                std::time::Duration::from_secs(20),
-                info.wait_for(|i| !i.vp8_running),
-            )
-            .await
-            .expect("the VP8 branch stops after its last viewer left")
-            .unwrap();
-            assert_eq!(
-                media.encoders_running(),
-                1,
-                "only the H.264 encoder is left"
-            );
-            let frames = || {
-                media
-                    .stats()
-                    .frames
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            };
-            let (before, deadline) = (
-                frames(),
-                std::time::Instant::now() + std::time::Duration::from_secs(20),
-            );
-            while frames() < before + 5 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "H.264 frames stopped when the VP8 branch went"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        } else {
-            vp8_seen.abort();
-            assert!(
-                !media.info().borrow().vp8_running,
-                "no VP8 for an H.264 viewer"
-            );
+        .is_ok_and(|r| r.is_ok())
+    });
+    let frames = (case.fps * 2).to_string();
+    let (w, h) = (case.width.to_string(), case.height.to_string());
+    let (ok, report, output) = tokio::task::spawn_blocking(move || {
+        let mut args = vec![
+            "--width",
+            w.as_str(),
+            "--height",
+            h.as_str(),
+            "--frames",
+            frames.as_str(),
+            "--expect-codec",
+            case.mime,
+            "--timeout",
+            "45000",
+        ];
+        if let Some(offer) = case.offer {
+            args.extend(["--offer-codecs", offer]);
         }
-        eprintln!(
-            "chromium, {}: {report} ({:.1} s)",
-            case.element,
-            started.elapsed().as_secs_f64()
+        view(&url, &args)
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok,
+        "{}: browser did not decode {} at {}x{}: {output}",
+        case.element, case.mime, case.width, case.height
+    );
+    assert_eq!(report["mimeType"], case.mime, "{report}");
+    assert!(
+        report["framesDecoded"].as_u64().unwrap_or(0) >= u64::from(case.fps * 2),
+        "{report}"
+    );
+    let media = rt.app.media();
+    if case.offer.is_some() {
+        assert!(vp8_seen.await.unwrap(), "the VP8 branch never ran");
+        vp8_branch_goes_after_its_viewer(media).await;
+    } else {
+        vp8_seen.abort();
+        assert!(
+            !media.info().borrow().vp8_running,
+            "no VP8 for an H.264 viewer"
         );
-        ran.push(case.element);
-        rt.app.stop().await;
     }
-    eprintln!("encoders proven in Chromium: {ran:?}");
+    eprintln!(
+        "chromium, {}: {report} ({:.1} s)",
+        case.element,
+        started.elapsed().as_secs_f64()
+    );
+    rt.app.stop().await;
+}
+
+/// The page said bye: the VP8 branch goes with the last VP8 viewer, while the H.264 encoder
+/// (always on in tests) keeps producing frames.
+async fn vp8_branch_goes_after_its_viewer(media: &rtcam::media::Media) {
+    {
+        let mut info = media.info();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            info.wait_for(|i| !i.vp8_running),
+        )
+        .await
+        .expect("the VP8 branch stops after its last viewer left")
+        .unwrap();
+        assert_eq!(
+            media.encoders_running(),
+            1,
+            "only the H.264 encoder is left"
+        );
+        let frames = || {
+            media
+                .stats()
+                .frames
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (before, deadline) = (
+            frames(),
+            std::time::Instant::now() + std::time::Duration::from_secs(20),
+        );
+        while frames() < before + 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "H.264 frames stopped when the VP8 branch went"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// "Any browser": headless Firefox ESR, driven over WebDriver BiDi (puppeteer-core,

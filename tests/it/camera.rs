@@ -2,7 +2,7 @@
 //! the agent and its sessions keep running; `rtcam check`, `devices`, `controls` and the
 //! libcamera source as a user runs them. The real-driver side is tests/vivid.rs.
 
-mod common;
+use crate::common;
 
 use common::commander::{Commander, Protocol};
 use common::{start, test_config, Probe};

@@ -2,7 +2,7 @@
 //! embedded broker and mosquitto, bad commands, live changes seen by a real viewer, snapshots,
 //! telemetry, /metrics, reload, Home Assistant discovery, and the last will after SIGKILL.
 
-mod common;
+use crate::common;
 
 use common::commander::{Commander, Protocol};
 use common::viewer::Viewer;
@@ -128,6 +128,10 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one viewer watches while each command changes the picture; each step starts from the last one's state"
+)]
 async fn live_changes_reach_a_connected_viewer() {
     let rt = start(test_config("ctl-live")).await;
     let viewer = Viewer::connect(rt.broker(), &rt.root()).await;
@@ -481,6 +485,10 @@ fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "every discovery message checked against Home Assistant's schema, then removed, on one running camera"
+)]
 async fn home_assistant_discovery_is_valid_and_removable() {
     let rt = start(test_config("ctl-ha")).await;
     let probe = Probe::connect(rt.broker(), &["homeassistant/#".to_string()]).await;

@@ -1,11 +1,12 @@
-//! Replays the committed fuzz corpus (fuzz/corpus/<target>/) through the same entry points the
-//! fuzzers use: every input that ever found a new path, and every past crash, stays a test.
+//! Replays the committed fuzz seeds (fuzz/seeds/<target>/) through the same entry points the
+//! fuzzers use: the hand-made inputs of each target, and every input that ever found a crash,
+//! stay a test. The corpus cargo fuzz grows from them is not committed (fuzz/README.md).
 
 use std::path::Path;
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("fuzz/seeds")
         .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -36,7 +37,7 @@ fn corpus_replays_without_panics() {
         ),
     ];
     for (target, n) in counts {
-        assert!(n > 0, "corpus for {target} is empty");
+        assert!(n > 0, "seeds for {target}: none");
         eprintln!("{target}: {n} inputs");
     }
 }
@@ -48,7 +49,7 @@ fn corpus_replays_without_panics() {
 fn gate_seeds_read_as_named() {
     use bytes::BytesMut;
     use rtcam::gate::codec::{read, Request, Version};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gate_packets");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/gate_packets");
     let seed = |name: &str| BytesMut::from(&std::fs::read(dir.join(name)).unwrap()[..]);
     let session = |name: &str, version: Option<Version>| {
         let mut buf = seed(name);

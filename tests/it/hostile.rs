@@ -7,7 +7,7 @@
 //! descriptors stay bounded. A second test does the same for token holders on a camera with
 //! `[auth] secret`.
 
-mod common;
+use crate::common;
 
 use common::commander::{Commander, Protocol};
 use common::netns::{self, Netns};
@@ -226,113 +226,142 @@ fn a_stranger_can_neither_read_viewers_nor_command_the_camera(
     drop(camera);
 }
 
+/// What the stranger saw, a line per step with the time since the attack began.
+struct Notes {
+    started: std::time::Instant,
+    lines: Vec<String>,
+}
+
+impl Notes {
+    fn note(&mut self, s: &str) {
+        let line = format!("{:5.1} s  {s}", self.started.elapsed().as_secs_f64());
+        eprintln!("{line}");
+        self.lines.push(line);
+    }
+}
+
 /// Everything the stranger tries; each step asserts its refusal. Returns a line per step.
 async fn attack(sid: String, offer: String, pid: u32) -> String {
     let broker = format!("{CAM_STRANGER}:1883");
     let ws = format!("ws://{CAM_STRANGER}:8080/mqtt");
     wait_listening(&broker).await;
-    let mut report = Vec::new();
-    let started = std::time::Instant::now();
-    let mut note = |s: &str| {
-        let line = format!("{:5.1} s  {s}", started.elapsed().as_secs_f64());
-        eprintln!("{line}");
-        report.push(line);
+    let mut notes = Notes {
+        started: std::time::Instant::now(),
+        lines: Vec::new(),
     };
-
-    // Reading other viewers' signalling, commands, telemetry: every subscription refused, over
-    // both doors.
     for url in [None, Some(ws.as_str())] {
-        let mut c = match url {
-            None => RawMqtt::tcp(&broker).await,
-            Some(u) => RawMqtt::ws(u).await,
-        };
-        assert_eq!(c.connect("stranger1", None).await, Connack::Accepted);
-        for filter in [
-            "#".to_string(),
-            "rtcam/#".into(),
-            format!("{ROOT}/#"),
-            format!("{ROOT}/session/+/out"),
-            format!("{ROOT}/session/+/in"),
-            format!("{ROOT}/session/{sid}/out"),
-            format!("{ROOT}/command/reply"),
-            format!("{ROOT}/telemetry"),
-            "homeassistant/#".into(),
-            "$SYS/#".into(),
-        ] {
-            assert_eq!(
-                c.subscribe(&filter).await,
-                Some(false),
-                "subscribe {filter} refused"
-            );
-        }
-        assert_eq!(
-            c.subscribe(&format!("{ROOT}/status")).await,
-            Some(true),
-            "status is public"
-        );
-        assert_eq!(
-            c.subscribe(&format!("{ROOT}/session/stranger1/out")).await,
-            Some(true)
-        );
-        note(&format!(
-            "{}: 10 subscriptions refused, status and its own session granted",
-            if url.is_some() { "/mqtt" } else { "broker" }
-        ));
-
-        // Writing where it may not: commands, another viewer's session, rtcam's own topics.
-        for (topic, payload, retain) in [
-            (
-                format!("{ROOT}/command"),
-                r#"{"id":"x","command":"stream","args":{"on":false}}"#,
-                false,
-            ),
-            (
-                format!("{ROOT}/session/{sid}/in"),
-                r#"{"type":"bye"}"#,
-                false,
-            ),
-            (
-                format!("{ROOT}/session/{sid}/out"),
-                r#"{"type":"bye","reason":"forged"}"#,
-                false,
-            ),
-            (format!("{ROOT}/status"), r#"{"state":"offline"}"#, true),
-            ("homeassistant/camera/x/config".into(), "{}", true),
-            (
-                format!("{ROOT}/session/stranger1/in"),
-                r#"{"type":"bye"}"#,
-                true,
-            ),
-        ] {
-            assert!(
-                c.publish(&topic, payload.as_bytes(), retain).await,
-                "{topic}: acknowledged, dropped"
-            );
-        }
-        // Nothing forged reached anyone: its own out topic got nothing either.
-        assert!(
-            c.recv(Duration::from_millis(500)).await.is_none(),
-            "nothing delivered"
-        );
-        note("commands, another viewer's bye, forged answer, forged retained status, discovery: dropped");
-
-        // A client that keeps trying is shown the door.
-        let mut ended = false;
-        for _ in 0..30 {
-            if c.subscribe("#").await.is_none() {
-                ended = true;
-                break;
-            }
-        }
-        assert!(ended, "a client refused 20 times is disconnected");
-        note("a client refused 20 times is disconnected");
+        read_and_write(&broker, url, &sid, &mut notes).await;
     }
+    identities(&broker, &sid, &mut notes).await;
+    oversized(&broker, &ws, &mut notes).await;
+    replayed_offers(&broker, &offer, &mut notes).await;
+    floods(&broker, pid, &mut notes).await;
+    half_sent_http(&mut notes).await;
+    notes.lines.join("\n")
+}
 
+/// Reading other viewers' signalling, commands, telemetry; writing where it may not; trying
+/// again and again: over the broker listener (`url` none) or `/mqtt`.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the refusals on one connection, in order: the last step counts the refusals before it"
+)]
+async fn read_and_write(broker: &str, url: Option<&str>, sid: &str, notes: &mut Notes) {
+    let mut c = match url {
+        None => RawMqtt::tcp(broker).await,
+        Some(u) => RawMqtt::ws(u).await,
+    };
+    assert_eq!(c.connect("stranger1", None).await, Connack::Accepted);
+    for filter in [
+        "#".to_string(),
+        "rtcam/#".into(),
+        format!("{ROOT}/#"),
+        format!("{ROOT}/session/+/out"),
+        format!("{ROOT}/session/+/in"),
+        format!("{ROOT}/session/{sid}/out"),
+        format!("{ROOT}/command/reply"),
+        format!("{ROOT}/telemetry"),
+        "homeassistant/#".into(),
+        "$SYS/#".into(),
+    ] {
+        assert_eq!(
+            c.subscribe(&filter).await,
+            Some(false),
+            "subscribe {filter} refused"
+        );
+    }
+    assert_eq!(
+        c.subscribe(&format!("{ROOT}/status")).await,
+        Some(true),
+        "status is public"
+    );
+    assert_eq!(
+        c.subscribe(&format!("{ROOT}/session/stranger1/out")).await,
+        Some(true)
+    );
+    notes.note(&format!(
+        "{}: 10 subscriptions refused, status and its own session granted",
+        if url.is_some() { "/mqtt" } else { "broker" }
+    ));
+
+    // Writing where it may not: commands, another viewer's session, rtcam's own topics.
+    for (topic, payload, retain) in [
+        (
+            format!("{ROOT}/command"),
+            r#"{"id":"x","command":"stream","args":{"on":false}}"#,
+            false,
+        ),
+        (
+            format!("{ROOT}/session/{sid}/in"),
+            r#"{"type":"bye"}"#,
+            false,
+        ),
+        (
+            format!("{ROOT}/session/{sid}/out"),
+            r#"{"type":"bye","reason":"forged"}"#,
+            false,
+        ),
+        (format!("{ROOT}/status"), r#"{"state":"offline"}"#, true),
+        ("homeassistant/camera/x/config".into(), "{}", true),
+        (
+            format!("{ROOT}/session/stranger1/in"),
+            r#"{"type":"bye"}"#,
+            true,
+        ),
+    ] {
+        assert!(
+            c.publish(&topic, payload.as_bytes(), retain).await,
+            "{topic}: acknowledged, dropped"
+        );
+    }
+    // Nothing forged reached anyone: its own out topic got nothing either.
+    assert!(
+        c.recv(Duration::from_millis(500)).await.is_none(),
+        "nothing delivered"
+    );
+    notes.note(
+        "commands, another viewer's bye, forged answer, forged retained status, discovery: dropped",
+    );
+
+    // A client that keeps trying is shown the door.
+    let mut ended = false;
+    for _ in 0..30 {
+        if c.subscribe("#").await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "a client refused 20 times is disconnected");
+    notes.note("a client refused 20 times is disconnected");
+}
+
+/// Identities it may not take: rtcam's, the viewer's, a bad one, a wrong password, a will.
+async fn identities(broker: &str, sid: &str, notes: &mut Notes) {
     // Identities it may not take. rtcam's own id is `rtcam-hostile-` and 8 random characters,
     // which a stranger cannot know; the gate refuses its `rtcam-hostile` stem as well.
     for (id, login, want) in [
         ("rtcam-hostile", None, ConnectReturnCode::BadClientId),
-        (sid.as_str(), None, ConnectReturnCode::BadClientId),
+        (sid, None, ConnectReturnCode::BadClientId),
         ("not a sid/#", None, ConnectReturnCode::BadClientId),
         (
             "guess",
@@ -340,7 +369,7 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
             ConnectReturnCode::BadUserNamePassword,
         ),
     ] {
-        let mut c = RawMqtt::tcp(&broker).await;
+        let mut c = RawMqtt::tcp(broker).await;
         assert_eq!(
             c.connect(id, login).await,
             Connack::Refused(want),
@@ -348,7 +377,7 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
         );
     }
     // A last will is a publish like any other: a forged offline status is refused at CONNECT.
-    let mut c = RawMqtt::tcp(&broker).await;
+    let mut c = RawMqtt::tcp(broker).await;
     let mut connect = rumqttc::mqttbytes::v4::Connect::new("willful");
     connect.last_will = Some(rumqttc::mqttbytes::v4::LastWill::new(
         format!("{ROOT}/status"),
@@ -362,16 +391,21 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
         c.connack().await,
         Connack::Refused(ConnectReturnCode::NotAuthorized)
     );
-    note("rtcam's client id, the viewer's sid, a bad id, a bad password, a forged will: refused");
+    notes.note(
+        "rtcam's client id, the viewer's sid, a bad id, a bad password, a forged will: refused",
+    );
+}
 
+/// Garbage and oversized packets end only their own connection.
+async fn oversized(broker: &str, ws: &str, notes: &mut Notes) {
     // Garbage and oversized packets end only their own connection.
-    let mut c = RawMqtt::tcp(&broker).await;
+    let mut c = RawMqtt::tcp(broker).await;
     c.send_bytes(&[0xde; 512]).await;
     assert!(
         c.closed_within(Duration::from_secs(3)).await,
         "garbage closes the connection"
     );
-    let mut c = RawMqtt::tcp(&broker).await;
+    let mut c = RawMqtt::tcp(broker).await;
     assert_eq!(c.connect("bigsender", None).await, Connack::Accepted);
     let huge = vec![b'x'; 512 * 1024];
     c.publish("rtcam/hostile/session/bigsender/in", &huge, false)
@@ -380,21 +414,24 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
         c.closed_within(Duration::from_secs(3)).await,
         "an oversized packet closes it"
     );
-    let mut c = RawMqtt::ws(&ws).await;
+    let mut c = RawMqtt::ws(ws).await;
     assert_eq!(c.connect("bigws", None).await, Connack::Accepted);
     c.send_bytes(&vec![0u8; 4 << 20]).await;
     assert!(
         c.closed_within(Duration::from_secs(5)).await,
         "a 4 MiB WebSocket message closes it"
     );
-    note("garbage, a 512 KiB packet, a 4 MiB WebSocket message: their connection closed");
+    notes.note("garbage, a 512 KiB packet, a 4 MiB WebSocket message: their connection closed");
+}
 
+/// Replayed offers under many client ids from one address.
+async fn replayed_offers(broker: &str, offer: &str, notes: &mut Notes) {
     // Replayed offers under many client ids hold at most half the session slots (2 of 4).
     let mut holders = Vec::new();
     let mut answered = 0;
     for i in 0..3 {
         let id = format!("holder{i}");
-        let mut c = RawMqtt::tcp(&broker).await;
+        let mut c = RawMqtt::tcp(broker).await;
         assert_eq!(c.connect(&id, None).await, Connack::Accepted);
         assert_eq!(
             c.subscribe(&format!("{ROOT}/session/{id}/out")).await,
@@ -421,14 +458,17 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
     }
     assert_eq!(answered, 2, "one address holds at most half the slots");
     drop(holders);
-    note("3 replayed offers from one address: 2 answered, the third too_many_sessions");
+    notes.note("3 replayed offers from one address: 2 answered, the third too_many_sessions");
+}
 
+/// Connection floods from one address, and connections that never say CONNECT.
+async fn floods(broker: &str, pid: u32, notes: &mut Notes) {
     // Floods from one address: connections beyond the per-address cap are closed at once,
     // and connections that never say CONNECT are closed after the connect timeout.
     let mut held = Vec::new();
     let mut accepted = 0;
     for i in 0..60 {
-        let mut c = RawMqtt::tcp(&broker).await;
+        let mut c = RawMqtt::tcp(broker).await;
         if c.connect(&format!("flood{i}"), None).await == Connack::Accepted {
             accepted += 1;
         }
@@ -436,22 +476,25 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
     }
     assert!(accepted <= 16, "{accepted} of 60 admitted from one address");
     let (rss, fds) = footprint(pid);
-    note(&format!(
+    notes.note(&format!(
         "60 connections from one address: {accepted} admitted (RSS {rss} kB, {fds} fds)"
     ));
     drop(held);
     let mut silent = Vec::new();
     for _ in 0..8 {
-        silent.push(tokio::net::TcpStream::connect(&broker).await.unwrap());
+        silent.push(tokio::net::TcpStream::connect(broker).await.unwrap());
     }
-    let mut quiet = RawMqtt::tcp(&broker).await;
+    let mut quiet = RawMqtt::tcp(broker).await;
     assert!(
         quiet.closed_within(Duration::from_secs(13)).await,
         "a connection that never sends CONNECT is closed"
     );
     drop(silent);
-    note("connections that never send CONNECT: closed after 10 s");
+    notes.note("connections that never send CONNECT: closed after 10 s");
+}
 
+/// Half-sent HTTP requests.
+async fn half_sent_http(notes: &mut Notes) {
     // Half-sent HTTP requests are closed, and do not pile up.
     let mut half = Vec::new();
     for _ in 0..100 {
@@ -471,8 +514,7 @@ async fn attack(sid: String, offer: String, pid: u32) -> String {
         "a half-sent request is closed: {closed:?}"
     );
     drop(half);
-    note("100 half-sent HTTP requests: closed by the header timeout");
-    report.join("\n")
+    notes.note("100 half-sent HTTP requests: closed by the header timeout");
 }
 
 fn token_holders_get_what_their_token_grants_and_no_more(cam: &Netns, legit: &Netns) {
@@ -562,7 +604,12 @@ impl ViewerProcess {
     fn spawn(ns: &Netns, token: Option<&str>) -> ViewerProcess {
         let mut child = ns
             .command(std::env::current_exe().unwrap())
-            .args(["--exact", "viewer_process", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "hostile::viewer_process",
+                "--ignored",
+                "--nocapture",
+            ])
             .env("RTCAM_HOSTILE_VIEWER", token.unwrap_or("-"))
             .env("RTCAM_LOG", "warn,webrtc=error,rtc=error")
             .stdout(std::process::Stdio::piped())

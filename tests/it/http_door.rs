@@ -5,7 +5,7 @@
 //! (The per-address cap cannot be met from loopback, which is exempt: `http::serve`'s unit
 //! tests count it.)
 
-mod common;
+use crate::common;
 
 use common::{start, test_config};
 use std::net::SocketAddr;

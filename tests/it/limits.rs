@@ -1,7 +1,7 @@
 //! Limits and vanishing viewers: each limit exceeded gets a clean refusal while a viewer that
 //! was already watching keeps decoding; a viewer process killed without a word is reaped.
 
-mod common;
+use crate::common;
 
 use common::commander::{Commander, Protocol};
 use common::viewer::Viewer;
@@ -155,7 +155,12 @@ async fn vanished_viewer_is_reaped() {
     config.webrtc.disconnect_timeout_secs = 2;
     let rt = start(config).await;
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "viewer_process", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "limits::viewer_process",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(
             "RTCAM_TEST_VIEWER",
             format!("{} {}", rt.broker.1, rt.root()),

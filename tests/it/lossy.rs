@@ -1,5 +1,5 @@
 //! rtcam over a lossy network: a viewer in its own network namespace watches through a router VM
-//! that applies `tc netem` (tests/common/lossy.rs; the host kernel may lack sch_netem, the
+//! that applies `tc netem` (tests/it/common/lossy.rs; the host kernel may lack sch_netem, the
 //! guest's Debian kernel has it). rtcam runs in-process in the other namespace.
 //!
 //! - `lossy_viewer_*`: 5 % loss each way, 80 ms ± 20 ms delay each way. The viewer (a child
@@ -17,7 +17,7 @@
 //! Needs root, qemu-system-x86, busybox-static, cpio, kmod and iproute2 (`make test-deps`);
 //! `RTCAM_SKIP_VM=1` skips it.
 
-mod common;
+use crate::common;
 
 use common::lossy::{LossyLink, CAM_ADDR, VIEWER_ADDR};
 use common::viewer::{Viewer, ViewerOptions};
@@ -106,7 +106,12 @@ impl RemoteViewer {
         let mut child = link
             .viewer
             .tokio_command(std::env::current_exe().unwrap())
-            .args(["--exact", "viewer_process", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "lossy::viewer_process",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(
                 "RTCAM_TEST_VIEWER",
                 format!("{} {} {}", CAM_ADDR, rt.broker.1, rt.root()),
@@ -353,6 +358,10 @@ async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
 /// Issue 4: one of two viewers' paths is cut to 250 kbit/s; the encoder follows it down, not
 /// below a quarter of the clean viewer's estimate (below that the cut viewer is paced with
 /// keyframe-skipping), and climbs back once the cut is gone.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one measurement over time: cut, follow down, pace, lift, recover, each phase timed from the last"
+)]
 async fn bitrate_follows_a_limited_viewer_and_recovers(link: &mut LossyLink) {
     const MAX: u32 = 1000;
     let mut c = config("adapt");

@@ -3,7 +3,7 @@
 //! their count when a viewer leaves, latencies are histograms, the standard `process_*`
 //! metrics are there, and no series names a session.
 
-mod common;
+use crate::common;
 
 use common::viewer::Viewer;
 use common::{start, test_config};
@@ -61,6 +61,10 @@ fn promtool_check(text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scrape's every family checked against the conventions, then the same scrape live over time"
+)]
 async fn live_metrics_pass_promtool_and_follow_conventions() {
     let mut config = test_config("metrics");
     // Far longer than the test: nothing below may wait for a telemetry tick.

@@ -16,7 +16,7 @@
 //!
 //! Fixed ports are used inside the namespaces: each topology has a port space of its own.
 
-mod common;
+use crate::common;
 
 use common::coturn::{Coturn, TurnAuth};
 use common::netns::{self, Netns};
@@ -265,7 +265,12 @@ fn run_viewer(scene: &Scene, spec: Value, what: &str) -> (Value, String) {
     let mut child = nets
         .view
         .command(std::env::current_exe().unwrap())
-        .args(["--exact", "nat_viewer_process", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "nat::nat_viewer_process",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("RTCAM_NAT_VIEWER", spec.to_string())
         .env(
             "RTCAM_LOG",
@@ -410,6 +415,7 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
 
     // Chromium in the viewer's namespace, on the page rtcam serves through the forwarded port.
     let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
+    let one_browser = common::BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let out = scene
         .nets
         .view
@@ -420,6 +426,7 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
         .args(["--timeout", "60000"])
         .output()
         .expect("node runs (make test-deps installs the browser test's packages)");
+    drop(one_browser);
     let page = common::script_report(&out.stdout);
     eprintln!("chromium: {page}");
     assert!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 /// The unit with its ExecStart pointed at the binary cargo built, since `verify` checks that
 /// the command exists.
@@ -115,6 +115,10 @@ fn wait_for(socket: &UnixDatagram, timeout: Duration, pred: impl Fn(&str) -> boo
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "the notify protocol's life, in order, on one socket: READY, STATUS, pings, STOPPING"
+)]
 fn ready_after_broker_and_http_then_watchdog_pings_then_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify");

@@ -11,9 +11,10 @@
 //! sends an offer that fails negotiation. The broker is mosquitto, so the figures are rtcam's
 //! own.
 
-mod common;
+use crate::common;
 
 use common::free_port;
+use common::viewer::{Viewer, ViewerOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -21,13 +22,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
-};
 
 /// Join/leave cycles in the soak (`RTCAM_SOAK_CYCLES` overrides, for a quick local run).
 const CYCLES: usize = 1000;
@@ -220,242 +214,48 @@ enum Leave {
     Stay,
 }
 
-struct Handler {
-    candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self.candidates.send(init);
-        }
-    }
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.state.send(state);
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tracks.send(track);
-    }
-}
-
-/// A connected light viewer: what must be closed when it leaves.
-struct Joined {
-    pc: Arc<dyn PeerConnection>,
-    client: AsyncClient,
-    in_topic: String,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Joined {
-    async fn leave(self, how: Leave) {
-        if how == Leave::Bye {
-            let _ = self
-                .client
-                .publish(
-                    &self.in_topic,
-                    QoS::AtLeastOnce,
-                    false,
-                    br#"{"type":"bye"}"#.to_vec(),
-                )
-                .await;
-        }
-        let _ = self.pc.close().await;
-        // Let the bye reach the broker before the connection goes.
-        let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            for t in &self.tasks[..1] {
-                while !t.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        })
-        .await;
-        for t in &self.tasks {
-            t.abort();
+impl Leave {
+    async fn apply(self, viewer: Viewer) {
+        match self {
+            Leave::Bye => viewer.bye().await,
+            // A vanishing viewer's process is killed before this; closing is what is left.
+            Leave::CloseOnly | Leave::Stay => viewer.close().await,
         }
     }
 }
 
-/// One viewer joins: MQTT, offer, answer, candidates, connected, first video packet.
-async fn join(broker_port: u16, root: &str) -> Result<Joined, String> {
-    let sid = format!("soak{:016x}", rand::random::<u64>());
-    let in_topic = format!("{root}/session/{sid}/in");
-    let out_topic = format!("{root}/session/{sid}/out");
-    let mut opts = MqttOptions::new(sid.clone(), "127.0.0.1", broker_port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 32);
-    client
-        .subscribe(&out_topic, QoS::AtLeastOnce)
+/// One viewer joins: MQTT, offer, answer, candidates, connected, first video packet. A light
+/// viewer (no decoding, no interceptors), so a thousand fit in the soak's time.
+async fn join(broker_port: u16, root: &str) -> Result<Viewer, String> {
+    let opts = ViewerOptions {
+        no_decode: true,
+        light: true,
+        sid_prefix: Some("soak"),
+        step_timeout: Some(STEP),
+        ..ViewerOptions::default()
+    };
+    let viewer = Viewer::try_connect(("127.0.0.1", broker_port), root, opts)
         .await
         .map_err(|e| e.to_string())?;
-    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Value>();
-    let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
-    // The event loop ends when the client disconnects (or the broker goes).
-    let mqtt_task = tokio::spawn(async move {
-        let mut subacked_tx = Some(subacked_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = subacked_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
-                        let _ = inbox_tx.send(v);
-                    }
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    let mut tasks = vec![mqtt_task];
-    let fail = |tasks: &Vec<tokio::task::JoinHandle<()>>, why: String| {
-        for t in tasks {
-            t.abort();
-        }
-        why
-    };
-    if tokio::time::timeout(STEP, subacked).await.is_err() {
-        return Err(fail(&tasks, format!("{sid}: no SUBACK")));
-    }
-
-    let mut media = MediaEngine::default();
-    media.register_default_codecs().map_err(|e| e.to_string())?;
-    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel();
-    let (state_tx, mut state) = watch::channel(RTCPeerConnectionState::New);
-    let (track_tx, mut track_rx) = mpsc::unbounded_channel();
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_include_loopback_candidate(true)
-                .build(),
-        )
-        .with_handler(Arc::new(Handler {
-            candidates: cand_tx,
-            state: state_tx,
-            tracks: track_tx,
-        }))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
+    if viewer
+        .wait_stage(|s| s.dtls_connected, STEP)
         .await
-        .map_err(|e| fail(&tasks, e.to_string()))?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    let result = async {
-        common::add_recvonly_video(&*pc).await?;
-        let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let sdp = pc.local_description().await.ok_or("no local description")?.sdp;
-        publish(&client, &in_topic, json!({"type":"offer","sdp":sdp})).await?;
-        let (c2, t2) = (client.clone(), in_topic.clone());
-        let trickle = tokio::spawn(async move {
-            while let Some(c) = cand_rx.recv().await {
-                let msg = json!({"type":"candidate","candidate":c.candidate,"sdpMid":"0","sdpMLineIndex":0});
-                if publish(&c2, &t2, msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        // rtcam's messages: the answer first (candidates before it are held), then candidates.
-        let mut held = Vec::new();
-        let mut answered = false;
-        let state_now = state.clone();
-        let connected = async {
-            // The Ref is dropped here: it must not live across the select's awaits.
-            state
-                .wait_for(|s| *s == RTCPeerConnectionState::Connected)
-                .await
-                .map(|_| ())
-        };
-        tokio::pin!(connected);
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            tokio::select! {
-                // Cancel-safe: mpsc recv.
-                msg = inbox.recv() => {
-                    let msg = msg.ok_or("MQTT connection ended")?;
-                    match msg["type"].as_str() {
-                        Some("answer") => {
-                            let answer = RTCSessionDescription::answer(msg["sdp"].as_str().unwrap_or_default().to_string())
-                                .map_err(|e| e.to_string())?;
-                            pc.set_remote_description(answer).await.map_err(|e| e.to_string())?;
-                            for c in held.drain(..) {
-                                let _ = pc.add_ice_candidate(c).await;
-                            }
-                            answered = true;
-                        }
-                        Some("candidate") if !msg["candidate"].as_str().unwrap_or("").is_empty() => {
-                            let c = RTCIceCandidateInit {
-                                candidate: msg["candidate"].as_str().unwrap_or_default().to_string(),
-                                sdp_mid: msg["sdpMid"].as_str().map(str::to_string),
-                                sdp_mline_index: msg["sdpMLineIndex"].as_u64().map(|v| v as u16),
-                                ..Default::default()
-                            };
-                            if answered {
-                                let _ = pc.add_ice_candidate(c).await;
-                            } else {
-                                held.push(c);
-                            }
-                        }
-                        Some("candidate") => {}
-                        _ => return Err(format!("unexpected message from rtcam: {msg}")),
-                    }
-                }
-                // Cancel-safe: polled again next turn from the same pinned future.
-                r = &mut connected => {
-                    r.map_err(|_| "peer connection gone")?;
-                    break;
-                }
-                // Cancel-safe: a deadline.
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(format!("not connected within {STEP:?} (state {:?}, answered {answered})", *state_now.borrow()));
-                }
-            }
-        }
-        // The first packet of video on the track.
-        let track = tokio::time::timeout(STEP, track_rx.recv())
-            .await
-            .map_err(|_| "no track")?
-            .ok_or("no track")?;
-        let first_packet = tokio::time::timeout(STEP, async {
-            while let Some(event) = track.poll().await {
-                if matches!(event, TrackRemoteEvent::OnRtpPacket(_)) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if first_packet != Ok(true) {
-            return Err("no video packet after connecting".to_string());
-        }
-        Ok::<_, String>(trickle)
+        .is_none()
+    {
+        let why = format!(
+            "{}: not connected within {STEP:?} (state {:?})",
+            viewer.sid,
+            viewer.state()
+        );
+        viewer.close().await;
+        return Err(why);
     }
-    .await;
-    match result {
-        Ok(trickle) => {
-            tasks.push(trickle);
-            Ok(Joined {
-                pc,
-                client,
-                in_topic,
-                tasks,
-            })
-        }
-        Err(e) => {
-            let _ = pc.close().await;
-            Err(fail(&tasks, format!("{sid}: {e}")))
-        }
+    if viewer.wait_stage(|s| s.first_rtp, STEP).await.is_none() {
+        let why = format!("{}: no video packet after connecting", viewer.sid);
+        viewer.close().await;
+        return Err(why);
     }
+    Ok(viewer)
 }
 
 /// An offer that passes rtcam's checks but cannot be negotiated (no ICE credentials, no
@@ -547,7 +347,7 @@ async fn churn(rtcam: &Rtcam, count: usize) -> Vec<String> {
                         } else {
                             Leave::Bye
                         };
-                        v.leave(how).await
+                        how.apply(v).await
                     }
                     Err(e) => errors.lock().unwrap().push(e),
                 }
@@ -581,7 +381,7 @@ async fn vanishing_viewers() {
     println!("READY {}", held.len());
     tokio::time::sleep(Duration::from_secs(120)).await;
     for v in held {
-        v.leave(Leave::Stay).await;
+        Leave::Stay.apply(v).await;
     }
 }
 
@@ -590,7 +390,12 @@ async fn vanishing_viewers() {
 async fn vanish_batch(rtcam: &Rtcam) -> (usize, Vec<String>) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "vanishing_viewers", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "soak::vanishing_viewers",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(
             "RTCAM_SOAK_VANISH",
             format!("{} {}", rtcam.broker_port, rtcam.root),
@@ -621,6 +426,10 @@ async fn vanish_batch(rtcam: &Rtcam) -> (usize, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "warm-up, soak and the figures after: the comparison needs the baseline taken in the same function"
+)]
 async fn churn_soak() {
     let cycles: usize = std::env::var("RTCAM_SOAK_CYCLES")
         .ok()

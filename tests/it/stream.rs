@@ -1,7 +1,7 @@
 //! End to end: rtcam (GStreamer test source, x264) → WebRTC → a Rust viewer that decodes the
 //! H.264 with GStreamer, signalled over MQTT through the embedded broker and through mosquitto.
 
-mod common;
+use crate::common;
 
 use common::commander::{Commander, Protocol};
 use common::viewer::{Viewer, ViewerOptions};

@@ -1,7 +1,7 @@
 //! MQTT over TLS against mosquitto: the broker's certificate is verified against a CA file, and
 //! rtcam logs in with a client certificate where the broker requires one.
 
-mod common;
+use crate::common;
 
 use common::{free_port, test_config, Probe};
 use std::path::Path;

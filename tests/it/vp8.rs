@@ -3,7 +3,7 @@
 //! reaching only the requester's encoder; the VP8 branch living exactly as long as its
 //! viewers; and a VP8 viewer alone starting and stopping the on-demand pipeline.
 
-mod common;
+use crate::common;
 
 use common::viewer::{Viewer, ViewerOptions};
 use common::{start, test_config};
@@ -37,6 +37,10 @@ fn count(media: &Media, pick: fn(&MediaStats) -> &AtomicU64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: the VP8 and H.264 viewers' keyframe counts are compared across its steps"
+)]
 async fn vp8_viewer_beside_h264_with_its_own_keyframes() {
     let mut config = test_config("vp8both");
     // No scheduled keyframes: every keyframe seen after the joins was forced by a request.

@@ -28,7 +28,7 @@ impl Coturn {
         mut command: Command,
         ip: &str,
         port: u16,
-        auth: TurnAuth,
+        auth: TurnAuth<'_>,
         dir: &Path,
         extra: &[&str],
     ) -> Coturn {

@@ -66,6 +66,10 @@ fn prepare() -> String {
 impl LossyLink {
     /// Boots the router between two new namespaces `<prefix>-cam` and `<prefix>-view`. `tap`
     /// names the taps (`<tap>0`, `<tap>1`; at most 14 bytes). Blocks until the link forwards.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the router VM's qemu command line and the namespaces' wiring read best as one sequence"
+    )]
     pub fn start(prefix: &str, tap: &str) -> LossyLink {
         let image = prepare();
         let cam = Netns::new(&format!("{prefix}-cam"));
@@ -74,8 +78,10 @@ impl LossyLink {
         // qemu runs in the camera's namespace and creates both taps there; the viewer's tap
         // is then moved into the viewer's namespace (the open fd keeps working).
         let mut command = cam.command("qemu-system-x86_64");
-        // SAFETY: prctl is async-signal-safe. A test killed outright (a CI timeout) takes its
-        // qemu with it: `ip netns exec` execs qemu, which keeps this parent-death signal.
+        // SAFETY: prctl is async-signal-safe and takes no pointers, as code between fork and
+        // exec must. A test killed outright (a CI timeout) takes its qemu with it: `ip netns
+        // exec` execs qemu, which keeps this parent-death signal.
+        #[allow(unsafe_code)]
         unsafe {
             use std::os::unix::process::CommandExt;
             command.pre_exec(|| {

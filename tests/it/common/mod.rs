@@ -9,7 +9,8 @@ pub mod http;
 pub mod lossy;
 pub mod netns;
 pub mod raw_mqtt;
-pub mod viewer;
+/// The Rust WebRTC viewer (tests/viewer/), shared with the soak and the benchmark.
+pub use rtcam_viewer as viewer;
 
 use rtcam::app::App;
 use rtcam::config::{Config, SourceKind};
@@ -18,6 +19,11 @@ use serde_json::Value;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+
+/// One browser at a time, across the test binary's modules: on a 2-core machine, parallel
+/// Chromiums starve each other's decoders and the tests then fail on timeouts that say nothing
+/// about the page.
+pub static BROWSER: Mutex<()> = Mutex::new(());
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -284,25 +290,9 @@ pub fn script_report(stdout: &[u8]) -> serde_json::Value {
 pub async fn add_recvonly_video(
     pc: &(impl webrtc::peer_connection::PeerConnection + ?Sized),
 ) -> Result<(), String> {
-    add_recvonly(pc, rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video).await
-}
-
-/// Adds a transceiver of this kind that receives, never sends.
-pub async fn add_recvonly(
-    pc: &(impl webrtc::peer_connection::PeerConnection + ?Sized),
-    kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind,
-) -> Result<(), String> {
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    pc.add_transceiver_from_kind(
-        kind,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .map(drop)
-    .map_err(|e| e.to_string())
+    rtcam_viewer::add_recvonly(pc, rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// A real offer from a real peer (recvonly video), for sessions without a viewer behind them.

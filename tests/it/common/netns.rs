@@ -173,7 +173,9 @@ pub fn enter_named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send +
     std::thread::spawn(move || {
         use std::os::fd::AsRawFd;
         let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns on a valid namespace fd affects only this thread.
+        // SAFETY: setns takes no pointers; on a valid namespace fd it changes only this
+        // thread's network namespace, a thread made for it that runs `f` alone.
+        #[allow(unsafe_code)]
         let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
         f()
