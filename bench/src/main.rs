@@ -15,9 +15,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use daemon::{ProcSample, Rtcam, Setup};
 use report::{FanoutRow, Results, TtffSample};
-use std::path::PathBuf;
 use rtcam_viewer::janus::JanusViewer;
 use rtcam_viewer::{Decoded, Viewer, ViewerOptions};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -168,55 +168,11 @@ async fn run(args: &Args) -> Result<Results> {
     results.idle_rss_kb = b.rss_kb;
     eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
 
-    // Time to first frame, cold: the camera idle (pipeline stopped) when the viewer arrives, as
-    // for the first viewer of the day. Each session waits out the idle stop first.
-    for i in 0..args.cold_sessions {
-        tokio::time::sleep(IDLE_STOP + Duration::from_millis(1500)).await;
-        let v = viewer(broker, &cam.root, true)
-            .await
-            .with_context(|| format!("cold session {i}"))?;
-        if !v.wait_first_frame(Duration::from_secs(10)).await {
-            eprintln!("cold session {i}: no frame in 10 s");
-        }
-        results.ttff.push(TtffSample {
-            stages: v.stages(),
-            cold: true,
-        });
-        v.bye().await;
-    }
-    // Warm: one session at a time, each ended before the next, with the pipeline running. The
-    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
-    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
-    // that window of another shares the other's keyframe and waits up to the window for it.
-    for i in 0..args.sessions {
-        tokio::time::sleep(daemon::SESSION_GAP).await;
-        let v = viewer(broker, &cam.root, true)
-            .await
-            .with_context(|| format!("session {i}"))?;
-        if !v.wait_first_frame(Duration::from_secs(10)).await {
-            eprintln!("session {i}: no frame in 10 s");
-        }
-        results.ttff.push(TtffSample {
-            stages: v.stages(),
-            cold: false,
-        });
-        v.bye().await;
-    }
+    time_to_first_frame(broker, &cam.root, args, &mut results).await?;
     eprintln!("time to first frame: {} sessions", results.ttff.len());
-
-    // Glass to glass: one decoding viewer reading the barcode from every picture.
-    {
-        let v = viewer(broker, &cam.root, true).await?;
-        v.wait_first_frame(Duration::from_secs(10)).await;
-        // The first second holds the join keyframe's catch-up; measure the steady state.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let skip = v.decoded().latencies_ms.len();
-        tokio::time::sleep(Duration::from_secs(args.latency_secs)).await;
-        let c = v.decoded();
-        results.latencies_ms = c.latencies_ms[skip.min(c.latencies_ms.len())..].to_vec();
-        results.unreadable = c.unreadable;
-        v.bye().await;
-    }
+    let (latencies, unreadable) = glass_to_glass(broker, &cam.root, args.latency_secs).await?;
+    results.latencies_ms = latencies;
+    results.unreadable = unreadable;
     eprintln!("latency: {} samples", results.latencies_ms.len());
     if args.chromium {
         match chromium_latency(&cam.page_url, args.latency_secs, args.chromium_sessions).await {
@@ -282,6 +238,74 @@ where
 }
 
 /// What the fan-out viewers watch.
+/// Time to first frame by stage, cold then warm.
+async fn time_to_first_frame(
+    broker: (&str, u16),
+    root: &str,
+    args: &Args,
+    results: &mut Results,
+) -> Result<()> {
+    // Cold: the camera idle (pipeline stopped) when the viewer arrives, as for the first
+    // viewer of the day. Each session waits out the idle stop first.
+    for i in 0..args.cold_sessions {
+        tokio::time::sleep(IDLE_STOP + Duration::from_millis(1500)).await;
+        let label = format!("cold session {i}");
+        results
+            .ttff
+            .push(first_frame(broker, root, true, &label).await?);
+    }
+    // Warm: one session at a time, each ended before the next, with the pipeline running. The
+    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
+    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
+    // that window of another shares the other's keyframe and waits up to the window for it.
+    for i in 0..args.sessions {
+        tokio::time::sleep(daemon::SESSION_GAP).await;
+        let label = format!("session {i}");
+        results
+            .ttff
+            .push(first_frame(broker, root, false, &label).await?);
+    }
+    Ok(())
+}
+
+/// One session's stages up to its first frame.
+async fn first_frame(
+    broker: (&str, u16),
+    root: &str,
+    cold: bool,
+    label: &str,
+) -> Result<TtffSample> {
+    let v = viewer(broker, root, true)
+        .await
+        .context(label.to_string())?;
+    if !v.wait_first_frame(Duration::from_secs(10)).await {
+        eprintln!("{label}: no frame in 10 s");
+    }
+    let sample = TtffSample {
+        stages: v.stages(),
+        cold,
+    };
+    v.bye().await;
+    Ok(sample)
+}
+
+/// Glass to glass: one decoding viewer reading the barcode from every picture for `secs`;
+/// the ages in ms, and how many pictures had no readable barcode.
+async fn glass_to_glass(broker: (&str, u16), root: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
+    let v = viewer(broker, root, true).await?;
+    v.wait_first_frame(Duration::from_secs(10)).await;
+    // The first second holds the join keyframe's catch-up; measure the steady state.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let skip = v.decoded().latencies_ms.len();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let c = v.decoded();
+    v.bye().await;
+    Ok((
+        c.latencies_ms[skip.min(c.latencies_ms.len())..].to_vec(),
+        c.unreadable,
+    ))
+}
+
 enum Target {
     Rtcam {
         host: String,
@@ -304,12 +328,10 @@ impl AnyViewer {
             Target::Rtcam { host, port, root } => {
                 AnyViewer::Rtcam(viewer((host, *port), root, false).await?)
             }
-            Target::Janus { base } => {
-                AnyViewer::Janus(
-                    JanusViewer::connect(base, janus::MOUNTPOINT, ICE_CHECK_INTERVAL.get().copied())
-                        .await?,
-                )
-            }
+            Target::Janus { base } => AnyViewer::Janus(
+                JanusViewer::connect(base, janus::MOUNTPOINT, ICE_CHECK_INTERVAL.get().copied())
+                    .await?,
+            ),
         })
     }
     fn decoded(&self) -> Decoded {

@@ -262,7 +262,10 @@ impl Setup {
         pc: Arc<dyn PeerConnection>,
         media: Media,
         control: Option<Arc<dyn DataChannel>>,
-        (gathered, state): (Arc<Mutex<Gathered>>, watch::Receiver<RTCPeerConnectionState>),
+        (gathered, state): (
+            Arc<Mutex<Gathered>>,
+            watch::Receiver<RTCPeerConnectionState>,
+        ),
     ) -> Viewer {
         let channel_messages = Arc::new(Mutex::new(Vec::new()));
         let (open, channel_open) = watch::channel(false);

@@ -44,7 +44,11 @@ pub(crate) fn video(
     } else if settings.stamps {
         // One decoding thread: libav's frame threads would each hold a frame back, latency a
         // browser's decoder does not add.
-        ("H264", "rtph264depay", "h264parse ! avdec_h264 max-threads=1")
+        (
+            "H264",
+            "rtph264depay",
+            "h264parse ! avdec_h264 max-threads=1",
+        )
     } else {
         ("H264", "rtph264depay", "h264parse ! avdec_h264")
     };

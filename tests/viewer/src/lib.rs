@@ -183,7 +183,10 @@ impl Viewer {
         pick: fn(&Stages) -> Option<Duration>,
         timeout: Duration,
     ) -> Option<Duration> {
-        let (seen, _) = self.shared.wait(timeout, |d| pick(&d.stages).is_some()).await;
+        let (seen, _) = self
+            .shared
+            .wait(timeout, |d| pick(&d.stages).is_some())
+            .await;
         pick(&seen.stages)
     }
 

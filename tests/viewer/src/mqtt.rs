@@ -77,7 +77,12 @@ pub(crate) async fn connect(
 
 pub async fn publish(client: &AsyncClient, topic: &str, body: Value) -> Result<(), ViewerError> {
     client
-        .publish(topic, QoS::AtLeastOnce, false, body.to_string().into_bytes())
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            body.to_string().into_bytes(),
+        )
         .await?;
     Ok(())
 }

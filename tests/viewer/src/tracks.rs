@@ -80,7 +80,12 @@ async fn read(track: Arc<dyn TrackRemote>, audio: bool, sinks: Sinks, reports: R
                             .lock()
                             .unwrap()
                             .insert(sr.ssrc, (sr.ntp_time, sr.rtp_time));
-                        *sinks.shared.seen().sender_reports.entry(sr.ssrc).or_default() += 1;
+                        *sinks
+                            .shared
+                            .seen()
+                            .sender_reports
+                            .entry(sr.ssrc)
+                            .or_default() += 1;
                     }
                 }
             }
