@@ -346,7 +346,7 @@ async fn retained_status(port: u16, root: &str) -> Value {
         .1
 }
 
-/// The same table tests/hostile.rs plays against the embedded broker, as far as mosquitto's
+/// The same table tests/it/hostile.rs plays against the embedded broker, as far as mosquitto's
 /// ACL file can enforce it. mosquitto grants every subscription (its ACL file checks reads when
 /// it delivers, not when a client subscribes) and drops refused publishes without a word, so
 /// what is checked is what arrives: the stranger reads nothing but status, and an operator

@@ -20,7 +20,7 @@ async fn every_bad_message_is_refused_and_the_stream_goes_on() {
     let mut config = test_config("hostile");
     config.webrtc.max_sessions = 2;
     // With the VP8 fallback switched off an offer without H.264 is refused; with it on (the
-    // default) it is served, which tests/browser.rs shows with Chromium and Firefox.
+    // default) it is served, which tests/it/browser.rs shows with Chromium and Firefox.
     config.encoder.vp8_fallback = false;
     let rt = start(config).await;
     let root = rt.root();

@@ -1,6 +1,6 @@
 //! Camera handling that needs no camera: a missing camera is reported `lost` in `R/status` while
 //! the agent and its sessions keep running; `rtcam check`, `devices`, `controls` and the
-//! libcamera source as a user runs them. The real-driver side is tests/vivid.rs.
+//! libcamera source as a user runs them. The real-driver side is tests/it/vivid.rs.
 
 use crate::common;
 

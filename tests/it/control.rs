@@ -282,7 +282,7 @@ async fn telemetry_and_metrics() {
         "{t}"
     );
 
-    // /metrics has its own test (tests/metrics.rs); here, that it reads the same pipeline.
+    // /metrics has its own test (tests/it/metrics.rs); here, that it reads the same pipeline.
     let metrics = http_get(rt.app.http_addr(), "/metrics").await;
     assert!(
         metrics.contains("rtcam_frame_latency_seconds_bucket{stage=\"capture_to_sent\""),

@@ -8,7 +8,7 @@
 //! repeat of the peer's previous flight or part of its next one, so a handshake that lost
 //! the wrong datagram hung on both sides until the viewer gave up. rtcam builds a patched copy
 //! (vendor/rtc-dtls, vendor/README.md); this test fails without the patch. The lossy-link
-//! test (tests/lossy.rs) saw it about once in twenty runs through a netem router at 5 % loss.
+//! test (tests/it/lossy.rs) saw it about once in twenty runs through a netem router at 5 % loss.
 
 use rtc_dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig};
 use rtc_dtls::crypto::Certificate;

@@ -1,8 +1,11 @@
 //! rtcam's integration tests, one module per area, linked into one test binary: each binary
 //! links webrtc and GStreamer, so one of them instead of two dozen saves most of `make test`'s
 //! link time and disk. Tests of different modules run in parallel in this one process, so a
-//! test holds no process-wide state: ports come from `common::free_port`, network namespaces
-//! carry their module's prefix, and browsers run one at a time (`common::BROWSER`).
+//! test holds no process-wide state: ports come from `common::free_port` (only `cli` takes a
+//! fixed one, 1883, to play a broker already there), network namespaces carry their module's
+//! prefix, and browsers run one at a time (`common::BROWSER`). `make test` runs the modules
+//! that measure under load or hold the machine's namespaces for minutes (its `SOLO_TESTS`)
+//! after the others, one at a time.
 //!
 //! Two tests keep binaries of their own, since they change the whole process: `faults`
 //! (installs the process's log subscriber to count rtcam's log lines) and `watchdog` (sets

@@ -63,7 +63,7 @@ impl Rtcam {
         config.encoder.keyframe_interval = 15;
         // Room for every vanished viewer at once (they hold their sessions until ICE reports
         // them gone, a few seconds, while the next batches join) beside the churning ones:
-        // the soak is about leaks, not the session limit, which tests/limits.rs covers.
+        // the soak is about leaks, not the session limit, which tests/it/limits.rs covers.
         config.webrtc.max_sessions = 2 * (VANISH_BATCH * VANISH_BATCHES + CONCURRENT);
         config.webrtc.offers_per_second = 1000;
         // Vanished viewers are reaped once ICE reports them disconnected plus this.
