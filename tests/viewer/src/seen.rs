@@ -122,9 +122,9 @@ impl Shared {
         loop {
             // Registered before the check, so a change between the two is not missed.
             let changed = self.changed.notified();
-            let seen = self.seen().clone();
-            if done(&seen) {
-                return (seen, true);
+            // Checked under the lock, cloned only at the end: waiters wake at every packet.
+            if done(&self.seen()) {
+                return (self.seen().clone(), true);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let seen = self.seen().clone();

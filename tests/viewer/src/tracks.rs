@@ -163,4 +163,3 @@ impl Sequence {
         (self.highest - self.first.unwrap_or(self.highest) + 1) as usize
     }
 }
-
