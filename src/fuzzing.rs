@@ -1,6 +1,7 @@
 //! Entry points for everything that parses network input, shared by the cargo-fuzz targets
-//! (`fuzz/`) and the test that replays their corpus (`tests/fuzz_corpus.rs`), so the fuzzers
+//! (`fuzz/`) and the test that replays their seeds (`tests/it/fuzz_corpus.rs`), so the fuzzers
 //! and `make test` exercise exactly the same code. Each must return normally for any input.
+//! Built only with the `fuzzing` feature (src/lib.rs).
 
 use crate::auth::{Authority, Right};
 use crate::session::table::{Limits, SessionTable};

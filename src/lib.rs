@@ -11,6 +11,9 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod credentials;
+// Only in builds that fuzz or replay the fuzz seeds (the `fuzzing` feature, which fuzz/ and
+// rtcam's own tests turn on): the daemon, release builds and the .deb carry none of it.
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gate;
 pub mod health;

@@ -19,6 +19,57 @@ pub struct Janus {
     dir: PathBuf,
 }
 
+/// Janus's configuration in `dir`: the streaming plugin and HTTP transport only, the HTTP API
+/// on `http_port`, one H.264 mountpoint taking RTP on `rtp_port`.
+fn write_config(dir: &std::path::Path, lib: &str, http_port: u16, rtp_port: u16) -> Result<()> {
+    std::fs::write(
+        dir.join("janus.jcfg"),
+        format!(
+            r#"general: {{
+configs_folder = "{dir}"
+plugins_folder = "{lib}/plugins"
+transports_folder = "{lib}/transports"
+events_folder = "{lib}/events"
+loggers_folder = "{lib}/loggers"
+debug_level = 2
+}}
+media: {{ rtp_port_range = "30000-39999" }}
+nat: {{ ice_enforce_list = "lo" }}
+plugins: {{ disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so" }}
+transports: {{ disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so" }}
+events: {{ broadcast = false }}
+"#,
+            dir = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.transport.http.jcfg"),
+        format!(
+            "general: {{ json = \"compact\" base_path = \"/janus\" http = true port = {http_port} ip = \"127.0.0.1\" https = false }}\n\
+             admin: {{ admin_http = false admin_https = false }}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.plugin.streaming.jcfg"),
+        format!(
+            r#"general: {{ }}
+bench: {{
+type = "rtp"
+id = {MOUNTPOINT}
+description = "rtcam-bench"
+audio = false
+video = true
+videoport = {rtp_port}
+videopt = 96
+videocodec = "h264"
+videofmtp = "profile-level-id=42e01f;packetization-mode=1"
+}}
+"#
+        ),
+    )?;
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -37,51 +88,7 @@ impl Janus {
             let triplet = Command::new("gcc").arg("-print-multiarch").output()?.stdout;
             format!("/usr/lib/{}/janus", String::from_utf8(triplet)?.trim())
         };
-        std::fs::write(
-            dir.join("janus.jcfg"),
-            format!(
-                r#"general: {{
-    configs_folder = "{dir}"
-    plugins_folder = "{lib}/plugins"
-    transports_folder = "{lib}/transports"
-    events_folder = "{lib}/events"
-    loggers_folder = "{lib}/loggers"
-    debug_level = 2
-}}
-media: {{ rtp_port_range = "30000-39999" }}
-nat: {{ ice_enforce_list = "lo" }}
-plugins: {{ disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so" }}
-transports: {{ disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so" }}
-events: {{ broadcast = false }}
-"#,
-                dir = dir.display()
-            ),
-        )?;
-        std::fs::write(
-            dir.join("janus.transport.http.jcfg"),
-            format!(
-                "general: {{ json = \"compact\" base_path = \"/janus\" http = true port = {http_port} ip = \"127.0.0.1\" https = false }}\n\
-                 admin: {{ admin_http = false admin_https = false }}\n"
-            ),
-        )?;
-        std::fs::write(
-            dir.join("janus.plugin.streaming.jcfg"),
-            format!(
-                r#"general: {{ }}
-bench: {{
-    type = "rtp"
-    id = {MOUNTPOINT}
-    description = "rtcam-bench"
-    audio = false
-    video = true
-    videoport = {rtp_port}
-    videopt = 96
-    videocodec = "h264"
-    videofmtp = "profile-level-id=42e01f;packetization-mode=1"
-}}
-"#
-            ),
-        )?;
+        write_config(&dir, &lib, http_port, rtp_port)?;
         let janus = Command::new("janus")
             .arg("-C")
             .arg(dir.join("janus.jcfg"))
