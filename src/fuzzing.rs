@@ -13,7 +13,6 @@ pub fn signalling(data: &[u8]) {
     let message = protocol::parse_inbound(data);
     if let Ok(protocol::Inbound::Offer { sdp, .. }) = &message {
         let _ = protocol::check_offer_sdp(sdp, true);
-        let _ = crate::signalling::sdp::OfferSummary::of(sdp);
         let _ = crate::signalling::sdp::without_mdns_candidates(sdp);
     }
     let mut table = SessionTable::new(Limits::default());
@@ -43,7 +42,6 @@ pub fn topic_and_token(data: &[u8]) {
 pub fn sdp(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = protocol::check_offer_sdp(&text, true);
-    let _ = crate::signalling::sdp::OfferSummary::of(&text);
     let _ = crate::signalling::sdp::without_mdns_candidates(&text);
 }
 
