@@ -274,8 +274,8 @@ async fn lossy_viewer_gets_a_watchable_stream(link: &mut LossyLink) {
 
 /// The same path with a browser: headless Chromium in the viewer's namespace opens rtcam's page
 /// through the router and must decode 10 s worth of frames at no less than half the source
-/// rate, NACKing what the path loses. Its DTLS handshake crosses the loss too (see
-/// vendor/README.md for the hang this used to risk).
+/// rate, NACKing what the path loses. Its DTLS handshake crosses the loss too (vendor/README.md
+/// says which retransmission fix that needs).
 async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
     const FRAMES: u32 = 10 * FPS;
     link.netem_async(LOSSY);
@@ -345,8 +345,8 @@ async fn chromium_gets_a_watchable_stream(link: &mut LossyLink) {
         "rtcam resent nothing the browser asked for: {session}"
     );
     // Random loss that retransmissions repair is no reason to lower the picture: the estimate
-    // stays near the configured rate. (It used to fall to ~450 kbit/s, read from the mean of
-    // Chromium's per-report loss fractions; see `LossCounter`.)
+    // stays near the configured rate. The mean of Chromium's per-report loss fractions would
+    // put it near 450 kbit/s; `LossCounter` reads the cumulative counters instead.
     assert!(
         session["estimate_kbps"].as_u64().unwrap_or(0) >= configured * 3 / 4,
         "rtcam's estimate for Chromium fell on random loss: {session}"
