@@ -53,7 +53,7 @@ impl Notifier {
         self.watchdog
     }
 
-    fn send(&self, states: &[NotifyState]) {
+    fn send(&self, states: &[NotifyState<'_>]) {
         if !self.enabled {
             return;
         }

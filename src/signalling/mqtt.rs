@@ -6,18 +6,22 @@
 //! says offline). After every reconnect it subscribes and publishes status again, because a
 //! clean session forgets both.
 
+use super::message::{ControlRequest, Publication};
 use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
-use super::message::{ControlRequest, Publication};
 use crate::health::Heartbeat;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use rumqttc::{TlsConfiguration, Transport};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// The client's options as [`options`] builds them; the app hands them back through [`MqttLink`]
+/// without reading them.
+pub use rumqttc::v5::MqttOptions;
 
 /// Largest MQTT packet rtcam reads or writes. Above [`protocol::MAX_PAYLOAD`] so that an
 /// oversized signalling message is answered with `payload_too_large` instead of making the
