@@ -191,61 +191,21 @@ impl Gate {
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let Ok(_slot) = Slot::take(&self.inner.connections, peer.ip()) else {
-            self.inner
-                .stats
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
-            self.log_refusal(
-                peer,
-                "too many MQTT connections (from this address or in all)",
-            );
+        let Some(_slot) = self.take_slot(peer) else {
             return;
         };
         self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(4096);
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_request(&mut rd, &mut buf, None));
-        let connect = match first.await {
-            Ok(Ok(Some((_, Request::Connect(c))))) => c,
-            Ok(Err(e)) => {
-                self.log_refusal(peer, &e.to_string());
-                return;
-            }
-            _ => return,
+        let Some(connect) = self.read_connect(&mut rd, &mut buf, peer).await else {
+            return;
         };
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
-        let session = self
-            .admit(&connect, peer, url_token.as_deref())
-            .and_then(|s| self.hold_id(s, serial, peer.ip()));
-        let session = match session {
-            Ok(s) => s,
-            Err((why, sentence)) => {
-                self.inner
-                    .stats
-                    .refused_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(peer, &sentence);
-                let _ = wr
-                    .write_all(&codec::connack_refused(connect.version, why))
-                    .await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-        };
-        let upstream = match self.inner.connect_upstream(&connect, &session).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
-                self.release(&session.identity.client_id, serial);
-                let _ = wr
-                    .write_all(&codec::connack_refused(
-                        connect.version,
-                        ConnectRefusal::ServerBusy,
-                    ))
-                    .await;
-                return;
-            }
+        let Some((session, upstream)) = self
+            .open(&connect, peer, url_token.as_deref(), serial, &mut wr)
+            .await
+        else {
+            return;
         };
         self.inner.rights.insert(
             &session.identity.client_id,
@@ -263,6 +223,87 @@ impl Gate {
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
         self.release(&client_id, serial);
+    }
+
+    /// A place among the connections the caps allow, or `None` (counted and logged).
+    fn take_slot(&self, peer: SocketAddr) -> Option<Slot> {
+        match Slot::take(&self.inner.connections, peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.inner
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(
+                    peer,
+                    "too many MQTT connections (from this address or in all)",
+                );
+                None
+            }
+        }
+    }
+
+    /// The client's CONNECT, within [`CONNECT_TIMEOUT`]; `None` if it closed, took too long or
+    /// sent something else first (logged).
+    async fn read_connect<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        peer: SocketAddr,
+    ) -> Option<codec::Connect> {
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_request(rd, buf, None));
+        match first.await {
+            Ok(Ok(Some((_, Request::Connect(c))))) => Some(*c),
+            Ok(Err(e)) => {
+                self.log_refusal(peer, &e.to_string());
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Admits the client as connection `serial` and opens its connection to the broker; a
+    /// refused client gets its CONNACK here, and `None` is returned.
+    async fn open<W: AsyncWrite + Unpin>(
+        &self,
+        connect: &codec::Connect,
+        peer: SocketAddr,
+        url_token: Option<&str>,
+        serial: u64,
+        wr: &mut W,
+    ) -> Option<(Admitted, tokio::net::TcpStream)> {
+        let session = self
+            .admit(connect, peer, url_token)
+            .and_then(|s| self.hold_id(s, serial, peer.ip()));
+        let session = match session {
+            Ok(s) => s,
+            Err((why, sentence)) => {
+                self.inner
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(peer, &sentence);
+                let _ = wr
+                    .write_all(&codec::connack_refused(connect.version, why))
+                    .await;
+                let _ = wr.shutdown().await;
+                return None;
+            }
+        };
+        match self.inner.connect_upstream(connect, &session).await {
+            Ok(upstream) => Some((session, upstream)),
+            Err(e) => {
+                tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
+                self.release(&session.identity.client_id, serial);
+                let _ = wr
+                    .write_all(&codec::connack_refused(
+                        connect.version,
+                        ConnectRefusal::ServerBusy,
+                    ))
+                    .await;
+                None
+            }
+        }
     }
 
     /// Forgets what connection `serial` held under `client_id`, unless a later one took it over.
@@ -441,6 +482,8 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
+    /// Carries the connection both ways until either side ends it, the token expires or
+    /// `shutdown`; says why to the client when the gate ends it.
     async fn run<R, W>(
         mut self,
         mut rd: R,
@@ -453,85 +496,17 @@ impl Connection<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut up_rd, mut up_wr) = upstream.into_split();
-        // The client's side is written by one task: the broker's packets and the gate's own
-        // answers (refusals) interleave whole, never mid-packet.
-        let (to_client, mut from_gate) = mpsc::channel::<Bytes>(64);
-        let writer = tokio::spawn(async move {
-            let mut wr = wr;
-            while let Some(bytes) = from_gate.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
-        let downstream = {
-            let to_client = to_client.clone();
-            async move {
-                let mut chunk = vec![0u8; 16 * 1024];
-                loop {
-                    match up_rd.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if to_client
-                                .send(Bytes::copy_from_slice(&chunk[..n]))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let remaining = expires.map(|at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        });
-        let expiry = async move {
-            match remaining {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let version = self.version;
-        let upstream_loop = async {
-            loop {
-                let request = match read_request(&mut rd, &mut buf, Some(version)).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        self.gate.log_refusal(self.peer, &e.to_string());
-                        return Some(Goodbye::Malformed);
-                    }
-                };
-                match self.check(request) {
-                    Step::Forward(bytes) => {
-                        if up_wr.write_all(&bytes).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Step::Answer(bytes) => {
-                        if to_client.send(bytes).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Step::Drop => {}
-                    Step::End(why) => return Some(why),
-                }
-            }
-        };
+        let (up_rd, mut up_wr) = upstream.into_split();
+        let (to_client, writer) = client_writer(wr);
         let goodbye = tokio::select! {
             // Each branch owns its half of the connection; whichever ends first ends the
             // others by dropping them, which is all cancelling them needs.
-            why = upstream_loop => why,
-            _ = downstream => None,
-            _ = expiry => Some(Goodbye::TokenExpired),
-            _ = shutdown.cancelled() => None,
+            why = self.upstream(&mut rd, &mut buf, &mut up_wr, &to_client) => why,
+            () = downstream(up_rd, to_client.clone()) => None,
+            () = expiry(expires) => Some(Goodbye::TokenExpired),
+            () = shutdown.cancelled() => None,
         };
-        if let Some(bytes) = goodbye.and_then(|why| codec::disconnect(version, why)) {
+        if let Some(bytes) = goodbye.and_then(|why| codec::disconnect(self.version, why)) {
             let _ = to_client.send(bytes).await;
         }
         if goodbye == Some(Goodbye::TokenExpired) {
@@ -539,6 +514,45 @@ impl Connection<'_> {
         }
         drop(to_client);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+
+    /// The client's packets, checked one by one, to the broker (or answered by the gate);
+    /// returns why the gate ends the connection, or `None` when a side closed.
+    async fn upstream<R, W>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        up_wr: &mut W,
+        to_client: &mpsc::Sender<Bytes>,
+    ) -> Option<Goodbye>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            let request = match read_request(rd, buf, Some(self.version)).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.gate.log_refusal(self.peer, &e.to_string());
+                    return Some(Goodbye::Malformed);
+                }
+            };
+            match self.check(request) {
+                Step::Forward(bytes) => {
+                    if up_wr.write_all(&bytes).await.is_err() {
+                        return None;
+                    }
+                }
+                Step::Answer(bytes) => {
+                    if to_client.send(bytes).await.is_err() {
+                        return None;
+                    }
+                }
+                Step::Drop => {}
+                Step::End(why) => return Some(why),
+            }
+        }
     }
 
     /// The filter's decision on one packet; a refusal is counted, and logged for the first.
@@ -581,6 +595,56 @@ async fn read_request<R: AsyncRead + Unpin>(
 fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 16)
+}
+
+/// The task that writes to the client, and its queue. One task writes, so the broker's packets
+/// and the gate's own answers (refusals) interleave whole, never mid-packet.
+fn client_writer<W>(wr: W) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let (to_client, mut from_gate) = mpsc::channel::<Bytes>(64);
+    let writer = tokio::spawn(async move {
+        let mut wr = wr;
+        while let Some(bytes) = from_gate.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    (to_client, writer)
+}
+
+/// The broker's bytes to the client, as they come, until either side closes.
+async fn downstream(mut up_rd: tokio::net::tcp::OwnedReadHalf, to_client: mpsc::Sender<Bytes>) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match up_rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to_client
+                    .send(Bytes::copy_from_slice(&chunk[..n]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Returns when a token's connection must end; never for a connection without one.
+async fn expiry(expires: Option<SystemTime>) {
+    let remaining = expires.map(|at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
+    match remaining {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
