@@ -255,7 +255,7 @@ impl Gate {
         match first.await {
             Ok(Ok(Some((_, Request::Connect(c))))) => Some(*c),
             Ok(Err(e)) => {
-                self.log_refusal(peer, &e.to_string());
+                self.log_refusal(peer, e);
                 None
             }
             _ => None,
@@ -277,14 +277,14 @@ impl Gate {
             .and_then(|s| self.hold_id(s, serial, peer.ip()));
         let session = match session {
             Ok(s) => s,
-            Err((why, sentence)) => {
+            Err(why) => {
                 self.inner
                     .stats
                     .refused_connections
                     .fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(peer, &sentence);
+                self.log_refusal(peer, &why);
                 let _ = wr
-                    .write_all(&codec::connack_refused(connect.version, why))
+                    .write_all(&codec::connack_refused(connect.version, why.refusal()))
                     .await;
                 let _ = wr.shutdown().await;
                 return None;
@@ -324,12 +324,7 @@ impl Gate {
     /// off; from the same address it is the viewer reconnecting (a page on a flaky link, whose
     /// old connection is not closed yet) and takes the id over, as MQTT says. Broker users
     /// always may (their tools reconnect under a fixed id).
-    fn hold_id(
-        &self,
-        session: Admitted,
-        serial: u64,
-        ip: IpAddr,
-    ) -> Result<Admitted, (ConnectRefusal, String)> {
+    fn hold_id(&self, session: Admitted, serial: u64, ip: IpAddr) -> Result<Admitted, Unwelcome> {
         let mut held = self
             .inner
             .held_ids
@@ -338,22 +333,19 @@ impl Gate {
         let id = &session.identity.client_id;
         let elsewhere = held.get(id).is_some_and(|(_, by)| *by != ip);
         if elsewhere && !session.identity.rights.operator {
-            return Err((
-                ConnectRefusal::BadClientId,
-                "that client id is connected already, from another address".into(),
-            ));
+            return Err(Unwelcome::IdHeld);
         }
         held.insert(id.clone(), (serial, ip));
         Ok(session)
     }
 
-    /// Decides who a CONNECT is; an error is the CONNACK's refusal and a sentence for the log.
+    /// Decides who a CONNECT is, or why it is refused.
     fn admit(
         &self,
         connect: &codec::Connect,
         peer: SocketAddr,
         url_token: Option<&str>,
-    ) -> Result<Admitted, (ConnectRefusal, String)> {
+    ) -> Result<Admitted, Unwelcome> {
         let config = &self.inner.config;
         let (rights, grant, expires) = self.authenticate(connect, url_token)?;
         // MQTT lets a client leave its id to the broker (mosquitto's clients do): it gets a
@@ -366,13 +358,13 @@ impl Gate {
         config
             .policy
             .check_connect(&client_id, &rights)
-            .map_err(|e| (ConnectRefusal::BadClientId, e.to_string()))?;
+            .map_err(Unwelcome::ClientId)?;
         let identity = Identity { client_id, rights };
         if let Some((topic, retain)) = &connect.will {
             config
                 .policy
                 .check_publish(&identity, topic, *retain)
-                .map_err(|e| (ConnectRefusal::NotAuthorized, format!("last will: {e}")))?;
+                .map_err(Unwelcome::Will)?;
         }
         tracing::debug!(%peer, client = %identity.client_id, rights = identity.rights.describe(), "MQTT client admitted");
         Ok(Admitted {
@@ -389,7 +381,7 @@ impl Gate {
         &self,
         connect: &codec::Connect,
         url_token: Option<&str>,
-    ) -> Result<(Rights, Option<Vec<Right>>, Option<SystemTime>), (ConnectRefusal, String)> {
+    ) -> Result<(Rights, Option<Vec<Right>>, Option<SystemTime>), Unwelcome> {
         let config = &self.inner.config;
         let token = match &connect.login {
             Some((user, password)) if config.users.verify(user, password) => {
@@ -407,7 +399,7 @@ impl Gate {
                     .verify(Some(token), Right::View, now)
                     .or_else(|_| authority.verify(Some(token), Right::Control, now))
                     .or_else(|_| authority.verify(Some(token), Right::Metrics, now))
-                    .map_err(|e| (ConnectRefusal::BadCredentials, format!("token: {e}")))?;
+                    .map_err(Unwelcome::Token)?;
                 let rights = Rights {
                     view: claims.grants(Right::View),
                     metrics: claims.grants(Right::Metrics),
@@ -416,19 +408,13 @@ impl Gate {
                 };
                 Ok((rights, Some(claims.rights()), Some(claims.expires_at())))
             }
-            (Some(_), None) => Err((
-                ConnectRefusal::NotAuthorized,
-                "this camera needs a token (as the MQTT password) or a broker user".into(),
-            )),
-            (None, Some(_)) if connect.login.is_some() => Err((
-                ConnectRefusal::BadCredentials,
-                "unknown user name or wrong password".into(),
-            )),
+            (Some(_), None) => Err(Unwelcome::NeedsLogin),
+            (None, Some(_)) if connect.login.is_some() => Err(Unwelcome::BadLogin),
             (None, _) => Ok((Rights::VIEWER, None, None)),
         }
     }
 
-    fn log_refusal(&self, peer: SocketAddr, why: &str) {
+    fn log_refusal(&self, peer: SocketAddr, why: impl std::fmt::Display) {
         let logged = self
             .inner
             .log_budget
@@ -439,6 +425,34 @@ impl Gate {
             tracing::info!(%peer, "MQTT gate refused a client: {why}");
         } else {
             tracing::debug!(%peer, "MQTT gate refused a client: {why}");
+        }
+    }
+}
+
+/// Why the gate refuses a client at its CONNECT: a sentence for the log, and the CONNACK's
+/// code ([`Unwelcome::refusal`]).
+#[derive(Debug, thiserror::Error)]
+enum Unwelcome {
+    #[error("{0}")]
+    ClientId(#[source] policy::Refusal),
+    #[error("last will: {0}")]
+    Will(#[source] policy::Refusal),
+    #[error("token: {0}")]
+    Token(#[source] crate::auth::TokenError),
+    #[error("this camera needs a token (as the MQTT password) or a broker user")]
+    NeedsLogin,
+    #[error("unknown user name or wrong password")]
+    BadLogin,
+    #[error("that client id is connected already, from another address")]
+    IdHeld,
+}
+
+impl Unwelcome {
+    fn refusal(&self) -> ConnectRefusal {
+        match self {
+            Unwelcome::ClientId(_) | Unwelcome::IdHeld => ConnectRefusal::BadClientId,
+            Unwelcome::Will(_) | Unwelcome::NeedsLogin => ConnectRefusal::NotAuthorized,
+            Unwelcome::Token(_) | Unwelcome::BadLogin => ConnectRefusal::BadCredentials,
         }
     }
 }
@@ -534,7 +548,7 @@ impl Connection<'_> {
                 Ok(Some(r)) => r,
                 Ok(None) => return None,
                 Err(e) => {
-                    self.gate.log_refusal(self.peer, &e.to_string());
+                    self.gate.log_refusal(self.peer, e);
                     return Some(Goodbye::Malformed);
                 }
             };
@@ -567,7 +581,7 @@ impl Connection<'_> {
             if self.filter.refusals() == 1 {
                 self.gate.log_refusal(
                     self.peer,
-                    &format!("{why} (later refusals on this connection are not logged)"),
+                    format_args!("{why} (later refusals on this connection are not logged)"),
                 );
             }
         }
