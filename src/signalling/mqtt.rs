@@ -355,13 +355,17 @@ async fn goodbye(client: &AsyncClient, eventloop: &mut EventLoop, link: &mut Mqt
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
+/// Queues one signalling message for its viewer. The error (the client's queue is full) holds
+/// the whole message, so it comes boxed.
 fn publish_signalling(
     client: &AsyncClient,
     topics: &Topics,
     out: &Outgoing,
-) -> Result<(), ClientError> {
+) -> Result<(), Box<ClientError>> {
     let topic = topics.session_out(&out.sid);
-    client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json())
+    client
+        .try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json())
+        .map_err(Box::new)
 }
 
 fn publish(client: &AsyncClient, p: &Publication) {
