@@ -1,6 +1,6 @@
 //! Wiring: starts every part in order, and stops them in the reverse order.
 //!
-//! Start: configuration checks → broker (if embedded) → HTTP listeners → media → control plane
+//! Start: TURN settings check → broker (if embedded) → HTTP listeners → media → control plane
 //! → session manager → HTTP server → MQTT client. Each step is a function below that takes what
 //! the steps before it made, and the stop token of its part.
 //! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
@@ -77,7 +77,7 @@ impl App {
     pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
         // `/metrics`' uptime counts from here.
         let started = Instant::now();
-        check(&config)?;
+        check_turn(&config)?;
         let device = Device::new(&config);
         let stops = Stops::default();
         let broker = start_broker(&config, &device, &stops.http).await?;
@@ -225,8 +225,9 @@ impl App {
     }
 }
 
-/// Checks the configuration where one key needs another, before anything starts.
-fn check(config: &Config) -> anyhow::Result<()> {
+/// TURN URLs need the secret rtcam derives their credentials from; checked before anything
+/// starts, after the credentials directory had its chance to fill the secret in.
+fn check_turn(config: &Config) -> anyhow::Result<()> {
     if !config.webrtc.turn_urls.is_empty() && config.webrtc.turn_secret.is_empty() {
         anyhow::bail!(
             "webrtc.turn_urls needs the secret the TURN server shares: set webrtc.turn_secret \
