@@ -175,8 +175,11 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             // state, the next call picks up where it left off.
             event = eventloop.poll() => {
                 if let Some(backoff) = connection.on_event(&client, &link, event).await {
+                    // The wait before the next attempt; shutdown does not wait for it.
                     tokio::select! {
+                        // Cancel-safe: level-triggered token.
                         _ = shutdown.cancelled() => break,
+                        // Cancel-safe: a dropped sleep holds nothing.
                         _ = tokio::time::sleep(backoff) => {}
                     }
                 }
