@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod board;
 pub mod broker;
 pub mod cli;
 pub mod codec;
