@@ -694,7 +694,6 @@ impl WebrtcConfig {
     pub fn disconnect_timeout(&self) -> Duration {
         Duration::from_secs(self.disconnect_timeout_secs)
     }
-
 }
 
 /// A section's shape check: the key at fault and what is wrong with its value.
@@ -711,7 +710,11 @@ fn within<T: PartialOrd + fmt::Display>(
     }
     Err((
         key,
-        format!("{value} is not between {} and {}", range.start(), range.end()),
+        format!(
+            "{value} is not between {} and {}",
+            range.start(),
+            range.end()
+        ),
     ))
 }
 
@@ -804,7 +807,11 @@ impl EncoderConfig {
             self.max_bitrate_kbps
         };
         within("encoder.max_bitrate_kbps", max, 50..=50_000)?;
-        within("encoder.min_bitrate_kbps", self.min_bitrate_kbps, 50..=50_000)?;
+        within(
+            "encoder.min_bitrate_kbps",
+            self.min_bitrate_kbps,
+            50..=50_000,
+        )?;
         if !(self.follow_ratio > 0.0 && self.follow_ratio <= 1.0) {
             return Err((
                 "encoder.follow_ratio",

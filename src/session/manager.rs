@@ -223,9 +223,7 @@ impl SessionManager {
             self.media.set_bitrate(kbps);
         }
         if let Some(e) = a.estimate_kbps(&key) {
-            r.stats
-                .estimate_kbps
-                .store(u64::from(e), Ordering::Relaxed);
+            r.stats.estimate_kbps.store(u64::from(e), Ordering::Relaxed);
         }
         let budget = a.budget_kbps(&key);
         r.stats.paced.store(budget.is_some(), Ordering::Relaxed);
@@ -432,6 +430,7 @@ impl SessionManager {
             may_control: grants.control,
         };
         let handle = live.tasks.spawn(viewer.run());
-        live.owners.insert(handle.id(), (sid.to_string(), generation));
+        live.owners
+            .insert(handle.id(), (sid.to_string(), generation));
     }
 }

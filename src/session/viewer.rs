@@ -192,7 +192,11 @@ impl Viewer {
             sdp: &self.offer_sdp,
             summary: &self.offer,
         };
-        match self.factory.answer(offer, self.codec, events_tx, audio).await {
+        match self
+            .factory
+            .answer(offer, self.codec, events_tx, audio)
+            .await
+        {
             Ok((peer, answer)) => {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;

@@ -4,8 +4,8 @@
 //! network is turned into a [`Inbound`] or a [`ProtocolError`] here, so the rest of rtcam never
 //! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
 
-pub use crate::codec::VideoCodec;
 use super::sdp::{is_mdns_candidate, OfferSummary};
+pub use crate::codec::VideoCodec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

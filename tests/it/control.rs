@@ -468,8 +468,18 @@ async fn reload_applies_what_it_can_and_names_the_rest() {
     std::fs::write(&path, toml::to_string(&secured).unwrap()).unwrap();
     let r = c.request("reload", json!({})).await;
     assert_eq!(r.body["ok"], true, "{}", r.body);
-    assert_eq!(r.body["result"]["applied"], json!(["auth.secret"]), "{}", r.body);
-    assert_eq!(r.body["result"]["restart_needed"], json!(["webrtc"]), "{}", r.body);
+    assert_eq!(
+        r.body["result"]["applied"],
+        json!(["auth.secret"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["result"]["restart_needed"],
+        json!(["webrtc"]),
+        "{}",
+        r.body
+    );
     assert_eq!(status(&new).await, 200);
     assert_eq!(status(&old).await, 401);
     app.stop().await;

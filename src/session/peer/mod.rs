@@ -93,7 +93,11 @@ impl SendTrack {
         if let Some(pt) = self.payload_type {
             return Ok(pt);
         }
-        let params = self.sender.get_parameters().await.map_err(PeerError::Setup)?;
+        let params = self
+            .sender
+            .get_parameters()
+            .await
+            .map_err(PeerError::Setup)?;
         let pt = params
             .rtp_parameters
             .codecs
