@@ -173,7 +173,18 @@ impl App {
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let sessions = Sessions::new(requests_tx);
         let (events_tx, events_rx) = mpsc::channel(256);
-        let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
+        let (outgoing_tx, from_sessions) = mpsc::channel(1024);
+        // Replies go to the transport of their viewer: MQTT, or the WHEP door over HTTP.
+        let (mqtt_out, outgoing_rx) = mpsc::channel(1024);
+        let (whep_out, whep_replies) = mpsc::channel(256);
+        tokio::spawn(crate::signalling::route(from_sessions, mqtt_out, whep_out));
+        let whep = http::whep::WhepDoor::new(
+            events_tx.clone(),
+            ice_servers.clone(),
+            authority.is_some(),
+            config.webrtc.max_sessions,
+        );
+        tokio::spawn(whep.clone().deliver(whep_replies));
         let (viewers_tx, viewers_rx) = watch::channel(0usize);
         // Status follows the media pipeline and the viewer count.
         let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
@@ -286,6 +297,7 @@ impl App {
                 device_id: device_id.clone(),
                 authority,
                 hosts: http::guard::HostPolicy::new(&own_names, &config.http.allowed_hosts),
+                whep: Some(whep),
             },
             http_stop.clone(),
         ));
