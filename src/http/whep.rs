@@ -247,6 +247,12 @@ impl Checked {
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static("600"),
             );
+            // Chromium asks before a public page reaches a private address (Private Network
+            // Access); the token the request must carry is what guards the camera.
+            headers.insert(
+                HeaderName::from_static("access-control-allow-private-network"),
+                HeaderValue::from_static("true"),
+            );
         }
         self.finish(response)
     }

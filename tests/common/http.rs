@@ -56,3 +56,42 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std:
         body: buf[split + 4..].to_vec(),
     })
 }
+
+/// Any request with a body, for doors that take more than `GET` (WHEP's `POST`, `PATCH`,
+/// `DELETE`, `OPTIONS`). Headers a response repeats (`Link`) are all in [`Reply::head`].
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    Ok(Reply {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    })
+}
