@@ -489,6 +489,8 @@ async fn a_whep_player_from_npm_decodes_in_chromium_with_a_token() {
         "{report}"
     );
     assert_eq!(report["frameWidth"], 320, "{report}");
+    assert_eq!(report["codec"], "video/H264", "{report}");
+    eprintln!("WHEP player in Chromium: {report}");
     assert_eq!(report["unloaded"], true, "{report}");
     // The player's DELETE ended the session.
     let list = wait_sessions(&rt, |l| l.is_empty()).await;

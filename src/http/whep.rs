@@ -139,24 +139,27 @@ impl WhepDoor {
         let _ = self.inner.events.send(event).await;
     }
 
-    /// Refuses a new session from an address that holds its share already.
-    fn check_address(&self, peer: IpAddr) -> Result<(), ProtocolError> {
-        if peer.is_loopback() {
-            return Ok(());
+    /// Holds a place for a new session's resource before its offer goes to the manager, so a
+    /// session that ends as soon as it is answered still finds (and removes) it. Refused when
+    /// the client's address holds its share of sessions already (loopback excepted).
+    fn reserve(&self, sid: &str, resource: Resource) -> Result<(), ProtocolError> {
+        let mut resources = lock(&self.inner.resources);
+        if !resource.peer.is_loopback() {
+            let key = crate::admission::address_key(resource.peer);
+            let held = resources
+                .values()
+                .filter(|r| crate::admission::address_key(r.peer) == key)
+                .count();
+            if held >= self.inner.per_address {
+                return Err(ProtocolError::new(
+                    ErrorCode::TooManySessions,
+                    format!(
+                        "This address already watches in {held} of the camera's sessions, the most one address may hold; end one first."
+                    ),
+                ));
+            }
         }
-        let key = crate::admission::address_key(peer);
-        let held = lock(&self.inner.resources)
-            .values()
-            .filter(|r| crate::admission::address_key(r.peer) == key)
-            .count();
-        if held >= self.inner.per_address {
-            return Err(ProtocolError::new(
-                ErrorCode::TooManySessions,
-                format!(
-                    "This address already watches in {held} of the camera's sessions, the most one address may hold; end one first."
-                ),
-            ));
-        }
+        resources.insert(sid.to_string(), resource);
         Ok(())
     }
 }
@@ -374,31 +377,38 @@ async fn start_session(
         ));
     }
     let sdp = read_body(body).await?;
-    door.check_address(peer)?;
     let resource = new_resource_id();
     let sid = whep::sid_of(&resource);
     let offer_ufrag = whep::ice_ufrag(&sdp).map(str::to_owned);
+    let place = Resource {
+        peer,
+        etag: String::new(),
+        offer_ufrag,
+    };
+    door.reserve(&sid, place)?;
     let token = bearer(headers);
-    let answer = match door.ask(&sid, Inbound::Offer { sdp, token }).await? {
-        Outbound::Answer { sdp } => sdp,
-        Outbound::Error { code, message } => return Err(ProtocolError::new(code, message)),
-        other => {
+    let refused = |e: ProtocolError| {
+        lock(&door.inner.resources).remove(&sid);
+        e
+    };
+    let answer = match door.ask(&sid, Inbound::Offer { sdp, token }).await {
+        Ok(Outbound::Answer { sdp }) => sdp,
+        Ok(Outbound::Error { code, message }) => {
+            return Err(refused(ProtocolError::new(code, message)))
+        }
+        Ok(other) => {
             tracing::warn!("WHEP offer got an unexpected first reply: {other:?}");
-            return Err(ProtocolError::new(
+            return Err(refused(ProtocolError::new(
                 ErrorCode::Internal,
                 "The camera could not set up the session.",
-            ));
+            )));
         }
+        Err(e) => return Err(refused(e)),
     };
     let etag = whep::etag_of(&answer);
-    lock(&door.inner.resources).insert(
-        sid,
-        Resource {
-            peer,
-            etag: etag.clone(),
-            offer_ufrag,
-        },
-    );
+    if let Some(r) = lock(&door.inner.resources).get_mut(&sid) {
+        r.etag.clone_from(&etag);
+    }
     let mut response = (
         StatusCode::CREATED,
         [
