@@ -241,35 +241,7 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     let id = location.trim_start_matches("/whep/");
     assert!(!serde_json::to_string(&list).unwrap().contains(id));
 
-    // A trickle fragment with the wrong tag, and one asking for an ICE restart, are refused.
-    let frag = format!("{}a=end-of-candidates\r\n", ice_lines(&offer));
-    let stale = request(
-        addr,
-        "PATCH",
-        &location,
-        &[
-            ("Content-Type", "application/trickle-ice-sdpfrag"),
-            ("If-Match", "\"not-the-tag\""),
-        ],
-        frag.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(stale.status, 412, "{}", stale.text());
-    let restart = "a=ice-ufrag:newufrag\r\na=ice-pwd:newpasswordnewpassword12\r\n";
-    let refused = request(
-        addr,
-        "PATCH",
-        &location,
-        &[
-            ("Content-Type", "application/trickle-ice-sdpfrag"),
-            ("If-Match", "*"),
-        ],
-        restart.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(refused.status, 422, "{}", refused.text());
+    stale_and_restart_patches_are_refused(addr, &location, &offer).await;
 
     // Another client that does not know the id reaches nothing.
     for path in [
@@ -291,7 +263,46 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     assert_eq!(again.status, 404);
     player.close().await;
 
-    // With trickle: the offer has no candidates; they follow in a PATCH with the tag.
+    with_trickle(&rt, addr, &etag).await;
+
+    refusals_of_an_open_camera(addr).await;
+    rt.app.stop().await;
+}
+
+/// A `PATCH` with a stale `If-Match`, and one asking for an ICE restart, are refused.
+async fn stale_and_restart_patches_are_refused(addr: SocketAddr, location: &str, offer: &str) {
+    let frag = format!("{}a=end-of-candidates\r\n", ice_lines(offer));
+    let stale = request(
+        addr,
+        "PATCH",
+        location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", "\"not-the-tag\""),
+        ],
+        frag.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status, 412, "{}", stale.text());
+    let restart = "a=ice-ufrag:newufrag\r\na=ice-pwd:newpasswordnewpassword12\r\n";
+    let refused = request(
+        addr,
+        "PATCH",
+        location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", "*"),
+        ],
+        restart.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.text());
+}
+
+/// An offer without candidates, then the candidates in a `PATCH` with the resource's tag.
+async fn with_trickle(rt: &common::Running, addr: SocketAddr, first_etag: &str) {
     let mut player = Player::new().await;
     let offer = player.offer(false).await;
     assert!(!offer.contains("a=candidate"), "{offer}");
@@ -299,7 +310,7 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     assert_eq!(created.status, 201, "{}", created.text());
     let location = created.header("location").unwrap().to_string();
     let etag2 = created.header("etag").unwrap().to_string();
-    assert_ne!(etag, etag2, "each session has its own ICE session");
+    assert_ne!(first_etag, etag2, "each session has its own ICE session");
     player.answer(created.text()).await;
     let mut frag = format!(
         "{}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n",
@@ -328,11 +339,8 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     );
     let deleted = request(addr, "DELETE", &location, &[], b"").await.unwrap();
     assert_eq!(deleted.status, 200);
-    assert!(wait_sessions(&rt, |l| l.is_empty()).await.is_empty());
+    assert!(wait_sessions(rt, |l| l.is_empty()).await.is_empty());
     player.close().await;
-
-    refusals_of_an_open_camera(addr).await;
-    rt.app.stop().await;
 }
 
 /// What a stranger meets at an open camera's WHEP door: bad offers, a page of another origin,
@@ -398,67 +406,8 @@ async fn a_whep_player_from_npm_decodes_in_chromium_with_a_token() {
     let rt = start(config).await;
     let addr = rt.app.http_addr();
 
-    // A wrong token, or none, is refused with the protocol's code.
-    let offer = common::real_offer_sdp().await;
-    let wrong = token(vec![Right::Metrics]);
-    for auth in [
-        None,
-        Some(format!("Bearer {wrong}")),
-        Some("Bearer nonsense".into()),
-    ] {
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        let refused = post_offer(addr, &offer, &headers).await;
-        assert_eq!(refused.status, 401, "{auth:?}: {}", refused.text());
-        assert_eq!(
-            json_of(&refused)["code"],
-            "unauthorized",
-            "{}",
-            refused.text()
-        );
-        assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
-    }
-
-    // OPTIONS names the ICE servers to a token holder: TURN with derived credentials, never
-    // the owner's static one; a preflight without a token gets none.
     let view = token(vec![Right::View]);
-    let bearer = format!("Bearer {view}");
-    let options = request(addr, "OPTIONS", "/whep", &[("Authorization", &bearer)], b"")
-        .await
-        .unwrap();
-    assert_eq!(options.status, 204, "{}", options.text());
-    let links = headers_named(&options, "link");
-    assert_eq!(links.len(), 1, "{}", options.head);
-    assert!(
-        links[0]
-            .starts_with("<turn:127.0.0.1:3479?transport=udp>; rel=\"ice-server\"; username=\"")
-            && links[0].contains("credential-type=\"password\""),
-        "{}",
-        links[0]
-    );
-    assert!(!options.head.contains("static-password"));
-    let preflight = request(
-        addr,
-        "OPTIONS",
-        "/whep",
-        &[
-            ("Origin", "http://dashboard.example"),
-            ("Access-Control-Request-Method", "POST"),
-            (
-                "Access-Control-Request-Headers",
-                "authorization, content-type",
-            ),
-        ],
-        b"",
-    )
-    .await
-    .unwrap();
-    assert_eq!(preflight.status, 204);
-    assert!(headers_named(&preflight, "link").is_empty());
-    assert_eq!(
-        preflight.header("access-control-allow-origin"),
-        Some("http://dashboard.example")
-    );
+    refusals_and_ice_servers_with_tokens(addr, &view).await;
 
     // The npm player, on a page of the test's own origin, with the token.
     let whep_url = format!("http://{addr}/whep");
@@ -496,4 +445,69 @@ async fn a_whep_player_from_npm_decodes_in_chromium_with_a_token() {
     let list = wait_sessions(&rt, |l| l.is_empty()).await;
     assert!(list.is_empty(), "{list:?}");
     rt.app.stop().await;
+}
+
+/// Offers without a good token get 401 with the protocol's code; `OPTIONS` names the ICE
+/// servers to a token holder only: TURN with derived credentials, never the owner's static one.
+async fn refusals_and_ice_servers_with_tokens(addr: SocketAddr, view: &str) {
+    // A wrong token, or none, is refused with the protocol's code.
+    let offer = common::real_offer_sdp().await;
+    let wrong = token(vec![Right::Metrics]);
+    for auth in [
+        None,
+        Some(format!("Bearer {wrong}")),
+        Some("Bearer nonsense".into()),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let refused = post_offer(addr, &offer, &headers).await;
+        assert_eq!(refused.status, 401, "{auth:?}: {}", refused.text());
+        assert_eq!(
+            json_of(&refused)["code"],
+            "unauthorized",
+            "{}",
+            refused.text()
+        );
+        assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    }
+
+    // A token holder asking `OPTIONS` gets the TURN server with derived credentials.
+    let bearer = format!("Bearer {view}");
+    let options = request(addr, "OPTIONS", "/whep", &[("Authorization", &bearer)], b"")
+        .await
+        .unwrap();
+    assert_eq!(options.status, 204, "{}", options.text());
+    let links = headers_named(&options, "link");
+    assert_eq!(links.len(), 1, "{}", options.head);
+    assert!(
+        links[0]
+            .starts_with("<turn:127.0.0.1:3479?transport=udp>; rel=\"ice-server\"; username=\"")
+            && links[0].contains("credential-type=\"password\""),
+        "{}",
+        links[0]
+    );
+    assert!(!options.head.contains("static-password"));
+    // A browser's preflight carries no token and gets no servers, but the CORS answer.
+    let preflight = request(
+        addr,
+        "OPTIONS",
+        "/whep",
+        &[
+            ("Origin", "http://dashboard.example"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(preflight.status, 204);
+    assert!(headers_named(&preflight, "link").is_empty());
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://dashboard.example")
+    );
 }

@@ -289,11 +289,10 @@ mod tests {
         // Without m= lines (what some players send), a mid alone names the section.
         let f = parse_fragment("a=mid:0\na=candidate:1 1 udp 1 192.0.2.1 5000 typ host\n").unwrap();
         assert_eq!(f.candidates[0].sdp_mline_index, Some(0));
-        assert_eq!(
+        assert!(
             parse_fragment("a=end-of-candidates")
                 .unwrap()
-                .end_of_candidates,
-            true
+                .end_of_candidates
         );
     }
 
