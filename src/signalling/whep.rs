@@ -220,7 +220,7 @@ pub fn retry_after(code: ErrorCode) -> Option<u32> {
 }
 
 /// Whether a request from a web page of `origin` may use the WHEP door, as CORS tells the
-/// browser. `same_origin` is [`crate::http::guard::check_origin`]'s verdict for it (the policy
+/// browser. `same_origin` is the HTTP guard's same-origin verdict for it (the policy
 /// `/mqtt` has); `tokens_required` whether the camera has `[auth] secret`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cors {
@@ -365,6 +365,30 @@ mod tests {
         assert_eq!(retry_after(ErrorCode::TooManySessions), Some(10));
         assert_eq!(retry_after(ErrorCode::RateLimited), Some(1));
         assert_eq!(retry_after(ErrorCode::BadSdp), None);
+    }
+
+    #[test]
+    fn the_status_table_in_the_docs_is_this_one() {
+        use ErrorCode::*;
+        let docs = include_str!("../../docs/signalling.md");
+        for code in [
+            BadJson,
+            BadMessage,
+            BadSdp,
+            NoVideoCodec,
+            TooManySessions,
+            UnknownSession,
+            PayloadTooLarge,
+            Unauthorized,
+            RateLimited,
+            Internal,
+        ] {
+            let mut row = format!("| `{code}` | {}", status_of(code));
+            if let Some(secs) = retry_after(code) {
+                row.push_str(&format!(", with `Retry-After: {secs}`"));
+            }
+            assert!(docs.contains(&row), "docs/signalling.md lacks {row:?}");
+        }
     }
 
     #[test]

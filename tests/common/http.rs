@@ -38,23 +38,7 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std:
     }
     request.push_str("\r\n");
     s.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    Ok(Reply {
-        status,
-        head,
-        body: buf[split + 4..].to_vec(),
-    })
+    read_reply(s).await
 }
 
 /// Any request with a body, for doors that take more than `GET` (WHEP's `POST`, `PATCH`,
@@ -77,6 +61,11 @@ pub async fn request(
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
+    read_reply(s).await
+}
+
+/// The response on `s`, read to its end (the request asked to close the connection).
+async fn read_reply(mut s: tokio::net::TcpStream) -> std::io::Result<Reply> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
