@@ -10,6 +10,7 @@ use common::{start, test_config};
 use rtcam::auth::{Authority, Right};
 use rtcam::control::exec::Requester;
 use rtcam::control::Command;
+use rtcam::signalling::whep;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Command as Process;
@@ -241,7 +242,9 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     let id = location.trim_start_matches("/whep/");
     assert!(!serde_json::to_string(&list).unwrap().contains(id));
 
-    stale_and_restart_patches_are_refused(addr, &location, &offer).await;
+    stale_patches_are_refused(addr, &location, &offer).await;
+    let answer = created.text();
+    let etag = ice_restart(&mut player, addr, &location, &answer, &etag).await;
 
     // Another client that does not know the id reaches nothing.
     for path in [
@@ -269,8 +272,8 @@ async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
     rt.app.stop().await;
 }
 
-/// A `PATCH` with a stale `If-Match`, and one asking for an ICE restart, are refused.
-async fn stale_and_restart_patches_are_refused(addr: SocketAddr, location: &str, offer: &str) {
+/// A `PATCH` with a stale `If-Match` is refused.
+async fn stale_patches_are_refused(addr: SocketAddr, location: &str, offer: &str) {
     let frag = format!("{}a=end-of-candidates\r\n", ice_lines(offer));
     let stale = request(
         addr,
@@ -285,8 +288,51 @@ async fn stale_and_restart_patches_are_refused(addr: SocketAddr, location: &str,
     .await
     .unwrap();
     assert_eq!(stale.status, 412, "{}", stale.text());
-    let restart = "a=ice-ufrag:newufrag\r\na=ice-pwd:newpasswordnewpassword12\r\n";
-    let refused = request(
+}
+
+/// An ICE restart as RFC 9725 describes it: the player's new credentials and candidates in a
+/// `PATCH` with `If-Match: *`, rtcam's new ones in the `200 OK`, a new `ETag`, and the video
+/// going on over the new ICE session. Returns the new tag.
+async fn ice_restart(
+    player: &mut Player,
+    addr: SocketAddr,
+    location: &str,
+    answer: &str,
+    etag: &str,
+) -> String {
+    player.pc.restart_ice().await.unwrap();
+    let offer = player.pc.create_offer(None).await.unwrap();
+    player.pc.set_local_description(offer).await.unwrap();
+    let offer = player.pc.local_description().await.unwrap().sdp;
+    assert_ne!(whep::ice_ufrag(&offer), whep::ice_ufrag(answer));
+    let mut frag = format!(
+        "{}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n",
+        ice_lines(&offer)
+    );
+    // The player keeps its candidates through the restart (the offer carries them), or
+    // gathers anew.
+    let mut candidates: Vec<String> = offer
+        .lines()
+        .filter_map(|l| {
+            l.trim_end()
+                .strip_prefix("a=")
+                .filter(|c| c.starts_with("candidate:"))
+        })
+        .map(str::to_owned)
+        .collect();
+    while let Ok(Some(c)) =
+        tokio::time::timeout(Duration::from_millis(500), player.candidates.recv()).await
+    {
+        candidates.push(c.candidate);
+    }
+    assert!(
+        !candidates.is_empty(),
+        "the player has no candidates: {offer}"
+    );
+    for c in candidates {
+        frag.push_str(&format!("a={c}\r\n"));
+    }
+    let restarted = request(
         addr,
         "PATCH",
         location,
@@ -294,11 +340,32 @@ async fn stale_and_restart_patches_are_refused(addr: SocketAddr, location: &str,
             ("Content-Type", "application/trickle-ice-sdpfrag"),
             ("If-Match", "*"),
         ],
-        restart.as_bytes(),
+        frag.as_bytes(),
     )
     .await
     .unwrap();
-    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert_eq!(restarted.status, 200, "{}", restarted.text());
+    assert_eq!(
+        restarted.header("content-type"),
+        Some("application/trickle-ice-sdpfrag")
+    );
+    let new_etag = restarted.header("etag").expect("a new ETag").to_string();
+    assert_ne!(new_etag, etag);
+    let theirs = whep::parse_fragment(&restarted.text()).unwrap();
+    assert!(
+        theirs.ice_pwd.is_some() && !theirs.candidates.is_empty(),
+        "{}",
+        restarted.text()
+    );
+    assert_ne!(theirs.ice_ufrag.as_deref(), whep::ice_ufrag(answer));
+    // rtcam's answer again, with its new credentials and candidates.
+    player.answer(whep::restart_offer(answer, &theirs)).await;
+    let before = player.packets.load(Ordering::Relaxed);
+    assert!(
+        player.wait_packets(before + 60).await >= before + 60,
+        "no video after the ICE restart"
+    );
+    new_etag
 }
 
 /// An offer without candidates, then the candidates in a `PATCH` with the resource's tag.

@@ -56,6 +56,8 @@ struct Resource {
     etag: String,
     /// The offer's ICE username fragment: a `PATCH` naming another one asks for a restart.
     offer_ufrag: Option<String>,
+    /// The offer in force, which an ICE restart's offer is made from.
+    offer: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,7 +91,16 @@ impl WhepDoor {
     /// have no way to a WHEP viewer (the answer already carries its host candidates).
     pub async fn deliver(self, mut replies: mpsc::Receiver<Outgoing>) {
         while let Some(Outgoing { sid, message }) = replies.recv().await {
-            if let Some(waiter) = lock(&self.inner.waiting).remove(&sid) {
+            // A request waits for an answer, a refusal or ICE servers: a candidate of rtcam's
+            // still on its way from before is not the reply to it.
+            let reply = matches!(
+                message,
+                Outbound::Answer { .. } | Outbound::Error { .. } | Outbound::IceServers { .. }
+            );
+            let waiter = reply
+                .then(|| lock(&self.inner.waiting).remove(&sid))
+                .flatten();
+            if let Some(waiter) = waiter {
                 let _ = waiter.send(message);
                 continue;
             }
@@ -384,6 +395,7 @@ async fn start_session(
         peer,
         etag: String::new(),
         offer_ufrag,
+        offer: sdp.clone(),
     };
     door.reserve(&sid, place)?;
     let token = bearer(headers);
@@ -429,9 +441,8 @@ async fn start_session(
     Ok(response)
 }
 
-/// `PATCH /whep/{id}`: the viewer's trickled candidates (RFC 8840). An ICE restart is refused
-/// with 422, as WHIP and WHEP say for a resource that trickles but cannot restart: the
-/// WebRTC crate rtcam uses cannot restart ICE as the answerer.
+/// `PATCH /whep/{id}`: the viewer's trickled candidates (RFC 8840), or an ICE restart (new
+/// ICE credentials in the fragment).
 async fn patch(
     State(state): State<Arc<HttpState>>,
     Extension(scheme): Extension<Scheme>,
@@ -454,10 +465,10 @@ async fn trickle(
     body: Body,
 ) -> Result<Response, Response> {
     let sid = whep::sid_of(id);
-    let (etag, offer_ufrag) = {
+    let (etag, offer_ufrag, offer) = {
         let resources = lock(&door.inner.resources);
         match resources.get(&sid).filter(|_| whep::is_resource_id(id)) {
-            Some(r) => (r.etag.clone(), r.offer_ufrag.clone()),
+            Some(r) => (r.etag.clone(), r.offer_ufrag.clone(), r.offer.clone()),
             None => return Err(unknown_resource()),
         }
     };
@@ -476,11 +487,9 @@ async fn trickle(
         ))
     })?;
     if whep::classify(&fragment, offer_ufrag.as_deref()) == Patch::Restart {
-        return Err(refusal_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::BadSdp,
-            "rtcam cannot restart ICE; end this session (DELETE) and start a new one.",
-        ));
+        return restart(door, &sid, &offer, &fragment)
+            .await
+            .map_err(|e| refusal(&e));
     }
     for candidate in fragment.candidates {
         door.tell(&sid, Inbound::Candidate(candidate)).await;
@@ -488,11 +497,41 @@ async fn trickle(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// A refusal with a status of its own (not the code's usual one).
-fn refusal_with(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let mut response = refusal(&ProtocolError::new(code, message));
-    *response.status_mut() = status;
-    response
+/// An ICE restart (RFC 9725 section 4.3.2): the session's offer with the fragment's new ICE
+/// credentials goes to the session, which restarts ICE as the answerer; `200 OK` carries
+/// rtcam's new credentials and candidates as a fragment, and the new `ETag`.
+async fn restart(
+    door: &WhepDoor,
+    sid: &str,
+    offer: &str,
+    fragment: &whep::Fragment,
+) -> Result<Response, ProtocolError> {
+    let sdp = whep::restart_offer(offer, fragment);
+    let answer = match door.ask(sid, Inbound::Restart { sdp: sdp.clone() }).await? {
+        Outbound::Answer { sdp } => sdp,
+        Outbound::Error { code, message } => return Err(ProtocolError::new(code, message)),
+        _ => {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                "The camera could not restart ICE.",
+            ))
+        }
+    };
+    let etag = whep::etag_of(&answer);
+    if let Some(r) = lock(&door.inner.resources).get_mut(sid) {
+        r.etag.clone_from(&etag);
+        r.offer_ufrag = fragment.ice_ufrag.clone();
+        r.offer = sdp;
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, whep::SDPFRAG.to_string()),
+            (header::ETAG, etag),
+        ],
+        whep::answer_fragment(&answer),
+    )
+        .into_response())
 }
 
 /// `DELETE /whep/{id}`: ends the session, as an MQTT viewer's `bye` does.

@@ -361,6 +361,11 @@ impl SessionManager {
                 }
             }
             Action::SendIceServers => self.reply(sid, self.ice_servers_reply()).await,
+            Action::Restart { generation, sdp } => {
+                if let Some(r) = live.current(sid, generation) {
+                    let _ = r.input.send(SessionInput::Restart(sdp));
+                }
+            }
             Action::Start {
                 generation,
                 sdp,

@@ -85,6 +85,8 @@ pub enum Action {
     /// Reply with the ICE servers viewers use, with fresh TURN credentials. The table only
     /// decides that the request may be answered; deriving credentials needs the wall clock.
     SendIceServers,
+    /// Restart ICE in the running session with this offer (new ICE credentials).
+    Restart { generation: Generation, sdp: String },
 }
 
 /// The limits that keep one noisy or hostile viewer from starving the others.
@@ -194,6 +196,19 @@ impl SessionTable {
                 )],
             },
             Inbound::IceServers { .. } => self.on_ice_servers(now),
+            Inbound::Restart { sdp } => match self.live.get(sid) {
+                Some(live) => vec![Action::Restart {
+                    generation: live.generation,
+                    sdp,
+                }],
+                None => vec![Action::Reply(
+                    ProtocolError::new(
+                        ErrorCode::UnknownSession,
+                        format!("There is no session {sid:?} to restart."),
+                    )
+                    .into(),
+                )],
+            },
             Inbound::Bye => match self.live.remove(sid) {
                 Some(Live { generation, .. }) => vec![Action::End {
                     generation,

@@ -117,6 +117,12 @@ pub enum Inbound {
     IceServers {
         token: Option<String>,
     },
+    /// An ICE restart of the running session: the viewer's offer again, with new ICE
+    /// credentials (and candidates). Not a message of the MQTT protocol: WHEP's `PATCH` makes it
+    /// (`signalling::whep::restart_offer`); the reply is an `answer` with rtcam's new ones.
+    Restart {
+        sdp: String,
+    },
 }
 
 /// A message to a viewer on `R/session/{sid}/out`.

@@ -1,7 +1,8 @@
 //! WHEP (draft-ietf-wish-whep; its ingest twin is RFC 9725) as rtcam speaks it, without I/O:
 //! which sids belong to WHEP viewers, the resource ids in their URLs, trickled candidates in an
-//! `application/trickle-ice-sdpfrag` body (RFC 8840), ICE servers as `Link` headers, the HTTP
-//! status of each of the protocol's error codes, and which web pages may use the door (CORS).
+//! `application/trickle-ice-sdpfrag` body (RFC 8840), the offer and answer of an ICE restart,
+//! ICE servers as `Link` headers, the HTTP status of each of the protocol's error codes, and
+//! which web pages may use the door (CORS).
 //! The HTTP handlers (`http/whep.rs`) do the talking; the session manager sees the same
 //! [`Inbound`](super::protocol::Inbound) messages an MQTT viewer sends.
 
@@ -165,6 +166,79 @@ pub fn classify(fragment: &Fragment, offer_ufrag: Option<&str>) -> Patch {
     }
 }
 
+/// The offer for an ICE restart (RFC 9725 section 4.3.2): the session's `offer` with the
+/// fragment's ICE credentials in place of its own, its candidates in place of the old ones, and
+/// the `o=` line's session version one higher, as a new offer of the same session must have.
+pub fn restart_offer(offer: &str, fragment: &Fragment) -> String {
+    let mut out = String::new();
+    for line in offer.lines().map(str::trim_end) {
+        if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
+            continue;
+        }
+        if let (Some(_), Some(u)) = (line.strip_prefix("a=ice-ufrag:"), &fragment.ice_ufrag) {
+            out.push_str(&format!("a=ice-ufrag:{u}\r\n"));
+            continue;
+        }
+        if let (Some(_), Some(p)) = (line.strip_prefix("a=ice-pwd:"), &fragment.ice_pwd) {
+            out.push_str(&format!("a=ice-pwd:{p}\r\n"));
+            continue;
+        }
+        if line.starts_with("o=") {
+            out.push_str(&next_version(line));
+            out.push_str("\r\n");
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            for c in &fragment.candidates {
+                if c.sdp_mid.as_deref().map_or(true, |m| m == mid) {
+                    out.push_str(&format!("a={}\r\n", c.candidate));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `o=<user> <id> <version> …` with the version one higher (unchanged if it is no number).
+fn next_version(line: &str) -> String {
+    let mut fields: Vec<String> = line.split(' ').map(str::to_owned).collect();
+    if let Some(v) = fields.get_mut(2) {
+        if let Ok(n) = v.parse::<u64>() {
+            *v = n.saturating_add(1).to_string();
+        }
+    }
+    fields.join(" ")
+}
+
+/// The body of a restart's `200 OK`: rtcam's new ICE credentials and candidates from its
+/// answer, as a trickle fragment (its media sections by `m=` and `a=mid`).
+pub fn answer_fragment(answer: &str) -> String {
+    let mut out = String::new();
+    for key in ["a=ice-ufrag:", "a=ice-pwd:"] {
+        if let Some(line) = answer
+            .lines()
+            .map(str::trim_end)
+            .find(|l| l.starts_with(key))
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    for line in answer.lines().map(str::trim_end) {
+        if line.starts_with("m=")
+            || line.starts_with("a=mid:")
+            || line.starts_with("a=candidate:")
+            || line == "a=end-of-candidates"
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
 /// The `Link` header values announcing ICE servers (`rel="ice-server"`, as WHIP and WHEP
 /// describe): one per URL, with `username`, `credential` and `credential-type` where a server
 /// has credentials.
@@ -314,6 +388,35 @@ mod tests {
         assert_eq!(classify(&new, Some("abcd")), Patch::Restart);
         let bare = parse_fragment("a=candidate:1 1 udp 1 192.0.2.1 5000 typ host").unwrap();
         assert_eq!(classify(&bare, Some("abcd")), Patch::Trickle);
+    }
+
+    #[test]
+    fn a_restart_offer_is_the_old_one_with_new_credentials_and_candidates() {
+        let offer =
+            "v=0\r\no=- 4611 2 IN IP4 127.0.0.1\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                     a=ice-ufrag:old\r\na=ice-pwd:oldpwd\r\na=mid:0\r\n\
+                     a=candidate:1 1 udp 1 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n\
+                     a=recvonly\r\n";
+        let frag = parse_fragment(
+            "a=ice-ufrag:new\r\na=ice-pwd:newpwd\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+             a=candidate:2 1 udp 1 192.0.2.9 6000 typ host\r\n",
+        )
+        .unwrap();
+        assert_eq!(classify(&frag, ice_ufrag(offer)), Patch::Restart);
+        let restarted = restart_offer(offer, &frag);
+        assert_eq!(
+            restarted,
+            "v=0\r\no=- 4611 3 IN IP4 127.0.0.1\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+             a=ice-ufrag:new\r\na=ice-pwd:newpwd\r\na=mid:0\r\n\
+             a=candidate:2 1 udp 1 192.0.2.9 6000 typ host\r\na=recvonly\r\n"
+        );
+        let answer = "v=0\r\na=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:ours\r\n\
+                      a=ice-pwd:ourpwd\r\na=mid:0\r\na=candidate:3 1 udp 1 127.0.0.1 7000 typ host\r\na=sendonly\r\n";
+        assert_eq!(
+            answer_fragment(answer),
+            "a=ice-ufrag:ours\r\na=ice-pwd:ourpwd\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+             a=candidate:3 1 udp 1 127.0.0.1 7000 typ host\r\n"
+        );
     }
 
     #[test]
