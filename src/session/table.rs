@@ -541,6 +541,27 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_reaches_the_running_session_only() {
+        let mut t = table(4);
+        let restart = || {
+            Ok(Inbound::Restart {
+                sdp: "v=0".into(),
+            })
+        };
+        assert_eq!(
+            code(&t.on_message("x", restart(), Instant::now())),
+            Some(ErrorCode::UnknownSession)
+        );
+        t.on_message("x", offer(), Instant::now());
+        assert!(matches!(
+            t.on_message("x", restart(), Instant::now())[..],
+            [Action::Restart { generation: 1, .. }]
+        ));
+        // A restart is no new session: the slot count stays.
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
     fn bad_offers_and_parse_errors_are_replied() {
         let mut t = table(4);
         let bad = t.on_message(
