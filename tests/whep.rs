@@ -150,7 +150,12 @@ impl Player {
         self.pc.set_local_description(offer).await.unwrap();
         let sdp = self.pc.local_description().await.unwrap().sdp;
         if !gather {
-            return sdp;
+            // Candidates gathered already may be in the description; a trickling player sends
+            // them in its `PATCH` instead.
+            return sdp
+                .split_inclusive("\r\n")
+                .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
+                .collect();
         }
         let gathered = self.gather().await;
         let mut out = String::new();
@@ -216,7 +221,10 @@ async fn post_offer(addr: SocketAddr, sdp: &str, extra: &[(&str, &str)]) -> Repl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_client_offers_with_and_without_trickle_and_deletes() {
-    let rt = start(test_config("whep")).await;
+    let mut config = test_config("whep");
+    // One slot: a second offer meets `too_many_sessions` while a session runs.
+    config.webrtc.max_sessions = 1;
+    let rt = start(config).await;
     let addr = rt.app.http_addr();
 
     // Without trickle: every candidate in the offer.
@@ -404,6 +412,10 @@ async fn with_trickle(rt: &common::Running, addr: SocketAddr, first_etag: &str) 
         player.wait_packets(30).await >= 30,
         "no video after trickle"
     );
+    let full = post_offer(addr, &common::real_offer_sdp().await, &[]).await;
+    assert_eq!(full.status, 503, "{}", full.text());
+    assert_eq!(json_of(&full)["code"], "too_many_sessions");
+    assert_eq!(full.header("retry-after"), Some("10"));
     let deleted = request(addr, "DELETE", &location, &[], b"").await.unwrap();
     assert_eq!(deleted.status, 200);
     assert!(wait_sessions(rt, |l| l.is_empty()).await.is_empty());
