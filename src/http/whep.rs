@@ -16,11 +16,12 @@ use crate::signalling::protocol::{
 use crate::signalling::whep::{self, Cors, Patch};
 use crate::signalling::{Outgoing, SignalEvent};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Router;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -188,6 +189,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
 }
 
 /// What every WHEP handler needs first: the door, and whether the request's page may use it.
+/// Extracted before the handler runs; a request that may not go on gets its refusal instead.
 struct Checked {
     door: WhepDoor,
     cors: Cors,
@@ -225,6 +227,24 @@ fn admit(state: &HttpState, headers: &HeaderMap, scheme: Scheme) -> Result<Check
         cors,
         origin: origin.map(str::to_owned),
     })
+}
+
+#[axum::async_trait]
+impl FromRequestParts<Arc<HttpState>> for Checked {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<HttpState>,
+    ) -> Result<Checked, Response> {
+        // `serve` puts the door on every request; plain HTTP is the stricter guess.
+        let scheme = parts
+            .extensions
+            .get::<Scheme>()
+            .copied()
+            .unwrap_or(Scheme::Http);
+        admit(state, &parts.headers, scheme).map_err(|refused| *refused)
+    }
 }
 
 impl Checked {
@@ -358,16 +378,11 @@ fn append(response: &mut Response, name: HeaderName, values: &[String]) {
 /// `POST /whep`: an SDP offer in, `201 Created` with the answer, its resource's `Location`,
 /// `ETag` and the ICE servers out; or the refusal the session manager (or this door) gave.
 async fn offer(
-    State(state): State<Arc<HttpState>>,
+    checked: Checked,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(scheme): Extension<Scheme>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let checked = match admit(&state, &headers, scheme) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
     let result = start_session(&checked.door, peer.ip(), &headers, body).await;
     checked.finish(match result {
         Ok(created) => created,
@@ -444,16 +459,11 @@ async fn start_session(
 /// `PATCH /whep/{id}`: the viewer's trickled candidates (RFC 8840), or an ICE restart (new
 /// ICE credentials in the fragment).
 async fn patch(
-    State(state): State<Arc<HttpState>>,
-    Extension(scheme): Extension<Scheme>,
+    checked: Checked,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let checked = match admit(&state, &headers, scheme) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
     let response = trickle(&checked.door, &id, &headers, body).await;
     checked.finish(response.unwrap_or_else(|e| e))
 }
@@ -535,16 +545,7 @@ async fn restart(
 }
 
 /// `DELETE /whep/{id}`: ends the session, as an MQTT viewer's `bye` does.
-async fn delete(
-    State(state): State<Arc<HttpState>>,
-    Extension(scheme): Extension<Scheme>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let checked = match admit(&state, &headers, scheme) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+async fn delete(checked: Checked, Path(id): Path<String>) -> Response {
     let sid = whep::sid_of(&id);
     let known =
         whep::is_resource_id(&id) && lock(&checked.door.inner.resources).remove(&sid).is_some();
@@ -561,15 +562,7 @@ async fn delete(
 /// request the camera would let view (with `[auth] secret`, one carrying a `view` token; a
 /// browser's preflight carries none, so it gets none). Asked of the session manager as an MQTT
 /// viewer's `ice_servers` is: the same token check and rate limit.
-async fn endpoint_options(
-    State(state): State<Arc<HttpState>>,
-    Extension(scheme): Extension<Scheme>,
-    headers: HeaderMap,
-) -> Response {
-    let checked = match admit(&state, &headers, scheme) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+async fn endpoint_options(checked: Checked, headers: HeaderMap) -> Response {
     let sid = whep::sid_of(&new_resource_id());
     let token = bearer(&headers);
     let links = match checked.door.ask(&sid, Inbound::IceServers { token }).await {
@@ -586,15 +579,7 @@ async fn endpoint_options(
 }
 
 /// `OPTIONS /whep/{id}`: a CORS preflight for `PATCH` and `DELETE`.
-async fn resource_options(
-    State(state): State<Arc<HttpState>>,
-    Extension(scheme): Extension<Scheme>,
-    headers: HeaderMap,
-) -> Response {
-    let checked = match admit(&state, &headers, scheme) {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
+async fn resource_options(checked: Checked) -> Response {
     let response = (
         StatusCode::NO_CONTENT,
         [(HeaderName::from_static("accept-patch"), whep::SDPFRAG)],

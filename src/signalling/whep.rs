@@ -472,20 +472,8 @@ mod tests {
 
     #[test]
     fn the_status_table_in_the_docs_is_this_one() {
-        use ErrorCode::*;
         let docs = include_str!("../../docs/signalling.md");
-        for code in [
-            BadJson,
-            BadMessage,
-            BadSdp,
-            NoVideoCodec,
-            TooManySessions,
-            UnknownSession,
-            PayloadTooLarge,
-            Unauthorized,
-            RateLimited,
-            Internal,
-        ] {
+        for code in ErrorCode::ALL {
             let mut row = format!("| `{code}` | {}", status_of(code));
             if let Some(secs) = retry_after(code) {
                 row.push_str(&format!(", with `Retry-After: {secs}`"));
