@@ -1,5 +1,5 @@
 //! The WHEP door: `POST /whep` with an SDP offer starts a session, `PATCH /whep/{id}` trickles
-//! the viewer's candidates, `DELETE /whep/{id}` ends it, `OPTIONS` answers CORS preflights and
+//! the viewer's candidates (or restarts ICE), `DELETE /whep/{id}` ends it, `OPTIONS` answers CORS preflights and
 //! names the ICE servers. A signalling adapter beside MQTT's: each request becomes the
 //! [`Inbound`] message an MQTT viewer would send, on a sid of its own
 //! ([`whep::sid_of`]), and the session manager's reply comes back through
