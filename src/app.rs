@@ -122,7 +122,7 @@ impl App {
             &config,
             &device,
             listeners,
-            broker.door,
+            (broker.door, ends.whep),
             &shared,
             started,
             &stops.http,
@@ -362,6 +362,7 @@ struct Shared {
 struct Ends {
     sessions: SessionEnds,
     mqtt: SignallingEnds,
+    whep: SignallingEnds,
     status: watch::Sender<Status>,
 }
 
@@ -375,7 +376,8 @@ struct SessionEnds {
     outgoing: mpsc::Sender<Outgoing>,
 }
 
-/// The MQTT client's ends of the signalling channels.
+/// A signalling transport's ends (the MQTT client's, the WHEP door's): what its viewers send,
+/// and the replies routed to it by sid.
 struct SignallingEnds {
     events: mpsc::Sender<SignalEvent>,
     outgoing: mpsc::Receiver<Outgoing>,
@@ -388,7 +390,11 @@ impl Shared {
         // Status follows the media pipeline and the viewer count.
         let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
         let (events_tx, events_rx) = mpsc::channel(256);
-        let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
+        let (outgoing_tx, from_sessions) = mpsc::channel(1024);
+        // Replies go to the transport of their viewer: MQTT, or the WHEP door over HTTP.
+        let (mqtt_out, outgoing_rx) = mpsc::channel(1024);
+        let (whep_out, whep_replies) = mpsc::channel(256);
+        tokio::spawn(crate::signalling::route(from_sessions, mqtt_out, whep_out));
         let shared = Shared {
             media,
             sessions: Sessions::new(requests_tx),
@@ -402,6 +408,10 @@ impl Shared {
                 viewers: viewers_tx,
                 events: events_rx,
                 outgoing: outgoing_tx,
+            },
+            whep: SignallingEnds {
+                events: events_tx.clone(),
+                outgoing: whep_replies,
             },
             mqtt: SignallingEnds {
                 events: events_tx,
@@ -543,18 +553,26 @@ fn adaptation(encoder: &EncoderConfig) -> Option<Adaptation> {
     })
 }
 
-/// Serves the doors until `stop`: the page and `/config.json`, `/mqtt` to `mqtt_door`,
-/// `/metrics` (its uptime counted from `started`), `/snapshot.jpg`.
+/// Serves the doors until `stop`: the page and `/config.json`, `/mqtt` to `mqtt_door`, `/whep`
+/// (its viewers' signalling on `whep`'s ends), `/metrics` (its uptime counted from `started`),
+/// `/snapshot.jpg`.
 fn serve_http(
     config: &Config,
     device: &Device,
     listeners: Listeners,
-    mqtt_door: Option<http::MqttDoor>,
+    (mqtt_door, whep): (Option<http::MqttDoor>, SignallingEnds),
     shared: &Shared,
     started: Instant,
     stop: &CancellationToken,
 ) -> JoinHandle<()> {
     let https_port = listeners.https_info.as_ref().map(|h| h.addr.port());
+    let whep_door = http::whep::WhepDoor::new(
+        whep.events,
+        shared.ice_servers.clone(),
+        device.authority.is_some(),
+        config.webrtc.max_sessions,
+    );
+    tokio::spawn(whep_door.clone().deliver(whep.outgoing));
     tokio::spawn(http::serve(
         http::Doors {
             http: listeners.http,
@@ -576,6 +594,7 @@ fn serve_http(
             device_id: device.id.clone(),
             authority: device.authority.clone(),
             hosts: http::guard::HostPolicy::new(&listeners.own_names, &config.http.allowed_hosts),
+            whep: Some(whep_door),
         },
         stop.clone(),
     ))

@@ -11,6 +11,7 @@ use crate::auth::Right;
 use crate::media::Media;
 use crate::signalling::protocol::{ErrorCode, IceServer, Inbound, Outbound, ProtocolError};
 use crate::signalling::sdp::OfferSummary;
+use crate::signalling::whep::Transport;
 use crate::signalling::{Outgoing, SignalEvent};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -203,8 +204,23 @@ impl SessionManager {
     fn ended(&mut self, live: &mut Live, sid: &str, generation: Generation) {
         self.table.on_ended(sid, generation);
         live.remove(sid, generation);
+        self.tell_whep_ended(sid);
         if let Some(a) = &mut self.adaptation {
             a.leave(&Label::of(generation).to_string());
+        }
+    }
+
+    /// A WHEP viewer's resource lives in the HTTP door, which learns of every end this way,
+    /// the silent ones included (a peer that closed, a task that failed): its URL then answers
+    /// 404. MQTT viewers are told only what the protocol says.
+    fn tell_whep_ended(&self, sid: &str) {
+        if Transport::of_sid(sid) == Transport::Whep {
+            let _ = self.outgoing.try_send(Outgoing {
+                sid: sid.to_string(),
+                message: Outbound::Bye {
+                    reason: "session ended".into(),
+                },
+            });
         }
     }
 
@@ -343,6 +359,11 @@ impl SessionManager {
                 }
             }
             Action::SendIceServers => self.reply(sid, self.ice_servers_reply()).await,
+            Action::Restart { generation, sdp } => {
+                if let Some(r) = live.current(sid, generation) {
+                    let _ = r.input.send(SessionInput::Restart(sdp));
+                }
+            }
             Action::Start {
                 generation,
                 sdp,
@@ -402,7 +423,7 @@ impl SessionManager {
         tracing::info!(session = %label, codec = codec.as_str(), "new session");
         tracing::debug!(session = %label, %sid, "session id");
         let (input_tx, input_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(SessionStats::new(codec));
+        let stats = Arc::new(SessionStats::new(codec, Transport::of_sid(sid)));
         live.running.insert(
             sid.to_string(),
             Running {

@@ -25,6 +25,8 @@ pub struct SessionStats {
     pub bitrate_kbps: AtomicU64,
     /// What the viewer receives, decided from its offer.
     pub codec: crate::codec::VideoCodec,
+    /// The door the viewer came through.
+    pub transport: crate::signalling::whep::Transport,
     /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
     pub estimate_kbps: AtomicU64,
     /// Loss in the viewer's receiver reports over the last stats interval (packets lost for good
@@ -39,9 +41,13 @@ pub struct SessionStats {
 }
 
 impl SessionStats {
-    pub(super) fn new(codec: crate::codec::VideoCodec) -> Self {
+    pub(super) fn new(
+        codec: crate::codec::VideoCodec,
+        transport: crate::signalling::whep::Transport,
+    ) -> Self {
         Self {
             codec,
+            transport,
             started: Instant::now(),
             connected: AtomicBool::new(false),
             frames_sent: AtomicU64::new(0),
@@ -68,6 +74,8 @@ pub struct SessionInfo {
     pub state: &'static str,
     pub duration_secs: u64,
     pub codec: &'static str,
+    /// How the viewer signals: `mqtt` (the page, MQTT clients) or `whep`.
+    pub transport: &'static str,
     pub bitrate_kbps: u64,
     pub frames_sent: u64,
     pub frames_skipped: u64,
@@ -98,6 +106,7 @@ pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
         },
         duration_secs: s.started.elapsed().as_secs(),
         codec: s.codec.as_str(),
+        transport: s.transport.as_str(),
         bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
         frames_sent: s.frames_sent.load(Ordering::Relaxed),
         frames_skipped: s.frames_skipped.load(Ordering::Relaxed),

@@ -85,6 +85,8 @@ pub enum Action {
     /// Reply with the ICE servers viewers use, with fresh TURN credentials. The table only
     /// decides that the request may be answered; deriving credentials needs the wall clock.
     SendIceServers,
+    /// Restart ICE in the running session with this offer (new ICE credentials).
+    Restart { generation: Generation, sdp: String },
 }
 
 /// The limits that keep one noisy or hostile viewer from starving the others.
@@ -194,6 +196,19 @@ impl SessionTable {
                 )],
             },
             Inbound::IceServers { .. } => self.on_ice_servers(now),
+            Inbound::Restart { sdp } => match self.live.get(sid) {
+                Some(live) => vec![Action::Restart {
+                    generation: live.generation,
+                    sdp,
+                }],
+                None => vec![Action::Reply(
+                    ProtocolError::new(
+                        ErrorCode::UnknownSession,
+                        format!("There is no session {sid:?} to restart."),
+                    )
+                    .into(),
+                )],
+            },
             Inbound::Bye => match self.live.remove(sid) {
                 Some(Live { generation, .. }) => vec![Action::End {
                     generation,
@@ -523,6 +538,23 @@ mod tests {
             .on_message("x", Ok(Inbound::Bye), Instant::now())
             .is_empty());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_restart_reaches_the_running_session_only() {
+        let mut t = table(4);
+        let restart = || Ok(Inbound::Restart { sdp: "v=0".into() });
+        assert_eq!(
+            code(&t.on_message("x", restart(), Instant::now())),
+            Some(ErrorCode::UnknownSession)
+        );
+        t.on_message("x", offer(), Instant::now());
+        assert!(matches!(
+            t.on_message("x", restart(), Instant::now())[..],
+            [Action::Restart { generation: 1, .. }]
+        ));
+        // A restart is no new session: the slot count stays.
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -40,3 +40,4 @@ mod stream;
 mod tls;
 mod vivid;
 mod vp8;
+mod whep;

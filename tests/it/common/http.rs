@@ -38,6 +38,34 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std:
     }
     request.push_str("\r\n");
     s.write_all(request.as_bytes()).await?;
+    read_reply(s).await
+}
+
+/// Any request with a body, for doors that take more than `GET` (WHEP's `POST`, `PATCH`,
+/// `DELETE`, `OPTIONS`). Headers a response repeats (`Link`) are all in [`Reply::head`].
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    read_reply(s).await
+}
+
+/// The response on `s`, read to its end (the request asked to close the connection).
+async fn read_reply(mut s: tokio::net::TcpStream) -> std::io::Result<Reply> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
