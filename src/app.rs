@@ -241,13 +241,8 @@ impl App {
 
         // The control plane: commands, telemetry, discovery.
         let (commands_tx, commands_rx) = mpsc::channel(64);
-        let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
-            &topics,
-            &device_id,
-            VERSION,
-            &config.control.ha_prefix,
-            config.control.ha_discovery,
-        ));
+        let (_discovery_tx, discovery_rx) =
+            watch::channel(discovery(&config, &topics, &device_id, http_addr));
         let control_stop = CancellationToken::new();
         let control_tasks = vec![
             tokio::spawn(
@@ -637,6 +632,32 @@ pub fn page_url(scheme: &str, addr: SocketAddr) -> String {
         std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}/", addr.port()),
         v4 => format!("{scheme}://{v4}:{}/", addr.port()),
     }
+}
+
+/// Home Assistant's discovery messages for this camera: its page at the HTTP door, and a
+/// temperature sensor only where the board has a thermal zone.
+fn discovery(
+    config: &Config,
+    topics: &Topics,
+    device_id: &str,
+    http_addr: SocketAddr,
+) -> Vec<crate::control::Publication> {
+    let page_url = viewer_url(http_addr);
+    let about = ha::Announcement {
+        device_id,
+        version: VERSION,
+        page_url: Some(&page_url),
+        support_url: ha::package_support_url(),
+        board: ha::Board {
+            temperature: telemetry::soc_temperature().is_some(),
+        },
+    };
+    ha::publications(
+        topics,
+        &about,
+        &config.control.ha_prefix,
+        config.control.ha_discovery,
+    )
 }
 
 /// Re-exported for tests and tools that speak the protocol.
