@@ -512,20 +512,43 @@ fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static st
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn home_assistant_discovery_is_valid_and_removable() {
-    let rt = start(test_config("ctl-ha")).await;
-    let probe = Probe::connect(rt.broker(), &["homeassistant/#".to_string()]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // A sensor the board lacks (no thermal zone) gets an empty retained config, not an entity.
-    let configs: Vec<(String, Value)> = probe
+/// The discovery configs `probe` saw, parsed. A sensor the board lacks (no thermal zone) gets
+/// an empty retained config, not an entity, and is left out.
+fn announced_configs(probe: &Probe) -> Vec<(String, Value)> {
+    probe
         .seen
         .lock()
         .unwrap()
         .iter()
         .filter(|(_, p)| !p.is_empty())
         .map(|(t, p)| (t.clone(), serde_json::from_slice(p).unwrap()))
-        .collect();
+        .collect()
+}
+
+/// What Home Assistant's current discovery schema asks beyond the keys: `default_entity_id`
+/// as `<component>.<slug>` (only `[a-z0-9_]` after the domain), an `origin`, and the device's
+/// link to the page rtcam serves on its HTTP door.
+fn assert_current_schema(topic: &str, cfg: &Value, page_url: &str) {
+    let component = topic.split('/').nth(1).unwrap();
+    let entity_id = cfg["default_entity_id"].as_str().unwrap();
+    let slug = entity_id.strip_prefix(&format!("{component}.")).unwrap();
+    assert!(
+        slug.starts_with("rtcam_ctl_ha_")
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "{topic}: {entity_id}"
+    );
+    assert_eq!(cfg["origin"]["name"], "rtcam", "{topic}");
+    assert_eq!(cfg["device"]["configuration_url"], page_url, "{topic}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_discovery_is_valid_and_removable() {
+    let rt = start(test_config("ctl-ha")).await;
+    let probe = Probe::connect(rt.broker(), &["homeassistant/#".to_string()]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let configs = announced_configs(&probe);
     let components: Vec<&str> = configs
         .iter()
         .map(|(t, _)| t.split('/').nth(1).unwrap())
@@ -564,16 +587,7 @@ async fn home_assistant_discovery_is_valid_and_removable() {
             "unique ids"
         );
         assert_eq!(cfg["device"]["identifiers"][0], "rtcam_ctl-ha");
-        assert_eq!(
-            cfg["default_entity_id"],
-            format!("{component}.{}", cfg["unique_id"].as_str().unwrap())
-        );
-        assert_eq!(cfg["origin"]["name"], "rtcam");
-        // The device links to the page rtcam serves on its HTTP door.
-        assert_eq!(
-            cfg["device"]["configuration_url"],
-            rtcam::app::viewer_url(rt.app.http_addr())
-        );
+        assert_current_schema(topic, cfg, &rtcam::app::viewer_url(rt.app.http_addr()));
         assert_eq!(
             cfg["availability"][0]["topic"],
             format!("{}/status", rt.root())
@@ -613,8 +627,9 @@ async fn home_assistant_discovery_is_valid_and_removable() {
         seen.iter().map(|(t, p)| (t, p.len())).collect::<Vec<_>>()
     );
     // Seven entities, the SoC temperature only where the board has a thermal zone.
-    let thermal = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").is_ok();
-    assert_eq!(topics.len(), 6 + usize::from(thermal), "{topics:?}");
+    let thermal =
+        usize::from(std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").is_ok());
+    assert_eq!(topics.len(), 6 + thermal, "{topics:?}");
     rt.app.stop().await;
 }
 

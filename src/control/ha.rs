@@ -148,8 +148,8 @@ impl Device {
     }
 
     /// The entity `(component, object id, name)`: the shared fields, then its own. Its
-    /// `default_entity_id` is `<component>.<unique id>`, so the entity id Home Assistant gives
-    /// it names the device too (`sensor.rtcam_cam1_fps`).
+    /// `default_entity_id` is `<component>.<unique id as a slug>`, so the entity id Home
+    /// Assistant gives it names the device too (`sensor.rtcam_cam1_fps`).
     fn entity(
         &self,
         (component, object_id, name): (&'static str, &'static str, &str),
@@ -158,7 +158,7 @@ impl Device {
         let unique_id = format!("{}_{object_id}", self.node);
         let config = json!({
             "name": name,
-            "default_entity_id": format!("{component}.{unique_id}"),
+            "default_entity_id": format!("{component}.{}", slug(&unique_id)),
             "unique_id": unique_id,
             "device": self.device,
             "origin": self.origin,
@@ -226,6 +226,18 @@ pub fn package_support_url() -> Option<&'static str> {
         .find(|url| !url.is_empty())
 }
 
+/// An entity id's part after the domain: Home Assistant allows only `[a-z0-9_]` there, while
+/// device ids may hold capitals, `-` and `.`. Lower case, every other character and run of
+/// them one `_`, none at the ends: the id Home Assistant derives from an `object_id` too, so an
+/// entity keeps its id across the two keys.
+fn slug(id: &str) -> String {
+    id.to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
 /// Home Assistant node ids allow `[a-zA-Z0-9_-]`; rtcam's device ids already do.
 fn node_id(device_id: &str) -> String {
     format!("rtcam_{device_id}")
@@ -281,7 +293,7 @@ mod tests {
             let unique_id = config["unique_id"].as_str().unwrap();
             assert_eq!(
                 config["default_entity_id"],
-                format!("{component}.{unique_id}"),
+                format!("{component}.{}", slug(unique_id)),
                 "{topic}"
             );
             assert!(config.get("object_id").is_none(), "{topic}: {config}");
@@ -291,6 +303,26 @@ mod tests {
             .find(|(t, _)| t.ends_with("/fps/config"))
             .unwrap();
         assert_eq!(fps["default_entity_id"], "sensor.rtcam_cam1_fps");
+    }
+
+    #[test]
+    fn entity_ids_are_slugs_whatever_the_device_id() {
+        assert_eq!(slug("rtcam_cam1_fps"), "rtcam_cam1_fps");
+        assert_eq!(
+            slug("rtcam_Garden-Cam.2__x_fps"),
+            "rtcam_garden_cam_2_x_fps"
+        );
+        let about = Announcement {
+            device_id: "Garden-Cam",
+            ..about(true)
+        };
+        let all = entities(&Topics::new("rtcam", "Garden-Cam"), &about);
+        let button = all.iter().find(|e| e.component == "button").unwrap();
+        assert_eq!(button.config["unique_id"], "rtcam_Garden-Cam_snapshot");
+        assert_eq!(
+            button.config["default_entity_id"],
+            "button.rtcam_garden_cam_snapshot"
+        );
     }
 
     #[test]
@@ -310,7 +342,10 @@ mod tests {
             ..about(true)
         };
         for (topic, config) in announced(&bare) {
-            assert_eq!(config["origin"], json!({"name": "rtcam", "sw_version": "1.0"}));
+            assert_eq!(
+                config["origin"],
+                json!({"name": "rtcam", "sw_version": "1.0"})
+            );
             assert!(
                 config["device"].get("configuration_url").is_none(),
                 "{topic}"
