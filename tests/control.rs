@@ -471,18 +471,20 @@ async fn reload_applies_what_it_can_and_names_the_rest() {
     app.stop().await;
 }
 
+/// Keys Home Assistant documents for every MQTT discovery entity type that rtcam may use.
+const HA_COMMON: &[&str] = &[
+    "name",
+    "unique_id",
+    "default_entity_id",
+    "device",
+    "origin",
+    "availability",
+    "icon",
+];
+
 /// Fields Home Assistant documents for each MQTT discovery entity type: the required ones,
-/// and every key rtcam may use.
+/// and every key rtcam may use besides `HA_COMMON`.
 fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static str]) {
-    const COMMON: &[&str] = &[
-        "name",
-        "unique_id",
-        "default_entity_id",
-        "device",
-        "origin",
-        "availability",
-        "icon",
-    ];
     match component {
         "camera" => (&["topic"], &["topic", "image_encoding"]),
         "sensor" => (
@@ -508,7 +510,7 @@ fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static st
             ],
         ),
         "button" => (&["command_topic"], &["command_topic", "payload_press"]),
-        other => panic!("unexpected component {other}: {COMMON:?}"),
+        other => panic!("unexpected component {other}: {HA_COMMON:?}"),
     }
 }
 
@@ -559,15 +561,6 @@ async fn home_assistant_discovery_is_valid_and_removable() {
             "{needed} announced: {components:?}"
         );
     }
-    let common: &[&str] = &[
-        "name",
-        "unique_id",
-        "default_entity_id",
-        "device",
-        "origin",
-        "availability",
-        "icon",
-    ];
     let mut unique = std::collections::HashSet::new();
     for (topic, cfg) in &configs {
         let component = topic.split('/').nth(1).unwrap();
@@ -578,7 +571,7 @@ async fn home_assistant_discovery_is_valid_and_removable() {
         }
         for key in obj.keys() {
             assert!(
-                allowed.contains(&key.as_str()) || common.contains(&key.as_str()),
+                allowed.contains(&key.as_str()) || HA_COMMON.contains(&key.as_str()),
                 "{topic}: unknown key {key}"
             );
         }
