@@ -96,7 +96,7 @@ impl App {
         let control = start_control(
             &config,
             (origin, token_secret),
-            &device,
+            (&device, listeners.http_addr),
             &shared,
             stops.control.clone(),
         );
@@ -446,7 +446,7 @@ struct ControlEnds {
 fn start_control(
     config: &Config,
     (origin, token_secret): (Origin, watch::Sender<String>),
-    device: &Device,
+    (device, http_addr): (&Device, SocketAddr),
     shared: &Shared,
     stop: CancellationToken,
 ) -> Control {
@@ -468,13 +468,7 @@ fn start_control(
     );
     let (commands_tx, commands_rx) = mpsc::channel(64);
     // Discovery is fixed for one start: the MQTT client republishes what the channel holds.
-    let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
-        &device.topics,
-        &device.id,
-        VERSION,
-        &config.control.ha_prefix,
-        config.control.ha_discovery,
-    ));
+    let (_discovery_tx, discovery_rx) = watch::channel(discovery(config, device, http_addr));
     let tasks = vec![
         tokio::spawn(controller.clone().serve_mqtt(commands_rx, stop.clone())),
         tokio::spawn(telemetry::run(
@@ -684,6 +678,27 @@ async fn track_status(
             r = viewers.changed() => if r.is_err() { break },
         }
     }
+}
+
+/// Home Assistant's discovery messages for this camera: its page at the HTTP door, and a
+/// temperature sensor only where the board has a thermal zone.
+fn discovery(config: &Config, device: &Device, http_addr: SocketAddr) -> Vec<Publication> {
+    let page_url = viewer_url(http_addr);
+    let about = ha::Announcement {
+        device_id: &device.id,
+        version: VERSION,
+        page_url: Some(&page_url),
+        support_url: ha::package_support_url(),
+        board: ha::Board {
+            temperature: crate::board::soc_temperature().is_some(),
+        },
+    };
+    ha::publications(
+        &device.topics,
+        &about,
+        &config.control.ha_prefix,
+        config.control.ha_discovery,
+    )
 }
 
 /// Re-exported for tests and tools that speak the protocol.

@@ -485,17 +485,20 @@ async fn reload_applies_what_it_can_and_names_the_rest() {
     app.stop().await;
 }
 
+/// Keys Home Assistant documents for every MQTT discovery entity type that rtcam may use.
+const HA_COMMON: &[&str] = &[
+    "name",
+    "unique_id",
+    "default_entity_id",
+    "device",
+    "origin",
+    "availability",
+    "icon",
+];
+
 /// Fields Home Assistant documents for each MQTT discovery entity type: the required ones,
-/// and every key rtcam may use.
+/// and every key rtcam may use besides `HA_COMMON`.
 fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static str]) {
-    const COMMON: &[&str] = &[
-        "name",
-        "unique_id",
-        "object_id",
-        "device",
-        "availability",
-        "icon",
-    ];
     match component {
         "camera" => (&["topic"], &["topic", "image_encoding"]),
         "sensor" => (
@@ -521,8 +524,39 @@ fn ha_schema(component: &str) -> (&'static [&'static str], &'static [&'static st
             ],
         ),
         "button" => (&["command_topic"], &["command_topic", "payload_press"]),
-        other => panic!("unexpected component {other}: {COMMON:?}"),
+        other => panic!("unexpected component {other}: {HA_COMMON:?}"),
     }
+}
+
+/// The discovery configs `probe` saw, parsed. A sensor the board lacks (no thermal zone) gets
+/// an empty retained config, not an entity, and is left out.
+fn announced_configs(probe: &Probe) -> Vec<(String, Value)> {
+    probe
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(t, p)| (t.clone(), serde_json::from_slice(p).unwrap()))
+        .collect()
+}
+
+/// What Home Assistant's current discovery schema asks beyond the keys: `default_entity_id`
+/// as `<component>.<slug>` (only `[a-z0-9_]` after the domain), an `origin`, and the device's
+/// link to the page rtcam serves on its HTTP door.
+fn assert_current_schema(topic: &str, cfg: &Value, page_url: &str) {
+    let component = topic.split('/').nth(1).unwrap();
+    let entity_id = cfg["default_entity_id"].as_str().unwrap();
+    let slug = entity_id.strip_prefix(&format!("{component}.")).unwrap();
+    assert!(
+        slug.starts_with("rtcam_ctl_ha_")
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "{topic}: {entity_id}"
+    );
+    assert_eq!(cfg["origin"]["name"], "rtcam", "{topic}");
+    assert_eq!(cfg["device"]["configuration_url"], page_url, "{topic}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,13 +568,7 @@ async fn home_assistant_discovery_is_valid_and_removable() {
     let rt = start(test_config("ctl-ha")).await;
     let probe = Probe::connect(rt.broker(), &["homeassistant/#".to_string()]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let configs: Vec<(String, Value)> = probe
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(t, p)| (t.clone(), serde_json::from_slice(p).unwrap()))
-        .collect();
+    let configs = announced_configs(&probe);
     let components: Vec<&str> = configs
         .iter()
         .map(|(t, _)| t.split('/').nth(1).unwrap())
@@ -551,14 +579,6 @@ async fn home_assistant_discovery_is_valid_and_removable() {
             "{needed} announced: {components:?}"
         );
     }
-    let common: &[&str] = &[
-        "name",
-        "unique_id",
-        "object_id",
-        "device",
-        "availability",
-        "icon",
-    ];
     let mut unique = std::collections::HashSet::new();
     for (topic, cfg) in &configs {
         let component = topic.split('/').nth(1).unwrap();
@@ -569,7 +589,7 @@ async fn home_assistant_discovery_is_valid_and_removable() {
         }
         for key in obj.keys() {
             assert!(
-                allowed.contains(&key.as_str()) || common.contains(&key.as_str()),
+                allowed.contains(&key.as_str()) || HA_COMMON.contains(&key.as_str()),
                 "{topic}: unknown key {key}"
             );
         }
@@ -578,6 +598,7 @@ async fn home_assistant_discovery_is_valid_and_removable() {
             "unique ids"
         );
         assert_eq!(cfg["device"]["identifiers"][0], "rtcam_ctl-ha");
+        assert_current_schema(topic, cfg, &rtcam::app::viewer_url(rt.app.http_addr()));
         assert_eq!(
             cfg["availability"][0]["topic"],
             format!("{}/status", rt.root())
@@ -616,7 +637,10 @@ async fn home_assistant_discovery_is_valid_and_removable() {
         "retained configs removed: {:?}",
         seen.iter().map(|(t, p)| (t, p.len())).collect::<Vec<_>>()
     );
-    assert_eq!(topics.len(), 7);
+    // Seven entities, the SoC temperature only where the board has a thermal zone.
+    let thermal =
+        usize::from(std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").is_ok());
+    assert_eq!(topics.len(), 6 + thermal, "{topics:?}");
     rt.app.stop().await;
 }
 
