@@ -560,10 +560,6 @@ fn assert_current_schema(topic: &str, cfg: &Value, page_url: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "every discovery message checked against Home Assistant's schema, then removed, on one running camera"
-)]
 async fn home_assistant_discovery_is_valid_and_removable() {
     let rt = start(test_config("ctl-ha")).await;
     let probe = Probe::connect(rt.broker(), &["homeassistant/#".to_string()]).await;
