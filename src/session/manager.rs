@@ -6,7 +6,7 @@ use super::peer::{self, PeerFactory};
 use super::stats::{info_of, SessionInfo, SessionStats};
 use super::table::{Action, Generation, Label, SessionTable};
 use super::viewer::{FromViewer, SessionInput, Viewer, ViewerNote};
-use super::{admit, per_address_cap, Grants, ManagerRequest};
+use super::{admit, per_address_cap, Grants, Joined, ManagerRequest};
 use crate::auth::Right;
 use crate::media::Media;
 use crate::signalling::protocol::{ErrorCode, IceServer, Inbound, Outbound, ProtocolError};
@@ -178,7 +178,39 @@ impl SessionManager {
                 };
                 let _ = reply.send(found);
             }
+            ManagerRequest::Join { transport, reply } => {
+                let _ = reply.send(self.join(live, transport));
+            }
         }
+    }
+
+    /// Gives a viewer of another door a slot: in the table (limits), and among the running
+    /// sessions with an input queue whose only message is its end.
+    fn join(&mut self, live: &mut Live, transport: &'static str) -> Result<Joined, ProtocolError> {
+        let (key, generation) = self.table.join_outside(transport)?;
+        let label = Label::of(generation);
+        tracing::info!(session = %label, transport, "new session");
+        let (input, input_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(SessionStats {
+            transport,
+            ..SessionStats::new(crate::codec::VideoCodec::H264)
+        });
+        live.running.insert(
+            key.clone(),
+            Running {
+                generation,
+                input,
+                stats: stats.clone(),
+            },
+        );
+        Ok(Joined {
+            label,
+            stats,
+            key,
+            generation,
+            input: input_rx,
+            notes: live.notes.clone(),
+        })
     }
 
     fn on_note(&mut self, live: &mut Live, from: FromViewer) {

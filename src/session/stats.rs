@@ -36,6 +36,9 @@ pub struct SessionStats {
     pub retransmitted_packets: AtomicU64,
     /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
     pub paced: AtomicBool,
+    /// The door the viewer came through: `webrtc`, or `rtsp` for a viewer the session
+    /// manager only counts ([`super::Sessions::join`]).
+    pub transport: &'static str,
 }
 
 impl SessionStats {
@@ -56,6 +59,7 @@ impl SessionStats {
             nacked_packets: AtomicU64::new(0),
             retransmitted_packets: AtomicU64::new(0),
             paced: AtomicBool::new(false),
+            transport: "webrtc",
         }
     }
 }
@@ -65,6 +69,8 @@ impl SessionStats {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionInfo {
     pub label: Label,
+    /// `webrtc`, or `rtsp`.
+    pub transport: &'static str,
     pub state: &'static str,
     pub duration_secs: u64,
     pub codec: &'static str,
@@ -91,6 +97,7 @@ pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
     let nonzero = |v: u64| (v > 0).then_some(v);
     SessionInfo {
         label,
+        transport: s.transport,
         state: if s.connected.load(Ordering::Relaxed) {
             "connected"
         } else {
