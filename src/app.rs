@@ -56,6 +56,8 @@ pub struct App {
     http_task: JoinHandle<()>,
     status_task: JoinHandle<()>,
     control_tasks: Vec<JoinHandle<()>>,
+    /// The RTSP door, with `[rtsp] enabled`.
+    rtsp: Option<crate::rtsp::RtspDoor>,
 }
 
 /// What each part of rtcam makes of its settings, checked before anything starts: the
@@ -230,6 +232,7 @@ impl App {
             ice_servers: ice_servers.clone(),
         };
         let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
+        let rtsp = start_rtsp(&config, &media, &sessions, authority.clone())?;
 
         let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
 
@@ -328,7 +331,13 @@ impl App {
             http_task,
             status_task,
             control_tasks,
+            rtsp,
         })
+    }
+
+    /// Where the RTSP door listens, with `[rtsp] enabled`.
+    pub fn rtsp_addr(&self) -> Option<SocketAddr> {
+        self.rtsp.as_ref().map(|r| r.addr)
     }
 
     pub fn device_id(&self) -> &str {
@@ -392,6 +401,9 @@ impl App {
         }
         self.sessions_stop.cancel();
         let _ = self.sessions_task.await;
+        if let Some(rtsp) = self.rtsp {
+            let _ = tokio::task::spawn_blocking(move || rtsp.stop()).await;
+        }
         self.media_stop.cancel();
         let _ = self.media_task.await;
         self.status_task.abort();
@@ -477,6 +489,32 @@ async fn start_embedded(
         port: internal.v5.port(),
     };
     Ok((url, gate))
+}
+
+/// The RTSP door, with `[rtsp] enabled`: logins asked for when tokens or broker users are
+/// configured (a viewer token, or a users-file user), else open, which it logs.
+fn start_rtsp(
+    config: &Config,
+    media: &Media,
+    sessions: &Sessions,
+    authority: Option<Authority>,
+) -> anyhow::Result<Option<crate::rtsp::RtspDoor>> {
+    if !config.rtsp.enabled {
+        return Ok(None);
+    }
+    let users = if config.mqtt.users_file.is_empty() {
+        Users::default()
+    } else {
+        Users::load(std::path::Path::new(&config.mqtt.users_file))?
+    };
+    let logins = (authority.is_some() || !users.is_empty())
+        .then_some(crate::rtsp::Logins { authority, users });
+    let parts = crate::rtsp::Parts {
+        media: media.clone(),
+        sessions: sessions.clone(),
+        logins,
+    };
+    Ok(Some(crate::rtsp::start(&config.rtsp, parts)?))
 }
 
 /// Binds one of the embedded broker's addresses. An address left at its default that another

@@ -18,6 +18,7 @@ pub mod http;
 pub mod logging;
 pub mod media;
 pub mod memory;
+pub mod rtsp;
 pub mod metrics;
 pub mod service;
 pub mod session;
