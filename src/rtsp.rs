@@ -171,7 +171,10 @@ fn build(
     factory.add_role_from_structure(
         &gst::Structure::builder(ROLE)
             .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS.as_str(), true)
-            .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT.as_str(), true)
+            .field(
+                rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT.as_str(),
+                true,
+            )
             .build(),
     );
     {
@@ -336,8 +339,16 @@ impl Clients {
 
     /// A PLAY: the first one takes a slot (or is refused with 503), every one asks for a
     /// keyframe so the client starts decoding at once.
-    fn play(&self, key: usize, client: &rtsp_server::RTSPClient) -> rtsp_server::gst_rtsp::RTSPStatusCode {
-        let playing = self.held.lock().map(|h| h.contains_key(&key)).unwrap_or(false);
+    fn play(
+        &self,
+        key: usize,
+        client: &rtsp_server::RTSPClient,
+    ) -> rtsp_server::gst_rtsp::RTSPStatusCode {
+        let playing = self
+            .held
+            .lock()
+            .map(|h| h.contains_key(&key))
+            .unwrap_or(false);
         if !playing {
             // The GLib thread waits for the manager's answer: one message, answered at once.
             let joined = match futures::executor::block_on(self.sessions.join("rtsp")) {
@@ -461,15 +472,20 @@ mod tests {
     fn a_token_or_a_users_file_login_lets_one_watch() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
         let authority = Authority::new("0123456789abcdef0123456789abcdef", "cam");
-        let view = authority.mint(&authority.claims(Duration::from_secs(60), vec![Right::View], now));
-        let talk = authority.mint(&authority.claims(Duration::from_secs(60), vec![Right::Talk], now));
+        let view =
+            authority.mint(&authority.claims(Duration::from_secs(60), vec![Right::View], now));
+        let talk =
+            authority.mint(&authority.claims(Duration::from_secs(60), vec![Right::Talk], now));
         let users = Users::parse(&crate::gate::users::hash_line("nvr", "s3cret")).unwrap();
         let logins = Logins {
             authority: Some(authority),
             users,
         };
         assert!(logins.accept(&basic("anyone", &view), now));
-        assert!(!logins.accept(&basic("anyone", &talk), now), "watching needs view");
+        assert!(
+            !logins.accept(&basic("anyone", &talk), now),
+            "watching needs view"
+        );
         assert!(!logins.accept(&basic("anyone", &view), now + Duration::from_secs(61)));
         assert!(logins.accept(&basic("nvr", "s3cret"), now));
         assert!(!logins.accept(&basic("nvr", "wrong"), now));
