@@ -1251,7 +1251,7 @@ mod tests {
     fn rtsp_is_off_by_default_and_its_path_checked() {
         let c = Config::parse("", Path::new("x.toml")).unwrap();
         assert!(!c.rtsp.enabled);
-        assert_eq!(c.rtsp.listen, "0.0.0.0:8554".parse().unwrap());
+        assert_eq!(c.rtsp.listen, SocketAddr::from(([0, 0, 0, 0], 8554)));
         assert_eq!(c.rtsp.path, "live");
         let c = Config::parse("[rtsp]\nenabled = true\npath = \"cam/front\"\n", Path::new("x.toml"))
             .unwrap();
