@@ -107,7 +107,8 @@ fn smoke_checks(r: &Results) -> Result<()> {
     if r.latencies_ms.is_empty() {
         bail!("smoke: no latency stamp read back");
     }
-    if r.fanout.iter().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
+    let rows = r.fanout.iter().chain(&r.janus_rtsp_fanout);
+    if rows.clone().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
         bail!("smoke: a fan-out viewer received no frames");
     }
     eprintln!("smoke: ok");
