@@ -366,7 +366,7 @@ impl Clients {
             if let Ok(mut h) = self.held.lock() {
                 h.insert(key, left_tx);
             }
-            let client = glib::SendWeakRef::from(client.downgrade());
+            let client = client.downgrade();
             let context = self.context.clone();
             self.runtime.spawn(hold(joined, left, client, context));
         }
@@ -375,11 +375,13 @@ impl Clients {
     }
 }
 
-/// Holds a client's slot until it leaves, or closes it when the manager ends it.
+/// Holds a client's slot until it leaves, or closes it when the manager ends it (from the
+/// server's thread; the client's own thread, one of the server's pool, notices the closed
+/// connection).
 async fn hold(
     mut joined: crate::session::Joined,
     left: oneshot::Receiver<()>,
-    client: glib::SendWeakRef<rtsp_server::RTSPClient>,
+    client: glib::WeakRef<rtsp_server::RTSPClient>,
     context: glib::MainContext,
 ) {
     let label = joined.label;

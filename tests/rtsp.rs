@@ -211,3 +211,58 @@ async fn an_rtsp_client_beyond_max_sessions_is_refused() {
     viewer.bye().await;
     rt.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_audio_the_door_serves_opus_beside_h264() {
+    let mut config = rtsp_config("rtsp-audio");
+    config.audio.enabled = true;
+    let rt = start(config).await;
+    let run = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-rtsp_transport", "tcp"])
+        .args(["-i", &url(&rt, Some(OPERATOR))])
+        .args(["-t", "2", "-f", "null", "-"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WITHIN, run)
+        .await
+        .expect("ffmpeg finishes")
+        .expect("ffmpeg runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Video: h264") && err.contains("Audio: opus"),
+        "both streams: {err}"
+    );
+    // The decoded sound reached the muxer: ffmpeg counts its bytes.
+    assert!(!err.contains("audio:0kB"), "sound decoded: {err}");
+    rt.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kick_ends_an_rtsp_client_and_frees_its_slot() {
+    let rt = start(rtsp_config("rtsp-kick")).await;
+    let url = url(&rt, Some(OPERATOR));
+    // Far more frames than the test waits for: only the kick ends it.
+    let rtsp = tokio::spawn(async move { ffmpeg(&url, "tcp", 100_000).await });
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while rt.app.viewers() < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = Commander::connect(Protocol::V5, rt.broker(), &rt.root()).await;
+    let r = c.request("sessions", json!({})).await;
+    let label = r.body["result"][0]["label"].as_str().unwrap().to_string();
+    assert_eq!(r.body["result"][0]["transport"], "rtsp", "{}", r.body);
+    let r = c.request("kick", json!({"label": label})).await;
+    assert_eq!(r.body["result"]["ended"], true, "{}", r.body);
+    let out = tokio::time::timeout(Duration::from_secs(10), rtsp)
+        .await
+        .expect("ffmpeg stops once kicked")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("frame=100000"), "{err}");
+    while rt.app.viewers() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rt.app.viewers(), 0, "the slot is free");
+    rt.app.stop().await;
+}
