@@ -368,7 +368,8 @@ impl Clients {
             }
             let client = client.downgrade();
             let context = self.context.clone();
-            self.runtime.spawn(hold(joined, left, client, context));
+            self.runtime
+                .spawn(hold(joined, left, client, context, self.media.clone()));
         }
         self.media.request_keyframe();
         rtsp_server::gst_rtsp::RTSPStatusCode::Ok
@@ -377,27 +378,71 @@ impl Clients {
 
 /// Holds a client's slot until it leaves, or closes it when the manager ends it (from the
 /// server's thread; the client's own thread, one of the server's pool, notices the closed
-/// connection).
+/// connection). Meanwhile counts what the shared media passes on to it, from its first
+/// keyframe, for `sessions` and `/metrics`.
 async fn hold(
     mut joined: crate::session::Joined,
-    left: oneshot::Receiver<()>,
+    mut left: oneshot::Receiver<()>,
     client: glib::WeakRef<rtsp_server::RTSPClient>,
     context: glib::MainContext,
+    media: Media,
 ) {
     let label = joined.label;
-    tokio::select! {
-        // Cancel-safe: a oneshot; its sender is dropped when the client closes.
-        _ = left => tracing::info!(session = %label, "RTSP client left"),
-        // Cancel-safe: `ended` is an mpsc `recv` loop.
-        reason = joined.ended() => {
-            tracing::info!(session = %label, "RTSP client ended: {reason}");
-            context.invoke(move || {
-                if let Some(c) = client.upgrade() {
-                    c.close();
+    let mut frames = Some(media.subscribe());
+    let mut started = false;
+    loop {
+        tokio::select! {
+            // Cancel-safe: a oneshot polled by reference; its sender is dropped when the
+            // client closes.
+            _ = &mut left => {
+                tracing::info!(session = %label, "RTSP client left");
+                break;
+            }
+            // Cancel-safe: `ended` is an mpsc `recv` loop whose other messages mean nothing
+            // here.
+            reason = joined.ended() => {
+                tracing::info!(session = %label, "RTSP client ended: {reason}");
+                context.invoke(move || {
+                    if let Some(c) = client.upgrade() {
+                        c.close();
+                    }
+                });
+                break;
+            }
+            // Cancel-safe: broadcast `recv`. Closed only when media stops for good.
+            r = next(&mut frames), if frames.is_some() => match r {
+                Ok(frame) => {
+                    started |= frame.keyframe;
+                    if started {
+                        count(&joined.stats, &media, &frame);
+                    }
                 }
-            });
+                // The shared media's own feeder deals with falling behind; this only counts.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => frames = None,
+            },
         }
     }
+}
+
+/// The next frame, from a receiver that is there (the caller's `select!` guard says so).
+async fn next(
+    frames: &mut Option<broadcast::Receiver<EncodedFrame>>,
+) -> Result<EncodedFrame, broadcast::error::RecvError> {
+    match frames {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One frame passed on to an RTSP client, in its session's and every viewer's totals.
+fn count(stats: &crate::session::SessionStats, media: &Media, frame: &EncodedFrame) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bytes = frame.data.len() as u64;
+    stats.frames_sent.fetch_add(1, Relaxed);
+    stats.bytes_sent.fetch_add(bytes, Relaxed);
+    media.stats().viewers.frames_sent.fetch_add(1, Relaxed);
+    media.stats().viewers.bytes_sent.fetch_add(bytes, Relaxed);
 }
 
 /// `RTSPAuth` with rtcam's logins: Basic credentials checked by [`Logins`], the factory's

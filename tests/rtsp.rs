@@ -190,6 +190,13 @@ async fn rtsp_and_webrtc_viewers_share_one_encoder() {
         "{}",
         r.body
     );
+    let rtsp_session = r.body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["transport"] == "rtsp")
+        .unwrap();
+    assert_eq!(rtsp_session["state"], "connected", "{rtsp_session}");
     let before = viewer.decoded().frames;
     assert_decoded(&rtsp.await.unwrap(), 300);
     assert!(viewer.wait_frames(before + 15, WITHIN).await.frames >= before + 15);
@@ -249,9 +256,18 @@ async fn kick_ends_an_rtsp_client_and_frees_its_slot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = Commander::connect(Protocol::V5, rt.broker(), &rt.root()).await;
-    let r = c.request("sessions", json!({})).await;
+    // Its session counts the frames passed on to it.
+    let r = loop {
+        let r = c.request("sessions", json!({})).await;
+        let sent = r.body["result"][0]["frames_sent"].as_u64().unwrap_or(0);
+        if sent > 0 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let label = r.body["result"][0]["label"].as_str().unwrap().to_string();
     assert_eq!(r.body["result"][0]["transport"], "rtsp", "{}", r.body);
+    assert!(r.body["result"][0]["frames_sent"].as_u64() > Some(0), "{}", r.body);
     let r = c.request("kick", json!({"label": label})).await;
     assert_eq!(r.body["result"]["ended"], true, "{}", r.body);
     let out = tokio::time::timeout(Duration::from_secs(10), rtsp)
