@@ -21,13 +21,13 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
 # Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
-# Debian kernel in qemu with the vivid camera driver (tests/vivid.rs: busybox for the guest,
+# Debian kernel in qemu with the vivid camera driver (tests/it/vivid.rs: busybox for the guest,
 # cpio and kmod to build its initramfs). Network tests build NATs and links in namespaces
-# (iproute2, nftables), with coturn as their STUN and TURN server (tests/nat.rs); the lossy
-# link (tests/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
+# (iproute2, nftables), with coturn as their STUN and TURN server (tests/it/nat.rs); the lossy
+# link (tests/it/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
 # lack, with iproute2's tc copied into its busybox initramfs. `promtool check metrics` checks
-# /metrics (tests/metrics.rs); Debian ships promtool in the prometheus package. ffmpeg is an RTSP
-# client nobody here wrote (tests/rtsp.rs).
+# /metrics (tests/it/metrics.rs); Debian ships promtool in the prometheus package. ffmpeg is an
+# RTSP client nobody here wrote (tests/it/rtsp.rs).
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables coturn \
 	qemu-system-x86 busybox-static cpio kmod binutils prometheus ffmpeg
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
@@ -105,10 +105,10 @@ deploy-host:
 test-board: cross-deps web
 	tests/board/run.sh $(CROSS_TARGETS)
 
-# A board behind NAT (tests/board_nat.rs): the emulated arm64 board reaches a broker and a TURN
-# server on this machine through qemu's user-mode network; a viewer here watches via the relay.
+# A board behind NAT (tests/it/board_nat.rs): the emulated arm64 board reaches a broker and a
+# TURN server on this machine through qemu's user-mode network; a viewer here watches via the relay.
 test-board-nat: test-deps cross-deps web
-	$(CARGO) test --test board_nat -- --ignored --nocapture
+	$(CARGO) test --test it -- --ignored --nocapture board_nat::
 
 # The .deb of each board target, from the board-test builds test-board made.
 test-packages: cross-deps
@@ -120,7 +120,7 @@ test-packages: cross-deps
 
 # What the .deb ships that rtcam generates from its CLI and example configuration: the conffile
 # with every key commented out, manual pages, shell completions. Kept in the tree so a cross
-# build packages them without running the board's binary; tests/cli.rs fails when they are stale.
+# build packages them without running the board's binary; tests/it/cli.rs fails when they are stale.
 packaging-files:
 	$(CARGO) build --bin rtcam
 	rtcam=$$($(CARGO) metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/debug/rtcam; \
@@ -144,8 +144,18 @@ demo: build
 	@echo "Starting rtcam (Ctrl-C to stop)…"
 	./target/release/rtcam
 
+# The integration tests are one binary (tests/it/), run two at a time. These modules measure
+# timing, memory or a VM under load, or hold network namespaces and Chromium for minutes; they
+# run after the rest, one at a time.
+SOLO_TESTS := soak:: lossy:: vivid:: hostile:: nat::
+
+# Formatting and lints first (clippy with the tests' features, which their dev-dependency on
+# rtcam turns on), so a slip fails in seconds rather than after the long tests.
 test: test-deps cross-deps web
-	$(CARGO) test --all-targets
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --all-targets -- $(addprefix --skip ,$(SOLO_TESTS))
+	$(CARGO) test --test it -- --test-threads=1 $(SOLO_TESTS)
 	node --test web/
 	$(MAKE) --no-print-directory test-board
 	$(MAKE) --no-print-directory test-board-nat

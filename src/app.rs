@@ -1,28 +1,39 @@
 //! Wiring: starts every part in order, and stops them in the reverse order.
 //!
-//! Start: broker (if embedded) → HTTP listener → media → session manager → MQTT client.
-//! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
-//! disconnect → HTTP server.
+//! Start: TURN settings check → broker (if embedded) → HTTP listeners → media → RTSP door (if
+//! on) → control plane → session manager → HTTP server → MQTT client. Each step is a function
+//! below that takes what the steps before it made, and the stop token of its part; the steps
+//! that can fail come before the first task of the long-lived ones.
+//! Stop: sessions say bye and close → RTSP door → media pipeline to NULL → retained offline
+//! status and MQTT disconnect → HTTP server.
+
+mod doors;
+mod embedded;
+
+pub use doors::{page_url, viewer_url, Https};
 
 use crate::auth::Authority;
-use crate::config::{Config, ConfigError, Origin, ViewerCommands};
+use crate::config::{Config, ConfigError, EncoderConfig, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
-use crate::gate::policy::Policy;
 use crate::gate::users::Users;
-use crate::gate::{Gate, GateConfig};
+use crate::gate::ClientRights;
 use crate::health::Heartbeat;
+use crate::http;
 use crate::media::{self, Media};
 use crate::session::adapt::{Adaptation, Limits as AdaptLimits};
 use crate::session::peer::PeerFactory;
 use crate::session::table::{Limits, SessionTable};
-use crate::session::{SessionManager, Sessions};
+use crate::session::{ManagerRequest, SessionManager, Sessions};
+use crate::signalling::message::{ControlRequest, Publication};
 use crate::signalling::mqtt::{self, BrokerUrl, MqttLink};
 use crate::signalling::protocol::{self, Status, Topics};
-use crate::{broker, http};
+use crate::signalling::{Outgoing, SignalEvent};
+use crate::turn::IceServers;
+use doors::{open_doors, page_config, Listeners};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,12 +55,7 @@ pub struct App {
     /// The liveness of the loops the systemd watchdog vouches for.
     heartbeats: Vec<Heartbeat>,
     controller: Controller,
-    /// Each part has its own token so shutdown can stop them in order.
-    sessions_stop: CancellationToken,
-    control_stop: CancellationToken,
-    media_stop: CancellationToken,
-    mqtt_stop: CancellationToken,
-    http_stop: CancellationToken,
+    stops: Stops,
     sessions_task: JoinHandle<()>,
     media_task: JoinHandle<()>,
     mqtt_task: JoinHandle<()>,
@@ -60,277 +66,95 @@ pub struct App {
     rtsp: Option<crate::rtsp::RtspDoor>,
 }
 
-/// What each part of rtcam makes of its settings, checked before anything starts: the
-/// configuration has checked its own shapes when it was read; these are the values only the
-/// part using them can judge. `rtcam config check`, every command that reads the
-/// configuration, [`App::start`] and `reload` run them.
-pub fn check_config(config: &Config, origin: &Origin) -> Result<(), ConfigError> {
-    protocol::check_config(config)
-        .and_then(|()| BrokerUrl::check_config(&config.mqtt))
-        .and_then(|()| media::encoder::check_config(&config.encoder))
-        .map_err(|refusal| ConfigError::Refused {
-            origin: origin.clone(),
-            refusal,
-        })
+/// Each part has its own token so shutdown can stop them in order.
+#[derive(Default)]
+struct Stops {
+    sessions: CancellationToken,
+    control: CancellationToken,
+    media: CancellationToken,
+    mqtt: CancellationToken,
+    /// The HTTP server, and the gate's MQTT listeners with it.
+    http: CancellationToken,
 }
 
 impl App {
     pub async fn start(config: Config, origin: Origin) -> anyhow::Result<App> {
         check_config(&config, &origin)?;
+        check_turn(&config)?;
         // `/metrics`' uptime counts from here.
-        let started = std::time::Instant::now();
-        let device_id = config.device_id();
-        let topics = Topics::new(&config.mqtt.prefix, &device_id);
-
-        let client_id = if config.mqtt.client_id.is_empty() {
-            default_client_id(&device_id)
-        } else {
-            config.mqtt.client_id.clone()
-        };
-        // `reload` sends a new secret down this channel; every part holding the authority
-        // verifies with it from then on.
-        let (token_secret, secret_in_force) = watch::channel(config.auth.secret.clone());
-        let authority = (!config.auth.secret.is_empty())
-            .then(|| Authority::following(secret_in_force, &device_id));
-        let http_stop = CancellationToken::new();
-
-        // The broker rtcam's own client connects to, and what the page's `/mqtt` reaches: the
-        // embedded broker through the gate, or an external broker's plain-TCP port as it is
-        // (that broker's own ACL decides, docs/security.md).
-        let mut own_mqtt = config.mqtt.clone();
-        let (broker_url, mqtt_door) = if config.mqtt.url == "embedded" {
-            let (url, gate) = start_embedded(
-                &config,
-                &topics,
-                &client_id,
-                authority.clone(),
-                &mut own_mqtt,
-                &http_stop,
-            )
-            .await?;
-            (url, Some(http::MqttDoor::Gate(gate)))
-        } else {
-            let url = BrokerUrl::parse(&config.mqtt.url)?;
-            let tcp =
-                (!url.tls).then(|| http::MqttDoor::Forward(format!("{}:{}", url.host, url.port)));
-            if url.tls && config.http.viewer_broker_url.is_empty() {
-                tracing::warn!(
-                    "the viewer page cannot reach an mqtts:// broker through /mqtt; \
-                     set http.viewer_broker_url to the broker's wss:// URL"
-                );
-            }
-            (url, tcp)
-        };
-
-        let listener = http::bind(config.http.listen, "HTTP (http.listen)").await?;
-        let http_addr = listener.local_addr()?;
-        let hostname = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let own_names = http::tls::own_names(&hostname);
-        let (https_listener, https) = match config.http.https_listen() {
-            Some(addr) => {
-                let (listener, acceptor, info) = open_https(&config.http, addr, &own_names).await?;
-                (Some((listener, acceptor)), Some(info))
-            }
-            None => (None, None),
-        };
-        if !config.webrtc.turn_urls.is_empty() && config.webrtc.turn_secret.is_empty() {
-            anyhow::bail!(
-                "webrtc.turn_urls needs the secret the TURN server shares: set webrtc.turn_secret \
-                 or the turn_secret credential"
-            );
-        }
-        let ice_servers = Arc::new(crate::turn::IceServers::new(
-            config.webrtc.ice_servers.clone(),
-            crate::turn::TurnRest::from_config(&config.webrtc),
-            &device_id,
-        ));
-        // The ICE servers are added per request: derived TURN credentials must be fresh.
-        let page_config = serde_json::json!({
-            "device_id": device_id,
-            "prefix": config.mqtt.prefix,
-            "broker_url": (!config.http.viewer_broker_url.is_empty()).then_some(&config.http.viewer_broker_url),
-            "version": VERSION,
-            "video": { "width": config.source.width, "height": config.source.height, "fps": config.source.fps },
-            "viewer_commands": config.control.viewer_commands,
-            // The page adds an audio transceiver (and a talk button) only when these say so.
-            "audio": { "enabled": config.audio.enabled, "talkback": config.audio.enabled && config.audio.talkback },
-            // Whether `/mqtt` leads to the gate, which takes the page's token once at connect
-            // (offers then carry none); an external broker behind `/mqtt` needs it in offers.
-            "mqtt_gate": config.mqtt.url == "embedded",
-            // Where the page sends a viewer on plain HTTP who wants to Talk: browsers give the
-            // microphone only to secure pages (null: no HTTPS door).
-            "https_port": https.as_ref().map(|h| h.addr.port()),
-        });
-        let media_stop = CancellationToken::new();
+        let started = Instant::now();
+        let (device, token_secret) = Device::new(&config);
+        let stops = Stops::default();
+        let broker = start_broker(&config, &device, &stops.http).await?;
+        let listeners = open_doors(&config.http).await?;
+        let ice_servers = ice_servers(&config, &device);
         let (media, media_task) = media::start(
             &config.source,
             &config.encoder,
             &config.audio,
-            media_stop.clone(),
+            stops.media.clone(),
         )?;
-
         let factory = Arc::new(PeerFactory::new(&config.webrtc, ice_servers.clone())?);
-        let (requests_tx, requests_rx) = mpsc::channel(16);
-        let sessions = Sessions::new(requests_tx);
-        let (events_tx, events_rx) = mpsc::channel(256);
-        let (outgoing_tx, outgoing_rx) = mpsc::channel(1024);
-        let (viewers_tx, viewers_rx) = watch::channel(0usize);
-        // Status follows the media pipeline and the viewer count.
-        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
-        let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
-        let (publications_tx, publications_rx) = mpsc::channel(1024);
-        let controller = Controller::new(
-            topics.clone(),
-            media.clone(),
-            sessions.clone(),
-            status_rx.clone(),
-            telemetry_rx,
-            publications_tx.clone(),
-            crate::control::exec::Settings {
-                config: config.clone(),
-                origin,
-                check: check_config,
-                token_secret,
-            },
+        let (shared, ends) = Shared::new(media, ice_servers);
+        let rtsp = start_rtsp(&config, &shared, device.authority.clone())?;
+
+        let control = start_control(
+            &config,
+            (origin, token_secret),
+            (&device, listeners.http_addr),
+            &shared,
+            stops.control.clone(),
         );
-        let sessions_stop = CancellationToken::new();
-        let manager = SessionManager {
-            table: SessionTable::new(Limits {
-                max_sessions: config.webrtc.max_sessions,
-                offers_per_second: config.webrtc.offers_per_second,
-                max_candidates: config.webrtc.max_candidates_per_session,
-                vp8_fallback: media.vp8_available(),
-            }),
-            factory,
-            media: media.clone(),
-            events: events_rx,
-            outgoing: outgoing_tx,
-            viewers: viewers_tx,
-            disconnect_timeout: config.webrtc.disconnect_timeout(),
-            requests: requests_rx,
-            channels: serve_control_channels(
-                controller.clone(),
-                viewers_may_change_state(&config),
-            ),
-            authority: authority.clone(),
-            client_rights: match &mqtt_door {
-                Some(http::MqttDoor::Gate(gate)) => Some(gate.client_rights()),
-                _ => None,
+        let sessions_task = start_sessions(
+            &config,
+            &device,
+            &shared,
+            SessionParts {
+                factory,
+                client_rights: broker.client_rights(),
+                controller: control.controller.clone(),
+                ends: ends.sessions,
             },
-            adaptation: config.encoder.adaptation().map(|(min_kbps, max_kbps)| {
-                Adaptation::new(
-                    AdaptLimits {
-                        min_kbps,
-                        max_kbps,
-                        follow_ratio: config.encoder.follow_ratio,
-                    },
-                    config.encoder.bitrate_kbps,
-                )
-            }),
-            ice_servers: ice_servers.clone(),
-        };
-        let sessions_task = tokio::spawn(manager.run(sessions_stop.clone()));
-        let rtsp = start_rtsp(&config, &media, &sessions, authority.clone())?;
-
-        let status_task = tokio::spawn(track_status(media.info(), viewers_rx.clone(), status_tx));
-
-        let options = mqtt::options(&own_mqtt, &broker_url, &client_id, &topics)?;
-        let (connected_tx, connected_rx) = watch::channel(false);
-        let mqtt_heartbeat = Heartbeat::new("MQTT loop");
-        let heartbeats = vec![media.heartbeat(), mqtt_heartbeat.clone()];
-        let status = status_rx.clone();
-
-        // The control plane: commands, telemetry, discovery.
-        let (commands_tx, commands_rx) = mpsc::channel(64);
-        let (_discovery_tx, discovery_rx) = watch::channel(ha::publications(
-            &topics,
-            &device_id,
-            VERSION,
-            &config.control.ha_prefix,
-            config.control.ha_discovery,
-        ));
-        let control_stop = CancellationToken::new();
-        let control_tasks = vec![
-            tokio::spawn(
-                controller
-                    .clone()
-                    .serve_mqtt(commands_rx, control_stop.clone()),
-            ),
-            tokio::spawn(telemetry::run(
-                telemetry::Sampler::new(media.clone(), sessions.clone()),
-                Duration::from_secs(config.control.telemetry_interval_secs),
-                topics.telemetry(),
-                telemetry_tx,
-                publications_tx,
-                control_stop.clone(),
-            )),
-        ];
-
-        let http_task = tokio::spawn(http::serve(
-            http::Doors {
-                http: listener,
-                https: https_listener,
-                redirect_http: config.http.redirect_http,
-            },
-            http::HttpState {
-                page_config,
-                ice_servers,
-                mqtt_door,
-                media: media.clone(),
-                metrics: crate::metrics::Metrics {
-                    device_id: device_id.clone(),
-                    started,
-                    media: media.clone(),
-                    sessions: sessions.clone(),
-                    viewers: viewers_rx.clone(),
-                },
-                device_id: device_id.clone(),
-                authority,
-                hosts: http::guard::HostPolicy::new(&own_names, &config.http.allowed_hosts),
-            },
-            http_stop.clone(),
-        ));
-        let mqtt_stop = CancellationToken::new();
-        let mqtt_task = tokio::spawn(mqtt::run(
-            MqttLink {
-                options,
-                topics: topics.clone(),
-                status: status_rx,
-                events: events_tx,
-                outgoing: outgoing_rx,
-                connected: connected_tx,
-                heartbeat: mqtt_heartbeat,
-                commands: commands_tx,
-                publications: publications_rx,
-                on_connect: discovery_rx,
-            },
-            mqtt_stop.clone(),
-        ));
+            stops.sessions.clone(),
+        );
+        let status_task = start_status(&shared, ends.status);
+        let (http_addr, https) = (listeners.http_addr, listeners.https_info.clone());
+        let http_task = serve_http(
+            &config,
+            &device,
+            listeners,
+            (broker.door, ends.whep),
+            &shared,
+            started,
+            &stops.http,
+        );
+        let mqtt = start_mqtt(
+            &device,
+            broker.options,
+            &shared,
+            ends.mqtt,
+            control.mqtt,
+            &stops.mqtt,
+        );
 
         Ok(App {
-            device_id,
-            topics,
+            device_id: device.id,
+            topics: device.topics,
             http_addr,
             https,
-            media,
-            mqtt_connected: connected_rx,
-            viewers: viewers_rx,
-            status,
-            heartbeats,
-            controller,
-            sessions_stop,
-            control_stop,
-            media_stop,
-            mqtt_stop,
-            http_stop,
+            heartbeats: vec![shared.media.heartbeat(), mqtt.heartbeat],
+            media: shared.media,
+            mqtt_connected: mqtt.connected,
+            viewers: shared.viewers,
+            status: shared.status,
+            controller: control.controller,
+            stops,
             sessions_task,
             media_task,
-            mqtt_task,
+            mqtt_task: mqtt.task,
             http_task,
             status_task,
-            control_tasks,
+            control_tasks: control.tasks,
             rtsp,
         })
     }
@@ -393,110 +217,229 @@ impl App {
         &self.controller
     }
 
-    /// Stops in order: sessions (each viewer gets a bye), media, MQTT (offline status), HTTP.
+    /// Stops in order: sessions (each viewer gets a bye), the RTSP door, media, MQTT (offline
+    /// status), HTTP.
     pub async fn stop(self) {
-        self.control_stop.cancel();
+        self.stops.control.cancel();
         for t in self.control_tasks {
             let _ = t.await;
         }
-        self.sessions_stop.cancel();
+        self.stops.sessions.cancel();
         let _ = self.sessions_task.await;
         if let Some(rtsp) = self.rtsp {
             let _ = tokio::task::spawn_blocking(move || rtsp.stop()).await;
         }
-        self.media_stop.cancel();
+        self.stops.media.cancel();
         let _ = self.media_task.await;
         self.status_task.abort();
-        self.mqtt_stop.cancel();
+        self.stops.mqtt.cancel();
         let _ = self.mqtt_task.await;
-        self.http_stop.cancel();
+        self.stops.http.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.http_task).await;
     }
 }
 
-/// Starts the embedded broker and the gate in front of it on `[mqtt] embedded_listen`(`_v5`);
-/// returns where rtcam's own client connects (with its login set in `own_mqtt`) and the gate
-/// for `/mqtt`. The gate's listeners stop with `stop`.
-async fn start_embedded(
-    config: &Config,
-    topics: &Topics,
-    client_id: &str,
+/// What each part of rtcam makes of its settings, checked before anything starts: the
+/// configuration has checked its own shapes when it was read; these are the values only the
+/// part using them can judge. `rtcam config check`, every command that reads the
+/// configuration, [`App::start`] and `reload` run them.
+pub fn check_config(config: &Config, origin: &Origin) -> Result<(), ConfigError> {
+    protocol::check_config(config)
+        .and_then(|()| BrokerUrl::check_config(&config.mqtt))
+        .and_then(|()| media::encoder::check_config(&config.encoder))
+        .map_err(|refusal| ConfigError::Refused {
+            origin: origin.clone(),
+            refusal,
+        })
+}
+
+/// TURN URLs need the secret rtcam derives their credentials from; checked before anything
+/// starts, after the credentials directory had its chance to fill the secret in.
+fn check_turn(config: &Config) -> anyhow::Result<()> {
+    if !config.webrtc.turn_urls.is_empty() && config.webrtc.turn_secret.is_empty() {
+        anyhow::bail!(
+            "webrtc.turn_urls needs the secret the TURN server shares: set webrtc.turn_secret \
+             or the turn_secret credential"
+        );
+    }
+    Ok(())
+}
+
+/// ICE servers for rtcam's peers and the page, TURN REST credentials derived for this device.
+fn ice_servers(config: &Config, device: &Device) -> Arc<IceServers> {
+    Arc::new(IceServers::new(
+        config.webrtc.ice_servers.clone(),
+        crate::turn::TurnRest::from_config(&config.webrtc),
+        &device.id,
+    ))
+}
+
+/// Who this rtcam is for one start.
+struct Device {
+    id: String,
+    topics: Topics,
+    /// rtcam's own MQTT client id.
+    client_id: String,
+    /// Checks viewer tokens when `[auth] secret` is set.
     authority: Option<Authority>,
-    own_mqtt: &mut crate::config::MqttConfig,
-    stop: &CancellationToken,
-) -> anyhow::Result<(BrokerUrl, Gate)> {
-    let m = &config.mqtt;
-    let users = if m.users_file.is_empty() {
-        Users::default()
-    } else {
-        Users::load(std::path::Path::new(&m.users_file))?
-    };
-    for (key, addr) in [
-        ("mqtt.embedded_listen", m.embedded_listen),
-        ("mqtt.embedded_listen_v5", m.embedded_listen_v5),
-    ] {
-        if !addr.ip().is_loopback() && users.is_empty() && !m.embedded_allow_anonymous {
-            anyhow::bail!(
-                "{key} = \"{addr}\" lets other machines reach the embedded broker, and it has no \
-                 users: add some in mqtt.users_file (`rtcam passwd FILE NAME` makes the file), or \
-                 set mqtt.embedded_allow_anonymous = true (clients without a login may only watch)"
-            );
+}
+
+impl Device {
+    /// The device, and the sender through which `reload` hands every part holding the
+    /// authority a new token secret.
+    fn new(config: &Config) -> (Device, watch::Sender<String>) {
+        let (token_secret, secret_in_force) = watch::channel(config.auth.secret.clone());
+        let id = config.device_id();
+        let topics = Topics::new(&config.mqtt.prefix, &id);
+        let client_id = if config.mqtt.client_id.is_empty() {
+            default_client_id(&id)
+        } else {
+            config.mqtt.client_id.clone()
+        };
+        let authority =
+            (!config.auth.secret.is_empty()).then(|| Authority::following(secret_in_force, &id));
+        let device = Device {
+            id,
+            topics,
+            client_id,
+            authority,
+        };
+        (device, token_secret)
+    }
+}
+
+/// How rtcam's parts reach the broker.
+struct Broker {
+    /// rtcam's own client: where it connects, as whom, with which last will.
+    options: mqtt::MqttOptions,
+    /// What the page's `/mqtt` leads to, if anywhere.
+    door: Option<http::MqttDoor>,
+}
+
+impl Broker {
+    /// What the gate proved of its clients, when the embedded broker is behind one.
+    fn client_rights(&self) -> Option<ClientRights> {
+        match &self.door {
+            Some(http::MqttDoor::Gate(gate)) => Some(gate.client_rights()),
+            _ => None,
         }
     }
-    let internal = broker::start(mqtt::MAX_PACKET).await?;
-    own_mqtt.username = internal.rtcam_login.0.clone();
-    own_mqtt.password = internal.rtcam_login.1.clone();
-    let gate = Gate::new(GateConfig {
-        policy: Policy::new(
-            topics.root(),
-            &config.control.ha_prefix,
-            client_id,
-            crate::gate::MAX_SUBSCRIPTIONS,
-        ),
-        users,
-        authority,
-        upstream_v311: internal.v311,
-        upstream_v5: internal.v5,
-        login: internal.gate_login.clone(),
-    });
-    let defaults = crate::config::MqttConfig::default();
-    let mut bound = Vec::new();
-    for (key, addr, chosen) in [
-        (
-            "mqtt.embedded_listen",
-            m.embedded_listen,
-            m.embedded_listen_chosen.v311 || m.embedded_listen != defaults.embedded_listen,
-        ),
-        (
-            "mqtt.embedded_listen_v5",
-            m.embedded_listen_v5,
-            m.embedded_listen_chosen.v5 || m.embedded_listen_v5 != defaults.embedded_listen_v5,
-        ),
-    ] {
-        let listener = bind_mqtt(key, addr, chosen).await?;
-        bound.push(listener.local_addr()?);
-        tokio::spawn(gate.clone().listen(listener, stop.clone()));
-    }
-    tracing::info!(
-        listen = %bound[0],
-        listen_v5 = %bound[1],
-        users = gate_users(&m.users_file),
-        "embedded MQTT broker running"
-    );
-    let url = BrokerUrl {
-        tls: false,
-        host: internal.v5.ip().to_string(),
-        port: internal.v5.port(),
+}
+
+/// Starts the embedded broker behind its gate (whose listeners stop with `stop`) if the config
+/// asks for it, and decides what rtcam's own client connects to and what the page's `/mqtt`
+/// reaches: the gate, or an external broker's plain-TCP port as it is (that broker's own ACL
+/// decides, docs/security.md).
+async fn start_broker(
+    config: &Config,
+    device: &Device,
+    stop: &CancellationToken,
+) -> anyhow::Result<Broker> {
+    let mut own_mqtt = config.mqtt.clone();
+    let (url, door) = if config.mqtt.url == "embedded" {
+        let embedded = embedded::start(config, device, stop).await?;
+        (own_mqtt.username, own_mqtt.password) = embedded.rtcam_login;
+        (embedded.url, Some(http::MqttDoor::Gate(embedded.gate)))
+    } else {
+        let url = BrokerUrl::parse(&config.mqtt.url)?;
+        let tcp = (!url.tls).then(|| http::MqttDoor::Forward(format!("{}:{}", url.host, url.port)));
+        if url.tls && config.http.viewer_broker_url.is_empty() {
+            tracing::warn!(
+                "the viewer page cannot reach an mqtts:// broker through /mqtt; \
+                 set http.viewer_broker_url to the broker's wss:// URL"
+            );
+        }
+        (url, tcp)
     };
-    Ok((url, gate))
+    let options = mqtt::options(&own_mqtt, &url, &device.client_id, &device.topics)?;
+    Ok(Broker { options, door })
+}
+
+/// What several parts read; each clones what it needs.
+struct Shared {
+    media: Media,
+    /// Asks the session manager for its list, or to end a session.
+    sessions: Sessions,
+    /// The session manager's viewer count.
+    viewers: watch::Receiver<usize>,
+    /// The status rtcam publishes, kept current by [`track_status`].
+    status: watch::Receiver<Status>,
+    /// ICE servers for rtcam's peers and the page; TURN credentials are derived per request.
+    ice_servers: Arc<IceServers>,
+}
+
+/// The other ends of the channels behind [`Shared`], and of the signalling channels, for the
+/// parts that feed or drain them.
+struct Ends {
+    sessions: SessionEnds,
+    mqtt: SignallingEnds,
+    whep: SignallingEnds,
+    status: watch::Sender<Status>,
+}
+
+/// The session manager's ends.
+struct SessionEnds {
+    requests: mpsc::Receiver<ManagerRequest>,
+    viewers: watch::Sender<usize>,
+    /// Signalling from viewers, from the MQTT client.
+    events: mpsc::Receiver<SignalEvent>,
+    /// Signalling to viewers, for the MQTT client.
+    outgoing: mpsc::Sender<Outgoing>,
+}
+
+/// A signalling transport's ends (the MQTT client's, the WHEP door's): what its viewers send,
+/// and the replies routed to it by sid.
+struct SignallingEnds {
+    events: mpsc::Sender<SignalEvent>,
+    outgoing: mpsc::Receiver<Outgoing>,
+}
+
+impl Shared {
+    fn new(media: Media, ice_servers: Arc<IceServers>) -> (Shared, Ends) {
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let (viewers_tx, viewers_rx) = watch::channel(0usize);
+        // Status follows the media pipeline and the viewer count.
+        let (status_tx, status_rx) = watch::channel(online_status(&media.info().borrow(), 0));
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (outgoing_tx, from_sessions) = mpsc::channel(1024);
+        // Replies go to the transport of their viewer: MQTT, or the WHEP door over HTTP.
+        let (mqtt_out, outgoing_rx) = mpsc::channel(1024);
+        let (whep_out, whep_replies) = mpsc::channel(256);
+        tokio::spawn(crate::signalling::route(from_sessions, mqtt_out, whep_out));
+        let shared = Shared {
+            media,
+            sessions: Sessions::new(requests_tx),
+            viewers: viewers_rx,
+            status: status_rx,
+            ice_servers,
+        };
+        let ends = Ends {
+            sessions: SessionEnds {
+                requests: requests_rx,
+                viewers: viewers_tx,
+                events: events_rx,
+                outgoing: outgoing_tx,
+            },
+            whep: SignallingEnds {
+                events: events_tx.clone(),
+                outgoing: whep_replies,
+            },
+            mqtt: SignallingEnds {
+                events: events_tx,
+                outgoing: outgoing_rx,
+            },
+            status: status_tx,
+        };
+        (shared, ends)
+    }
 }
 
 /// The RTSP door, with `[rtsp] enabled`: logins asked for when tokens or broker users are
-/// configured (a viewer token, or a users-file user), else open, which it logs.
+/// configured (a viewer token, or a users-file user), else open, which it logs. Its clients
+/// join the session manager through `shared`'s handle, which queues them until it runs.
 fn start_rtsp(
     config: &Config,
-    media: &Media,
-    sessions: &Sessions,
+    shared: &Shared,
     authority: Option<Authority>,
 ) -> anyhow::Result<Option<crate::rtsp::RtspDoor>> {
     if !config.rtsp.enabled {
@@ -510,103 +453,225 @@ fn start_rtsp(
     let logins = (authority.is_some() || !users.is_empty())
         .then_some(crate::rtsp::Logins { authority, users });
     let parts = crate::rtsp::Parts {
-        media: media.clone(),
-        sessions: sessions.clone(),
+        media: shared.media.clone(),
+        sessions: shared.sessions.clone(),
         logins,
     };
     Ok(Some(crate::rtsp::start(&config.rtsp, parts)?))
 }
 
-/// Binds one of the embedded broker's addresses. An address left at its default that another
-/// program holds (a mosquitto already on 1883, as Home Assistant installs) gives way to a free
-/// port on the same interface, so a first start works; an address the user chose stays theirs,
-/// and a taken one stops rtcam naming the key.
-async fn bind_mqtt(
-    key: &str,
-    addr: SocketAddr,
-    chosen: bool,
-) -> anyhow::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !chosen => {
-            let listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
-                .await
-                .map_err(|e| anyhow::anyhow!("{key}: cannot listen for MQTT: {e}"))?;
-            let got = listener.local_addr()?;
-            tracing::warn!(
-                "{addr} is taken (another MQTT broker?), so the embedded broker listens for MQTT \
-                 on {got} instead; to pin an address, set {key} in the config"
-            );
-            Ok(listener)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
-            "{key} = \"{addr}\": another program (another MQTT broker?) already listens \
-             there; set {key} to a free address, or point mqtt.url at that broker"
-        )),
-        Err(e) => Err(anyhow::anyhow!(
-            "{key} = \"{addr}\": cannot listen for MQTT there ({e})"
-        )),
-    }
+/// The running control plane.
+struct Control {
+    controller: Controller,
+    /// What the MQTT client carries for it.
+    mqtt: ControlEnds,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-fn gate_users(file: &str) -> &str {
-    if file.is_empty() {
-        "none"
-    } else {
-        file
-    }
+/// The MQTT client's ends of the control plane's channels.
+struct ControlEnds {
+    /// Commands on `R/command`, for the controller.
+    commands: mpsc::Sender<ControlRequest>,
+    /// Command replies, telemetry and snapshots to publish.
+    publications: mpsc::Receiver<Publication>,
+    /// Retained messages to publish after every (re)connect: Home Assistant discovery.
+    discovery: watch::Receiver<Vec<Publication>>,
 }
 
-/// The HTTPS door as people and tests need it: where it listens and what its certificate's
-/// fingerprints are.
-#[derive(Debug, Clone)]
-pub struct Https {
-    pub addr: SocketAddr,
-    pub fingerprints: http::tls::Fingerprints,
-    pub source: http::tls::CertSource,
-}
-
-/// Binds the HTTPS door and loads (or makes) its certificate; logs the URL and fingerprints.
-async fn open_https(
-    config: &crate::config::HttpConfig,
-    addr: SocketAddr,
-    own_names: &[String],
-) -> Result<(tokio::net::TcpListener, crate::http::tls::Acceptor, Https), http::HttpError> {
-    let listener = http::bind(addr, "HTTPS (http.https_listen)").await?;
-    let addresses: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| i.ip())
-        .collect();
-    let state_dir = http::tls::state_dir(&config.state_dir, |name| std::env::var(name).ok());
-    let cert = http::tls::ServerCert::load_or_make(
-        &config.tls_cert,
-        &config.tls_key,
-        state_dir.as_deref(),
-        own_names,
-        &addresses,
-    )?;
-    let acceptor = cert.acceptor()?;
-    let bound = listener.local_addr().unwrap_or(addr);
-    let info = Https {
-        addr: bound,
-        fingerprints: cert.fingerprints(),
-        source: cert.source.clone(),
-    };
-    let from = match &info.source {
-        http::tls::CertSource::Configured => format!("{} (http.tls_cert)", config.tls_cert),
-        http::tls::CertSource::Kept(dir) => format!("self-signed, kept in {}", dir.display()),
-        http::tls::CertSource::Made(dir) => format!("self-signed, made now in {}", dir.display()),
-        http::tls::CertSource::Ephemeral => "self-signed, made for this start only".into(),
-    };
-    tracing::info!(
-        "viewer page over HTTPS: {}; certificate {from}; SHA-256 fingerprint {}; public key \
-         SHA-256 (base64) {}",
-        page_url("https", bound),
-        info.fingerprints.sha256,
-        info.fingerprints.spki_sha256
+/// Starts the control plane until `stop`: the controller, which carries commands out, serving
+/// `R/command`, and telemetry every `[control] telemetry_interval_secs`.
+fn start_control(
+    config: &Config,
+    (origin, token_secret): (Origin, watch::Sender<String>),
+    (device, http_addr): (&Device, SocketAddr),
+    shared: &Shared,
+    stop: CancellationToken,
+) -> Control {
+    let (telemetry_tx, telemetry_rx) = watch::channel(telemetry::Telemetry::default());
+    let (publications_tx, publications_rx) = mpsc::channel(1024);
+    let controller = Controller::new(
+        device.topics.clone(),
+        shared.media.clone(),
+        shared.sessions.clone(),
+        shared.status.clone(),
+        telemetry_rx,
+        publications_tx.clone(),
+        crate::control::exec::Settings {
+            config: config.clone(),
+            origin,
+            check: check_config,
+            token_secret,
+        },
     );
-    Ok((listener, acceptor, info))
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    // Discovery is fixed for one start: the MQTT client republishes what the channel holds.
+    let (_discovery_tx, discovery_rx) = watch::channel(discovery(config, device, http_addr));
+    let tasks = vec![
+        tokio::spawn(controller.clone().serve_mqtt(commands_rx, stop.clone())),
+        tokio::spawn(telemetry::run(
+            telemetry::Sampler::new(shared.media.clone(), shared.sessions.clone()),
+            Duration::from_secs(config.control.telemetry_interval_secs),
+            device.topics.telemetry(),
+            telemetry_tx,
+            publications_tx,
+            stop,
+        )),
+    ];
+    Control {
+        controller,
+        mqtt: ControlEnds {
+            commands: commands_tx,
+            publications: publications_rx,
+            discovery: discovery_rx,
+        },
+        tasks,
+    }
+}
+
+/// What the session manager gets besides the shared handles.
+struct SessionParts {
+    factory: Arc<PeerFactory>,
+    /// What the gate proved of its clients (embedded broker): their offers need no token.
+    client_rights: Option<ClientRights>,
+    /// Serves viewers' control data channels.
+    controller: Controller,
+    ends: SessionEnds,
+}
+
+/// Starts the session manager until `stop`: `[webrtc]`'s limits and timeouts, bitrate
+/// adaptation if `[encoder]` turns it on.
+fn start_sessions(
+    config: &Config,
+    device: &Device,
+    shared: &Shared,
+    parts: SessionParts,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let manager = SessionManager {
+        table: SessionTable::new(Limits {
+            max_sessions: config.webrtc.max_sessions,
+            offers_per_second: config.webrtc.offers_per_second,
+            max_candidates: config.webrtc.max_candidates_per_session,
+            vp8_fallback: shared.media.vp8_available(),
+        }),
+        factory: parts.factory,
+        media: shared.media.clone(),
+        events: parts.ends.events,
+        outgoing: parts.ends.outgoing,
+        viewers: parts.ends.viewers,
+        disconnect_timeout: config.webrtc.disconnect_timeout(),
+        requests: parts.ends.requests,
+        channels: serve_control_channels(parts.controller, viewers_may_change_state(config)),
+        authority: device.authority.clone(),
+        client_rights: parts.client_rights,
+        adaptation: adaptation(&config.encoder),
+        ice_servers: shared.ice_servers.clone(),
+    };
+    tokio::spawn(manager.run(stop))
+}
+
+/// Bitrate adaptation, if `[encoder]` turns it on; the session manager alone holds it.
+fn adaptation(encoder: &EncoderConfig) -> Option<Adaptation> {
+    encoder.adaptation().map(|(min_kbps, max_kbps)| {
+        Adaptation::new(
+            AdaptLimits {
+                min_kbps,
+                max_kbps,
+                follow_ratio: encoder.follow_ratio,
+            },
+            encoder.bitrate_kbps,
+        )
+    })
+}
+
+/// Serves the doors until `stop`: the page and `/config.json`, `/mqtt` to `mqtt_door`, `/whep`
+/// (its viewers' signalling on `whep`'s ends), `/metrics` (its uptime counted from `started`),
+/// `/snapshot.jpg`.
+fn serve_http(
+    config: &Config,
+    device: &Device,
+    listeners: Listeners,
+    (mqtt_door, whep): (Option<http::MqttDoor>, SignallingEnds),
+    shared: &Shared,
+    started: Instant,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let https_port = listeners.https_info.as_ref().map(|h| h.addr.port());
+    let whep_door = http::whep::WhepDoor::new(
+        whep.events,
+        shared.ice_servers.clone(),
+        device.authority.is_some(),
+        config.webrtc.max_sessions,
+    );
+    tokio::spawn(whep_door.clone().deliver(whep.outgoing));
+    tokio::spawn(http::serve(
+        http::Doors {
+            http: listeners.http,
+            https: listeners.https,
+            redirect_http: config.http.redirect_http,
+        },
+        http::HttpState {
+            page_config: page_config(config, &device.id, https_port),
+            ice_servers: shared.ice_servers.clone(),
+            mqtt_door,
+            media: shared.media.clone(),
+            metrics: crate::metrics::Metrics {
+                device_id: device.id.clone(),
+                started,
+                media: shared.media.clone(),
+                sessions: shared.sessions.clone(),
+                viewers: shared.viewers.clone(),
+            },
+            device_id: device.id.clone(),
+            authority: device.authority.clone(),
+            hosts: http::guard::HostPolicy::new(&listeners.own_names, &config.http.allowed_hosts),
+            whep: Some(whep_door),
+        },
+        stop.clone(),
+    ))
+}
+
+/// rtcam's MQTT client, running.
+struct MqttClient {
+    task: JoinHandle<()>,
+    /// True while connected, once the broker has acknowledged the subscriptions.
+    connected: watch::Receiver<bool>,
+    /// Beats on every turn of the client's loop.
+    heartbeat: Heartbeat,
+}
+
+/// Starts rtcam's MQTT client until `stop`: viewers' signalling to and from the session
+/// manager, the control plane's commands and publications, and the status.
+fn start_mqtt(
+    device: &Device,
+    options: mqtt::MqttOptions,
+    shared: &Shared,
+    signalling: SignallingEnds,
+    control: ControlEnds,
+    stop: &CancellationToken,
+) -> MqttClient {
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let heartbeat = Heartbeat::new("MQTT loop");
+    let task = tokio::spawn(mqtt::run(
+        MqttLink {
+            options,
+            topics: device.topics.clone(),
+            status: shared.status.clone(),
+            events: signalling.events,
+            outgoing: signalling.outgoing,
+            connected: connected_tx,
+            heartbeat: heartbeat.clone(),
+            commands: control.commands,
+            publications: control.publications,
+            on_connect: control.discovery,
+        },
+        stop.clone(),
+    ));
+    MqttClient {
+        task,
+        connected: connected_rx,
+        heartbeat,
+    }
 }
 
 fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
@@ -631,6 +696,15 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
     }
 }
 
+/// Keeps the status rtcam publishes current with the media pipeline and the viewer count.
+fn start_status(shared: &Shared, status: watch::Sender<Status>) -> JoinHandle<()> {
+    tokio::spawn(track_status(
+        shared.media.info(),
+        shared.viewers.clone(),
+        status,
+    ))
+}
+
 async fn track_status(
     mut info: watch::Receiver<media::MediaInfo>,
     mut viewers: watch::Receiver<usize>,
@@ -652,29 +726,25 @@ async fn track_status(
     }
 }
 
-/// The URL to print for people: the HTTP address, with a wildcard bind replaced by this
-/// machine's first LAN address so it can be opened from another device.
-pub fn viewer_url(http_addr: SocketAddr) -> String {
-    page_url("http", http_addr)
-}
-
-/// The same for either scheme.
-pub fn page_url(scheme: &str, addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        if_addrs::get_if_addrs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| !i.is_loopback() && i.ip().is_ipv4())
-            .map(|i| i.ip())
-            .next()
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-    } else {
-        addr.ip()
+/// Home Assistant's discovery messages for this camera: its page at the HTTP door, and a
+/// temperature sensor only where the board has a thermal zone.
+fn discovery(config: &Config, device: &Device, http_addr: SocketAddr) -> Vec<Publication> {
+    let page_url = viewer_url(http_addr);
+    let about = ha::Announcement {
+        device_id: &device.id,
+        version: VERSION,
+        page_url: Some(&page_url),
+        support_url: ha::package_support_url(),
+        board: ha::Board {
+            temperature: crate::board::soc_temperature().is_some(),
+        },
     };
-    match ip {
-        std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}/", addr.port()),
-        v4 => format!("{scheme}://{v4}:{}/", addr.port()),
-    }
+    ha::publications(
+        &device.topics,
+        &about,
+        &config.control.ha_prefix,
+        config.control.ha_discovery,
+    )
 }
 
 /// Re-exported for tests and tools that speak the protocol.
@@ -741,9 +811,15 @@ mod tests {
             "{msg}"
         );
         let msg = checked("[mqtt]\nurl = \"http://x\"\n").unwrap_err();
-        assert!(msg.starts_with("x.toml: mqtt.url: \"http://x\" is not a broker URL"), "{msg}");
+        assert!(
+            msg.starts_with("x.toml: mqtt.url: \"http://x\" is not a broker URL"),
+            "{msg}"
+        );
         let msg = checked("[device]\nid = \"a/b\"\n").unwrap_err();
-        assert!(msg.starts_with("x.toml: device.id: \"a/b\" cannot be"), "{msg}");
+        assert!(
+            msg.starts_with("x.toml: device.id: \"a/b\" cannot be"),
+            "{msg}"
+        );
         let msg = checked("[mqtt]\nprefix = \"a+\"\n").unwrap_err();
         assert!(msg.starts_with("x.toml: mqtt.prefix:"), "{msg}");
         // Each cause once: the refusal's reason is not repeated after it.

@@ -338,7 +338,10 @@ mod tests {
         let fresh = Authority::new(other, "cam1");
         let new = fresh.mint(&fresh.claims(Duration::from_secs(60), vec![Right::View], t0()));
         assert!(gate.verify(Some(&new), Right::View, t0()).is_ok());
-        assert_eq!(held.mint(&fresh.claims(Duration::from_secs(60), vec![Right::View], t0())), new);
+        assert_eq!(
+            held.mint(&fresh.claims(Duration::from_secs(60), vec![Right::View], t0())),
+            new
+        );
         // Without its sender the last secret stays in force.
         drop(secret);
         assert!(held.verify(Some(&new), Right::View, t0()).is_ok());

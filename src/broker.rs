@@ -46,14 +46,31 @@ pub async fn start(max_payload: usize) -> Result<Internal, BrokerError> {
                 source,
             })
     };
-    let (listen, listen_v5) = (free_port()?, free_port()?);
     let internal = Internal {
-        v311: listen,
-        v5: listen_v5,
+        v311: free_port()?,
+        v5: free_port()?,
         rtcam_login: ("rtcam".into(), secret()),
         gate_login: ("gate".into(), secret()),
     };
+    let config = settings(&internal, max_payload);
+    std::thread::Builder::new()
+        .name("rtcam-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!("embedded MQTT broker stopped: {e}");
+            }
+        })
+        .map_err(|source| BrokerError::Listen {
+            addr: internal.v311,
+            source,
+        })?;
+    wait_accepting(&internal).await?;
+    Ok(internal)
+}
 
+/// rumqttd's settings: both listeners, the two logins, and limits that fit a small board.
+fn settings(internal: &Internal, max_payload: usize) -> rumqttd::Config {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: max_payload,
@@ -72,7 +89,7 @@ pub async fn start(max_payload: usize) -> Result<Internal, BrokerError> {
         next_connection_delay_ms: 1,
         connections: connections.clone(),
     };
-    let config = rumqttd::Config {
+    rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 1024,
@@ -83,31 +100,29 @@ pub async fn start(max_payload: usize) -> Result<Internal, BrokerError> {
             max_segment_count: 2,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("v4".to_string(), server("v4", listen))])),
-        v5: Some(HashMap::from([("v5".to_string(), server("v5", listen_v5))])),
+        v4: Some(HashMap::from([(
+            "v4".to_string(),
+            server("v4", internal.v311),
+        )])),
+        v5: Some(HashMap::from([(
+            "v5".to_string(),
+            server("v5", internal.v5),
+        )])),
         ..Default::default()
-    };
-    std::thread::Builder::new()
-        .name("rtcam-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!("embedded MQTT broker stopped: {e}");
-            }
-        })
-        .map_err(|source| BrokerError::Listen {
-            addr: listen,
-            source,
-        })?;
+    }
+}
 
-    // Wait until it accepts, so the client's first connect succeeds instead of logging a retry.
+/// Waits until both listeners accept, so the client's first connect succeeds instead of
+/// logging a retry; two seconds at most.
+async fn wait_accepting(internal: &Internal) -> Result<(), BrokerError> {
+    let (listen, listen_v5) = (internal.v311, internal.v5);
     for _ in 0..100 {
         let v4 = tokio::net::TcpStream::connect(listen).await.is_ok();
         if v4 && tokio::net::TcpStream::connect(listen_v5).await.is_ok() {
             tracing::debug!(%listen, %listen_v5, "embedded MQTT broker running");
             // Its listeners pass TCP_NODELAY on to every connection they accept.
             crate::sockets::nodelay_on_all_tcp();
-            return Ok(internal);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -744,7 +744,6 @@ impl WebrtcConfig {
     pub fn disconnect_timeout(&self) -> Duration {
         Duration::from_secs(self.disconnect_timeout_secs)
     }
-
 }
 
 /// A section's shape check: the key at fault and what is wrong with its value.
@@ -761,7 +760,11 @@ fn within<T: PartialOrd + fmt::Display>(
     }
     Err((
         key,
-        format!("{value} is not between {} and {}", range.start(), range.end()),
+        format!(
+            "{value} is not between {} and {}",
+            range.start(),
+            range.end()
+        ),
     ))
 }
 
@@ -854,7 +857,11 @@ impl EncoderConfig {
             self.max_bitrate_kbps
         };
         within("encoder.max_bitrate_kbps", max, 50..=50_000)?;
-        within("encoder.min_bitrate_kbps", self.min_bitrate_kbps, 50..=50_000)?;
+        within(
+            "encoder.min_bitrate_kbps",
+            self.min_bitrate_kbps,
+            50..=50_000,
+        )?;
         if !(self.follow_ratio > 0.0 && self.follow_ratio <= 1.0) {
             return Err((
                 "encoder.follow_ratio",
@@ -1253,12 +1260,17 @@ mod tests {
         assert!(!c.rtsp.enabled);
         assert_eq!(c.rtsp.listen, SocketAddr::from(([0, 0, 0, 0], 8554)));
         assert_eq!(c.rtsp.path, "live");
-        let c = Config::parse("[rtsp]\nenabled = true\npath = \"cam/front\"\n", Path::new("x.toml"))
-            .unwrap();
+        let c = Config::parse(
+            "[rtsp]\nenabled = true\npath = \"cam/front\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
         assert!(c.rtsp.enabled && c.rtsp.path == "cam/front");
         for path in ["", "/live", "live/", "a//b", "li ve", "live?x=1"] {
             let text = format!("[rtsp]\npath = {path:?}\n");
-            let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("x.toml: rtsp.path:"), "{err}");
         }
     }

@@ -1,6 +1,7 @@
 //! Entry points for everything that parses network input, shared by the cargo-fuzz targets
-//! (`fuzz/`) and the test that replays their corpus (`tests/fuzz_corpus.rs`), so the fuzzers
+//! (`fuzz/`) and the test that replays their seeds (`tests/it/fuzz_corpus.rs`), so the fuzzers
 //! and `make test` exercise exactly the same code. Each must return normally for any input.
+//! Built only with the `fuzzing` feature (src/lib.rs).
 
 use crate::auth::{Authority, Right};
 use crate::session::table::{Limits, SessionTable};
@@ -12,7 +13,6 @@ pub fn signalling(data: &[u8]) {
     let message = protocol::parse_inbound(data);
     if let Ok(protocol::Inbound::Offer { sdp, .. }) = &message {
         let _ = protocol::check_offer_sdp(sdp, true);
-        let _ = crate::signalling::sdp::OfferSummary::of(sdp);
         let _ = crate::signalling::sdp::without_mdns_candidates(sdp);
     }
     let mut table = SessionTable::new(Limits::default());
@@ -42,7 +42,6 @@ pub fn topic_and_token(data: &[u8]) {
 pub fn sdp(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = protocol::check_offer_sdp(&text, true);
-    let _ = crate::signalling::sdp::OfferSummary::of(&text);
     let _ = crate::signalling::sdp::without_mdns_candidates(&text);
 }
 

@@ -136,9 +136,13 @@ pub fn init() -> Installed {
     );
     let (filter, bad_filter) = match EnvFilter::try_new(&directives) {
         Ok(f) => (f, None),
-        Err(e) => (
+        Err(source) => (
             EnvFilter::new(DEFAULT_FILTER),
-            Some(format!("{from} {directives:?}: {e}")),
+            Some(BadFilter {
+                from,
+                directives,
+                source,
+            }),
         ),
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
@@ -190,7 +194,18 @@ pub fn init() -> Installed {
     }
 }
 
-fn report_bad_filter(bad: Option<String>) {
+/// A log filter from the environment that does not parse; the default is used instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{from} {directives:?}: {source}")]
+struct BadFilter {
+    /// Which variable it came from.
+    from: &'static str,
+    directives: String,
+    #[source]
+    source: tracing_subscriber::filter::ParseError,
+}
+
+fn report_bad_filter(bad: Option<BadFilter>) {
     if let Some(why) = bad {
         tracing::warn!("ignoring the log filter in {why}; using {DEFAULT_FILTER:?}");
     }

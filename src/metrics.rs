@@ -15,7 +15,7 @@
 use crate::gate::GateStats;
 use crate::media::Media;
 use crate::session::Sessions;
-use prometheus::{Encoder, Gauge, IntCounter, Registry};
+use prometheus::{Gauge, IntCounter, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,6 +56,18 @@ impl Metrics {
             self.media.stats().latency.histograms.family.clone(),
         ))?;
 
+        self.process_gauges(&r)?;
+        self.media_counters(&r)?;
+        self.viewer_metrics(&r, &sessions)?;
+        if let Some(g) = gate {
+            gate_counters(&r, g)?;
+        }
+        prometheus::TextEncoder::new().encode_to_string(&r.0.gather())
+    }
+
+    /// rtcam's process and the board now: uptime, streaming, the encoder's target rate, tokio
+    /// tasks, the SoC temperature.
+    fn process_gauges(&self, r: &Scrape) -> prometheus::Result<()> {
         r.gauge(
             "rtcam_uptime_seconds",
             "Seconds since rtcam started.",
@@ -79,10 +91,14 @@ impl Metrics {
                 .metrics()
                 .num_alive_tasks() as f64,
         )?;
-        if let Some(c) = crate::control::telemetry::soc_temperature() {
+        if let Some(c) = crate::board::soc_temperature() {
             r.gauge("rtcam_soc_temperature_celsius", "SoC temperature.", c)?;
         }
+        Ok(())
+    }
 
+    /// What the pipeline made since start: frames, bytes, keyframes, restarts, sound.
+    fn media_counters(&self, r: &Scrape) -> prometheus::Result<()> {
         let s = self.media.stats();
         r.counter("rtcam_frames_total", "H.264 frames encoded.", &s.frames)?;
         r.counter(
@@ -115,16 +131,7 @@ impl Metrics {
             "rtcam_talkback_samples_total",
             "Samples (48 kHz) of viewers' microphones played on the board.",
             &audio.talkback_samples,
-        )?;
-        self.viewer_metrics(&r, &sessions)?;
-        if let Some(g) = gate {
-            gate_counters(&r, g)?;
-        }
-
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new().encode(&r.0.gather(), &mut out)?;
-        // The encoder writes only the UTF-8 of names, help texts and numbers.
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        )
     }
 
     /// The viewers now, and what every viewer session did since start, without naming one.

@@ -22,6 +22,7 @@ use crate::config::RtspConfig;
 use crate::gate::users::Users;
 use crate::media::{EncodedFrame, Media};
 use crate::session::Sessions;
+use crate::signalling::Transport;
 use base64::Engine;
 use gstreamer as gst;
 use gstreamer::glib;
@@ -351,7 +352,7 @@ impl Clients {
             .unwrap_or(false);
         if !playing {
             // The GLib thread waits for the manager's answer: one message, answered at once.
-            let joined = match futures::executor::block_on(self.sessions.join("rtsp")) {
+            let joined = match futures::executor::block_on(self.sessions.join(Transport::Rtsp)) {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::info!("RTSP client refused: {}", e.message);

@@ -2,6 +2,10 @@
 //! pipeline is rebuilt, the viewer keeps its track (no new offer), and the event shows in
 //! `R/status` and in the log exactly once.
 
+// The helpers of the `it` binary (tests/it/main.rs), in a binary of its own: this test
+// installs the process's log subscriber to count rtcam's log lines, which other tests running
+// in the same process would add to.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::viewer::Viewer;

@@ -1,6 +1,7 @@
 //! The watchdog withholds pings when a part stops beating, and resumes when it beats again.
-//! In-process, so a heartbeat can be stalled on purpose; its own test binary because it sets
-//! NOTIFY_SOCKET for the whole process.
+//! In-process, so a heartbeat can be stalled on purpose; its own test binary (not a module of
+//! tests/it/) because it sets NOTIFY_SOCKET for the whole process, which every rtcam started in
+//! that process would then notify.
 
 use rtcam::health::Heartbeat;
 use rtcam::service::{run_watchdog, Notifier};

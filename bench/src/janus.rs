@@ -23,6 +23,43 @@ pub struct Janus {
     dir: PathBuf,
 }
 
+/// Janus's configuration in `dir`: the streaming plugin and HTTP transport only, the HTTP API
+/// on `http_port`, the streaming plugin's one `mountpoint` (a jcfg block).
+fn write_config(dir: &std::path::Path, lib: &str, http_port: u16, mountpoint: &str) -> Result<()> {
+    std::fs::write(
+        dir.join("janus.jcfg"),
+        format!(
+            r#"general: {{
+configs_folder = "{dir}"
+plugins_folder = "{lib}/plugins"
+transports_folder = "{lib}/transports"
+events_folder = "{lib}/events"
+loggers_folder = "{lib}/loggers"
+debug_level = 2
+}}
+media: {{ rtp_port_range = "30000-39999" }}
+nat: {{ ice_enforce_list = "lo" }}
+plugins: {{ disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so" }}
+transports: {{ disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so" }}
+events: {{ broadcast = false }}
+"#,
+            dir = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.transport.http.jcfg"),
+        format!(
+            "general: {{ json = \"compact\" base_path = \"/janus\" http = true port = {http_port} ip = \"127.0.0.1\" https = false }}\n\
+             admin: {{ admin_http = false admin_https = false }}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.plugin.streaming.jcfg"),
+        format!("general: {{ }}\n{mountpoint}"),
+    )?;
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -32,15 +69,15 @@ impl Janus {
         let rtp_port = free_port()?;
         let mountpoint = format!(
             r#"bench: {{
-    type = "rtp"
-    id = {MOUNTPOINT}
-    description = "rtcam-bench"
-    audio = false
-    video = true
-    videoport = {rtp_port}
-    videopt = 96
-    videocodec = "h264"
-    videofmtp = "profile-level-id=42e01f;packetization-mode=1"
+type = "rtp"
+id = {MOUNTPOINT}
+description = "rtcam-bench"
+audio = false
+video = true
+videoport = {rtp_port}
+videopt = 96
+videocodec = "h264"
+videofmtp = "profile-level-id=42e01f;packetization-mode=1"
 }}
 "#
         );
@@ -79,16 +116,16 @@ impl Janus {
     pub fn pulling(url: &str) -> Result<Janus> {
         let mountpoint = format!(
             r#"bench: {{
-    type = "rtsp"
-    id = {MOUNTPOINT}
-    description = "rtcam over RTSP"
-    url = "{url}"
-    video = true
-    audio = false
-    rtsp_reconnect_delay = 5
-    rtsp_session_timeout = 0
-    rtsp_timeout = 10
-    rtsp_conn_timeout = 5
+type = "rtsp"
+id = {MOUNTPOINT}
+description = "rtcam over RTSP"
+url = "{url}"
+video = true
+audio = false
+rtsp_reconnect_delay = 5
+rtsp_session_timeout = 0
+rtsp_timeout = 10
+rtsp_conn_timeout = 5
 }}
 "#
         );
@@ -135,8 +172,8 @@ impl Janus {
     }
 }
 
-/// Writes Janus's configuration (the streaming plugin with `mountpoint`, the HTTP transport on
-/// a free port) into a directory of its own and starts Janus: the process, its API base, the
+/// Writes Janus's configuration with `mountpoint` ([`write_config`], the HTTP transport on a
+/// free port) into a directory of its own and starts Janus: the process, its API base, the
 /// directory.
 fn launch(mountpoint: &str) -> Result<(Child, String, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("rtcam-bench-janus-{}", std::process::id()));
@@ -150,37 +187,7 @@ fn launch(mountpoint: &str) -> Result<(Child, String, PathBuf)> {
         let triplet = Command::new("gcc").arg("-print-multiarch").output()?.stdout;
         format!("/usr/lib/{}/janus", String::from_utf8(triplet)?.trim())
     };
-    std::fs::write(
-        dir.join("janus.jcfg"),
-        format!(
-            r#"general: {{
-    configs_folder = "{dir}"
-    plugins_folder = "{lib}/plugins"
-    transports_folder = "{lib}/transports"
-    events_folder = "{lib}/events"
-    loggers_folder = "{lib}/loggers"
-    debug_level = 2
-}}
-media: {{ rtp_port_range = "30000-39999" }}
-nat: {{ ice_enforce_list = "lo" }}
-plugins: {{ disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so" }}
-transports: {{ disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so" }}
-events: {{ broadcast = false }}
-"#,
-            dir = dir.display()
-        ),
-    )?;
-    std::fs::write(
-        dir.join("janus.transport.http.jcfg"),
-        format!(
-            "general: {{ json = \"compact\" base_path = \"/janus\" http = true port = {http_port} ip = \"127.0.0.1\" https = false }}\n\
-             admin: {{ admin_http = false admin_https = false }}\n"
-        ),
-    )?;
-    std::fs::write(
-        dir.join("janus.plugin.streaming.jcfg"),
-        format!("general: {{ }}\n{mountpoint}"),
-    )?;
+    write_config(&dir, &lib, http_port, mountpoint)?;
     let janus = Command::new("janus")
         .arg("-C")
         .arg(dir.join("janus.jcfg"))

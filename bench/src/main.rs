@@ -4,20 +4,39 @@
 //! picture, and CPU, memory, frame rate and loss as viewers are added. Writes the results into
 //! docs/benchmarks.md and SVG plots beside it.
 //!
-//! A separate workspace member, not part of the daemon: rtcam never links plotters or the viewer.
+//! A separate workspace member, not part of the daemon: rtcam never links plotters or the viewer
+//! (`rtcam-viewer`, shared with the tests).
 
 mod daemon;
 mod janus;
 mod report;
-mod viewer;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use daemon::{ProcSample, Rtcam, Setup};
 use report::{FanoutRow, Results, TtffSample};
+use rtcam_viewer::janus::JanusViewer;
+use rtcam_viewer::{Decoded, Viewer, ViewerOptions};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use viewer::{JanusViewer, Viewer};
+
+/// The viewers' ICE check interval (`--viewer-ice-check-ms`): an experiment to tell which
+/// side's 200 ms default paces session setup.
+static ICE_CHECK_INTERVAL: OnceLock<Duration> = OnceLock::new();
+
+/// A viewer of rtcam. `decode` runs GStreamer's H.264 decoder and reads the capture-time
+/// barcode; without it only RTP is counted (cheap enough for 32 in one process).
+async fn viewer(broker: (&str, u16), root: &str, decode: bool) -> Result<Viewer> {
+    let opts = ViewerOptions {
+        no_decode: !decode,
+        stamps: decode,
+        ice_check_interval: ICE_CHECK_INTERVAL.get().copied(),
+        sid_prefix: Some("b"),
+        ..ViewerOptions::default()
+    };
+    Ok(Viewer::try_connect(broker, root, opts).await?)
+}
 
 /// rtcam's `[source] idle_stop_secs` in the benchmark's configuration (daemon.rs).
 const IDLE_STOP: Duration = Duration::from_secs(daemon::IDLE_STOP_SECS);
@@ -84,7 +103,7 @@ fn main() -> Result<()> {
         args.starts = 1;
         args.cold_sessions = 1;
     }
-    let _ = viewer::ICE_CHECK_INTERVAL.set(Duration::from_millis(args.viewer_ice_check_ms));
+    let _ = ICE_CHECK_INTERVAL.set(Duration::from_millis(args.viewer_ice_check_ms));
     let runtime = tokio::runtime::Runtime::new()?;
     let results = runtime.block_on(run(&args))?;
     print!("{}", report::summary(&results));
@@ -150,55 +169,11 @@ async fn run(args: &Args) -> Result<Results> {
     results.idle_rss_kb = b.rss_kb;
     eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
 
-    // Time to first frame, cold: the camera idle (pipeline stopped) when the viewer arrives, as
-    // for the first viewer of the day. Each session waits out the idle stop first.
-    for i in 0..args.cold_sessions {
-        tokio::time::sleep(IDLE_STOP + Duration::from_millis(1500)).await;
-        let v = Viewer::connect(broker, &cam.root, true)
-            .await
-            .with_context(|| format!("cold session {i}"))?;
-        if !v.wait_first_frame(Duration::from_secs(10)).await {
-            eprintln!("cold session {i}: no frame in 10 s");
-        }
-        results.ttff.push(TtffSample {
-            stages: v.stages(),
-            cold: true,
-        });
-        v.bye().await;
-    }
-    // Warm: one session at a time, each ended before the next, with the pipeline running. The
-    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
-    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
-    // that window of another shares the other's keyframe and waits up to the window for it.
-    for i in 0..args.sessions {
-        tokio::time::sleep(daemon::SESSION_GAP).await;
-        let v = Viewer::connect(broker, &cam.root, true)
-            .await
-            .with_context(|| format!("session {i}"))?;
-        if !v.wait_first_frame(Duration::from_secs(10)).await {
-            eprintln!("session {i}: no frame in 10 s");
-        }
-        results.ttff.push(TtffSample {
-            stages: v.stages(),
-            cold: false,
-        });
-        v.bye().await;
-    }
+    time_to_first_frame(broker, &cam.root, args, &mut results).await?;
     eprintln!("time to first frame: {} sessions", results.ttff.len());
-
-    // Glass to glass: one decoding viewer reading the barcode from every picture.
-    {
-        let v = Viewer::connect(broker, &cam.root, true).await?;
-        v.wait_first_frame(Duration::from_secs(10)).await;
-        // The first second holds the join keyframe's catch-up; measure the steady state.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let skip = v.counters().latencies_ms.len();
-        tokio::time::sleep(Duration::from_secs(args.latency_secs)).await;
-        let c = v.counters();
-        results.latencies_ms = c.latencies_ms[skip.min(c.latencies_ms.len())..].to_vec();
-        results.unreadable = c.unreadable;
-        v.bye().await;
-    }
+    let (latencies, unreadable) = glass_to_glass(broker, &cam.root, args.latency_secs).await?;
+    results.latencies_ms = latencies;
+    results.unreadable = unreadable;
     eprintln!("latency: {} samples", results.latencies_ms.len());
     if args.chromium {
         match chromium_latency(&cam.page_url, args.latency_secs, args.chromium_sessions).await {
@@ -302,6 +277,74 @@ where
     out
 }
 
+/// Time to first frame by stage, cold then warm.
+async fn time_to_first_frame(
+    broker: (&str, u16),
+    root: &str,
+    args: &Args,
+    results: &mut Results,
+) -> Result<()> {
+    // Cold: the camera idle (pipeline stopped) when the viewer arrives, as for the first
+    // viewer of the day. Each session waits out the idle stop first.
+    for i in 0..args.cold_sessions {
+        tokio::time::sleep(IDLE_STOP + Duration::from_millis(1500)).await;
+        let label = format!("cold session {i}");
+        results
+            .ttff
+            .push(first_frame(broker, root, true, &label).await?);
+    }
+    // Warm: one session at a time, each ended before the next, with the pipeline running. The
+    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
+    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
+    // that window of another shares the other's keyframe and waits up to the window for it.
+    for i in 0..args.sessions {
+        tokio::time::sleep(daemon::SESSION_GAP).await;
+        let label = format!("session {i}");
+        results
+            .ttff
+            .push(first_frame(broker, root, false, &label).await?);
+    }
+    Ok(())
+}
+
+/// One session's stages up to its first frame.
+async fn first_frame(
+    broker: (&str, u16),
+    root: &str,
+    cold: bool,
+    label: &str,
+) -> Result<TtffSample> {
+    let v = viewer(broker, root, true)
+        .await
+        .context(label.to_string())?;
+    if !v.wait_first_frame(Duration::from_secs(10)).await {
+        eprintln!("{label}: no frame in 10 s");
+    }
+    let sample = TtffSample {
+        stages: v.stages(),
+        cold,
+    };
+    v.bye().await;
+    Ok(sample)
+}
+
+/// Glass to glass: one decoding viewer reading the barcode from every picture for `secs`;
+/// the ages in ms, and how many pictures had no readable barcode.
+async fn glass_to_glass(broker: (&str, u16), root: &str, secs: u64) -> Result<(Vec<i64>, u64)> {
+    let v = viewer(broker, root, true).await?;
+    v.wait_first_frame(Duration::from_secs(10)).await;
+    // The first second holds the join keyframe's catch-up; measure the steady state.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let skip = v.decoded().latencies_ms.len();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let c = v.decoded();
+    v.bye().await;
+    Ok((
+        c.latencies_ms[skip.min(c.latencies_ms.len())..].to_vec(),
+        c.unreadable,
+    ))
+}
+
 /// What the fan-out viewers watch.
 enum Target {
     Rtcam {
@@ -323,17 +366,18 @@ impl AnyViewer {
     async fn connect(target: &Target) -> Result<AnyViewer> {
         Ok(match target {
             Target::Rtcam { host, port, root } => {
-                AnyViewer::Rtcam(Viewer::connect((host, *port), root, false).await?)
+                AnyViewer::Rtcam(viewer((host, *port), root, false).await?)
             }
-            Target::Janus { base } => {
-                AnyViewer::Janus(JanusViewer::connect(base, janus::MOUNTPOINT).await?)
-            }
+            Target::Janus { base } => AnyViewer::Janus(
+                JanusViewer::connect(base, janus::MOUNTPOINT, ICE_CHECK_INTERVAL.get().copied())
+                    .await?,
+            ),
         })
     }
-    fn counters(&self) -> viewer::Counters {
+    fn decoded(&self) -> Decoded {
         match self {
-            AnyViewer::Rtcam(v) => v.counters(),
-            AnyViewer::Janus(v) => v.counters(),
+            AnyViewer::Rtcam(v) => v.decoded(),
+            AnyViewer::Janus(v) => v.decoded(),
         }
     }
     async fn wait_first_frame(&self, timeout: Duration) -> bool {
@@ -375,13 +419,13 @@ async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<Fano
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let me = std::process::id();
-    let before: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let before: Vec<_> = viewers.iter().map(|v| v.decoded()).collect();
     let (a, own_a) = (ProcSample::read(pid)?, ProcSample::read(me)?);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(window)).await;
     let (b, own_b) = (ProcSample::read(pid)?, ProcSample::read(me)?);
     let secs = started.elapsed().as_secs_f64();
-    let after: Vec<_> = viewers.iter().map(|v| v.counters()).collect();
+    let after: Vec<_> = viewers.iter().map(|v| v.decoded()).collect();
     let mut row = FanoutRow {
         viewers: n,
         cpu: a.cpu_percent(&b),

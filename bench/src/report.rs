@@ -2,9 +2,9 @@
 //! markers, so the prose around them is kept), and the SVG plots.
 
 use crate::daemon::Setup;
-use crate::viewer::Stages;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
+use rtcam_viewer::Stages;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -161,7 +161,6 @@ fn versions(binary: &Path) -> String {
             .lines()
             .nth(1)
             .unwrap_or("GStreamer ?")
-            .to_string()
     )
 }
 
@@ -203,12 +202,19 @@ fn max(v: &[f64]) -> f64 {
 
 /// The markdown tables.
 pub fn tables(r: &Results) -> String {
+    let mut s = header(r);
+    s += &start_and_idle(r);
+    s += &time_to_first_frame(r);
+    s += &glass_to_glass(r);
+    s += &fan_out(r);
+    s += &scale_out(r);
+    s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
+    s
+}
+
+/// The run: when, how, on what.
+fn header(r: &Results) -> String {
     let mut s = String::new();
-    let s2r: Vec<Duration> = {
-        let mut v = r.start_to_ready.clone();
-        v.sort();
-        v
-    };
     if r.smoke {
         s += "**Smoke run: too short for figures; it only shows the harness works.**\n\n";
     }
@@ -228,6 +234,17 @@ pub fn tables(r: &Results) -> String {
         ls = r.load_start,
         le = r.load_end,
     );
+    s
+}
+
+/// Start to ready, and the idle cost.
+fn start_and_idle(r: &Results) -> String {
+    let mut s = String::new();
+    let s2r: Vec<Duration> = {
+        let mut v = r.start_to_ready.clone();
+        v.sort();
+        v
+    };
     s += "### Start and idle\n\n| figure | value |\n|---|---|\n";
     s += &format!(
         "| start → ready (retained online status seen), p50 / max of {} | {} ms / {} ms |\n",
@@ -240,7 +257,12 @@ pub fn tables(r: &Results) -> String {
         "| RSS with no viewer | {:.1} MB |\n\n",
         r.idle_rss_kb as f64 / 1024.0
     );
+    s
+}
 
+/// Time to first frame by stage, warm and cold, and in Chromium.
+fn time_to_first_frame(r: &Results) -> String {
+    let mut s = String::new();
     for (cold, what) in [
         (false, "pipeline running, one session at a time"),
         (true, "camera idle: the viewer's offer starts the pipeline"),
@@ -282,7 +304,12 @@ pub fn tables(r: &Results) -> String {
             t[t.len() - 1]
         );
     }
+    s
+}
 
+/// Capture to picture, in the Rust viewer and in Chromium.
+fn glass_to_glass(r: &Results) -> String {
+    let mut s = String::new();
     let mut lat = r.latencies_ms.clone();
     lat.sort();
     let p = |q| pct(&lat, q).map_or("–".into(), |v: i64| v.to_string());
@@ -323,6 +350,12 @@ pub fn tables(r: &Results) -> String {
             e.lines().next().unwrap_or("")
         );
     }
+    s
+}
+
+/// CPU, memory, frame rate and loss as viewers are added; Janus beside (fed its own stream).
+fn fan_out(r: &Results) -> String {
+    let mut s = String::new();
     s += "### Fan-out\n\n\
           Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n";
     s += &fanout_table("rtcam", &r.fanout);
@@ -354,6 +387,12 @@ pub fn tables(r: &Results) -> String {
         }
         s += "\n";
     }
+    s
+}
+
+/// rtcam's CPU and memory while Janus pulls its RTSP door and the viewers watch through Janus.
+fn scale_out(r: &Results) -> String {
+    let mut s = String::new();
     if !r.janus_rtsp_fanout.is_empty() {
         s += "#### Scale-out: Janus pulling rtcam's RTSP door\n\n\
               The recipe of docs/scale-out.md: Janus's streaming plugin pulls \
@@ -361,13 +400,10 @@ pub fn tables(r: &Results) -> String {
               and the same viewers watch through Janus. The CPU and memory are rtcam's.\n\n";
         s += &fanout_table("rtcam", &r.janus_rtsp_fanout);
         if let Some(slope) = Results::cpu_per_viewer(&r.janus_rtsp_fanout) {
-            s += &format!(
-                "\nrtcam CPU per added viewer through Janus: {slope:.2} % of a core.\n"
-            );
+            s += &format!("\nrtcam CPU per added viewer through Janus: {slope:.2} % of a core.\n");
         }
         s += "\n";
     }
-    s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
     s
 }
 

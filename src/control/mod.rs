@@ -75,7 +75,10 @@ impl CommandError {
     }
 
     /// A failure of one of rtcam's parts, told in its own words and kept as the cause.
-    pub fn caused_by(code: ErrorCode, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn caused_by(
+        code: ErrorCode,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self {
             code,
             message: cause.to_string(),

@@ -213,12 +213,17 @@ mod tests {
         let (example, defaults) = (paths_of(&example), paths_of(&defaults));
         assert!(example.len() > 40, "{example:?}");
         for path in example.iter().chain(&defaults) {
-            assert!(covered(path), "{path} is missing from control::reload::KEYS");
+            assert!(
+                covered(path),
+                "{path} is missing from control::reload::KEYS"
+            );
         }
         // And the table names no key the configuration lost.
         for key in KEYS {
             assert!(
-                defaults.iter().any(|p| p == key.name || p.starts_with(&format!("{}.", key.name))),
+                defaults
+                    .iter()
+                    .any(|p| p == key.name || p.starts_with(&format!("{}.", key.name))),
                 "{} is in the table but not in the configuration",
                 key.name
             );
@@ -246,7 +251,10 @@ mod tests {
         assert_eq!(p.actions, vec![Bitrate, Picture]);
         let mut new = Config::default();
         new.encoder.follow_ratio = 0.3;
-        assert_eq!(plan(&old, &new).restart_needed, vec!["encoder.follow_ratio"]);
+        assert_eq!(
+            plan(&old, &new).restart_needed,
+            vec!["encoder.follow_ratio"]
+        );
     }
 
     #[test]
@@ -255,10 +263,9 @@ mod tests {
         let mut new = Config::default();
         new.source.always_on = true;
         new.source.idle_stop_secs = 60;
-        new.source.controls.insert(
-            "brightness".into(),
-            crate::config::ControlSetting::Int(140),
-        );
+        new.source
+            .controls
+            .insert("brightness".into(), crate::config::ControlSetting::Int(140));
         new.audio.enabled = true;
         new.encoder.min_bitrate_kbps = 100;
         new.source.fps = 15;
@@ -297,7 +304,10 @@ mod tests {
         assert_eq!(p.settings.auth.secret, b);
         for (old, new) in [("", a.as_str()), (a.as_str(), "")] {
             let p = plan(&with(old), &with(new));
-            assert!(p.applied.is_empty() && p.actions.is_empty(), "{old:?} → {new:?}");
+            assert!(
+                p.applied.is_empty() && p.actions.is_empty(),
+                "{old:?} → {new:?}"
+            );
             assert_eq!(p.restart_needed, vec!["auth.secret"]);
             assert_eq!(p.settings.auth.secret, old);
         }

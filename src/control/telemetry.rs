@@ -5,6 +5,7 @@
 //! and the SoC temperature from /sys/class/thermal where the board has one.
 
 use super::Publication;
+use crate::board::soc_temperature;
 use crate::media::latency::StageSummary;
 use crate::media::Media;
 use crate::session::table::Label;
@@ -198,16 +199,6 @@ fn process_rss_bytes() -> Option<u64> {
 
 fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
-}
-
-/// The SoC temperature: the first thermal zone (on Raspberry Pi and most boards, the CPU).
-pub(crate) fn soc_temperature() -> Option<f64> {
-    let milli: f64 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(round1(milli / 1000.0))
 }
 
 #[cfg(test)]

@@ -191,61 +191,21 @@ impl Gate {
     ) where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let Ok(_slot) = Slot::take(&self.inner.connections, peer.ip()) else {
-            self.inner
-                .stats
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
-            self.log_refusal(
-                peer,
-                "too many MQTT connections (from this address or in all)",
-            );
+        let Some(_slot) = self.take_slot(peer) else {
             return;
         };
         self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(4096);
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_request(&mut rd, &mut buf, None));
-        let connect = match first.await {
-            Ok(Ok(Some((_, Request::Connect(c))))) => c,
-            Ok(Err(e)) => {
-                self.log_refusal(peer, &e.to_string());
-                return;
-            }
-            _ => return,
+        let Some(connect) = self.read_connect(&mut rd, &mut buf, peer).await else {
+            return;
         };
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
-        let session = self
-            .admit(&connect, peer, url_token.as_deref())
-            .and_then(|s| self.hold_id(s, serial, peer.ip()));
-        let session = match session {
-            Ok(s) => s,
-            Err((why, sentence)) => {
-                self.inner
-                    .stats
-                    .refused_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(peer, &sentence);
-                let _ = wr
-                    .write_all(&codec::connack_refused(connect.version, why))
-                    .await;
-                let _ = wr.shutdown().await;
-                return;
-            }
-        };
-        let upstream = match self.inner.connect_upstream(&connect, &session).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
-                self.release(&session.identity.client_id, serial);
-                let _ = wr
-                    .write_all(&codec::connack_refused(
-                        connect.version,
-                        ConnectRefusal::ServerBusy,
-                    ))
-                    .await;
-                return;
-            }
+        let Some((session, upstream)) = self
+            .open(&connect, peer, url_token.as_deref(), serial, &mut wr)
+            .await
+        else {
+            return;
         };
         self.inner.rights.insert(
             &session.identity.client_id,
@@ -263,6 +223,87 @@ impl Gate {
         let expires = session.expires;
         conn.run(rd, buf, wr, upstream, expires, shutdown).await;
         self.release(&client_id, serial);
+    }
+
+    /// A place among the connections the caps allow, or `None` (counted and logged).
+    fn take_slot(&self, peer: SocketAddr) -> Option<Slot> {
+        match Slot::take(&self.inner.connections, peer.ip()) {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.inner
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(
+                    peer,
+                    "too many MQTT connections (from this address or in all)",
+                );
+                None
+            }
+        }
+    }
+
+    /// The client's CONNECT, within [`CONNECT_TIMEOUT`]; `None` if it closed, took too long or
+    /// sent something else first (logged).
+    async fn read_connect<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        peer: SocketAddr,
+    ) -> Option<codec::Connect> {
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_request(rd, buf, None));
+        match first.await {
+            Ok(Ok(Some((_, Request::Connect(c))))) => Some(*c),
+            Ok(Err(e)) => {
+                self.log_refusal(peer, e);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Admits the client as connection `serial` and opens its connection to the broker; a
+    /// refused client gets its CONNACK here, and `None` is returned.
+    async fn open<W: AsyncWrite + Unpin>(
+        &self,
+        connect: &codec::Connect,
+        peer: SocketAddr,
+        url_token: Option<&str>,
+        serial: u64,
+        wr: &mut W,
+    ) -> Option<(Admitted, tokio::net::TcpStream)> {
+        let session = self
+            .admit(connect, peer, url_token)
+            .and_then(|s| self.hold_id(s, serial, peer.ip()));
+        let session = match session {
+            Ok(s) => s,
+            Err(why) => {
+                self.inner
+                    .stats
+                    .refused_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(peer, &why);
+                let _ = wr
+                    .write_all(&codec::connack_refused(connect.version, why.refusal()))
+                    .await;
+                let _ = wr.shutdown().await;
+                return None;
+            }
+        };
+        match self.inner.connect_upstream(connect, &session).await {
+            Ok(upstream) => Some((session, upstream)),
+            Err(e) => {
+                tracing::warn!("MQTT gate: cannot reach the embedded broker: {e}");
+                self.release(&session.identity.client_id, serial);
+                let _ = wr
+                    .write_all(&codec::connack_refused(
+                        connect.version,
+                        ConnectRefusal::ServerBusy,
+                    ))
+                    .await;
+                None
+            }
+        }
     }
 
     /// Forgets what connection `serial` held under `client_id`, unless a later one took it over.
@@ -283,12 +324,7 @@ impl Gate {
     /// off; from the same address it is the viewer reconnecting (a page on a flaky link, whose
     /// old connection is not closed yet) and takes the id over, as MQTT says. Broker users
     /// always may (their tools reconnect under a fixed id).
-    fn hold_id(
-        &self,
-        session: Admitted,
-        serial: u64,
-        ip: IpAddr,
-    ) -> Result<Admitted, (ConnectRefusal, String)> {
+    fn hold_id(&self, session: Admitted, serial: u64, ip: IpAddr) -> Result<Admitted, Unwelcome> {
         let mut held = self
             .inner
             .held_ids
@@ -297,22 +333,19 @@ impl Gate {
         let id = &session.identity.client_id;
         let elsewhere = held.get(id).is_some_and(|(_, by)| *by != ip);
         if elsewhere && !session.identity.rights.operator {
-            return Err((
-                ConnectRefusal::BadClientId,
-                "that client id is connected already, from another address".into(),
-            ));
+            return Err(Unwelcome::IdHeld);
         }
         held.insert(id.clone(), (serial, ip));
         Ok(session)
     }
 
-    /// Decides who a CONNECT is; an error is the CONNACK's refusal and a sentence for the log.
+    /// Decides who a CONNECT is, or why it is refused.
     fn admit(
         &self,
         connect: &codec::Connect,
         peer: SocketAddr,
         url_token: Option<&str>,
-    ) -> Result<Admitted, (ConnectRefusal, String)> {
+    ) -> Result<Admitted, Unwelcome> {
         let config = &self.inner.config;
         let (rights, grant, expires) = self.authenticate(connect, url_token)?;
         // MQTT lets a client leave its id to the broker (mosquitto's clients do): it gets a
@@ -325,13 +358,13 @@ impl Gate {
         config
             .policy
             .check_connect(&client_id, &rights)
-            .map_err(|e| (ConnectRefusal::BadClientId, e.to_string()))?;
+            .map_err(Unwelcome::ClientId)?;
         let identity = Identity { client_id, rights };
         if let Some((topic, retain)) = &connect.will {
             config
                 .policy
                 .check_publish(&identity, topic, *retain)
-                .map_err(|e| (ConnectRefusal::NotAuthorized, format!("last will: {e}")))?;
+                .map_err(Unwelcome::Will)?;
         }
         tracing::debug!(%peer, client = %identity.client_id, rights = identity.rights.describe(), "MQTT client admitted");
         Ok(Admitted {
@@ -348,7 +381,7 @@ impl Gate {
         &self,
         connect: &codec::Connect,
         url_token: Option<&str>,
-    ) -> Result<(Rights, Option<Vec<Right>>, Option<SystemTime>), (ConnectRefusal, String)> {
+    ) -> Result<(Rights, Option<Vec<Right>>, Option<SystemTime>), Unwelcome> {
         let config = &self.inner.config;
         let token = match &connect.login {
             Some((user, password)) if config.users.verify(user, password) => {
@@ -366,7 +399,7 @@ impl Gate {
                     .verify(Some(token), Right::View, now)
                     .or_else(|_| authority.verify(Some(token), Right::Control, now))
                     .or_else(|_| authority.verify(Some(token), Right::Metrics, now))
-                    .map_err(|e| (ConnectRefusal::BadCredentials, format!("token: {e}")))?;
+                    .map_err(Unwelcome::Token)?;
                 let rights = Rights {
                     view: claims.grants(Right::View),
                     metrics: claims.grants(Right::Metrics),
@@ -375,19 +408,13 @@ impl Gate {
                 };
                 Ok((rights, Some(claims.rights()), Some(claims.expires_at())))
             }
-            (Some(_), None) => Err((
-                ConnectRefusal::NotAuthorized,
-                "this camera needs a token (as the MQTT password) or a broker user".into(),
-            )),
-            (None, Some(_)) if connect.login.is_some() => Err((
-                ConnectRefusal::BadCredentials,
-                "unknown user name or wrong password".into(),
-            )),
+            (Some(_), None) => Err(Unwelcome::NeedsLogin),
+            (None, Some(_)) if connect.login.is_some() => Err(Unwelcome::BadLogin),
             (None, _) => Ok((Rights::VIEWER, None, None)),
         }
     }
 
-    fn log_refusal(&self, peer: SocketAddr, why: &str) {
+    fn log_refusal(&self, peer: SocketAddr, why: impl std::fmt::Display) {
         let logged = self
             .inner
             .log_budget
@@ -398,6 +425,34 @@ impl Gate {
             tracing::info!(%peer, "MQTT gate refused a client: {why}");
         } else {
             tracing::debug!(%peer, "MQTT gate refused a client: {why}");
+        }
+    }
+}
+
+/// Why the gate refuses a client at its CONNECT: a sentence for the log, and the CONNACK's
+/// code ([`Unwelcome::refusal`]).
+#[derive(Debug, thiserror::Error)]
+enum Unwelcome {
+    #[error("{0}")]
+    ClientId(#[source] policy::Refusal),
+    #[error("last will: {0}")]
+    Will(#[source] policy::Refusal),
+    #[error("token: {0}")]
+    Token(#[source] crate::auth::TokenError),
+    #[error("this camera needs a token (as the MQTT password) or a broker user")]
+    NeedsLogin,
+    #[error("unknown user name or wrong password")]
+    BadLogin,
+    #[error("that client id is connected already, from another address")]
+    IdHeld,
+}
+
+impl Unwelcome {
+    fn refusal(&self) -> ConnectRefusal {
+        match self {
+            Unwelcome::ClientId(_) | Unwelcome::IdHeld => ConnectRefusal::BadClientId,
+            Unwelcome::Will(_) | Unwelcome::NeedsLogin => ConnectRefusal::NotAuthorized,
+            Unwelcome::Token(_) | Unwelcome::BadLogin => ConnectRefusal::BadCredentials,
         }
     }
 }
@@ -441,6 +496,8 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
+    /// Carries the connection both ways until either side ends it, the token expires or
+    /// `shutdown`; says why to the client when the gate ends it.
     async fn run<R, W>(
         mut self,
         mut rd: R,
@@ -453,85 +510,17 @@ impl Connection<'_> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut up_rd, mut up_wr) = upstream.into_split();
-        // The client's side is written by one task: the broker's packets and the gate's own
-        // answers (refusals) interleave whole, never mid-packet.
-        let (to_client, mut from_gate) = mpsc::channel::<Bytes>(64);
-        let writer = tokio::spawn(async move {
-            let mut wr = wr;
-            while let Some(bytes) = from_gate.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
-        let downstream = {
-            let to_client = to_client.clone();
-            async move {
-                let mut chunk = vec![0u8; 16 * 1024];
-                loop {
-                    match up_rd.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if to_client
-                                .send(Bytes::copy_from_slice(&chunk[..n]))
-                                .await
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let remaining = expires.map(|at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        });
-        let expiry = async move {
-            match remaining {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let version = self.version;
-        let upstream_loop = async {
-            loop {
-                let request = match read_request(&mut rd, &mut buf, Some(version)).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        self.gate.log_refusal(self.peer, &e.to_string());
-                        return Some(Goodbye::Malformed);
-                    }
-                };
-                match self.check(request) {
-                    Step::Forward(bytes) => {
-                        if up_wr.write_all(&bytes).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Step::Answer(bytes) => {
-                        if to_client.send(bytes).await.is_err() {
-                            return None;
-                        }
-                    }
-                    Step::Drop => {}
-                    Step::End(why) => return Some(why),
-                }
-            }
-        };
+        let (up_rd, mut up_wr) = upstream.into_split();
+        let (to_client, writer) = client_writer(wr);
         let goodbye = tokio::select! {
             // Each branch owns its half of the connection; whichever ends first ends the
             // others by dropping them, which is all cancelling them needs.
-            why = upstream_loop => why,
-            _ = downstream => None,
-            _ = expiry => Some(Goodbye::TokenExpired),
-            _ = shutdown.cancelled() => None,
+            why = self.upstream(&mut rd, &mut buf, &mut up_wr, &to_client) => why,
+            () = downstream(up_rd, to_client.clone()) => None,
+            () = expiry(expires) => Some(Goodbye::TokenExpired),
+            () = shutdown.cancelled() => None,
         };
-        if let Some(bytes) = goodbye.and_then(|why| codec::disconnect(version, why)) {
+        if let Some(bytes) = goodbye.and_then(|why| codec::disconnect(self.version, why)) {
             let _ = to_client.send(bytes).await;
         }
         if goodbye == Some(Goodbye::TokenExpired) {
@@ -539,6 +528,45 @@ impl Connection<'_> {
         }
         drop(to_client);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+
+    /// The client's packets, checked one by one, to the broker (or answered by the gate);
+    /// returns why the gate ends the connection, or `None` when a side closed.
+    async fn upstream<R, W>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        up_wr: &mut W,
+        to_client: &mpsc::Sender<Bytes>,
+    ) -> Option<Goodbye>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            let request = match read_request(rd, buf, Some(self.version)).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.gate.log_refusal(self.peer, e);
+                    return Some(Goodbye::Malformed);
+                }
+            };
+            match self.check(request) {
+                Step::Forward(bytes) => {
+                    if up_wr.write_all(&bytes).await.is_err() {
+                        return None;
+                    }
+                }
+                Step::Answer(bytes) => {
+                    if to_client.send(bytes).await.is_err() {
+                        return None;
+                    }
+                }
+                Step::Drop => {}
+                Step::End(why) => return Some(why),
+            }
+        }
     }
 
     /// The filter's decision on one packet; a refusal is counted, and logged for the first.
@@ -553,7 +581,7 @@ impl Connection<'_> {
             if self.filter.refusals() == 1 {
                 self.gate.log_refusal(
                     self.peer,
-                    &format!("{why} (later refusals on this connection are not logged)"),
+                    format_args!("{why} (later refusals on this connection are not logged)"),
                 );
             }
         }
@@ -581,6 +609,56 @@ async fn read_request<R: AsyncRead + Unpin>(
 fn random_id() -> String {
     use rand::distributions::{Alphanumeric, DistString};
     Alphanumeric.sample_string(&mut rand::thread_rng(), 16)
+}
+
+/// The task that writes to the client, and its queue. One task writes, so the broker's packets
+/// and the gate's own answers (refusals) interleave whole, never mid-packet.
+fn client_writer<W>(wr: W) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let (to_client, mut from_gate) = mpsc::channel::<Bytes>(64);
+    let writer = tokio::spawn(async move {
+        let mut wr = wr;
+        while let Some(bytes) = from_gate.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    (to_client, writer)
+}
+
+/// The broker's bytes to the client, as they come, until either side closes.
+async fn downstream(mut up_rd: tokio::net::tcp::OwnedReadHalf, to_client: mpsc::Sender<Bytes>) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match up_rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to_client
+                    .send(Bytes::copy_from_slice(&chunk[..n]))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Returns when a token's connection must end; never for a connection without one.
+async fn expiry(expires: Option<SystemTime>) {
+    let remaining = expires.map(|at| {
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
+    match remaining {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

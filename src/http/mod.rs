@@ -8,6 +8,7 @@
 pub mod guard;
 pub mod serve;
 pub mod tls;
+pub mod whep;
 
 use crate::auth::Right;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -89,6 +90,8 @@ pub struct HttpState {
     pub authority: Option<crate::auth::Authority>,
     /// The names requests may carry in `Host`.
     pub hosts: guard::HostPolicy,
+    /// `/whep`: WHEP viewers' signalling, carried to the session manager.
+    pub whep: Option<whep::WhepDoor>,
 }
 
 /// The listening sockets to serve.
@@ -194,6 +197,7 @@ pub async fn serve(doors: Doors, state: HttpState, shutdown: CancellationToken) 
     let routes = Router::new()
         .merge(viewing)
         .merge(metering)
+        .merge(whep::routes())
         .route("/*path", get(asset))
         .with_state(state.clone());
     // Layers wrap what was built before them: the last added runs first. Every response,

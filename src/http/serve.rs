@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -138,20 +138,7 @@ async fn accept_loop(
             Err(why) => {
                 // Dropping the stream closes it before anything is read.
                 drop(stream);
-                let report = lock(&counts).refused(peer.ip(), why, Instant::now());
-                if let Some(r) = report {
-                    tracing::warn!(
-                        "HTTP: refused a connection from {} ({}; {} more from there since the \
-                         last notice, {} in all)",
-                        r.address,
-                        match r.why {
-                            Refusal::Total => "the server's connection limit is reached",
-                            Refusal::PerAddress => "too many connections from that address",
-                        },
-                        r.since_last,
-                        lock(&counts).refused_total()
-                    );
-                }
+                report_refusal(&counts, peer, why);
                 continue;
             }
         };
@@ -163,23 +150,25 @@ async fn accept_loop(
             slot,
             shutdown: shutdown.clone(),
         };
-        let tls = door.tls.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => connection.serve(stream).await,
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(tls)) => connection.serve(tls).await,
-                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
-                    }
-                }
-            }
-            drop(done);
-        });
+        tokio::spawn(connection.run(stream, door.tls.clone(), done.clone()));
+    }
+}
+
+/// Logs a refused connection, as often as [`Counts::refused`] finds it worth a line.
+fn report_refusal(counts: &Mutex<Counts>, peer: SocketAddr, why: Refusal) {
+    let report = lock(counts).refused(peer.ip(), why, Instant::now());
+    if let Some(r) = report {
+        tracing::warn!(
+            "HTTP: refused a connection from {} ({}; {} more from there since the last notice, \
+             {} in all)",
+            r.address,
+            match r.why {
+                Refusal::Total => "the server's connection limit is reached",
+                Refusal::PerAddress => "too many connections from that address",
+            },
+            r.since_last,
+            lock(counts).refused_total()
+        );
     }
 }
 
@@ -194,6 +183,30 @@ struct Connection {
 }
 
 impl Connection {
+    /// Serves one accepted connection, after its TLS handshake on the HTTPS door; `done` is
+    /// dropped when it ends.
+    async fn run(
+        self,
+        stream: TcpStream,
+        tls: Option<super::tls::Acceptor>,
+        done: mpsc::Sender<()>,
+    ) {
+        let peer = self.peer;
+        match tls {
+            None => self.serve(stream).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(tls)) => self.serve(tls).await,
+                    Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                }
+            }
+        }
+        drop(done);
+    }
+
     async fn serve<S>(self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,

@@ -26,11 +26,14 @@ pub enum TlsError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("{key} = {path:?}: {what}")]
-    Unusable {
+    #[error("{key} = {path:?}: no PEM certificate in it")]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("{key} = {path:?}: not a certificate rtcam can read: {source}")]
+    Unreadable {
         key: &'static str,
         path: PathBuf,
-        what: String,
+        #[source]
+        source: webpki::Error,
     },
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(#[source] rcgen::Error),
@@ -176,17 +179,16 @@ fn read_pair(
             source,
         })?;
     let Some(first) = chain.first() else {
-        return Err(TlsError::Unusable {
+        return Err(TlsError::NoCertificate {
             key: cert_key,
             path: cert_path.into(),
-            what: "no PEM certificate in it".into(),
         });
     };
-    if let Err(e) = webpki::EndEntityCert::try_from(first) {
-        return Err(TlsError::Unusable {
+    if let Err(source) = webpki::EndEntityCert::try_from(first) {
+        return Err(TlsError::Unreadable {
             key: cert_key,
             path: cert_path.into(),
-            what: format!("not a certificate rtcam can read: {e}"),
+            source,
         });
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| TlsError::Read {

@@ -11,7 +11,7 @@ use crate::auth::Right;
 use crate::media::Media;
 use crate::signalling::protocol::{ErrorCode, IceServer, Inbound, Outbound, ProtocolError};
 use crate::signalling::sdp::OfferSummary;
-use crate::signalling::{Outgoing, SignalEvent};
+use crate::signalling::{Outgoing, SignalEvent, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -186,15 +186,12 @@ impl SessionManager {
 
     /// Gives a viewer of another door a slot: in the table (limits), and among the running
     /// sessions with an input queue whose only message is its end.
-    fn join(&mut self, live: &mut Live, transport: &'static str) -> Result<Joined, ProtocolError> {
+    fn join(&mut self, live: &mut Live, transport: Transport) -> Result<Joined, ProtocolError> {
         let (key, generation) = self.table.join_outside(transport)?;
         let label = Label::of(generation);
-        tracing::info!(session = %label, transport, "new session");
+        tracing::info!(session = %label, transport = transport.as_str(), "new session");
         let (input, input_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(SessionStats {
-            transport,
-            ..SessionStats::new(crate::codec::VideoCodec::H264)
-        });
+        let stats = Arc::new(SessionStats::new(crate::codec::VideoCodec::H264, transport));
         live.running.insert(
             key.clone(),
             Running {
@@ -235,8 +232,23 @@ impl SessionManager {
     fn ended(&mut self, live: &mut Live, sid: &str, generation: Generation) {
         self.table.on_ended(sid, generation);
         live.remove(sid, generation);
+        self.tell_whep_ended(sid);
         if let Some(a) = &mut self.adaptation {
             a.leave(&Label::of(generation).to_string());
+        }
+    }
+
+    /// A WHEP viewer's resource lives in the HTTP door, which learns of every end this way,
+    /// the silent ones included (a peer that closed, a task that failed): its URL then answers
+    /// 404. MQTT viewers are told only what the protocol says.
+    fn tell_whep_ended(&self, sid: &str) {
+        if Transport::of_sid(sid) == Transport::Whep {
+            let _ = self.outgoing.try_send(Outgoing {
+                sid: sid.to_string(),
+                message: Outbound::Bye {
+                    reason: "session ended".into(),
+                },
+            });
         }
     }
 
@@ -255,9 +267,7 @@ impl SessionManager {
             self.media.set_bitrate(kbps);
         }
         if let Some(e) = a.estimate_kbps(&key) {
-            r.stats
-                .estimate_kbps
-                .store(u64::from(e), Ordering::Relaxed);
+            r.stats.estimate_kbps.store(u64::from(e), Ordering::Relaxed);
         }
         let budget = a.budget_kbps(&key);
         r.stats.paced.store(budget.is_some(), Ordering::Relaxed);
@@ -377,6 +387,11 @@ impl SessionManager {
                 }
             }
             Action::SendIceServers => self.reply(sid, self.ice_servers_reply()).await,
+            Action::Restart { generation, sdp } => {
+                if let Some(r) = live.current(sid, generation) {
+                    let _ = r.input.send(SessionInput::Restart(sdp));
+                }
+            }
             Action::Start {
                 generation,
                 sdp,
@@ -436,7 +451,7 @@ impl SessionManager {
         tracing::info!(session = %label, codec = codec.as_str(), "new session");
         tracing::debug!(session = %label, %sid, "session id");
         let (input_tx, input_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(SessionStats::new(codec));
+        let stats = Arc::new(SessionStats::new(codec, Transport::of_sid(sid)));
         live.running.insert(
             sid.to_string(),
             Running {
@@ -464,6 +479,7 @@ impl SessionManager {
             may_control: grants.control,
         };
         let handle = live.tasks.spawn(viewer.run());
-        live.owners.insert(handle.id(), (sid.to_string(), generation));
+        live.owners
+            .insert(handle.id(), (sid.to_string(), generation));
     }
 }

@@ -19,6 +19,7 @@ pub use stats::{SessionInfo, SessionStats};
 
 use crate::auth::{Authority, Right, TokenError};
 use crate::signalling::protocol::{ErrorCode, ProtocolError};
+use crate::signalling::Transport;
 use std::sync::Arc;
 use std::time::SystemTime;
 use table::{Generation, Label};
@@ -84,7 +85,7 @@ pub enum ManagerRequest {
     },
     /// A viewer of another door (RTSP) asks for a slot.
     Join {
-        transport: &'static str,
+        transport: Transport,
         reply: oneshot::Sender<Result<Joined, ProtocolError>>,
     },
 }
@@ -146,9 +147,9 @@ impl Sessions {
         rx.await.unwrap_or_default()
     }
 
-    /// A slot for a viewer of another door (`transport`: `rtsp`), or why there is none
+    /// A slot for a viewer of another door ([`Transport::Rtsp`]), or why there is none
     /// (`too_many_sessions`, or the camera shutting down).
-    pub async fn join(&self, transport: &'static str) -> Result<Joined, ProtocolError> {
+    pub async fn join(&self, transport: Transport) -> Result<Joined, ProtocolError> {
         let (reply, rx) = oneshot::channel();
         let gone = || ProtocolError::new(ErrorCode::Internal, "The camera is shutting down.");
         if self

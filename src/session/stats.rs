@@ -25,6 +25,9 @@ pub struct SessionStats {
     pub bitrate_kbps: AtomicU64,
     /// What the viewer receives, decided from its offer.
     pub codec: crate::codec::VideoCodec,
+    /// The door the viewer came through: MQTT or WHEP signalling, or RTSP for a viewer the
+    /// session manager only counts ([`super::Sessions::join`]).
+    pub transport: crate::signalling::Transport,
     /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
     pub estimate_kbps: AtomicU64,
     /// Loss in the viewer's receiver reports over the last stats interval (packets lost for good
@@ -36,15 +39,16 @@ pub struct SessionStats {
     pub retransmitted_packets: AtomicU64,
     /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
     pub paced: AtomicBool,
-    /// The door the viewer came through: `webrtc`, or `rtsp` for a viewer the session
-    /// manager only counts ([`super::Sessions::join`]).
-    pub transport: &'static str,
 }
 
 impl SessionStats {
-    pub(super) fn new(codec: crate::codec::VideoCodec) -> Self {
+    pub(super) fn new(
+        codec: crate::codec::VideoCodec,
+        transport: crate::signalling::Transport,
+    ) -> Self {
         Self {
             codec,
+            transport,
             started: Instant::now(),
             connected: AtomicBool::new(false),
             frames_sent: AtomicU64::new(0),
@@ -59,7 +63,6 @@ impl SessionStats {
             nacked_packets: AtomicU64::new(0),
             retransmitted_packets: AtomicU64::new(0),
             paced: AtomicBool::new(false),
-            transport: "webrtc",
         }
     }
 }
@@ -69,11 +72,12 @@ impl SessionStats {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SessionInfo {
     pub label: Label,
-    /// `webrtc`, or `rtsp`.
-    pub transport: &'static str,
     pub state: &'static str,
     pub duration_secs: u64,
     pub codec: &'static str,
+    /// The door the viewer came through: `mqtt` (a WebRTC viewer signalling over MQTT: the
+    /// page, MQTT clients), `whep`, or `rtsp`.
+    pub transport: &'static str,
     pub bitrate_kbps: u64,
     pub frames_sent: u64,
     pub frames_skipped: u64,
@@ -97,7 +101,6 @@ pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
     let nonzero = |v: u64| (v > 0).then_some(v);
     SessionInfo {
         label,
-        transport: s.transport,
         state: if s.connected.load(Ordering::Relaxed) {
             "connected"
         } else {
@@ -105,6 +108,7 @@ pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
         },
         duration_secs: s.started.elapsed().as_secs(),
         codec: s.codec.as_str(),
+        transport: s.transport.as_str(),
         bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
         frames_sent: s.frames_sent.load(Ordering::Relaxed),
         frames_skipped: s.frames_skipped.load(Ordering::Relaxed),

@@ -7,6 +7,7 @@ use crate::signalling::protocol::{
     self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError, VideoCodec,
 };
 use crate::signalling::sdp::OfferSummary;
+use crate::signalling::Transport;
 use crate::util::RateLimiter;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -85,6 +86,8 @@ pub enum Action {
     /// Reply with the ICE servers viewers use, with fresh TURN credentials. The table only
     /// decides that the request may be answered; deriving credentials needs the wall clock.
     SendIceServers,
+    /// Restart ICE in the running session with this offer (new ICE credentials).
+    Restart { generation: Generation, sdp: String },
 }
 
 /// The limits that keep one noisy or hostile viewer from starving the others.
@@ -194,6 +197,19 @@ impl SessionTable {
                 )],
             },
             Inbound::IceServers { .. } => self.on_ice_servers(now),
+            Inbound::Restart { sdp } => match self.live.get(sid) {
+                Some(live) => vec![Action::Restart {
+                    generation: live.generation,
+                    sdp,
+                }],
+                None => vec![Action::Reply(
+                    ProtocolError::new(
+                        ErrorCode::UnknownSession,
+                        format!("There is no session {sid:?} to restart."),
+                    )
+                    .into(),
+                )],
+            },
             Inbound::Bye => match self.live.remove(sid) {
                 Some(Live { generation, .. }) => vec![Action::End {
                     generation,
@@ -302,11 +318,14 @@ impl SessionTable {
         vec![Action::SendIceServers]
     }
 
-    /// A viewer of another door (`transport`, e.g. `rtsp`) takes a slot: it counts against
+    /// A viewer of another door (`transport`: RTSP) takes a slot: it counts against
     /// `max_sessions` like a WebRTC session, and leaves through [`SessionTable::on_ended`] with
-    /// the key returned. The key holds a `/`, which no sid (an MQTT topic level) can, so it
-    /// never meets a WebRTC viewer's session.
-    pub fn join_outside(&mut self, transport: &str) -> Result<(String, Generation), ProtocolError> {
+    /// the key returned ([`Transport::key`]). The key holds a `/`, which no MQTT sid (a topic
+    /// level) nor WHEP sid can, so it never meets a WebRTC viewer's session.
+    pub fn join_outside(
+        &mut self,
+        transport: Transport,
+    ) -> Result<(String, Generation), ProtocolError> {
         if self.closing {
             return Err(ProtocolError::new(
                 ErrorCode::Internal,
@@ -324,7 +343,7 @@ impl SessionTable {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let key = format!("{transport}/{generation}");
+        let key = transport.key(generation);
         self.live.insert(
             key.clone(),
             Live {
@@ -375,15 +394,23 @@ mod tests {
     #[test]
     fn viewers_of_other_doors_share_the_slots() {
         let mut t = table(2);
-        let (key, generation) = t.join_outside("rtsp").unwrap();
+        let (key, generation) = t.join_outside(Transport::Rtsp).unwrap();
         assert!(key.starts_with("rtsp/") && t.len() == 1);
-        let (other, _) = t.join_outside("rtsp").unwrap();
-        let refused = t.join_outside("rtsp").unwrap_err();
+        assert_eq!(Transport::of_sid(&key), Transport::Rtsp);
+        let (other, _) = t.join_outside(Transport::Rtsp).unwrap();
+        let refused = t.join_outside(Transport::Rtsp).unwrap_err();
         assert_eq!(refused.code, ErrorCode::TooManySessions);
         assert!(t.on_ended(&key, generation));
         assert_eq!(t.len(), 1);
-        assert_eq!(t.close_all("bye").len(), 1, "{other} is ended with the rest");
-        assert_eq!(t.join_outside("rtsp").unwrap_err().code, ErrorCode::Internal);
+        assert_eq!(
+            t.close_all("bye").len(),
+            1,
+            "{other} is ended with the rest"
+        );
+        assert_eq!(
+            t.join_outside(Transport::Rtsp).unwrap_err().code,
+            ErrorCode::Internal
+        );
     }
 
     fn table(max_sessions: usize) -> SessionTable {
@@ -570,6 +597,23 @@ mod tests {
             .on_message("x", Ok(Inbound::Bye), Instant::now())
             .is_empty());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_restart_reaches_the_running_session_only() {
+        let mut t = table(4);
+        let restart = || Ok(Inbound::Restart { sdp: "v=0".into() });
+        assert_eq!(
+            code(&t.on_message("x", restart(), Instant::now())),
+            Some(ErrorCode::UnknownSession)
+        );
+        t.on_message("x", offer(), Instant::now());
+        assert!(matches!(
+            t.on_message("x", restart(), Instant::now())[..],
+            [Action::Restart { generation: 1, .. }]
+        ));
+        // A restart is no new session: the slot count stays.
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

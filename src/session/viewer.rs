@@ -48,6 +48,8 @@ pub enum SessionInput {
     /// Bitrate adaptation's decision for this viewer: paced at this many kbit/s (skipping to
     /// keyframes) because it cannot take the encoder's rate, or `None` for every frame.
     Pace(Option<u32>),
+    /// The viewer's offer with new ICE credentials: restart ICE, answer with rtcam's new ones.
+    Restart(String),
 }
 
 /// What a session tells the manager about itself. One queue carries a session's notes, so they
@@ -192,7 +194,11 @@ impl Viewer {
             sdp: &self.offer_sdp,
             summary: &self.offer,
         };
-        match self.factory.answer(offer, self.codec, events_tx, audio).await {
+        match self
+            .factory
+            .answer(offer, self.codec, events_tx, audio)
+            .await
+        {
             Ok((peer, answer)) => {
                 tracing::debug!(sid = %self.sid, "answer ready in {} µs", started.elapsed().as_micros());
                 self.send(Outbound::Answer { sdp: answer }).await;
@@ -310,6 +316,7 @@ impl Viewer {
                     tracing::debug!(sid = %self.sid, "ignored remote candidate: {}", error_text(&e));
                 }
             }
+            Some(SessionInput::Restart(offer)) => self.restart_ice(link, &offer).await,
             Some(SessionInput::Pace(paced)) => {
                 if let (Some(kbps), None) = (paced, link.budget_kbps) {
                     tracing::info!(session = %self.label, "viewer below the encoder's rate: pacing it at {kbps} kbit/s");
@@ -362,6 +369,26 @@ impl Viewer {
             PeerEvent::ControlChannel(channel) => self.hand_on(link, channel),
         }
         Flow::Continue(())
+    }
+
+    /// Restarts ICE on the viewer's new offer and answers it; a failed restart is the viewer's
+    /// refusal, and the session goes on as it was (its disconnect timeout still runs).
+    async fn restart_ice(&self, link: &mut Link, offer: &str) {
+        match link.peer.restart_ice(offer).await {
+            Ok(answer) => {
+                tracing::info!(session = %self.label, "ICE restarted at the viewer's request");
+                self.send(Outbound::Answer { sdp: answer }).await;
+            }
+            Err(e) => {
+                let cause = error_text(&e);
+                tracing::info!(session = %self.label, "cannot restart ICE: {cause}");
+                let refusal = ProtocolError::new(
+                    ErrorCode::BadSdp,
+                    format!("The ICE restart cannot be done: {cause}."),
+                );
+                self.send(refusal.into()).await;
+            }
+        }
     }
 
     /// Starts taking frames (and sound), once, and asks for a keyframe now rather than at the

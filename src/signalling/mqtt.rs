@@ -6,18 +6,22 @@
 //! says offline). After every reconnect it subscribes and publishes status again, because a
 //! clean session forgets both.
 
+use super::message::{ControlRequest, Publication};
 use super::protocol::{self, Outbound, Status, TopicTarget, Topics};
 use super::{Outgoing, SignalEvent};
 use crate::config::MqttConfig;
-use super::message::{ControlRequest, Publication};
 use crate::health::Heartbeat;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop};
 use rumqttc::{TlsConfiguration, Transport};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// The client's options as [`options`] builds them; the app hands them back through [`MqttLink`]
+/// without reading them.
+pub use rumqttc::v5::MqttOptions;
 
 /// Largest MQTT packet rtcam reads or writes. Above [`protocol::MAX_PAYLOAD`] so that an
 /// oversized signalling message is answered with `payload_too_large` instead of making the
@@ -169,15 +173,7 @@ pub fn options(
 /// Runs the MQTT connection until `shutdown`, then publishes the offline status and disconnects.
 pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
     let (client, mut eventloop) = AsyncClient::new(link.options.clone(), 1024);
-    let broker = format!(
-        "{}:{}",
-        link.options.broker_address().0,
-        link.options.broker_address().1
-    );
-    let mut backoff = BACKOFF_FIRST;
-    let mut was_connected = false;
-    let mut logged_failure = false;
-    let mut pending_subacks = 0u32;
+    let mut connection = Connection::new(&link.options);
     // A turn at least every second even when the broker is quiet, so the heartbeat measures
     // whether this loop still runs rather than whether anyone is talking.
     let mut beat = tokio::time::interval(Duration::from_secs(1));
@@ -188,82 +184,20 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             // Cancel-safe: rumqttc documents `poll` as cancel-safe; a dropped poll loses no
             // state, the next call picks up where it left off.
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    // The new connection's socket: no Nagle delay on signalling (sockets.rs).
-                    crate::sockets::nodelay_on_all_tcp();
-                    backoff = BACKOFF_FIRST;
-                    logged_failure = false;
-                    tracing::info!(%broker, "connected to MQTT broker");
-                    was_connected = true;
-                    // A clean session forgets subscriptions: renew them on every connect.
-                    // Ready only once the broker has acknowledged them; before that, a command
-                    // or offer sent by someone who saw rtcam "connected" would be lost.
-                    pending_subacks = 0;
-                    for filter in [link.topics.session_in_filter(), link.topics.command()] {
-                        match client.try_subscribe(filter, QoS::AtLeastOnce) {
-                            Ok(()) => pending_subacks += 1,
-                            Err(e) => tracing::warn!("cannot queue subscribe: {e}"),
-                        }
-                    }
-                    publish_status(&client, &link.topics, &link.status.borrow());
-                    for p in link.on_connect.borrow().iter() {
-                        publish(&client, p);
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    pending_subacks = pending_subacks.saturating_sub(1);
-                    if pending_subacks == 0 {
-                        let _ = link.connected.send(true);
-                    }
-                }
-                // A retained message was kept from before rtcam subscribed: a stale offer or
-                // command at best, at worst one a client left to be replayed at every
-                // reconnect (mosquitto's ACL cannot stop a viewer retaining on its own `in`).
-                // Live messages come without the flag: rtcam does not ask for
-                // retain-as-published.
-                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
-                    tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), "ignored a retained message");
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let topic = String::from_utf8_lossy(&p.topic);
-                    if topic == link.topics.command() {
-                        let props = p.properties.unwrap_or_default();
-                        let request = ControlRequest {
-                            payload: p.payload,
-                            response_topic: props.response_topic,
-                            correlation_data: props.correlation_data,
-                        };
-                        // Full queue: the controller is busy; a dropped command gets no reply,
-                        // which the requester sees as a timeout, rather than stalling signalling.
-                        if link.commands.try_send(request).is_err() {
-                            tracing::warn!("command queue full; dropped a command");
-                        }
-                    } else {
-                        handle_publish(&client, &link.topics, &link.events, &topic, &p.payload).await;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = link.connected.send(false);
-                    if was_connected {
-                        tracing::warn!(%broker, "lost MQTT broker: {e}; reconnecting");
-                        was_connected = false;
-                    } else if !logged_failure {
-                        tracing::warn!(%broker, "cannot reach MQTT broker: {e}; retrying");
-                        logged_failure = true;
-                    }
+            event = eventloop.poll() => {
+                if let Some(backoff) = connection.on_event(&client, &link, event).await {
+                    // The wait before the next attempt; shutdown does not wait for it.
                     tokio::select! {
+                        // Cancel-safe: level-triggered token.
                         _ = shutdown.cancelled() => break,
+                        // Cancel-safe: a dropped sleep holds nothing.
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-            },
+            }
             // Cancel-safe: `recv` on an mpsc loses nothing when dropped before completing.
             Some(out) = link.outgoing.recv() => {
-                let topic = link.topics.session_out(&out.sid);
-                if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json()) {
+                if let Err(e) = publish_signalling(&client, &link.topics, &out) {
                     // No sid at warn level: it is the viewer's secret (see `session::viewer`).
                     tracing::warn!("dropping a signalling message, MQTT queue full: {e}");
                 }
@@ -275,7 +209,7 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             // Cancel-safe: `changed` only marks the value seen once it returns.
             Ok(()) = link.on_connect.changed() => {
                 let list = link.on_connect.borrow_and_update().clone();
-                if was_connected {
+                if connection.connected {
                     for p in &list {
                         publish(&client, p);
                     }
@@ -284,33 +218,168 @@ pub async fn run(mut link: MqttLink, shutdown: CancellationToken) {
             // Cancel-safe: `changed` only marks the value seen once it returns.
             Ok(()) = link.status.changed() => {
                 let status = link.status.borrow_and_update().clone();
-                if was_connected {
+                if connection.connected {
                     publish_status(&client, &link.topics, &status);
                 }
             }
         }
     }
-    // Orderly goodbye: the retained offline status first (a last will is only for crashes), then
-    // a clean disconnect. Bounded, so a dead broker cannot hold up shutdown.
-    if was_connected {
-        // Sessions said bye just before this loop was stopped; those messages go out first.
-        while let Ok(out) = link.outgoing.try_recv() {
-            let topic = link.topics.session_out(&out.sid);
-            let _ = client.try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json());
-        }
-        publish_status(&client, &link.topics, &Status::offline());
-        let _ = client.try_disconnect();
-        let drain = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    if connection.connected {
+        goodbye(&client, &mut eventloop, &mut link).await;
     }
     let _ = link.connected.send(false);
+}
+
+/// What the loop knows of its connection between events.
+struct Connection {
+    /// `host:port`, for the log.
+    broker: String,
+    /// The wait before the next attempt after a failure.
+    backoff: Duration,
+    /// Connected now (the broker acknowledged the CONNECT).
+    connected: bool,
+    /// Whether the failure to reach the broker was logged, so a broker that stays away costs
+    /// one line, not one per attempt.
+    logged_failure: bool,
+    /// Subscriptions the broker has not acknowledged yet; rtcam is ready at none.
+    pending_subacks: u32,
+}
+
+impl Connection {
+    fn new(options: &MqttOptions) -> Connection {
+        let (host, port) = options.broker_address();
+        Connection {
+            broker: format!("{host}:{port}"),
+            backoff: BACKOFF_FIRST,
+            connected: false,
+            logged_failure: false,
+            pending_subacks: 0,
+        }
+    }
+
+    /// Handles one event of the client's event loop; after a failure, returns how long to
+    /// wait before the next attempt.
+    async fn on_event(
+        &mut self,
+        client: &AsyncClient,
+        link: &MqttLink,
+        event: Result<Event, ConnectionError>,
+    ) -> Option<Duration> {
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => self.on_connack(client, link),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                self.pending_subacks = self.pending_subacks.saturating_sub(1);
+                if self.pending_subacks == 0 {
+                    let _ = link.connected.send(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => on_publish(client, link, p).await,
+            Ok(_) => {}
+            Err(e) => return Some(self.on_error(link, &e)),
+        }
+        None
+    }
+
+    fn on_connack(&mut self, client: &AsyncClient, link: &MqttLink) {
+        // The new connection's socket: no Nagle delay on signalling (sockets.rs).
+        crate::sockets::nodelay_on_all_tcp();
+        self.backoff = BACKOFF_FIRST;
+        self.logged_failure = false;
+        tracing::info!(broker = %self.broker, "connected to MQTT broker");
+        self.connected = true;
+        // A clean session forgets subscriptions: renew them on every connect. Ready only once
+        // the broker has acknowledged them; before that, a command or offer sent by someone who
+        // saw rtcam "connected" would be lost.
+        self.pending_subacks = 0;
+        for filter in [link.topics.session_in_filter(), link.topics.command()] {
+            match client.try_subscribe(filter, QoS::AtLeastOnce) {
+                Ok(()) => self.pending_subacks += 1,
+                Err(e) => tracing::warn!("cannot queue subscribe: {e}"),
+            }
+        }
+        publish_status(client, &link.topics, &link.status.borrow());
+        for p in link.on_connect.borrow().iter() {
+            publish(client, p);
+        }
+    }
+
+    /// Logs a lost or refused connection once per change; returns the wait before the next
+    /// attempt, and doubles the one after it (up to [`BACKOFF_MAX`]).
+    fn on_error(&mut self, link: &MqttLink, e: &ConnectionError) -> Duration {
+        let _ = link.connected.send(false);
+        let broker = &self.broker;
+        if self.connected {
+            tracing::warn!(%broker, "lost MQTT broker: {e}; reconnecting");
+            self.connected = false;
+        } else if !self.logged_failure {
+            tracing::warn!(%broker, "cannot reach MQTT broker: {e}; retrying");
+            self.logged_failure = true;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+}
+
+/// Routes one incoming publish: a command to the controller, signalling to the session manager.
+async fn on_publish(client: &AsyncClient, link: &MqttLink, p: Publish) {
+    // A retained message was kept from before rtcam subscribed: a stale offer or command at
+    // best, at worst one a client left to be replayed at every reconnect (mosquitto's ACL
+    // cannot stop a viewer retaining on its own `in`). Live messages come without the flag:
+    // rtcam does not ask for retain-as-published.
+    if p.retain {
+        tracing::debug!(topic = %String::from_utf8_lossy(&p.topic), "ignored a retained message");
+        return;
+    }
+    let topic = String::from_utf8_lossy(&p.topic);
+    if topic == link.topics.command() {
+        let props = p.properties.unwrap_or_default();
+        let request = ControlRequest {
+            payload: p.payload,
+            response_topic: props.response_topic,
+            correlation_data: props.correlation_data,
+        };
+        // Full queue: the controller is busy; a dropped command gets no reply, which the
+        // requester sees as a timeout, rather than stalling signalling.
+        if link.commands.try_send(request).is_err() {
+            tracing::warn!("command queue full; dropped a command");
+        }
+    } else {
+        handle_publish(client, &link.topics, &link.events, &topic, &p.payload).await;
+    }
+}
+
+/// Orderly goodbye: the retained offline status first (a last will is only for crashes), then
+/// a clean disconnect. Bounded, so a dead broker cannot hold up shutdown.
+async fn goodbye(client: &AsyncClient, eventloop: &mut EventLoop, link: &mut MqttLink) {
+    // Sessions said bye just before this loop was stopped; those messages go out first.
+    while let Ok(out) = link.outgoing.try_recv() {
+        let _ = publish_signalling(client, &link.topics, &out);
+    }
+    publish_status(client, &link.topics, &Status::offline());
+    let _ = client.try_disconnect();
+    let drain = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// Queues one signalling message for its viewer. The error (the client's queue is full) holds
+/// the whole message, so it comes boxed.
+fn publish_signalling(
+    client: &AsyncClient,
+    topics: &Topics,
+    out: &Outgoing,
+) -> Result<(), Box<ClientError>> {
+    let topic = topics.session_out(&out.sid);
+    client
+        .try_publish(topic, QoS::AtLeastOnce, false, out.message.to_json())
+        .map_err(Box::new)
 }
 
 fn publish(client: &AsyncClient, p: &Publication) {

@@ -4,8 +4,8 @@
 //! network is turned into a [`Inbound`] or a [`ProtocolError`] here, so the rest of rtcam never
 //! sees raw bytes, and this file can be fuzzed and unit-tested on its own.
 
-pub use crate::codec::VideoCodec;
 use super::sdp::{is_mdns_candidate, OfferSummary};
+pub use crate::codec::VideoCodec;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -35,6 +35,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the tables that must list them all (docs, WHEP's statuses).
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::BadSdp,
+        ErrorCode::NoVideoCodec,
+        ErrorCode::TooManySessions,
+        ErrorCode::UnknownSession,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -116,6 +130,12 @@ pub enum Inbound {
     /// relay-only viewer gathers its candidates with them. `token` as for an offer.
     IceServers {
         token: Option<String>,
+    },
+    /// An ICE restart of the running session: the viewer's offer again, with new ICE
+    /// credentials (and candidates). Not a message of the MQTT protocol: WHEP's `PATCH` makes it
+    /// (`signalling::whep::restart_offer`); the reply is an `answer` with rtcam's new ones.
+    Restart {
+        sdp: String,
     },
 }
 
@@ -631,20 +651,8 @@ mod tests {
 
     #[test]
     fn error_codes_are_one_table_with_the_wire_and_the_docs() {
-        use ErrorCode::*;
         let docs = include_str!("../../docs/signalling.md");
-        for code in [
-            BadJson,
-            BadMessage,
-            BadSdp,
-            NoVideoCodec,
-            TooManySessions,
-            UnknownSession,
-            PayloadTooLarge,
-            Unauthorized,
-            RateLimited,
-            Internal,
-        ] {
+        for code in ErrorCode::ALL {
             let wire = serde_json::to_value(code).unwrap();
             assert_eq!(wire, code.as_str(), "serde and as_str disagree");
             assert!(

@@ -159,7 +159,9 @@ mod tests {
         let pcmu_only = format!("{video}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n");
         assert!(!opus(&pcmu_only));
         // Opus listed under video is not audio.
-        assert!(!opus("m=video 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"));
+        assert!(!opus(
+            "m=video 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
     }
 
     #[test]

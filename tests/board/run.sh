@@ -9,7 +9,7 @@
 #
 #   tests/board/run.sh [TARGET...]     default: both targets; BOARD_PROFILE=release for release builds
 #
-# For tests that need more of the board (tests/board_nat.rs), the environment can change it:
+# For tests that need more of the board (tests/it/board_nat.rs), the environment can change it:
 #   BOARD_NET=1            a network card behind qemu's user-mode NAT: the board is 10.0.2.15
 #                          and reaches the host as 10.0.2.2; nothing on the host reaches it
 #   BOARD_CONFIG=FILE      the guest's /etc/rtcam/rtcam.toml (default tests/board/rtcam.toml)

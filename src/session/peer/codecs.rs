@@ -57,7 +57,11 @@ pub(super) fn media_engine(codec: VideoCodec, with_audio: bool) -> Result<MediaE
     match codec {
         VideoCodec::H264 => {
             for (fmtp, payload_type) in H264_FMTPS {
-                register(h264_codec(fmtp, feedback()), payload_type, RtpCodecKind::Video)?;
+                register(
+                    h264_codec(fmtp, feedback()),
+                    payload_type,
+                    RtpCodecKind::Video,
+                )?;
             }
         }
         VideoCodec::Vp8 => register(vp8_codec(feedback()), VP8_PAYLOAD_TYPE, RtpCodecKind::Video)?,
@@ -76,13 +80,18 @@ pub(super) fn video_track_codec(codec: VideoCodec) -> RTCRtpCodec {
 /// The RTCP feedback rtcam asks viewers for on video: REMB (a cap on adaptation's estimate),
 /// FIR and PLI (keyframes), NACK (resends).
 fn feedback() -> Vec<RTCPFeedback> {
-    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
-        .into_iter()
-        .map(|(typ, parameter)| RTCPFeedback {
-            typ: typ.into(),
-            parameter: parameter.into(),
-        })
-        .collect()
+    [
+        ("goog-remb", ""),
+        ("ccm", "fir"),
+        ("nack", ""),
+        ("nack", "pli"),
+    ]
+    .into_iter()
+    .map(|(typ, parameter)| RTCPFeedback {
+        typ: typ.into(),
+        parameter: parameter.into(),
+    })
+    .collect()
 }
 
 pub(super) fn opus_codec() -> RTCRtpCodec {

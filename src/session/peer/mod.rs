@@ -28,7 +28,7 @@ use webrtc::error::Error as WebrtcError;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    PeerConnection, RTCIceCandidateInit, RTCStatsReportEntry, StatsSelector,
+    PeerConnection, RTCIceCandidateInit, RTCSessionDescription, RTCStatsReportEntry, StatsSelector,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -93,7 +93,11 @@ impl SendTrack {
         if let Some(pt) = self.payload_type {
             return Ok(pt);
         }
-        let params = self.sender.get_parameters().await.map_err(PeerError::Setup)?;
+        let params = self
+            .sender
+            .get_parameters()
+            .await
+            .map_err(PeerError::Setup)?;
         let pt = params
             .rtp_parameters
             .codecs
@@ -126,6 +130,31 @@ impl Peer {
             .add_ice_candidate(init)
             .await
             .map_err(PeerError::Offer)
+    }
+
+    /// Renegotiates on the viewer's `offer` with new ICE credentials: the crate restarts ICE
+    /// as the answerer, and the answer (returned) carries rtcam's new credentials. Tracks and
+    /// their SSRCs stay; only the connectivity checks start over.
+    pub async fn restart_ice(&self, offer: &str) -> Result<String, PeerError> {
+        let offer = RTCSessionDescription::offer(offer.to_owned()).map_err(PeerError::Offer)?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(PeerError::Offer)?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(PeerError::Offer)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(PeerError::Setup)?;
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or(PeerError::NoLocalDescription)
     }
 
     /// Waits for the viewer's next PLI or FIR (its decoder lost the picture); pends forever

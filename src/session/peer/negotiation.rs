@@ -61,12 +61,9 @@ impl PeerFactory {
             rtc::crypto::default_provider().map_err(|e| PeerError::Certificate(Box::new(e)))?;
         let params = CertificateParams::new(vec!["rtcam".to_owned()])
             .map_err(|e| PeerError::Certificate(Box::new(e)))?;
-        let certificate = RTCCertificate::generate(
-            provider.crypto(),
-            SignatureScheme::EcdsaP256Sha256,
-            params,
-        )
-        .map_err(PeerError::Setup)?;
+        let certificate =
+            RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+                .map_err(PeerError::Setup)?;
         Ok(Self {
             ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds the lossy-link router VM (tests/common/lossy.rs): Debian's x86_64 kernel, whose
+# Builds the lossy-link router VM (tests/it/common/lossy.rs): Debian's x86_64 kernel, whose
 # sch_netem the host kernel may lack, and a busybox initramfs with that module, `tc` with its
 # libraries and delay distributions, and an init that forwards between its two NICs and runs
 # the lines the host writes to its console.
