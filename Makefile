@@ -14,9 +14,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Runtime and build packages: GStreamer with the plugins rtcam's pipelines use (v4l2 and the
 # JPEG decoder in -good, x264 in -ugly, openh264 in -bad, the clock overlay in -x), and what
-# the Rust crates build against (pkg-config, libclang for the v4l bindings).
+# the Rust crates build against (pkg-config, libclang for the v4l bindings, GStreamer's RTSP
+# server library for the RTSP door).
 BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
-	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
+	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x
 # Tests also run a mosquitto server, headless Chromium and Firefox ESR, check the systemd unit, and boot a
@@ -25,9 +26,10 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # (iproute2, nftables), with coturn as their STUN and TURN server (tests/it/nat.rs); the lossy
 # link (tests/it/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
 # lack, with iproute2's tc copied into its busybox initramfs. `promtool check metrics` checks
-# /metrics (tests/it/metrics.rs); Debian ships promtool in the prometheus package.
+# /metrics (tests/it/metrics.rs); Debian ships promtool in the prometheus package. ffmpeg is an
+# RTSP client nobody here wrote (tests/it/rtsp.rs).
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables coturn \
-	qemu-system-x86 busybox-static cpio kmod binutils prometheus
+	qemu-system-x86 busybox-static cpio kmod binutils prometheus ffmpeg
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \

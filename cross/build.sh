@@ -15,7 +15,7 @@ aarch64-unknown-linux-gnu) arch=arm64 triple=aarch64-linux-gnu ;;
 armv7-unknown-linux-gnueabihf) arch=armhf triple=arm-linux-gnueabihf ;;
 *) echo "cross/build.sh: unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 2 ;;
 esac
-cross/debs.sh "$arch" "target/cross/$arch" libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+cross/debs.sh "$arch" "target/cross/$arch" libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
 sysroot=$PWD/target/cross/$arch/root
 t=${target//-/_}
 tu=${t^^}

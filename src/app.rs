@@ -1,10 +1,11 @@
 //! Wiring: starts every part in order, and stops them in the reverse order.
 //!
-//! Start: TURN settings check → broker (if embedded) → HTTP listeners → media → control plane
-//! → session manager → HTTP server → MQTT client. Each step is a function below that takes what
-//! the steps before it made, and the stop token of its part.
-//! Stop: sessions say bye and close → media pipeline to NULL → retained offline status and MQTT
-//! disconnect → HTTP server.
+//! Start: TURN settings check → broker (if embedded) → HTTP listeners → media → RTSP door (if
+//! on) → control plane → session manager → HTTP server → MQTT client. Each step is a function
+//! below that takes what the steps before it made, and the stop token of its part; the steps
+//! that can fail come before the first task of the long-lived ones.
+//! Stop: sessions say bye and close → RTSP door → media pipeline to NULL → retained offline
+//! status and MQTT disconnect → HTTP server.
 
 mod doors;
 mod embedded;
@@ -15,6 +16,7 @@ use crate::auth::Authority;
 use crate::config::{Config, ConfigError, EncoderConfig, Origin, ViewerCommands};
 use crate::control::exec::{Controller, Requester};
 use crate::control::{ha, telemetry};
+use crate::gate::users::Users;
 use crate::gate::ClientRights;
 use crate::health::Heartbeat;
 use crate::http;
@@ -60,6 +62,8 @@ pub struct App {
     http_task: JoinHandle<()>,
     status_task: JoinHandle<()>,
     control_tasks: Vec<JoinHandle<()>>,
+    /// The RTSP door, with `[rtsp] enabled`.
+    rtsp: Option<crate::rtsp::RtspDoor>,
 }
 
 /// Each part has its own token so shutdown can stop them in order.
@@ -92,6 +96,7 @@ impl App {
         )?;
         let factory = Arc::new(PeerFactory::new(&config.webrtc, ice_servers.clone())?);
         let (shared, ends) = Shared::new(media, ice_servers);
+        let rtsp = start_rtsp(&config, &shared, device.authority.clone())?;
 
         let control = start_control(
             &config,
@@ -112,11 +117,7 @@ impl App {
             },
             stops.sessions.clone(),
         );
-        let status_task = tokio::spawn(track_status(
-            shared.media.info(),
-            shared.viewers.clone(),
-            ends.status,
-        ));
+        let status_task = start_status(&shared, ends.status);
         let (http_addr, https) = (listeners.http_addr, listeners.https_info.clone());
         let http_task = serve_http(
             &config,
@@ -154,7 +155,13 @@ impl App {
             http_task,
             status_task,
             control_tasks: control.tasks,
+            rtsp,
         })
+    }
+
+    /// Where the RTSP door listens, with `[rtsp] enabled`.
+    pub fn rtsp_addr(&self) -> Option<SocketAddr> {
+        self.rtsp.as_ref().map(|r| r.addr)
     }
 
     pub fn device_id(&self) -> &str {
@@ -210,7 +217,8 @@ impl App {
         &self.controller
     }
 
-    /// Stops in order: sessions (each viewer gets a bye), media, MQTT (offline status), HTTP.
+    /// Stops in order: sessions (each viewer gets a bye), the RTSP door, media, MQTT (offline
+    /// status), HTTP.
     pub async fn stop(self) {
         self.stops.control.cancel();
         for t in self.control_tasks {
@@ -218,6 +226,9 @@ impl App {
         }
         self.stops.sessions.cancel();
         let _ = self.sessions_task.await;
+        if let Some(rtsp) = self.rtsp {
+            let _ = tokio::task::spawn_blocking(move || rtsp.stop()).await;
+        }
         self.stops.media.cancel();
         let _ = self.media_task.await;
         self.status_task.abort();
@@ -421,6 +432,32 @@ impl Shared {
         };
         (shared, ends)
     }
+}
+
+/// The RTSP door, with `[rtsp] enabled`: logins asked for when tokens or broker users are
+/// configured (a viewer token, or a users-file user), else open, which it logs. Its clients
+/// join the session manager through `shared`'s handle, which queues them until it runs.
+fn start_rtsp(
+    config: &Config,
+    shared: &Shared,
+    authority: Option<Authority>,
+) -> anyhow::Result<Option<crate::rtsp::RtspDoor>> {
+    if !config.rtsp.enabled {
+        return Ok(None);
+    }
+    let users = if config.mqtt.users_file.is_empty() {
+        Users::default()
+    } else {
+        Users::load(std::path::Path::new(&config.mqtt.users_file))?
+    };
+    let logins = (authority.is_some() || !users.is_empty())
+        .then_some(crate::rtsp::Logins { authority, users });
+    let parts = crate::rtsp::Parts {
+        media: shared.media.clone(),
+        sessions: shared.sessions.clone(),
+        logins,
+    };
+    Ok(Some(crate::rtsp::start(&config.rtsp, parts)?))
 }
 
 /// The running control plane.
@@ -657,6 +694,15 @@ fn online_status(info: &media::MediaInfo, viewers: usize) -> Status {
         pipeline_restarts: Some(info.restarts),
         last_error: info.last_error.clone(),
     }
+}
+
+/// Keeps the status rtcam publishes current with the media pipeline and the viewer count.
+fn start_status(shared: &Shared, status: watch::Sender<Status>) -> JoinHandle<()> {
+    tokio::spawn(track_status(
+        shared.media.info(),
+        shared.viewers.clone(),
+        status,
+    ))
 }
 
 async fn track_status(

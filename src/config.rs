@@ -119,6 +119,56 @@ pub struct Config {
     pub control: ControlConfig,
     pub auth: AuthConfig,
     pub audio: AudioConfig,
+    pub rtsp: RtspConfig,
+}
+
+/// The RTSP door (`rtsp://BOARD:8554/live`) for NVRs, VLC, ffmpeg and media servers: the same
+/// encoded H.264 (and Opus) the WebRTC viewers get, never a second encoder. Off unless
+/// `enabled`: it opens a port on the network that speaks a protocol without encryption.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspConfig {
+    /// Serve the stream over RTSP.
+    pub enabled: bool,
+    /// Where the RTSP server listens (TCP; RTP over UDP uses ports the client and server agree
+    /// on in SETUP, or the same TCP connection, interleaved).
+    pub listen: SocketAddr,
+    /// The stream's path: `rtsp://BOARD:PORT/PATH`.
+    pub path: String,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8554)),
+            path: "live".into(),
+        }
+    }
+}
+
+impl RtspConfig {
+    fn validate(&self) -> Checked {
+        let ok = !self.path.is_empty()
+            && self
+                .path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b))
+            && !self.path.starts_with('/')
+            && !self.path.ends_with('/')
+            && !self.path.contains("//");
+        if !ok {
+            return Err((
+                "rtsp.path",
+                format!(
+                    "{:?} is not a stream path: use letters, digits and - _ . ~, with / between \
+                     parts (as in \"live\" or \"cam/front\")",
+                    self.path
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Sound: a microphone sent to every viewer (Opus), and optionally a viewer's microphone
@@ -975,6 +1025,7 @@ impl Config {
         self.webrtc.validate_limits()?;
         self.audio.validate()?;
         self.http.validate()?;
+        self.rtsp.validate()?;
         self.webrtc.validate_turn()
     }
 
@@ -1201,6 +1252,27 @@ mod tests {
         // Every key of the example is still there to uncomment.
         let keys = |t: &str| t.lines().filter(|l| l.contains(" = ")).count();
         assert_eq!(keys(&text), keys(EXAMPLE));
+    }
+
+    #[test]
+    fn rtsp_is_off_by_default_and_its_path_checked() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert!(!c.rtsp.enabled);
+        assert_eq!(c.rtsp.listen, SocketAddr::from(([0, 0, 0, 0], 8554)));
+        assert_eq!(c.rtsp.path, "live");
+        let c = Config::parse(
+            "[rtsp]\nenabled = true\npath = \"cam/front\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.rtsp.enabled && c.rtsp.path == "cam/front");
+        for path in ["", "/live", "live/", "a//b", "li ve", "live?x=1"] {
+            let text = format!("[rtsp]\npath = {path:?}\n");
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("x.toml: rtsp.path:"), "{err}");
+        }
     }
 
     #[test]

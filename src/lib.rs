@@ -23,6 +23,7 @@ pub mod logging;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod rtsp;
 pub mod service;
 pub mod session;
 pub mod signalling;

@@ -26,6 +26,8 @@ pub struct Rtcam {
     pub root: String,
     /// The viewer page, for the browser benchmark.
     pub page_url: String,
+    /// The RTSP door (on loopback, open), for media servers pulling rtcam's stream.
+    pub rtsp_url: String,
     /// Process start → retained `{"state":"online"}` seen by a client of its broker.
     pub start_to_ready: Duration,
     _dir: TempDir,
@@ -57,6 +59,7 @@ impl Rtcam {
         let dir = TempDir(dir);
         let port = free_port()?;
         let http_port = free_port()?;
+        let rtsp_port = free_port()?;
         let config = format!(
             r#"[device]
 id = "bench"
@@ -83,6 +86,10 @@ udp_addrs = ["127.0.0.1"]
 offers_per_second = 100
 [control]
 ha_discovery = false
+# Idle until a client plays: a GLib thread waiting, nothing on the figures without one.
+[rtsp]
+enabled = true
+listen = "127.0.0.1:{rtsp_port}"
 "#,
             v5 = free_port()?,
             http_port = http_port,
@@ -92,6 +99,7 @@ ha_discovery = false
             kbps = setup.bitrate_kbps,
             max = setup.max_sessions,
             idle_stop = IDLE_STOP_SECS,
+            rtsp_port = rtsp_port,
         );
         let path = dir.0.join("rtcam.toml");
         std::fs::write(&path, config)?;
@@ -113,6 +121,7 @@ ha_discovery = false
             broker: ("127.0.0.1".into(), port),
             root,
             page_url: format!("http://127.0.0.1:{http_port}/"),
+            rtsp_url: format!("rtsp://127.0.0.1:{rtsp_port}/live"),
             start_to_ready: Duration::ZERO,
             _dir: dir,
         };
@@ -140,6 +149,33 @@ ha_discovery = false
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The viewer count in rtcam's retained status (WebRTC and RTSP viewers alike).
+pub async fn viewers(port: u16, root: &str) -> Result<u64> {
+    let mut opts = MqttOptions::new(
+        format!("bench-viewers-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(format!("{root}/status"), QoS::AtLeastOnce)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .map_err(|_| anyhow!("no status from rtcam in 5 s"))??;
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+            let _ = client.disconnect().await;
+            return v["viewers"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("status without viewers: {v}"));
+        }
     }
 }
 

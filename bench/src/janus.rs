@@ -3,6 +3,9 @@
 //! the same x264enc settings as rtcam (`src/media/encoder.rs`). The feeder is its own process,
 //! so Janus's CPU is the fan-out alone; compare per added viewer, where rtcam's encoder cost
 //! cancels out too.
+//!
+//! [`Janus::pulling`] is the scale-out recipe of docs/scale-out.md instead: an `rtsp`
+//! mountpoint pulling rtcam's RTSP door, no feeder, so N Janus viewers cost rtcam one client.
 
 use anyhow::{bail, Context, Result};
 use std::net::TcpListener;
@@ -14,14 +17,15 @@ pub const MOUNTPOINT: u64 = 10;
 
 pub struct Janus {
     janus: Child,
-    feeder: Child,
+    /// The gst-launch feeder of the RTP mountpoint; none when Janus pulls rtcam's RTSP.
+    feeder: Option<Child>,
     pub base: String,
     dir: PathBuf,
 }
 
 /// Janus's configuration in `dir`: the streaming plugin and HTTP transport only, the HTTP API
-/// on `http_port`, one H.264 mountpoint taking RTP on `rtp_port`.
-fn write_config(dir: &std::path::Path, lib: &str, http_port: u16, rtp_port: u16) -> Result<()> {
+/// on `http_port`, the streaming plugin's one `mountpoint` (a jcfg block).
+fn write_config(dir: &std::path::Path, lib: &str, http_port: u16, mountpoint: &str) -> Result<()> {
     std::fs::write(
         dir.join("janus.jcfg"),
         format!(
@@ -51,9 +55,20 @@ events: {{ broadcast = false }}
     )?;
     std::fs::write(
         dir.join("janus.plugin.streaming.jcfg"),
-        format!(
-            r#"general: {{ }}
-bench: {{
+        format!("general: {{ }}\n{mountpoint}"),
+    )?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Janus {
+    pub fn start(width: u32, height: u32, fps: u32, kbps: u32) -> Result<Janus> {
+        let rtp_port = free_port()?;
+        let mountpoint = format!(
+            r#"bench: {{
 type = "rtp"
 id = {MOUNTPOINT}
 description = "rtcam-bench"
@@ -65,43 +80,8 @@ videocodec = "h264"
 videofmtp = "profile-level-id=42e01f;packetization-mode=1"
 }}
 "#
-        ),
-    )?;
-    Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Janus {
-    pub fn start(width: u32, height: u32, fps: u32, kbps: u32) -> Result<Janus> {
-        let dir = std::env::temp_dir().join(format!("rtcam-bench-janus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let http_port = free_port()?;
-        let rtp_port = free_port()?;
-        let lib = "/usr/lib/x86_64-linux-gnu/janus";
-        let lib = if std::path::Path::new(lib).exists() {
-            lib.to_string()
-        } else {
-            // Other architectures (a board) keep Janus under their own triplet.
-            let triplet = Command::new("gcc").arg("-print-multiarch").output()?.stdout;
-            format!("/usr/lib/{}/janus", String::from_utf8(triplet)?.trim())
-        };
-        write_config(&dir, &lib, http_port, rtp_port)?;
-        let janus = Command::new("janus")
-            .arg("-C")
-            .arg(dir.join("janus.jcfg"))
-            .arg("-F")
-            .arg(&dir)
-            .arg("-L")
-            .arg(dir.join("janus.log"))
-            .arg("-N")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting janus (apt-get install janus)")?;
+        );
+        let (janus, base, dir) = launch(&mountpoint)?;
         // The same pattern and encoder settings as rtcam's test source with x264enc.
         let feeder = Command::new("gst-launch-1.0")
             .arg("-q")
@@ -123,23 +103,40 @@ impl Janus {
             .context("starting gst-launch-1.0")?;
         let mut j = Janus {
             janus,
-            feeder,
-            base: format!("http://127.0.0.1:{http_port}/janus"),
+            feeder: Some(feeder),
+            base,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-            if let Ok(Some(status)) = j.janus.try_wait() {
-                bail!(
-                    "janus exited ({status}); see its log:\n{}",
-                    std::fs::read_to_string(j.dir.join("janus.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("janus's HTTP API did not come up in 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        j.wait_http()?;
+        Ok(j)
+    }
+
+    /// Janus with one `rtsp` mountpoint pulling `url` (rtcam's RTSP door), as
+    /// docs/scale-out.md configures it.
+    pub fn pulling(url: &str) -> Result<Janus> {
+        let mountpoint = format!(
+            r#"bench: {{
+type = "rtsp"
+id = {MOUNTPOINT}
+description = "rtcam over RTSP"
+url = "{url}"
+video = true
+audio = false
+rtsp_reconnect_delay = 5
+rtsp_session_timeout = 0
+rtsp_timeout = 10
+rtsp_conn_timeout = 5
+}}
+"#
+        );
+        let (janus, base, dir) = launch(&mountpoint)?;
+        let mut j = Janus {
+            janus,
+            feeder: None,
+            base,
+            dir,
+        };
+        j.wait_http()?;
         Ok(j)
     }
 
@@ -147,15 +144,72 @@ impl Janus {
         self.janus.id()
     }
 
-    pub fn feeder_pid(&self) -> u32 {
-        self.feeder.id()
+    pub fn feeder_pid(&self) -> Option<u32> {
+        self.feeder.as_ref().map(Child::id)
     }
+
+    /// Waits until Janus's HTTP API answers (or Janus exits: its log in the error).
+    fn wait_http(&mut self) -> Result<()> {
+        let port: u16 = self
+            .base
+            .trim_start_matches("http://127.0.0.1:")
+            .trim_end_matches("/janus")
+            .parse()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.janus.try_wait() {
+                bail!(
+                    "janus exited ({status}); see its log:\n{}",
+                    std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("janus's HTTP API did not come up in 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// Writes Janus's configuration with `mountpoint` ([`write_config`], the HTTP transport on a
+/// free port) into a directory of its own and starts Janus: the process, its API base, the
+/// directory.
+fn launch(mountpoint: &str) -> Result<(Child, String, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("rtcam-bench-janus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let http_port = free_port()?;
+    let lib = "/usr/lib/x86_64-linux-gnu/janus";
+    let lib = if std::path::Path::new(lib).exists() {
+        lib.to_string()
+    } else {
+        // Other architectures (a board) keep Janus under their own triplet.
+        let triplet = Command::new("gcc").arg("-print-multiarch").output()?.stdout;
+        format!("/usr/lib/{}/janus", String::from_utf8(triplet)?.trim())
+    };
+    write_config(&dir, &lib, http_port, mountpoint)?;
+    let janus = Command::new("janus")
+        .arg("-C")
+        .arg(dir.join("janus.jcfg"))
+        .arg("-F")
+        .arg(&dir)
+        .arg("-L")
+        .arg(dir.join("janus.log"))
+        .arg("-N")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting janus (apt-get install janus)")?;
+    Ok((janus, format!("http://127.0.0.1:{http_port}/janus"), dir))
 }
 
 impl Drop for Janus {
     fn drop(&mut self) {
-        let _ = self.feeder.kill();
-        let _ = self.feeder.wait();
+        if let Some(feeder) = &mut self.feeder {
+            let _ = feeder.kill();
+            let _ = feeder.wait();
+        }
         let _ = self.janus.kill();
         let _ = self.janus.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -126,7 +126,8 @@ fn smoke_checks(r: &Results) -> Result<()> {
     if r.latencies_ms.is_empty() {
         bail!("smoke: no latency stamp read back");
     }
-    if r.fanout.iter().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
+    let rows = r.fanout.iter().chain(&r.janus_rtsp_fanout);
+    if rows.clone().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
         bail!("smoke: a fan-out viewer received no frames");
     }
     eprintln!("smoke: ok");
@@ -198,6 +199,9 @@ async fn run(args: &Args) -> Result<Results> {
         let row = fanout(&target, n, args.window, cam.pid()).await?;
         results.fanout.push(row);
     }
+    if args.janus {
+        janus_pulls_rtsp(&cam, args, &mut results).await?;
+    }
     cam.stop();
 
     if args.janus {
@@ -211,12 +215,48 @@ async fn run(args: &Args) -> Result<Results> {
             let row = fanout(&target, n, args.window, j.pid()).await?;
             results.janus_fanout.push(row);
         }
-        let a = ProcSample::read(j.feeder_pid())?;
-        tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
-        results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(j.feeder_pid())?));
+        if let Some(feeder) = j.feeder_pid() {
+            let a = ProcSample::read(feeder)?;
+            tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
+            results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(feeder)?));
+        }
     }
     results.load_end = report::loadavg();
     Ok(results)
+}
+
+/// The scale-out recipe (docs/scale-out.md): Janus's streaming plugin pulls rtcam's RTSP door
+/// and the fan-out viewers watch through Janus. Each row is rtcam's CPU and memory; rtcam must
+/// serve exactly one client (Janus) whatever the number of viewers, or the run fails.
+async fn janus_pulls_rtsp(cam: &Rtcam, args: &Args, results: &mut Results) -> Result<()> {
+    let j = janus::Janus::pulling(&cam.rtsp_url)?;
+    // Janus connects on start; let the first keyframe reach the mountpoint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for &n in &args.viewers {
+        let target = Target::Janus {
+            base: j.base.clone(),
+        };
+        let row = fanout_checking(&target, n, args.window, cam).await?;
+        results.janus_rtsp_fanout.push(row);
+    }
+    Ok(())
+}
+
+/// [`fanout`] of rtcam's CPU, with rtcam's own viewer count read while the viewers watch.
+async fn fanout_checking(target: &Target, n: usize, window: u64, cam: &Rtcam) -> Result<FanoutRow> {
+    let (port, root) = (cam.broker.1, cam.root.clone());
+    let watcher = tokio::spawn(async move {
+        // Read once the viewers are in: after their first frames and the settling pause.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        daemon::viewers(port, &root).await
+    });
+    let row = fanout(target, n, window, cam.pid()).await?;
+    let viewers = watcher.await??;
+    eprintln!("fan-out {n} through Janus: rtcam serves {viewers} viewer(s)");
+    if viewers != 1 {
+        bail!("Janus pulling RTSP with {n} viewers: rtcam serves {viewers} viewers, not 1");
+    }
+    Ok(row)
 }
 
 /// Runs the connects concurrently, as viewers arriving together would.
@@ -237,7 +277,6 @@ where
     out
 }
 
-/// What the fan-out viewers watch.
 /// Time to first frame by stage, cold then warm.
 async fn time_to_first_frame(
     broker: (&str, u16),
@@ -306,6 +345,7 @@ async fn glass_to_glass(broker: (&str, u16), root: &str, secs: u64) -> Result<(V
     ))
 }
 
+/// What the fan-out viewers watch.
 enum Target {
     Rtcam {
         host: String,

@@ -57,6 +57,9 @@ pub struct Results {
     pub janus_fanout: Vec<FanoutRow>,
     /// The gst-launch feeder's CPU (Janus's "encoder"), for comparing totals.
     pub janus_feeder_cpu: Option<f64>,
+    /// Janus pulling rtcam's RTSP door, the viewers watching through Janus: rtcam's CPU (one
+    /// RTSP client whatever the row's viewer count).
+    pub janus_rtsp_fanout: Vec<FanoutRow>,
 }
 
 impl Results {
@@ -83,6 +86,7 @@ impl Results {
             fanout: Vec::new(),
             janus_fanout: Vec::new(),
             janus_feeder_cpu: None,
+            janus_rtsp_fanout: Vec::new(),
         }
     }
 
@@ -203,6 +207,7 @@ pub fn tables(r: &Results) -> String {
     s += &time_to_first_frame(r);
     s += &glass_to_glass(r);
     s += &fan_out(r);
+    s += &scale_out(r);
     s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
     s
 }
@@ -348,7 +353,7 @@ fn glass_to_glass(r: &Results) -> String {
     s
 }
 
-/// CPU, memory, frame rate and loss as viewers are added; Janus beside.
+/// CPU, memory, frame rate and loss as viewers are added; Janus beside (fed its own stream).
 fn fan_out(r: &Results) -> String {
     let mut s = String::new();
     s += "### Fan-out\n\n\
@@ -379,6 +384,23 @@ fn fan_out(r: &Results) -> String {
             if b > 0.0 {
                 s += &format!("\n**CPU per added viewer, rtcam ÷ Janus: {:.2}**\n", a / b);
             }
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// rtcam's CPU and memory while Janus pulls its RTSP door and the viewers watch through Janus.
+fn scale_out(r: &Results) -> String {
+    let mut s = String::new();
+    if !r.janus_rtsp_fanout.is_empty() {
+        s += "#### Scale-out: Janus pulling rtcam's RTSP door\n\n\
+              The recipe of docs/scale-out.md: Janus's streaming plugin pulls \
+              `rtsp://…/live` from rtcam (one RTSP client, checked in rtcam's status at each row) \
+              and the same viewers watch through Janus. The CPU and memory are rtcam's.\n\n";
+        s += &fanout_table("rtcam", &r.janus_rtsp_fanout);
+        if let Some(slope) = Results::cpu_per_viewer(&r.janus_rtsp_fanout) {
+            s += &format!("\nrtcam CPU per added viewer through Janus: {slope:.2} % of a core.\n");
         }
         s += "\n";
     }

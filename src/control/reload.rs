@@ -113,6 +113,8 @@ pub static KEYS: &[Key] = &[
     key!(control, Restart),
     // The page's config and every session's negotiation depend on it.
     key!(audio, Restart),
+    // The RTSP server binds and mounts its stream once, at start.
+    key!(rtsp, Restart),
     // Whether tokens are asked for at all is decided by the gate, the HTTP doors and the
     // session manager when they start.
     Key {

@@ -6,13 +6,12 @@ use super::peer::{self, PeerFactory};
 use super::stats::{info_of, SessionInfo, SessionStats};
 use super::table::{Action, Generation, Label, SessionTable};
 use super::viewer::{FromViewer, SessionInput, Viewer, ViewerNote};
-use super::{admit, per_address_cap, Grants, ManagerRequest};
+use super::{admit, per_address_cap, Grants, Joined, ManagerRequest};
 use crate::auth::Right;
 use crate::media::Media;
 use crate::signalling::protocol::{ErrorCode, IceServer, Inbound, Outbound, ProtocolError};
 use crate::signalling::sdp::OfferSummary;
-use crate::signalling::whep::Transport;
-use crate::signalling::{Outgoing, SignalEvent};
+use crate::signalling::{Outgoing, SignalEvent, Transport};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -179,7 +178,36 @@ impl SessionManager {
                 };
                 let _ = reply.send(found);
             }
+            ManagerRequest::Join { transport, reply } => {
+                let _ = reply.send(self.join(live, transport));
+            }
         }
+    }
+
+    /// Gives a viewer of another door a slot: in the table (limits), and among the running
+    /// sessions with an input queue whose only message is its end.
+    fn join(&mut self, live: &mut Live, transport: Transport) -> Result<Joined, ProtocolError> {
+        let (key, generation) = self.table.join_outside(transport)?;
+        let label = Label::of(generation);
+        tracing::info!(session = %label, transport = transport.as_str(), "new session");
+        let (input, input_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(SessionStats::new(crate::codec::VideoCodec::H264, transport));
+        live.running.insert(
+            key.clone(),
+            Running {
+                generation,
+                input,
+                stats: stats.clone(),
+            },
+        );
+        Ok(Joined {
+            label,
+            stats,
+            key,
+            generation,
+            input: input_rx,
+            notes: live.notes.clone(),
+        })
     }
 
     fn on_note(&mut self, live: &mut Live, from: FromViewer) {

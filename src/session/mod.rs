@@ -18,9 +18,13 @@ pub use manager::{OpenedChannel, SessionManager};
 pub use stats::{SessionInfo, SessionStats};
 
 use crate::auth::{Authority, Right, TokenError};
+use crate::signalling::protocol::{ErrorCode, ProtocolError};
+use crate::signalling::Transport;
+use std::sync::Arc;
 use std::time::SystemTime;
-use table::Label;
+use table::{Generation, Label};
 use tokio::sync::{mpsc, oneshot};
+use viewer::{FromViewer, SessionInput, ViewerNote};
 
 /// What a viewer may do beyond watching, decided once from the token of its offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +83,49 @@ pub enum ManagerRequest {
         reason: String,
         reply: oneshot::Sender<bool>,
     },
+    /// A viewer of another door (RTSP) asks for a slot.
+    Join {
+        transport: Transport,
+        reply: oneshot::Sender<Result<Joined, ProtocolError>>,
+    },
+}
+
+/// A viewer of another door (RTSP) holding its slot in the session table: counted in status
+/// and `/metrics`, listed by `sessions` (with its transport), against `max_sessions`. Its door
+/// serves it; the manager only counts it, and may end it (`kick`, shutdown): [`Joined::ended`].
+/// Dropping it gives the slot back.
+#[derive(Debug)]
+pub struct Joined {
+    pub label: Label,
+    /// What `sessions` shows for it; its door writes the figures it knows.
+    pub stats: Arc<SessionStats>,
+    key: String,
+    generation: Generation,
+    input: mpsc::UnboundedReceiver<SessionInput>,
+    notes: mpsc::UnboundedSender<FromViewer>,
+}
+
+impl Joined {
+    /// Waits until the manager ends this viewer; the reason. Cancel-safe (mpsc `recv`).
+    pub async fn ended(&mut self) -> String {
+        loop {
+            match self.input.recv().await {
+                Some(SessionInput::End { reason, .. }) => return reason,
+                Some(_) => continue,
+                None => return "camera shutting down".into(),
+            }
+        }
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let _ = self.notes.send(FromViewer {
+            sid: std::mem::take(&mut self.key),
+            generation: self.generation,
+            note: ViewerNote::Ended,
+        });
+    }
 }
 
 /// The control plane's handle on the sessions.
@@ -98,6 +145,22 @@ impl Sessions {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// A slot for a viewer of another door ([`Transport::Rtsp`]), or why there is none
+    /// (`too_many_sessions`, or the camera shutting down).
+    pub async fn join(&self, transport: Transport) -> Result<Joined, ProtocolError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || ProtocolError::new(ErrorCode::Internal, "The camera is shutting down.");
+        if self
+            .requests
+            .send(ManagerRequest::Join { transport, reply })
+            .await
+            .is_err()
+        {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// Ends the session labelled `label`, telling its viewer `reason`. False if there is no

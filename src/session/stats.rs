@@ -25,8 +25,9 @@ pub struct SessionStats {
     pub bitrate_kbps: AtomicU64,
     /// What the viewer receives, decided from its offer.
     pub codec: crate::codec::VideoCodec,
-    /// The door the viewer came through.
-    pub transport: crate::signalling::whep::Transport,
+    /// The door the viewer came through: MQTT or WHEP signalling, or RTSP for a viewer the
+    /// session manager only counts ([`super::Sessions::join`]).
+    pub transport: crate::signalling::Transport,
     /// Bitrate adaptation's estimate of what this viewer can take; 0 until it has one.
     pub estimate_kbps: AtomicU64,
     /// Loss in the viewer's receiver reports over the last stats interval (packets lost for good
@@ -43,7 +44,7 @@ pub struct SessionStats {
 impl SessionStats {
     pub(super) fn new(
         codec: crate::codec::VideoCodec,
-        transport: crate::signalling::whep::Transport,
+        transport: crate::signalling::Transport,
     ) -> Self {
         Self {
             codec,
@@ -74,7 +75,8 @@ pub struct SessionInfo {
     pub state: &'static str,
     pub duration_secs: u64,
     pub codec: &'static str,
-    /// How the viewer signals: `mqtt` (the page, MQTT clients) or `whep`.
+    /// The door the viewer came through: `mqtt` (a WebRTC viewer signalling over MQTT: the
+    /// page, MQTT clients), `whep`, or `rtsp`.
     pub transport: &'static str,
     pub bitrate_kbps: u64,
     pub frames_sent: u64,

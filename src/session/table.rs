@@ -7,6 +7,7 @@ use crate::signalling::protocol::{
     self, Candidate, ErrorCode, Inbound, Outbound, ProtocolError, VideoCodec,
 };
 use crate::signalling::sdp::OfferSummary;
+use crate::signalling::Transport;
 use crate::util::RateLimiter;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -317,6 +318,42 @@ impl SessionTable {
         vec![Action::SendIceServers]
     }
 
+    /// A viewer of another door (`transport`: RTSP) takes a slot: it counts against
+    /// `max_sessions` like a WebRTC session, and leaves through [`SessionTable::on_ended`] with
+    /// the key returned ([`Transport::key`]). The key holds a `/`, which no MQTT sid (a topic
+    /// level) nor WHEP sid can, so it never meets a WebRTC viewer's session.
+    pub fn join_outside(
+        &mut self,
+        transport: Transport,
+    ) -> Result<(String, Generation), ProtocolError> {
+        if self.closing {
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                "The camera is shutting down; try again in a moment.",
+            ));
+        }
+        if self.live.len() >= self.limits.max_sessions {
+            return Err(ProtocolError::new(
+                ErrorCode::TooManySessions,
+                format!(
+                    "The camera is already serving its maximum of {} viewers; try again later.",
+                    self.limits.max_sessions
+                ),
+            ));
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let key = transport.key(generation);
+        self.live.insert(
+            key.clone(),
+            Live {
+                generation,
+                candidates: 0,
+            },
+        );
+        Ok((key, generation))
+    }
+
     /// A session ended on its own (ICE failure, timeout). Returns whether it was still current.
     pub fn on_ended(&mut self, sid: &str, generation: Generation) -> bool {
         if self
@@ -353,6 +390,28 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn viewers_of_other_doors_share_the_slots() {
+        let mut t = table(2);
+        let (key, generation) = t.join_outside(Transport::Rtsp).unwrap();
+        assert!(key.starts_with("rtsp/") && t.len() == 1);
+        assert_eq!(Transport::of_sid(&key), Transport::Rtsp);
+        let (other, _) = t.join_outside(Transport::Rtsp).unwrap();
+        let refused = t.join_outside(Transport::Rtsp).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::TooManySessions);
+        assert!(t.on_ended(&key, generation));
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.close_all("bye").len(),
+            1,
+            "{other} is ended with the rest"
+        );
+        assert_eq!(
+            t.join_outside(Transport::Rtsp).unwrap_err().code,
+            ErrorCode::Internal
+        );
+    }
 
     fn table(max_sessions: usize) -> SessionTable {
         SessionTable::new(Limits {

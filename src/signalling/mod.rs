@@ -14,7 +14,6 @@ pub mod whep;
 
 use protocol::{Inbound, Outbound, ProtocolError};
 use tokio::sync::mpsc;
-use whep::Transport;
 
 /// One message from one viewer, already parsed (or refused with the reason to send back).
 #[derive(Debug)]
@@ -30,6 +29,46 @@ pub struct Outgoing {
     pub message: Outbound,
 }
 
+/// Which door a session came through; shown in `sessions` and telemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebRTC viewer signalling over MQTT (the page, MQTT clients).
+    Mqtt,
+    /// A WebRTC viewer signalling over WHEP (HTTP).
+    Whep,
+    /// A client of the RTSP door, which the session manager only counts.
+    Rtsp,
+}
+
+impl Transport {
+    /// The transport of the session keyed `sid`. A WHEP viewer's sid starts with
+    /// [`whep::SID_PREFIX`], an RTSP client's key with `rtsp/` ([`Transport::key`]); an MQTT
+    /// viewer's sid holds neither a `.` nor a `/` ([`protocol::is_valid_sid`]).
+    pub fn of_sid(sid: &str) -> Transport {
+        if sid.starts_with(whep::SID_PREFIX) {
+            Transport::Whep
+        } else if sid.starts_with("rtsp/") {
+            Transport::Rtsp
+        } else {
+            Transport::Mqtt
+        }
+    }
+
+    /// The session table's key for the viewer of a door without signalling (RTSP) that holds
+    /// session `generation`.
+    pub fn key(self, generation: u64) -> String {
+        format!("{}/{generation}", self.as_str())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Whep => "whep",
+            Transport::Rtsp => "rtsp",
+        }
+    }
+}
+
 /// Hands each of the session manager's messages to the transport of its viewer (by its sid,
 /// [`Transport::of_sid`]) until the manager is gone. A transport that has stopped loses its
 /// messages; the other carries on.
@@ -42,6 +81,9 @@ pub async fn route(
         let to = match Transport::of_sid(&out.sid) {
             Transport::Mqtt => &mqtt,
             Transport::Whep => &whep,
+            // The RTSP door has no signalling: the manager ends its clients through their
+            // own queue (`session::Joined`).
+            Transport::Rtsp => continue,
         };
         let _ = to.send(out).await;
     }

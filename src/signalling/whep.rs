@@ -22,30 +22,6 @@ pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 /// The path of the WHEP endpoint; session resources are below it.
 pub const ENDPOINT: &str = "/whep";
 
-/// Which door a session came through; shown in `sessions` and telemetry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Mqtt,
-    Whep,
-}
-
-impl Transport {
-    pub fn of_sid(sid: &str) -> Transport {
-        if sid.starts_with(SID_PREFIX) {
-            Transport::Whep
-        } else {
-            Transport::Mqtt
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Mqtt => "mqtt",
-            Transport::Whep => "whep",
-        }
-    }
-}
-
 /// The sid of the session a resource id names.
 pub fn sid_of(resource: &str) -> String {
     format!("{SID_PREFIX}{resource}")
@@ -320,6 +296,7 @@ pub fn cors(origin: Option<&str>, same_origin: bool, tokens_required: bool) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signalling::Transport;
 
     #[test]
     fn whep_sids_are_apart_from_every_mqtt_sid() {

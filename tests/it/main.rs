@@ -34,6 +34,7 @@ mod limits;
 mod lossy;
 mod metrics;
 mod nat;
+mod rtsp;
 mod service;
 mod soak;
 mod stream;
