@@ -27,9 +27,10 @@ BUILD_PKGS := build-essential pkg-config libclang-dev curl ca-certificates \
 # link (tests/it/lossy.rs) is a router VM from the same kernel, whose sch_netem the host may
 # lack, with iproute2's tc copied into its busybox initramfs. `promtool check metrics` checks
 # /metrics (tests/it/metrics.rs); Debian ships promtool in the prometheus package. ffmpeg is an
-# RTSP client nobody here wrote (tests/it/rtsp.rs).
+# RTSP client nobody here wrote (tests/it/rtsp.rs); Janus's streaming plugin pulls that door and
+# fans it out in the benchmark harness's smoke run.
 TEST_PKGS := $(BUILD_PKGS) mosquitto mosquitto-clients chromium firefox-esr systemd iproute2 nftables coturn \
-	qemu-system-x86 busybox-static cpio kmod binutils prometheus ffmpeg
+	qemu-system-x86 busybox-static cpio kmod binutils prometheus janus ffmpeg
 # Cross-building for boards (docs/boards.md): Debian's cross compilers and the target's C
 # library and kernel headers; packaging checks; the emulated board (qemu, cpio, depmod).
 CROSS_PKGS := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
@@ -71,9 +72,11 @@ test-deps:
 	@# and the demo's embedded broker wants port 1883, so the packaged service stays off.
 	@if [ -d /run/systemd/system ] && systemctl is-active -q mosquitto 2>/dev/null; then \
 		$(SUDO) systemctl disable --now mosquitto; fi
-	@# The prometheus package is there for promtool; its server is not needed.
-	@if [ -d /run/systemd/system ] && systemctl is-active -q prometheus 2>/dev/null; then \
-		$(SUDO) systemctl disable --now prometheus; fi
+	@# The prometheus package is there for promtool, janus for the fan-out through it (the
+	@# benchmark harness starts its own); neither server is needed.
+	@for s in prometheus janus; do \
+		if [ -d /run/systemd/system ] && systemctl is-active -q $$s 2>/dev/null; then \
+			$(SUDO) systemctl disable --now $$s; fi; done
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 # Toolchains for boards: apt packages, rustup targets, cargo-deb; each only when missing.
@@ -161,9 +164,10 @@ test: test-deps cross-deps web
 	$(MAKE) --no-print-directory test-board-nat
 	$(MAKE) --no-print-directory test-packages
 	@# A few seconds of the benchmark harness (2 viewers) against the debug rtcam, so it keeps
-	@# working; the figures come only from `make bench`.
+	@# working, with Janus's streaming plugin pulling rtcam's RTSP door and fanning it out
+	@# (rtcam must see exactly one client); the figures come only from `make bench`.
 	$(CARGO) build --bin rtcam
-	$(CARGO) run -p rtcam-bench -- --smoke
+	$(CARGO) run -p rtcam-bench -- --smoke --janus
 
 # Minutes of measuring on a release build; rewrites the results in docs/benchmarks.md and the
 # plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.
