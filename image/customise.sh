@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Puts rtcam into a Raspberry Pi image without booting it: Raspberry Pi OS Lite (bookworm or
-# later, 64-bit) or the Debian image image/build.sh makes. The image's partitions are
-# loop-mounted, the .deb is installed inside the image's root (apt, with qemu-user running the
+# later, 64-bit) or the Debian image image/build.sh makes. The image's root partition is
+# loop-mounted (the boot partition is written with mtools), the .deb is installed inside the image's root (apt, with qemu-user running the
 # arm64 maintainer scripts), and rtcam's service and the first-boot unit are enabled; the boot
 # partition gets the example files (docs/boards.md, "The boot partition").
 #
@@ -24,13 +24,13 @@ esac
 # The FAT partition is the boot partition, the Linux one after it the root.
 table=$(sfdisk --dump "$out")
 part() { grep -E "type= *$1" <<<"$table" | head -1 | sed -E 's/.*start= *([0-9]+), *size= *([0-9]+).*/\1 \2/'; }
-read -r boot_start boot_size < <(part '(c|b|e)')
+read -r boot_start _ < <(part '(c|b|e)')
 read -r root_start root_size < <(part 83)
 [ -n "${root_start:-}" ] && [ -n "${boot_start:-}" ] || { echo "customise: $base has no FAT and Linux partitions: $table" >&2; exit 1; }
 
 mnt=$(mktemp -d)
 cleanup() {
-	for m in boot/firmware proc sys dev/pts dev; do umount "$mnt/$m" 2>/dev/null || true; done
+	for m in proc sys dev/pts dev; do umount "$mnt/$m" 2>/dev/null || true; done
 	[ -e "$mnt/etc/resolv.conf.rtcam-image" ] && mv -f "$mnt/etc/resolv.conf.rtcam-image" "$mnt/etc/resolv.conf"
 	umount "$mnt" 2>/dev/null || true
 	rmdir "$mnt"
@@ -38,7 +38,6 @@ cleanup() {
 trap cleanup EXIT
 mount -o loop,offset=$((root_start * 512)),sizelimit=$((root_size * 512)) "$out" "$mnt"
 [ -d "$mnt/boot/firmware" ] || { echo "customise: no /boot/firmware in the root: Raspberry Pi OS bookworm or later is needed" >&2; exit 1; }
-mount -o loop,offset=$((boot_start * 512)),sizelimit=$((boot_size * 512)) "$out" "$mnt/boot/firmware"
 mount -t proc proc "$mnt/proc"
 mount -t sysfs sysfs "$mnt/sys"
 mount --bind /dev "$mnt/dev"
@@ -58,6 +57,8 @@ cp "$deb" "$mnt/tmp/rtcam.deb"
 # Nothing starts inside the image: the service starts when the board boots.
 printf '#!/bin/sh\nexit 101\n' >"$mnt/usr/sbin/policy-rc.d"
 chmod +x "$mnt/usr/sbin/policy-rc.d"
+# An image that leaves manual pages out (image/build.sh keeps only rtcam's) lacks the directory.
+mkdir -p "$mnt/usr/share/man/man1"
 if ! in_root apt-get install -y -q -o Dpkg::Options::=--force-confold /tmp/rtcam.deb; then
 	in_root apt-get update -q
 	in_root apt-get install -y -q -o Dpkg::Options::=--force-confold /tmp/rtcam.deb
@@ -67,9 +68,11 @@ rm -f "$mnt/usr/sbin/policy-rc.d" "$mnt/tmp/rtcam.deb"
 install -D -m 0755 image/firstboot "$mnt/usr/libexec/rtcam-image/firstboot"
 install -m 0644 image/rtcam-firstboot.service "$mnt/etc/systemd/system/rtcam-firstboot.service"
 in_root systemctl enable rtcam-firstboot.service rtcam.service
-# The examples on the boot partition: copied and renamed by the user (docs/boards.md).
-cp image/rtcam-setup.txt.example "$mnt/boot/firmware/rtcam-setup.txt.example"
-cp packaging/rtcam.toml "$mnt/boot/firmware/rtcam.toml.example"
+# The examples on the boot partition, copied and renamed by the user (docs/boards.md); with
+# mtools, which needs no vfat driver on the build machine.
+for example in image/rtcam-setup.txt.example:rtcam-setup.txt.example packaging/rtcam.toml:rtcam.toml.example; do
+	mcopy -o -i "$out@@$((boot_start * 512))" "${example%%:*}" "::${example#*:}"
+done
 
 in_root dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort >"$mnt/tmp/after.txt"
 mkdir -p "$mnt/usr/share/rtcam-image"
