@@ -36,13 +36,13 @@ fi
 
 # The board: systemd, networking (systemd-networkd for Ethernet, wpa_supplicant for Wi-Fi,
 # systemd-resolved answering for HOSTNAME.local), SSH, clock over NTP (the Pi has no RTC),
-# partition tools for growing the root; kernel, boot firmware, Wi-Fi firmware; rtcam's runtime
-# (GStreamer with the plugins its .deb depends on and recommends) so that installing rtcam
-# needs no download.
+# partition and file system tools (growing the root, fsck at boot); kernel, boot firmware,
+# Wi-Fi firmware; rtcam's runtime (GStreamer with the plugins its .deb depends on and
+# recommends) so that installing rtcam needs no download.
 packages=(
 	systemd-sysv udev kmod dbus initramfs-tools zstd linux-image-arm64 raspi-firmware
 	firmware-brcm80211 wireless-regdb wpasupplicant iw systemd-resolved systemd-timesyncd
-	openssh-server ca-certificates iproute2 iputils-ping fdisk dosfstools tzdata nano less
+	openssh-server ca-certificates iproute2 iputils-ping fdisk dosfstools e2fsprogs tzdata nano less
 	adduser gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 	gstreamer1.0-plugins-ugly gstreamer1.0-libcamera gstreamer1.0-alsa
 )
