@@ -8,9 +8,9 @@
 //! systemd starts the shipped unit; READY and watchdog pings show in `systemctl show rtcam`; no
 //! sandbox denial in the journal; a viewer on the host decodes video (signalling over a broker
 //! on the host, media through a TURN relay on the host: qemu's user network lets nothing in but
-//! its port forwards, which carry SSH and the page here). Then vivid is told to drop every
-//! buffer: the pipeline stalls, the pings stop and systemd restarts rtcam; `systemctl stop`
-//! ends it cleanly (the viewer told `bye`, the offline status published).
+//! its port forwards, which carry SSH and the page here). Then rtcam hangs (SIGSTOP): the
+//! pings stop and systemd restarts it on its watchdog; `systemctl stop` ends the new one cleanly
+//! (the viewer told `bye`, the offline status published).
 //! Second boot, with a broken `rtcam.toml` on the boot partition: nothing of the first boot runs
 //! again, and rtcam stays stopped with exit status 78 and the error in the journal.
 //!
@@ -411,31 +411,25 @@ async fn no_sandbox_denials(guest: &Guest) {
     assert!(denials.trim().is_empty(), "rtcam met its sandbox:\n{denials}");
 }
 
-/// vivid drops every buffer: the pipeline stalls, the pings stop, systemd restarts rtcam.
+/// rtcam hangs (stopped with SIGSTOP, as a deadlock would leave it): its watchdog pings stop
+/// and systemd restarts it. (A camera that stops delivering is not a hang to rtcam: vivid
+/// dropping every buffer fails VIDIOC_DQBUF, and rtcam retries it as a lost camera, beating.)
 async fn watchdog_restart(guest: &Guest) {
     guest
-        .ssh("rtcam controls --device /dev/video0 --set percentage_of_dropped_buffers=100")
+        .ssh("kill -STOP $(systemctl show -p MainPID --value rtcam)")
         .await;
     let stalled_at = Instant::now();
     let restarted = guest
-        .wait_show("NRestarts,ActiveState", Duration::from_secs(120), |p| {
-            p["NRestarts"] != "0"
+        .wait_show("NRestarts,ActiveState", Duration::from_secs(180), |p| {
+            p["NRestarts"] != "0" && p["ActiveState"] == "active"
         })
         .await;
     println!(
-        "image: restarted by the watchdog {:.0} s after the stall ({restarted:?})",
+        "image: restarted by the watchdog and ready again {:.0} s after the hang ({restarted:?})",
         stalled_at.elapsed().as_secs_f64()
     );
-    guest
-        .ssh("rtcam controls --device /dev/video0 --set percentage_of_dropped_buffers=0")
-        .await;
     let journal = guest.ssh("journalctl -b -u rtcam --no-pager -o cat").await;
     assert!(journal.contains("Watchdog timeout"), "no watchdog timeout:\n{journal}");
-    guest
-        .wait_show("ActiveState,NRestarts", Duration::from_secs(120), |p| {
-            p["ActiveState"] == "active"
-        })
-        .await;
 }
 
 /// `systemctl stop` with a viewer watching: bye, offline status, a clean exit.
