@@ -7,6 +7,8 @@
 #   make deb TARGET=…                             the .deb for that board (target/TARGET/debian/)
 #   make deploy HOST=user@board TARGET=…          install it on a board over ssh and show the service
 #   make packaging-files                          regenerate the conffile, man pages and completions the .deb ships
+#   make image [BOARD=rpi4] [SUITE=trixie]        a flashable Raspberry Pi image with rtcam (target/image/)
+#   make image BASE=raspios-lite-arm64.img.xz     rtcam put into a Raspberry Pi OS Lite image, offline
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -41,13 +43,26 @@ TARGET ?= aarch64-unknown-linux-gnu
 PROFILE ?= release
 DEB_ARCH = $(if $(findstring aarch64,$(TARGET)),arm64,armhf)
 
+# The Raspberry Pi image (docs/boards.md, "A ready-to-flash image"): mmdebstrap with qemu-user
+# (binfmt_misc) for the arm64 root's maintainer scripts; dosfstools, mtools, e2fsprogs and
+# sfdisk (fdisk) assemble the partitions without loop devices; bmap-tools and xz for flashing.
+# Putting rtcam into an image loop-mounts it (root). The image boots in qemu-system-aarch64
+# (make test-image), with ssh into it and rtcam's viewer test dependencies on the host.
+IMAGE_PKGS := mmdebstrap qemu-user-static binfmt-support arch-test debian-archive-keyring dosfstools mtools \
+	e2fsprogs fdisk bmap-tools xz-utils qemu-system-arm openssh-client
+# One image boots every 64-bit board Debian's raspi-firmware and arm64 kernel support; BOARD
+# names the board it is for and is checked against that list.
+IMAGE_BOARDS := rpi3 rpi4 rpi400 rpi-zero-2w
+BOARD ?= rpi4
+SUITE ?= trixie
+
 # Benchmarks compare against the Janus streaming plugin on the same machine, and measure
 # latency in headless Chromium too (with the browser tests' playwright-core).
 BENCH_PKGS := $(BUILD_PKGS) janus chromium
 
 MQTT_JS := web/vendor/mqtt.min.js
 
-.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench packaging-files clean
+.PHONY: all build demo test deps test-deps cross-deps cross deb deploy deploy-host test-board test-board-nat test-packages web bench packaging-files clean image image-deps test-image
 
 all: build
 
@@ -104,6 +119,24 @@ deploy: deploy-host deb
 deploy-host:
 	@[ -n "$(HOST)" ] || { echo "usage: make deploy HOST=user@board [TARGET=$(TARGET)]"; exit 2; }
 
+image-deps:
+	$(call apt_install,$(IMAGE_PKGS))
+
+# BASE: a Raspberry Pi OS Lite (64-bit) image to put rtcam into instead of building one.
+image: image-deps
+	@case " $(IMAGE_BOARDS) " in *" $(BOARD) "*) ;; *) echo "make image: no image for BOARD=$(BOARD); boards: $(IMAGE_BOARDS)"; exit 2 ;; esac
+	$(MAKE) --no-print-directory deb TARGET=aarch64-unknown-linux-gnu PROFILE=release
+	deb=$$(ls -t target/aarch64-unknown-linux-gnu/debian/rtcam_*_arm64.deb | head -1); \
+	SUITE=$(SUITE) image/make.sh "$$deb" $(BASE)
+
+# The image booted in qemu (tests/it/image.rs): the Debian base (cached for the day), the
+# board-test .deb put in as make image does, two boots under the real systemd. From a cold
+# cache it takes about 20 minutes on two cores (arm64 maintainer scripts under qemu-user), so
+# it runs on its own rather than in make test.
+test-image: test-deps cross-deps image-deps web
+	tests/image/prepare.sh
+	$(CARGO) test --test it -- --ignored --nocapture image::
+
 # The emulated arm64 board (tests/board/run.sh): both cross builds capture from vivid in qemu.
 test-board: cross-deps web
 	tests/board/run.sh $(CROSS_TARGETS)
@@ -118,7 +151,8 @@ test-packages: cross-deps
 	@for t in $(CROSS_TARGETS); do \
 		arch=$$(case $$t in aarch64*) echo arm64;; *) echo armhf;; esac); \
 		$(CARGO) deb --fast --no-build --target $$t --profile board-test -o target/$$t/debian/ >/dev/null && \
-		tests/package/check.sh target/$$t/debian/rtcam_*_$$arch.deb $$arch || exit 1; \
+		tests/package/check.sh target/$$t/debian/rtcam_*_$$arch.deb $$arch && \
+		tests/image/suite.sh target/$$t/debian/rtcam_*_$$arch.deb || exit 1; \
 	done
 
 # What the .deb ships that rtcam generates from its CLI and example configuration: the conffile

@@ -29,6 +29,7 @@ mod dtls_loss;
 mod fuzz_corpus;
 mod hostile;
 mod http_door;
+mod image;
 mod layers;
 mod limits;
 mod lossy;
