@@ -3,7 +3,7 @@
 //! the kernel counts them in /proc.
 
 use anyhow::{anyhow, bail, Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -154,16 +154,7 @@ listen = "127.0.0.1:{rtsp_port}"
 
 /// The viewer count in rtcam's retained status (WebRTC and RTSP viewers alike).
 pub async fn viewers(port: u16, root: &str) -> Result<u64> {
-    let mut opts = MqttOptions::new(
-        format!("bench-viewers-{}", rand::random::<u32>()),
-        "127.0.0.1",
-        port,
-    );
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(format!("{root}/status"), QoS::AtLeastOnce)
-        .await?;
+    let (client, mut eventloop) = status_client(port, root, "bench-viewers").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let event = tokio::time::timeout_at(deadline, eventloop.poll())
@@ -197,16 +188,7 @@ async fn wait_online(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut opts = MqttOptions::new(
-        format!("bench-ready-{}", rand::random::<u32>()),
-        "127.0.0.1",
-        port,
-    );
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(format!("{root}/status"), QoS::AtLeastOnce)
-        .await?;
+    let (client, mut eventloop) = status_client(port, root, "bench-ready").await?;
     loop {
         let event = tokio::time::timeout_at(deadline.into(), eventloop.poll())
             .await
@@ -225,6 +207,22 @@ async fn wait_online(
             Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
+}
+
+/// A client of rtcam's embedded broker subscribed to its retained status; its id starts with
+/// `name` and ends with a random number, so runs never take each other's.
+async fn status_client(port: u16, root: &str, name: &str) -> Result<(AsyncClient, EventLoop)> {
+    let mut opts = MqttOptions::new(
+        format!("{name}-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(format!("{root}/status"), QoS::AtLeastOnce)
+        .await?;
+    Ok((client, eventloop))
 }
 
 /// CPU time and memory of a process at one instant.

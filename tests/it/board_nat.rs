@@ -9,7 +9,7 @@
 
 use crate::common;
 
-use common::coturn::{Coturn, TurnAuth};
+use common::coturn::{Coturn, BOARD_RELAY_PASSWORD};
 use common::viewer::Viewer;
 use common::{free_port, Mosquitto, Probe};
 use std::os::unix::process::CommandExt;
@@ -38,28 +38,12 @@ impl Drop for Group {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots an emulated board; run with make test-board-nat"]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario: host broker and coturn, the emulated board, then the viewer through the relay"
-)]
 async fn board_behind_nat_streams_through_a_turn_relay() {
     common::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start();
     let turn_port = free_port();
-    // Both ends of the relay are on the host's loopback: the viewer, and the board as qemu
-    // presents it.
-    let _turn = Coturn::start(
-        Command::new("turnserver"),
-        "127.0.0.1",
-        turn_port,
-        TurnAuth::User {
-            name: "board",
-            password: "relay-secret",
-        },
-        dir.path(),
-        &["--allow-loopback-peers"],
-    );
+    let _turn = Coturn::for_qemu_board(turn_port, dir.path());
 
     // The board's view of the host is 10.0.2.2; its own address 10.0.2.15 is private.
     let config = dir.path().join("rtcam.toml");
@@ -80,7 +64,11 @@ async fn board_behind_nat_streams_through_a_turn_relay() {
     .unwrap();
     let credentials = dir.path().join("credentials");
     std::fs::create_dir(&credentials).unwrap();
-    std::fs::write(credentials.join("turn_credential"), "relay-secret\n").unwrap();
+    std::fs::write(
+        credentials.join("turn_credential"),
+        format!("{BOARD_RELAY_PASSWORD}\n"),
+    )
+    .unwrap();
 
     let board = Command::new("tests/board/run.sh")
         .arg("aarch64-unknown-linux-gnu")

@@ -19,7 +19,7 @@
 
 use crate::common;
 
-use common::coturn::{Coturn, TurnAuth};
+use common::coturn::{Coturn, BOARD_RELAY_PASSWORD};
 use common::viewer::Viewer;
 use common::{free_port, Mosquitto, Probe};
 use std::path::{Path, PathBuf};
@@ -248,7 +248,7 @@ impl Guest {
 
 fn config(mqtt_port: u16, turn_port: u16) -> String {
     format!(
-        "# rtcam.toml from the boot partition (tests/image.rs)\n\
+        "# rtcam.toml from the boot partition (tests/it/image.rs)\n\
          [device]\nid = \"{DEVICE}\"\n\
          [mqtt]\nurl = \"mqtt://10.0.2.2:{mqtt_port}\"\n\
          [source]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nformat = \"yuyv\"\n\
@@ -256,7 +256,7 @@ fn config(mqtt_port: u16, turn_port: u16) -> String {
          [encoder]\nelement = \"x264enc\"\nbitrate_kbps = 300\nkeyframe_interval = 15\n\
          [webrtc]\nudp_addrs = [\"10.0.2.15\"]\n\
          [[webrtc.ice_servers]]\nurls = [\"turn:10.0.2.2:{turn_port}?transport=udp\"]\n\
-         username = \"board\"\ncredential = \"relay-secret\"\n"
+         username = \"board\"\ncredential = \"{BOARD_RELAY_PASSWORD}\"\n"
     )
 }
 
@@ -299,17 +299,7 @@ async fn image_boots_applies_the_boot_partition_and_runs_rtcam_under_systemd() {
     );
     let broker = Mosquitto::start();
     let turn_port = free_port();
-    let _turn = Coturn::start(
-        Command::new("turnserver"),
-        "127.0.0.1",
-        turn_port,
-        TurnAuth::User {
-            name: "board",
-            password: "relay-secret",
-        },
-        dir.path(),
-        &["--allow-loopback-peers"],
-    );
+    let _turn = Coturn::for_qemu_board(turn_port, dir.path());
     let (key, public) = keypair(dir.path());
     put_on_boot_partition(
         &image,

@@ -20,7 +20,27 @@ pub struct Coturn {
     pub log: PathBuf,
 }
 
+/// The password of [`Coturn::for_qemu_board`]'s user `board`.
+pub const BOARD_RELAY_PASSWORD: &str = "relay-secret";
+
 impl Coturn {
+    /// The relay an emulated board behind qemu's user-mode NAT streams through: both ends are
+    /// on the host's loopback (the viewer, and the board as qemu presents it), with the user
+    /// `board` / [`BOARD_RELAY_PASSWORD`].
+    pub fn for_qemu_board(port: u16, dir: &Path) -> Coturn {
+        Coturn::start(
+            Command::new("turnserver"),
+            "127.0.0.1",
+            port,
+            TurnAuth::User {
+                name: "board",
+                password: BOARD_RELAY_PASSWORD,
+            },
+            dir,
+            &["--allow-loopback-peers"],
+        )
+    }
+
     /// Starts `turnserver` through `command` (a plain `Command::new("turnserver")`, or one
     /// that enters a namespace first), listening and relaying on `ip`, and waits until it
     /// listens (its log says so).
