@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Rtcam {
     pub root: String,
     /// The viewer page, for the browser benchmark.
     pub page_url: String,
+    /// The HTTP door (the page, `POST /whep`).
+    pub http_addr: SocketAddr,
     /// The RTSP door (on loopback, open), for media servers pulling rtcam's stream.
     pub rtsp_url: String,
     /// Process start → retained `{"state":"online"}` seen by a client of its broker.
@@ -121,6 +123,7 @@ listen = "127.0.0.1:{rtsp_port}"
             broker: ("127.0.0.1".into(), port),
             root,
             page_url: format!("http://127.0.0.1:{http_port}/"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
             rtsp_url: format!("rtsp://127.0.0.1:{rtsp_port}/live"),
             start_to_ready: Duration::ZERO,
             _dir: dir,

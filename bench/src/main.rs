@@ -8,6 +8,7 @@
 //! (`rtcam-viewer`, shared with the tests).
 
 mod daemon;
+mod doors;
 mod janus;
 mod report;
 
@@ -87,6 +88,10 @@ struct Args {
     /// Also run the fan-out through Janus's streaming plugin (Debian package `janus`).
     #[arg(long)]
     janus: bool,
+    /// Also measure rtcam with one client of each door (WebRTC over MQTT, RTSP, WHEP) against
+    /// three WebRTC viewers over MQTT.
+    #[arg(long)]
+    doors: bool,
     /// The markdown file whose results section is rewritten; plots go beside it.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -199,30 +204,40 @@ async fn run(args: &Args) -> Result<Results> {
         let row = fanout(&target, n, args.window, cam.pid()).await?;
         results.fanout.push(row);
     }
+    // Before Janus pulls the RTSP door: its rows require rtcam to serve Janus alone.
+    if args.doors {
+        results.doors = doors::measure(&cam, args.window).await?;
+    }
     if args.janus {
         janus_pulls_rtsp(&cam, args, &mut results).await?;
     }
     cam.stop();
 
     if args.janus {
-        let j = janus::Janus::start(setup.width, setup.height, setup.fps, setup.bitrate_kbps)?;
-        // Let Janus load and the feeder's first keyframe reach the mountpoint.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        for &n in &args.viewers {
-            let target = Target::Janus {
-                base: j.base.clone(),
-            };
-            let row = fanout(&target, n, args.window, j.pid()).await?;
-            results.janus_fanout.push(row);
-        }
-        if let Some(feeder) = j.feeder_pid() {
-            let a = ProcSample::read(feeder)?;
-            tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
-            results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(feeder)?));
-        }
+        janus_alone(&setup, args, &mut results).await?;
     }
     results.load_end = report::loadavg();
     Ok(results)
+}
+
+/// The same fan-out through Janus's streaming plugin fed its own stream (rtcam stopped).
+async fn janus_alone(setup: &Setup, args: &Args, results: &mut Results) -> Result<()> {
+    let j = janus::Janus::start(setup.width, setup.height, setup.fps, setup.bitrate_kbps)?;
+    // Let Janus load and the feeder's first keyframe reach the mountpoint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for &n in &args.viewers {
+        let target = Target::Janus {
+            base: j.base.clone(),
+        };
+        let row = fanout(&target, n, args.window, j.pid()).await?;
+        results.janus_fanout.push(row);
+    }
+    if let Some(feeder) = j.feeder_pid() {
+        let a = ProcSample::read(feeder)?;
+        tokio::time::sleep(Duration::from_secs(args.window.min(5))).await;
+        results.janus_feeder_cpu = Some(a.cpu_percent(&ProcSample::read(feeder)?));
+    }
+    Ok(())
 }
 
 /// The scale-out recipe (docs/scale-out.md): Janus's streaming plugin pulls rtcam's RTSP door

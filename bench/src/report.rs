@@ -60,6 +60,18 @@ pub struct Results {
     /// Janus pulling rtcam's RTSP door, the viewers watching through Janus: rtcam's CPU (one
     /// RTSP client whatever the row's viewer count).
     pub janus_rtsp_fanout: Vec<FanoutRow>,
+    /// One client of each door against three WebRTC viewers (`--doors`).
+    pub doors: Vec<DoorsRow>,
+}
+
+/// rtcam serving a set of clients: its CPU and memory over the window, each client's frames.
+pub struct DoorsRow {
+    pub clients: &'static str,
+    /// % of one core.
+    pub cpu: f64,
+    pub rss_kb: u64,
+    /// Each client's kind and frame rate over the window.
+    pub fps: Vec<(&'static str, f64)>,
 }
 
 impl Results {
@@ -87,6 +99,7 @@ impl Results {
             janus_fanout: Vec::new(),
             janus_feeder_cpu: None,
             janus_rtsp_fanout: Vec::new(),
+            doors: Vec::new(),
         }
     }
 
@@ -208,6 +221,7 @@ pub fn tables(r: &Results) -> String {
     s += &glass_to_glass(r);
     s += &fan_out(r);
     s += &scale_out(r);
+    s += &doors(r);
     s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
     s
 }
@@ -405,6 +419,38 @@ fn scale_out(r: &Results) -> String {
         s += "\n";
     }
     s
+}
+
+/// rtcam's CPU and memory with one client of each door, against as many WebRTC viewers.
+fn doors(r: &Results) -> String {
+    if r.doors.is_empty() {
+        return String::new();
+    }
+    let mut s = "### Doors\n\n\
+         The same rtcam, window and settling as the fan-out rows. The WebRTC viewers are the \
+         harness's own (`rtcam-viewer`, signalled over MQTT, counting RTP frames by marker bit); \
+         the RTSP client is GStreamer in the harness process (`rtspsrc protocols=tcp latency=0 ! \
+         rtph264depay ! fakesink`, counting access units); the WHEP client is \
+         `rtcam_viewer::whep` (a `webrtc` crate peer posting its offer to `POST /whep` over plain \
+         HTTP/1.1, counting RTP frames by marker bit).\n\n\
+         | clients | rtcam CPU (% of a core) | rtcam RSS | fps per client |\n\
+         |---|---|---|---|\n"
+        .to_string();
+    for row in &r.doors {
+        let fps: Vec<String> = row
+            .fps
+            .iter()
+            .map(|(kind, f)| format!("{kind} {f:.1}"))
+            .collect();
+        s += &format!(
+            "| {} | {:.1} | {:.1} MB | {} |\n",
+            row.clients,
+            row.cpu,
+            row.rss_kb as f64 / 1024.0,
+            fps.join(", ")
+        );
+    }
+    s + "\n"
 }
 
 fn fanout_table(server: &str, rows: &[FanoutRow]) -> String {

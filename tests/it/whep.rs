@@ -11,19 +11,13 @@ use rtcam::auth::{Authority, Right};
 use rtcam::control::exec::Requester;
 use rtcam::control::Command;
 use rtcam::signalling::whep;
+use rtcam_viewer::whep::{self as whep_client, WhepPlayer};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Command as Process;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateInit,
-    RTCPeerConnectionIceEvent, RTCSessionDescription, Registry, SettingEngineBuilder,
-};
+use webrtc::peer_connection::RTCIceCandidateInit;
 
 const SECRET: &str = "whep-test-secret-of-at-least-32-bytes";
 
@@ -68,137 +62,37 @@ fn headers_named<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-struct Handler {
-    candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
-    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            let _ = self.candidates.send(init);
-        }
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tracks.send(track);
-    }
-}
-
-/// A WHEP player made of the `webrtc` crate's peer connection: it receives video and counts
-/// the RTP packets that arrive.
-struct Player {
-    pc: Arc<dyn PeerConnection>,
-    candidates: mpsc::UnboundedReceiver<RTCIceCandidateInit>,
-    packets: Arc<AtomicUsize>,
-    reader: tokio::task::JoinHandle<()>,
-}
+/// The WHEP player of `rtcam_viewer::whep` (shared with the benchmark), with this file's
+/// assertions.
+struct Player(WhepPlayer);
 
 impl Player {
     async fn new() -> Player {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
-        let (cand_tx, candidates) = mpsc::unbounded_channel();
-        let (track_tx, mut tracks) = mpsc::unbounded_channel();
-        let pc: Arc<dyn PeerConnection> = Arc::new(
-            PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().build())
-                .with_media_engine(media)
-                .with_interceptor_registry(registry)
-                .with_setting_engine(
-                    SettingEngineBuilder::new()
-                        .with_include_loopback_candidate(true)
-                        .build(),
-                )
-                .with_handler(Arc::new(Handler {
-                    candidates: cand_tx,
-                    tracks: track_tx,
-                }))
-                .with_udp_addrs(vec!["127.0.0.1:0"])
-                .build()
-                .await
-                .unwrap(),
-        );
-        common::add_recvonly_video(pc.as_ref()).await.unwrap();
-        let packets = Arc::new(AtomicUsize::new(0));
-        let counted = packets.clone();
-        let reader = tokio::spawn(async move {
-            while let Some(track) = tracks.recv().await {
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = track.poll().await {
-                        if let TrackRemoteEvent::OnRtpPacket(_) = event {
-                            counted.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        Player {
-            pc,
-            candidates,
-            packets,
-            reader,
-        }
+        Player(WhepPlayer::new().await.unwrap())
     }
 
-    /// The offer, set as the local description; with `gather`, carrying every candidate (no
-    /// trickle), else with none yet.
     async fn offer(&mut self, gather: bool) -> String {
-        let offer = self.pc.create_offer(None).await.unwrap();
-        self.pc.set_local_description(offer).await.unwrap();
-        let sdp = self.pc.local_description().await.unwrap().sdp;
-        if !gather {
-            // Candidates gathered already may be in the description; a trickling player sends
-            // them in its `PATCH` instead.
-            return sdp
-                .split_inclusive("\r\n")
-                .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
-                .collect();
-        }
-        let gathered = self.gather().await;
-        let mut out = String::new();
-        for line in sdp.split_inclusive("\r\n") {
-            out.push_str(line);
-            if line.starts_with("a=mid:") {
-                for c in &gathered {
-                    out.push_str(&format!("a={}\r\n", c.candidate));
-                }
-            }
-        }
-        out
+        self.0.offer(gather).await.unwrap()
     }
 
-    /// The candidates gathered so far (loopback gathers within milliseconds).
     async fn gather(&mut self) -> Vec<RTCIceCandidateInit> {
-        let mut gathered = Vec::new();
-        while let Ok(Some(c)) =
-            tokio::time::timeout(Duration::from_millis(500), self.candidates.recv()).await
-        {
-            gathered.push(c);
-        }
-        assert!(!gathered.is_empty(), "the player gathered no candidates");
-        gathered
+        self.0
+            .gather()
+            .await
+            .expect("the player gathered candidates")
     }
 
     async fn answer(&self, sdp: String) {
-        let answer = RTCSessionDescription::answer(sdp).unwrap();
-        self.pc.set_remote_description(answer).await.unwrap();
+        self.0.answer(sdp).await.unwrap();
     }
 
     /// Waits for `n` RTP packets of video, up to 15 s; returns how many came.
     async fn wait_packets(&self, n: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.packets.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.packets.load(Ordering::Relaxed)
+        self.0.wait_packets(n, Duration::from_secs(15)).await
     }
 
     async fn close(self) {
-        self.reader.abort();
-        let _ = self.pc.close().await;
+        self.0.close().await;
     }
 }
 
@@ -212,11 +106,12 @@ fn ice_lines(sdp: &str) -> String {
 }
 
 async fn post_offer(addr: SocketAddr, sdp: &str, extra: &[(&str, &str)]) -> Reply {
-    let mut headers = vec![("Content-Type", "application/sdp")];
-    headers.extend_from_slice(extra);
-    request(addr, "POST", "/whep", &headers, sdp.as_bytes())
-        .await
-        .unwrap()
+    let r = whep_client::post_offer(addr, sdp, extra).await.unwrap();
+    Reply {
+        status: r.status,
+        head: r.head,
+        body: r.body,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,10 +203,10 @@ async fn ice_restart(
     answer: &str,
     etag: &str,
 ) -> String {
-    player.pc.restart_ice().await.unwrap();
-    let offer = player.pc.create_offer(None).await.unwrap();
-    player.pc.set_local_description(offer).await.unwrap();
-    let offer = player.pc.local_description().await.unwrap().sdp;
+    player.0.pc.restart_ice().await.unwrap();
+    let offer = player.0.pc.create_offer(None).await.unwrap();
+    player.0.pc.set_local_description(offer).await.unwrap();
+    let offer = player.0.pc.local_description().await.unwrap().sdp;
     assert_ne!(whep::ice_ufrag(&offer), whep::ice_ufrag(answer));
     let mut frag = format!(
         "{}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n",
@@ -328,9 +223,7 @@ async fn ice_restart(
         })
         .map(str::to_owned)
         .collect();
-    while let Ok(Some(c)) =
-        tokio::time::timeout(Duration::from_millis(500), player.candidates.recv()).await
-    {
+    while let Some(c) = player.0.next_candidate(Duration::from_millis(500)).await {
         candidates.push(c.candidate);
     }
     assert!(
@@ -368,7 +261,7 @@ async fn ice_restart(
     assert_ne!(theirs.ice_ufrag.as_deref(), whep::ice_ufrag(answer));
     // rtcam's answer again, with its new credentials and candidates.
     player.answer(whep::restart_offer(answer, &theirs)).await;
-    let before = player.packets.load(Ordering::Relaxed);
+    let before = player.0.packets();
     assert!(
         player.wait_packets(before + 60).await >= before + 60,
         "no video after the ICE restart"

@@ -9,6 +9,7 @@
 //! (decoding, loss recovery as a browser, reading the benchmark's capture-time barcode, or a
 //! light viewer that only counts RTP). [`janus::JanusViewer`] watches a Janus streaming
 //! mountpoint with the same peer connection and counters, for the benchmark's comparison.
+//! [`whep::WhepPlayer`] is a client of rtcam's WHEP door.
 
 mod channel;
 mod connect;
@@ -21,6 +22,7 @@ mod seen;
 mod sender_reports;
 mod stats;
 mod tracks;
+pub mod whep;
 
 pub use mqtt::publish;
 pub use peer::{add_recvonly, candidate_type, Gathered};
