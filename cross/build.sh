@@ -6,7 +6,7 @@
 #
 # Needs: the rustup target, Debian's cross gcc for it, libclang (for the v4l bindings), and a
 # sysroot of the target's GStreamer dev packages, which cross/debs.sh downloads and unpacks
-# under target/cross/ARCH (about 70 MB, once). The binary lands in target/TARGET/PROFILE/rtcam.
+# under target/cross/ARCH (about 450 MB, once). The binary lands in target/TARGET/PROFILE/rtcam.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$1 profile=${2:-release}
@@ -15,7 +15,10 @@ aarch64-unknown-linux-gnu) arch=arm64 triple=aarch64-linux-gnu ;;
 armv7-unknown-linux-gnueabihf) arch=armhf triple=arm-linux-gnueabihf ;;
 *) echo "cross/build.sh: unsupported target $target (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf)" >&2; exit 2 ;;
 esac
-cross/debs.sh "$arch" "target/cross/$arch" libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+cross/debs.sh "$arch" "target/cross/$arch" libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+# The RTSP server's library and headers alone: its -dev package's dependencies reach into
+# plugins-bad's and X11's dev packages (gigabytes), and what it links against is already above.
+cross/debs.sh --no-deps "$arch" "target/cross/$arch" libgstrtspserver-1.0-dev libgstrtspserver-1.0-0
 sysroot=$PWD/target/cross/$arch/root
 t=${target//-/_}
 tu=${t^^}
