@@ -20,6 +20,7 @@ use webrtc::peer_connection::{
 };
 
 /// An HTTP response as the door sent it.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     /// The status line and headers, without the blank line.
