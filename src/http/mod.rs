@@ -105,12 +105,18 @@ pub struct Doors {
 
 /// The token of a request: `?token=` (what a link carries) or `Authorization: Bearer`.
 fn token_of<'a>(query: &'a HashMap<String, String>, headers: &'a HeaderMap) -> Option<&'a str> {
-    query.get("token").map(String::as_str).or_else(|| {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-    })
+    query
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| bearer(headers))
+}
+
+/// The token of `Authorization: Bearer <token>`, as sent.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Lets the request through when the camera is open or its token grants `right`.

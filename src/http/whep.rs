@@ -340,13 +340,9 @@ async fn read_body(body: Body) -> Result<String, ProtocolError> {
         .map_err(|_| ProtocolError::new(ErrorCode::BadSdp, "The body is not UTF-8 text."))
 }
 
-/// `Authorization: Bearer <token>`.
+/// `Authorization: Bearer <token>`, without the spaces around the token.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
+    super::bearer(headers).map(|t| t.trim().to_string())
 }
 
 fn new_resource_id() -> String {

@@ -302,14 +302,9 @@ async fn refused_offer(broker_port: u16, root: &str) -> Result<(), String> {
     outcome
 }
 
+/// The viewer's publish, its error as the text the soak collects.
 async fn publish(client: &AsyncClient, topic: &str, body: Value) -> Result<(), String> {
-    client
-        .publish(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            body.to_string().into_bytes(),
-        )
+    rtcam_viewer::publish(client, topic, body)
         .await
         .map_err(|e| e.to_string())
 }
