@@ -415,7 +415,7 @@ async fn hold(
                 Ok(frame) => {
                     started |= frame.keyframe;
                     if started {
-                        count(&joined.stats, &media, &frame);
+                        joined.stats.count_sent(&media.stats().viewers, frame.data.len());
                     }
                 }
                 // The shared media's own feeder deals with falling behind; this only counts.
@@ -434,16 +434,6 @@ async fn next(
         Some(f) => f.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// One frame passed on to an RTSP client, in its session's and every viewer's totals.
-fn count(stats: &crate::session::SessionStats, media: &Media, frame: &EncodedFrame) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let bytes = frame.data.len() as u64;
-    stats.frames_sent.fetch_add(1, Relaxed);
-    stats.bytes_sent.fetch_add(bytes, Relaxed);
-    media.stats().viewers.frames_sent.fetch_add(1, Relaxed);
-    media.stats().viewers.bytes_sent.fetch_add(bytes, Relaxed);
 }
 
 /// `RTSPAuth` with rtcam's logins: Basic credentials checked by [`Logins`], the factory's

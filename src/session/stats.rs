@@ -42,6 +42,17 @@ pub struct SessionStats {
 }
 
 impl SessionStats {
+    /// One frame of `bytes` sent to this viewer, in its totals and in every viewer's
+    /// (`totals`); returns how many it had been sent before.
+    pub fn count_sent(&self, totals: &crate::media::ViewerTotals, bytes: usize) -> u64 {
+        let bytes = bytes as u64;
+        let before = self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        totals.frames_sent.fetch_add(1, Ordering::Relaxed);
+        totals.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        before
+    }
+
     pub(super) fn new(
         codec: crate::codec::VideoCodec,
         transport: crate::signalling::Transport,

@@ -568,11 +568,7 @@ impl Viewer {
                 let latency = &media.latency;
                 latency.record(Stage::EncodedToSent, frame.produced.elapsed());
                 latency.record(Stage::CaptureToSent, frame.captured.elapsed());
-                let sent = self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                let bytes = frame.data.len() as u64;
-                self.stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-                media.viewers.frames_sent.fetch_add(1, Ordering::Relaxed);
-                media.viewers.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                let sent = self.stats.count_sent(&media.viewers, frame.data.len());
                 if sent == 0 {
                     let ms = link.started.elapsed().as_millis().max(1) as u64;
                     self.stats.first_frame_ms.store(ms, Ordering::Relaxed);
