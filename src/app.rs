@@ -247,6 +247,7 @@ pub fn check_config(config: &Config, origin: &Origin) -> Result<(), ConfigError>
     protocol::check_config(config)
         .and_then(|()| BrokerUrl::check_config(&config.mqtt))
         .and_then(|()| media::encoder::check_config(&config.encoder))
+        .and_then(|()| crate::session::peer::check_config(&config.webrtc))
         .map_err(|refusal| ConfigError::Refused {
             origin: origin.clone(),
             refusal,

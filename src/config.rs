@@ -668,6 +668,12 @@ pub struct WebrtcConfig {
     pub disconnect_timeout_secs: u64,
     /// Local addresses to gather ICE candidates on. Empty: every up interface, loopback included.
     pub udp_addrs: Vec<std::net::IpAddr>,
+    /// The one UDP port every session shares, on each of those addresses: the port to forward
+    /// and open. 0: a port of its own for each session, picked by the system.
+    pub udp_port: u16,
+    /// Addresses viewers outside reach rtcam at (a port forward's or 1:1 NAT's outside
+    /// address), announced beside the local ones. Needs `udp_port`.
+    pub public_ips: Vec<std::net::IpAddr>,
     /// New sessions per second the device accepts (twice as many in a burst).
     pub offers_per_second: u32,
     /// Remote ICE candidates one session may send.
@@ -692,6 +698,8 @@ impl Default for WebrtcConfig {
             max_sessions: 8,
             disconnect_timeout_secs: 15,
             udp_addrs: Vec::new(),
+            udp_port: 8555,
+            public_ips: Vec::new(),
             offers_per_second: 5,
             max_candidates_per_session: 64,
             turn_urls: Vec::new(),

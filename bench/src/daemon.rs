@@ -4,7 +4,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use std::net::{SocketAddr, TcpListener};
+use rtcam_viewer::ports::free_port;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,10 +36,6 @@ pub struct Rtcam {
     _dir: TempDir,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A directory removed on drop; the harness needs one file and no tempfile crate for it.
 struct TempDir(PathBuf);
 impl Drop for TempDir {
@@ -59,9 +56,9 @@ impl Rtcam {
         let dir = std::env::temp_dir().join(format!("rtcam-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
-        let port = free_port()?;
-        let http_port = free_port()?;
-        let rtsp_port = free_port()?;
+        let port = free_port();
+        let http_port = free_port();
+        let rtsp_port = free_port();
         let config = format!(
             r#"[device]
 id = "bench"
@@ -93,7 +90,7 @@ ha_discovery = false
 enabled = true
 listen = "127.0.0.1:{rtsp_port}"
 "#,
-            v5 = free_port()?,
+            v5 = free_port(),
             http_port = http_port,
             w = setup.width,
             h = setup.height,

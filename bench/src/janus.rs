@@ -8,7 +8,7 @@
 //! mountpoint pulling rtcam's RTSP door, no feeder, so N Janus viewers cost rtcam one client.
 
 use anyhow::{bail, Context, Result};
-use std::net::TcpListener;
+use rtcam_viewer::ports::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,13 +60,9 @@ events: {{ broadcast = false }}
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Janus {
     pub fn start(width: u32, height: u32, fps: u32, kbps: u32) -> Result<Janus> {
-        let rtp_port = free_port()?;
+        let rtp_port = free_port();
         let mountpoint = format!(
             r#"bench: {{
 type = "rtp"
@@ -178,7 +174,7 @@ rtsp_conn_timeout = 5
 fn launch(mountpoint: &str) -> Result<(Child, String, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("rtcam-bench-janus-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let http_port = free_port()?;
+    let http_port = free_port();
     let lib = "/usr/lib/x86_64-linux-gnu/janus";
     let lib = if std::path::Path::new(lib).exists() {
         lib.to_string()

@@ -1,9 +1,12 @@
 //! What rtcam reads in a viewer's SDP text, read once: [`OfferSummary`] holds everything the
 //! offer checks (`protocol::check_offer`) and the peer connection (audio, mDNS candidates)
 //! need, so no other module scans an offer line by line. Also the few text edits the peer
-//! makes to an offer before the WebRTC crate sees it.
+//! makes to an offer before the WebRTC crate sees it, and to its answer ([`Announce`]) before
+//! the viewer does.
 //!
 //! Pure: text in, values out; fuzzed with the rest of the signalling input.
+
+use std::net::IpAddr;
 
 /// What one offer contains, from a single pass over its lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -131,9 +134,151 @@ pub fn first_mid(sdp: &str) -> Option<String> {
         .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(str::to_owned))
 }
 
+/// Where rtcam is reachable when its sessions share one UDP port (`[webrtc] udp_port`): the
+/// crate names each session's host candidates by an address of its own, and the viewer is
+/// told the shared port instead, plus `public_ips` (a port forward's or 1:1 NAT's outside
+/// address) as host candidates beside the local ones. Beside, not instead: a viewer on the
+/// same network reaches the local address without a round trip through the router, which
+/// many home routers do not loop back.
+#[derive(Debug, Clone, Copy)]
+pub struct Announce<'a> {
+    pub port: u16,
+    /// The local addresses that have a shared socket: only their candidates are rewritten.
+    pub shared_ips: &'a [IpAddr],
+    pub public_ips: &'a [IpAddr],
+}
+
+impl Announce<'_> {
+    /// One candidate (`candidate:…`, or an SDP line `a=candidate:…`) as the viewer must see it.
+    pub fn candidate(&self, candidate: &str) -> String {
+        let fields: Vec<&str> = candidate.split(' ').collect();
+        let is_shared_host = fields.len() >= 8
+            && fields[2].eq_ignore_ascii_case("udp")
+            && fields[6] == "typ"
+            && fields[7] == "host"
+            && fields[4]
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| self.shared_ips.contains(&ip));
+        if !is_shared_host {
+            return candidate.to_owned();
+        }
+        let port = self.port.to_string();
+        let mut out = fields;
+        out[5] = &port;
+        out.join(" ")
+    }
+
+    /// The `candidate:` values for `public_ips`, after the local host candidates in priority
+    /// (local preference 0 against the crate's 65535).
+    pub fn public_candidates(&self) -> Vec<String> {
+        self.public_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let priority = (126u32 << 24) | 255;
+                format!(
+                    "candidate:rtcampub{i} 1 udp {priority} {ip} {} typ host",
+                    self.port
+                )
+            })
+            .collect()
+    }
+
+    /// An answer as the viewer must see it: host candidates on the shared port, and the public
+    /// ones after the last candidate of each section that has some (the first media section
+    /// when none has: a viewer learns them there under BUNDLE).
+    pub fn answer(&self, sdp: &str) -> String {
+        let public: Vec<String> = self
+            .public_candidates()
+            .into_iter()
+            .map(|c| format!("a={c}\r\n"))
+            .collect();
+        let mut sections: Vec<Vec<String>> = vec![Vec::new()];
+        for line in sdp.split_inclusive('\n') {
+            if line.starts_with("m=") {
+                sections.push(Vec::new());
+            }
+            let line = match line.strip_prefix("a=") {
+                Some(rest) if rest.starts_with("candidate:") => {
+                    let (value, end) = split_line_end(rest);
+                    format!("a={}{end}", self.candidate(value))
+                }
+                _ => line.to_owned(),
+            };
+            sections.last_mut().unwrap_or(&mut Vec::new()).push(line);
+        }
+        let has_candidates =
+            |s: &Vec<String>| s.iter().any(|l| l.starts_with("a=candidate:"));
+        let any = sections.iter().any(has_candidates);
+        for (n, section) in sections.iter_mut().enumerate() {
+            if any && has_candidates(section) {
+                let last = section
+                    .iter()
+                    .rposition(|l| l.starts_with("a=candidate:"))
+                    .unwrap_or(0);
+                section.splice(last + 1..last + 1, public.iter().cloned());
+            } else if !any && n == 1 {
+                section.extend(public.iter().cloned());
+            }
+        }
+        sections.concat().concat()
+    }
+}
+
+/// A line without its line ending, and the ending.
+fn split_line_end(line: &str) -> (&str, &str) {
+    let body = line.trim_end_matches(['\r', '\n']);
+    (body, &line[body.len()..])
+}
+
+/// rtcam's ICE username fragment in its own description (`a=ice-ufrag:`).
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_port_and_public_addresses_are_announced() {
+        let local: IpAddr = "10.0.0.2".parse().unwrap();
+        let public: IpAddr = "203.0.113.9".parse().unwrap();
+        let a = Announce {
+            port: 8555,
+            shared_ips: &[local],
+            public_ips: &[public],
+        };
+        let answer = "v=0\r\na=ice-ufrag:abcd\r\nm=video 9 X 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.2 40001 typ host\r\na=candidate:2 1 udp 2130706431 10.9.9.9 40002 typ host\r\na=candidate:3 1 udp 1694498815 198.51.100.4 5000 typ srflx raddr 10.0.0.2 rport 40001\r\na=end-of-candidates\r\nm=audio 9 X 111\r\na=mid:1\r\n";
+        let out = a.answer(answer);
+        assert!(out.contains("10.0.0.2 8555 typ host\r\n"), "{out}");
+        assert!(out.contains("10.9.9.9 40002 typ host"), "not a shared address: kept");
+        assert!(out.contains("198.51.100.4 5000 typ srflx"), "reflexive: kept");
+        let public_line = "a=candidate:rtcampub0 1 udp 2113929471 203.0.113.9 8555 typ host\r\n";
+        assert_eq!(out.matches(public_line).count(), 1, "{out}");
+        assert!(
+            out.find(public_line) < out.find("a=end-of-candidates"),
+            "after the last candidate, before the end: {out}"
+        );
+        assert_eq!(ice_ufrag(&out), Some("abcd"));
+        // An answer without candidates gets the public ones in its first media section.
+        let bare = "v=0\r\nm=video 9 X 96\r\na=mid:0\r\nm=audio 9 X 111\r\na=mid:1\r\n";
+        let out = a.answer(bare);
+        assert!(out.find(public_line) < out.find("m=audio"), "{out}");
+        // Nothing to announce: the answer is unchanged.
+        let none = Announce {
+            port: 8555,
+            shared_ips: &[],
+            public_ips: &[],
+        };
+        assert_eq!(none.answer(answer), answer);
+        assert_eq!(
+            a.candidate("candidate:1 1 udp 2130706431 10.0.0.2 40001 typ host generation 0"),
+            "candidate:1 1 udp 2130706431 10.0.0.2 8555 typ host generation 0"
+        );
+        assert_eq!(a.candidate("garbage"), "garbage");
+    }
 
     #[test]
     fn mdns_lines_are_dropped_and_others_kept() {

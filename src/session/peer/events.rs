@@ -125,14 +125,20 @@ pub(super) struct Handler {
     pub(super) talkback: bool,
     /// Handed to control channels, which end with the connection.
     pub(super) peer_closed: CancellationToken,
+    /// On the shared port, candidates are announced with it.
+    pub(super) mux: Option<Arc<super::mux::MuxSession>>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
+            let candidate = match &self.mux {
+                Some(mux) => mux.announce_candidate(&init.candidate),
+                None => init.candidate,
+            };
             let _ = self.events.send(PeerEvent::LocalCandidate(Candidate {
-                candidate: init.candidate,
+                candidate,
                 sdp_mid: init.sdp_mid.filter(|m| !m.is_empty()),
                 sdp_mline_index: init.sdp_mline_index,
             }));

@@ -10,11 +10,12 @@
 mod codecs;
 mod events;
 mod feedback;
+mod mux;
 mod negotiation;
 
 pub use events::{ChannelEvent, ControlChannel, Microphone, PeerEvent, PeerState};
 pub use feedback::Feedback;
-pub use negotiation::{Offer, PeerFactory};
+pub use negotiation::{check_config, Offer, PeerFactory};
 
 use crate::media::audio::AudioPacket;
 use crate::media::EncodedFrame;
@@ -59,6 +60,13 @@ pub enum PeerError {
     Send(#[source] WebrtcError),
     #[error("no network address to offer ICE candidates on")]
     NoAddress,
+    /// The shared port (`[webrtc] udp_port`) cannot be had: a fatal error at start.
+    #[error("cannot listen for WebRTC on UDP {addr} (webrtc.udp_port)")]
+    Port {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A viewer's peer connection and the tracks rtcam writes to.
@@ -73,6 +81,8 @@ pub struct Peer {
     feedback: Arc<Mutex<FeedbackLog>>,
     /// Cancelled when the connection closes: ends its control channels.
     closed: CancellationToken,
+    /// Its place on the shared UDP port, if rtcam has one.
+    mux: Option<Arc<mux::MuxSession>>,
 }
 
 /// One track rtcam sends on and what writing to it needs.
@@ -150,11 +160,16 @@ impl Peer {
             .set_local_description(answer)
             .await
             .map_err(PeerError::Setup)?;
-        self.pc
+        let answer = self
+            .pc
             .local_description()
             .await
             .map(|d| d.sdp)
-            .ok_or(PeerError::NoLocalDescription)
+            .ok_or(PeerError::NoLocalDescription)?;
+        Ok(match &self.mux {
+            Some(mux) => mux.answer(&answer),
+            None => answer,
+        })
     }
 
     /// Waits for the viewer's next PLI or FIR (its decoder lost the picture); pends forever

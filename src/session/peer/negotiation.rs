@@ -3,6 +3,7 @@
 use super::codecs::{media_engine, opus_codec, video_track_codec};
 use super::events::Handler;
 use super::feedback::{with_taps, FeedbackLog};
+use super::mux::UdpMux;
 use super::{AudioOptions, Peer, PeerError, PeerEvent, SendTrack};
 use crate::codec::VideoCodec;
 use crate::config::WebrtcConfig;
@@ -41,6 +42,8 @@ pub struct PeerFactory {
     /// with expired ones.
     ice_servers: Arc<crate::turn::IceServers>,
     configured_addrs: Vec<IpAddr>,
+    /// The shared UDP port, unless `udp_port = 0`.
+    mux: Option<Arc<UdpMux>>,
     /// Generated once: an ECDSA key per viewer would add tens of milliseconds to every join.
     certificate: RTCCertificate,
 }
@@ -64,18 +67,25 @@ impl PeerFactory {
         let certificate =
             RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
                 .map_err(PeerError::Setup)?;
-        Ok(Self {
+        let mut factory = Self {
             ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),
+            mux: None,
             certificate,
-        })
+        };
+        if cfg.udp_port != 0 {
+            let mux = UdpMux::bind(cfg.udp_port, &factory.udp_ips(), cfg.public_ips.clone())
+                .map_err(|(addr, source)| PeerError::Port { addr, source })?;
+            factory.mux = Some(mux);
+        }
+        Ok(factory)
     }
 
     /// Local addresses to gather candidates on. The crate skips loopback when bound to the
     /// wildcard address, and a viewer on the board itself (or a test) needs loopback, so rtcam
     /// binds each interface address on its own. Looked up per session: DHCP and Wi-Fi change them.
-    fn udp_addrs(&self) -> Vec<String> {
-        let ips: Vec<IpAddr> = if self.configured_addrs.is_empty() {
+    fn udp_ips(&self) -> Vec<IpAddr> {
+        if self.configured_addrs.is_empty() {
             if_addrs::get_if_addrs()
                 .unwrap_or_default()
                 .into_iter()
@@ -88,8 +98,14 @@ impl PeerFactory {
                 .collect()
         } else {
             self.configured_addrs.clone()
-        };
-        ips.into_iter()
+        }
+    }
+
+    /// [`Self::udp_ips`] as the crate binds them. On the shared port the crate's sockets only
+    /// name the address (see `mux`), so they too take a port the system picks.
+    fn udp_addrs(&self) -> Vec<String> {
+        self.udp_ips()
+            .into_iter()
             .map(|ip| match ip {
                 IpAddr::V4(v4) => format!("{v4}:0"),
                 IpAddr::V6(v6) => format!("[{v6}]:0"),
@@ -136,7 +152,12 @@ impl PeerFactory {
         }
         let host_candidates = addrs.len();
         let closed = CancellationToken::new();
-        let pc = PeerConnectionBuilder::new()
+        let mux = self.mux.as_ref().map(UdpMux::session);
+        let mut builder = PeerConnectionBuilder::new();
+        if let Some(mux) = &mux {
+            builder = builder.with_runtime(mux.runtime());
+        }
+        let pc = builder
             .with_configuration(self.configuration())
             .with_media_engine(media)
             .with_interceptor_registry(with_taps(registry, ssrc, &feedback))
@@ -145,6 +166,7 @@ impl PeerFactory {
                 events,
                 talkback: with_audio && audio.talkback,
                 peer_closed: closed.clone(),
+                mux: mux.clone(),
             }))
             .with_udp_addrs(addrs)
             .build()
@@ -154,15 +176,20 @@ impl PeerFactory {
         // driver task running, with its socket, for the life of the process.
         match negotiate(&pc, offer, codec, with_audio, ssrc, host_candidates).await {
             Ok(n) => {
+                let answer_sdp = match &mux {
+                    Some(mux) => mux.answer(&n.answer_sdp),
+                    None => n.answer_sdp,
+                };
                 let peer = Peer {
                     pc: Box::new(pc),
-                    mid: first_mid(&n.answer_sdp).unwrap_or_else(|| "0".into()),
+                    mid: first_mid(&answer_sdp).unwrap_or_else(|| "0".into()),
                     video: n.video,
                     audio: n.audio,
                     feedback,
                     closed,
+                    mux,
                 };
-                Ok((peer, n.answer_sdp))
+                Ok((peer, answer_sdp))
             }
             Err(e) => {
                 if let Err(close) = pc.close().await {
@@ -172,6 +199,18 @@ impl PeerFactory {
             }
         }
     }
+}
+
+/// `[webrtc]` keys that only make sense together.
+pub fn check_config(cfg: &WebrtcConfig) -> Result<(), crate::config::Refusal> {
+    if !cfg.public_ips.is_empty() && cfg.udp_port == 0 {
+        return Err(crate::config::Refusal::new(
+            "webrtc.public_ips",
+            "public addresses are announced with the shared port: set webrtc.udp_port \
+             (and forward that UDP port to this device)",
+        ));
+    }
+    Ok(())
 }
 
 /// The crate's transport settings for every viewer.

@@ -16,7 +16,6 @@ use rtcam::app::App;
 use rtcam::config::{Config, SourceKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -26,13 +25,7 @@ use std::sync::{Arc, Mutex};
 pub static BROWSER: Mutex<()> = Mutex::new(());
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use rtcam_viewer::ports::free_port;
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -86,6 +79,8 @@ pub fn test_config(device: &str) -> Config {
     c.encoder.bitrate_kbps = 800;
     c.encoder.keyframe_interval = 30;
     c.webrtc.udp_addrs = vec!["127.0.0.1".parse().unwrap()];
+    // Every session on one port, as by default; each rtcam of the test process on its own.
+    c.webrtc.udp_port = free_port();
     c
 }
 
@@ -150,7 +145,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is installed (apt-get install mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(20));
@@ -212,7 +207,7 @@ impl Probe {
             }
         });
         for _ in filters {
-            tokio::time::timeout(Duration::from_secs(5), subacked.recv())
+            tokio::time::timeout(Duration::from_secs(10), subacked.recv())
                 .await
                 .expect("suback");
         }
@@ -253,7 +248,7 @@ impl Probe {
 
     /// Waits for `{"type":"error","code":code}` on `topic`.
     pub async fn wait_error(&self, topic: &str, code: &str) -> Value {
-        self.wait_json(topic, Duration::from_secs(5), |v| {
+        self.wait_json(topic, Duration::from_secs(15), |v| {
             v["type"] == "error" && v["code"] == code
         })
         .await

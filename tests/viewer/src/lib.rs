@@ -18,6 +18,7 @@ pub mod janus;
 mod mqtt;
 mod peer;
 mod pli;
+pub mod ports;
 mod seen;
 mod sender_reports;
 mod stats;
