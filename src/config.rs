@@ -667,12 +667,14 @@ pub struct WebrtcConfig {
     /// How long a session may stay disconnected (ICE) before rtcam ends it.
     pub disconnect_timeout_secs: u64,
     /// Local addresses to gather ICE candidates on. Empty: every up interface, loopback included.
+    #[serde(deserialize_with = "udp_addrs")]
     pub udp_addrs: Vec<std::net::IpAddr>,
     /// The one UDP port every session shares, on each of those addresses: the port to forward
     /// and open. 0: a port of its own for each session, picked by the system.
     pub udp_port: u16,
     /// Addresses viewers outside reach rtcam at (a port forward's or 1:1 NAT's outside
     /// address), announced beside the local ones. Needs `udp_port`.
+    #[serde(deserialize_with = "public_ips")]
     pub public_ips: Vec<std::net::IpAddr>,
     /// New sessions per second the device accepts (twice as many in a burst).
     pub offers_per_second: u32,
@@ -689,6 +691,32 @@ pub struct WebrtcConfig {
     /// How long derived TURN credentials stay valid. A relayed session needs them for its
     /// allocation refreshes, so this bounds how long one relayed session can last.
     pub turn_ttl_secs: u64,
+}
+
+/// A list of IP addresses under `key`: an entry that is not one (a host name, a typo) is an
+/// error naming the key and the entry, where serde's own would say only "invalid IP address".
+fn ip_list<'de, D: serde::Deserializer<'de>>(
+    key: &str,
+    d: D,
+) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "webrtc.{key}: {s:?} is not an IP address (host names cannot be used here)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn udp_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    ip_list("udp_addrs", d)
+}
+
+fn public_ips<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    ip_list("public_ips", d)
 }
 
 impl Default for WebrtcConfig {

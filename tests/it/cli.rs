@@ -1,5 +1,6 @@
 //! The `rtcam` binary's configuration commands, run as a user runs them.
 
+use crate::common;
 use std::process::Command;
 
 fn rtcam(args: &[&str]) -> std::process::Output {
@@ -46,6 +47,62 @@ fn unknown_key_fails_with_file_line_and_key() {
     let out = rtcam(&["--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":6:"));
+}
+
+/// `[webrtc] public_ips` entries are IP addresses (a config error with file, line and key
+/// otherwise), and need the shared port they are announced with.
+#[test]
+fn public_ips_are_addresses_and_need_the_shared_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        "[device]\nid = \"cam\"\n\n[webrtc]\nudp_port = 8555\npublic_ips = [\"203.0.113.7\", \"camera.example.org\"]\n",
+    )
+    .unwrap();
+    let out = rtcam(&["config", "check", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:6:", path.display())), "{err}");
+    assert!(err.contains("public_ips"), "{err}");
+
+    std::fs::write(
+        &path,
+        "[device]\nid = \"cam\"\n\n[webrtc]\nudp_port = 0\npublic_ips = [\"203.0.113.7\"]\n",
+    )
+    .unwrap();
+    let out = rtcam(&["config", "check", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("webrtc.public_ips"), "{err}");
+    assert!(err.contains("webrtc.udp_port"), "{err}");
+}
+
+/// A WebRTC port another program holds stops rtcam at start, naming the address and the key:
+/// it is the port a router forwards, so rtcam does not quietly take another.
+#[test]
+fn a_webrtc_port_in_use_is_named() {
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mqtt]\nembedded_listen = \"127.0.0.1:{}\"\nembedded_listen_v5 = \"127.0.0.1:{}\"\n\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n\n\
+             [webrtc]\nudp_addrs = [\"127.0.0.1\"]\nudp_port = {port}\n",
+            common::free_port(),
+            common::free_port(),
+        ),
+    )
+    .unwrap();
+    let out = rtcam(&["--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("webrtc.udp_port"), "{err}");
+    assert!(err.contains("in use"), "{err}");
 }
 
 #[test]
@@ -165,10 +222,14 @@ fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcam.toml");
-    // The [mqtt] defaults; only HTTP moves off its fixed ports so parallel tests do not collide.
-    let rest =
-        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n";
-    std::fs::write(&path, rest).unwrap();
+    // The [mqtt] defaults; only HTTP and WebRTC move off their fixed ports so parallel tests
+    // do not collide.
+    let rest = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n\n\
+         [webrtc]\nudp_port = {}\n",
+        common::free_port()
+    );
+    std::fs::write(&path, &rest).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtcam"))
         .args(["--config", path.to_str().unwrap()])
         .env("NO_COLOR", "1")

@@ -40,6 +40,7 @@ mod service;
 mod soak;
 mod stream;
 mod tls;
+mod udp_port;
 mod vivid;
 mod vp8;
 mod whep;

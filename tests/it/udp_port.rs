@@ -1,0 +1,157 @@
+//! Every session on one UDP port (`[webrtc] udp_port`): the rtcam binary serves 16 viewers at
+//! once through one socket, and `/proc` shows its sockets and descriptors do not grow with them
+//! (leaving out TCP: each viewer's signalling is an MQTT connection through the gate).
+//! (Through a NAT that forwards only that port: `nat::viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn`.)
+
+use crate::common;
+
+use common::viewer::{Viewer, ViewerOptions};
+use common::{test_config, Probe};
+use std::collections::HashSet;
+use std::time::Duration;
+
+const VIEWERS: usize = 16;
+
+/// The inodes of this machine's sockets of `proto` ("udp", "tcp"), IPv4 and IPv6.
+fn inodes(proto: &str) -> HashSet<u64> {
+    [format!("/proc/net/{proto}"), format!("/proc/net/{proto}6")]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9)?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// A process's open descriptors other than TCP sockets, and how many of them are UDP sockets.
+fn descriptors(pid: u32) -> (usize, usize) {
+    let (udp, tcp) = (inodes("udp"), inodes("tcp"));
+    let mut fds = 0;
+    let mut udp_fds = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if inode.is_some_and(|i| tcp.contains(&i)) {
+            continue;
+        }
+        fds += 1;
+        if inode.is_some_and(|i| udp.contains(&i)) {
+            udp_fds += 1;
+        }
+    }
+    (fds, udp_fds)
+}
+
+/// Waits until `pred` holds for rtcam's descriptors, returning the last reading.
+async fn settle(pid: u32, pred: impl Fn((usize, usize)) -> bool) -> (usize, usize) {
+    let mut last = descriptors(pid);
+    for _ in 0..100 {
+        if pred(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = descriptors(pid);
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    let mut config = test_config("udpport");
+    config.webrtc.max_sessions = VIEWERS;
+    config.webrtc.offers_per_second = VIEWERS as u32;
+    config.encoder.bitrate_kbps = 300;
+    let port = config.webrtc.udp_port;
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let broker = ("127.0.0.1", config.mqtt.embedded_listen.port());
+    let root = "rtcam/udpport";
+    let status = format!("{root}/status");
+    let probe = Probe::connect(broker, std::slice::from_ref(&status)).await;
+    probe
+        .wait_json(&status, Duration::from_secs(20), |v| v["state"] == "online")
+        .await
+        .expect("rtcam online");
+
+    // One socket, on the one address configured, bound to the port.
+    let (fds_before, udp_before) = descriptors(pid);
+    assert_eq!(udp_before, 1, "UDP sockets before any viewer");
+    let port_hex = format!(":{port:04X} ");
+    let ours = std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&format!("0100007F{port_hex}")));
+    assert!(ours, "nothing bound to 127.0.0.1:{port}");
+
+    let viewers = futures::future::join_all((0..VIEWERS).map(|_| {
+        Viewer::connect_with(
+            broker,
+            root,
+            ViewerOptions {
+                udp_addrs: vec!["127.0.0.1:0".into()],
+                ..ViewerOptions::default()
+            },
+        )
+    }))
+    .await;
+    for (n, v) in viewers.iter().enumerate() {
+        let answer = v
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == "answer")
+            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        assert!(
+            answer.contains(&format!("127.0.0.1 {port} typ host")),
+            "viewer {n}'s answer does not name the shared port: {answer}"
+        );
+    }
+    let decoded = futures::future::join_all(
+        viewers
+            .iter()
+            .map(|v| v.wait_frames(20, Duration::from_secs(60))),
+    )
+    .await;
+    for (n, d) in decoded.iter().enumerate() {
+        assert!(d.frames >= 20, "viewer {n} decoded {} frames", d.frames);
+    }
+    let (fds_during, udp_during) = descriptors(pid);
+    eprintln!(
+        "rtcam's descriptors (not TCP): {fds_before} before, {fds_during} with {VIEWERS} viewers; UDP sockets {udp_before}, {udp_during}"
+    );
+    assert_eq!(udp_during, 1, "UDP sockets with {VIEWERS} viewers");
+    assert!(
+        fds_during <= fds_before + 2,
+        "descriptors grew with the viewers: {fds_before} to {fds_during}"
+    );
+
+    futures::future::join_all(viewers.into_iter().map(Viewer::bye)).await;
+    let (fds_after, udp_after) = settle(pid, |(f, _)| f <= fds_before).await;
+    assert_eq!(udp_after, 1, "UDP sockets after the viewers left");
+    assert!(
+        fds_after <= fds_before,
+        "descriptors left behind: {fds_before} before, {fds_after} after"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
