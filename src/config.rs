@@ -672,6 +672,9 @@ pub struct WebrtcConfig {
     /// The one UDP port every session shares, on each of those addresses: the port to forward
     /// and open. 0: a port of its own for each session, picked by the system.
     pub udp_port: u16,
+    /// The port for ICE over TCP (passive), shared by every session in the same way, for
+    /// networks that block UDP. 0: no ICE-TCP.
+    pub tcp_port: u16,
     /// Addresses viewers outside reach rtcam at (a port forward's or 1:1 NAT's outside
     /// address), announced beside the local ones. Needs `udp_port`.
     #[serde(deserialize_with = "public_ips")]
@@ -727,6 +730,7 @@ impl Default for WebrtcConfig {
             disconnect_timeout_secs: 15,
             udp_addrs: Vec::new(),
             udp_port: 8555,
+            tcp_port: 8555,
             public_ips: Vec::new(),
             offers_per_second: 5,
             max_candidates_per_session: 64,

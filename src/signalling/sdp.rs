@@ -134,59 +134,78 @@ pub fn first_mid(sdp: &str) -> Option<String> {
         .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(str::to_owned))
 }
 
-/// Where rtcam is reachable when its sessions share one UDP port (`[webrtc] udp_port`): the
-/// crate names each session's host candidates by an address of its own, and the viewer is
-/// told the shared port instead, plus `public_ips` (a port forward's or 1:1 NAT's outside
-/// address) as host candidates beside the local ones. Beside, not instead: a viewer on the
-/// same network reaches the local address without a round trip through the router, which
-/// many home routers do not loop back.
+/// Where rtcam is reachable when its sessions share one port (`[webrtc] udp_port`, and
+/// `tcp_port` for ICE over TCP): the crate names each session's host candidates by an address
+/// of its own, and the viewer is told the shared ports instead, plus `public_ips` (a port
+/// forward's or 1:1 NAT's outside address) as host candidates beside the local ones. Beside,
+/// not instead: a viewer on the same network reaches the local address without a round trip
+/// through the router, which many home routers do not loop back.
 #[derive(Debug, Clone, Copy)]
 pub struct Announce<'a> {
-    pub port: u16,
-    /// The local addresses that have a shared socket: only their candidates are rewritten.
-    pub shared_ips: &'a [IpAddr],
+    /// 0: no shared UDP port.
+    pub udp_port: u16,
+    /// The local addresses that have a shared UDP socket: only their candidates are rewritten.
+    pub udp_ips: &'a [IpAddr],
+    /// 0: no shared ICE-TCP port.
+    pub tcp_port: u16,
+    pub tcp_ips: &'a [IpAddr],
     pub public_ips: &'a [IpAddr],
 }
 
 impl Announce<'_> {
-    /// One candidate (`candidate:…`, or an SDP line `a=candidate:…`) as the viewer must see it.
+    /// One candidate (`candidate:…`, or an SDP line `a=candidate:…`) as the viewer must see it:
+    /// a UDP host candidate, or a passive TCP one, on a shared address gets the shared port.
     pub fn candidate(&self, candidate: &str) -> String {
         let fields: Vec<&str> = candidate.split(' ').collect();
-        let is_shared_host = fields.len() >= 8
-            && fields[2].eq_ignore_ascii_case("udp")
-            && fields[6] == "typ"
-            && fields[7] == "host"
-            && fields[4]
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| self.shared_ips.contains(&ip));
-        if !is_shared_host {
+        if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
             return candidate.to_owned();
         }
-        let port = self.port.to_string();
+        let Ok(ip) = fields[4].parse::<IpAddr>() else {
+            return candidate.to_owned();
+        };
+        let transport = fields[2].to_ascii_lowercase();
+        let port = if transport == "udp" && self.udp_ips.contains(&ip) {
+            self.udp_port
+        } else if transport == "tcp"
+            && fields.get(8..10) == Some(&["tcptype", "passive"])
+            && self.tcp_ips.contains(&ip)
+        {
+            self.tcp_port
+        } else {
+            return candidate.to_owned();
+        };
+        let port = port.to_string();
         let mut out = fields;
         out[5] = &port;
         out.join(" ")
     }
 
     /// The `candidate:` values for `public_ips`, after the local host candidates in priority
-    /// (local preference 0 against the crate's 65535).
+    /// (local preference 0 against the crate's 65535), TCP after UDP.
     pub fn public_candidates(&self) -> Vec<String> {
-        self.public_ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| {
+        let mut out = Vec::new();
+        for (i, ip) in self.public_ips.iter().enumerate() {
+            if self.udp_port != 0 {
                 let priority = (126u32 << 24) | 255;
-                format!(
+                out.push(format!(
                     "candidate:rtcampub{i} 1 udp {priority} {ip} {} typ host",
-                    self.port
-                )
-            })
-            .collect()
+                    self.udp_port
+                ));
+            }
+            if self.tcp_port != 0 {
+                let priority = (80u32 << 24) | 255;
+                out.push(format!(
+                    "candidate:rtcampubtcp{i} 1 tcp {priority} {ip} {} typ host tcptype passive",
+                    self.tcp_port
+                ));
+            }
+        }
+        out
     }
 
-    /// An answer as the viewer must see it: host candidates on the shared port, and the public
-    /// ones after the last candidate of each section that has some (the first media section
-    /// when none has: a viewer learns them there under BUNDLE).
+    /// An answer as the viewer must see it: host candidates on the shared ports, and the
+    /// public ones after the last candidate of each section that has some (the first media
+    /// section when none has: a viewer learns them there under BUNDLE).
     pub fn answer(&self, sdp: &str) -> String {
         let public: Vec<String> = self
             .public_candidates()
@@ -205,10 +224,11 @@ impl Announce<'_> {
                 }
                 _ => line.to_owned(),
             };
-            sections.last_mut().unwrap_or(&mut Vec::new()).push(line);
+            if let Some(section) = sections.last_mut() {
+                section.push(line);
+            }
         }
-        let has_candidates =
-            |s: &Vec<String>| s.iter().any(|l| l.starts_with("a=candidate:"));
+        let has_candidates = |s: &Vec<String>| s.iter().any(|l| l.starts_with("a=candidate:"));
         let any = sections.iter().any(has_candidates);
         for (n, section) in sections.iter_mut().enumerate() {
             if any && has_candidates(section) {
@@ -246,15 +266,23 @@ mod tests {
         let local: IpAddr = "10.0.0.2".parse().unwrap();
         let public: IpAddr = "203.0.113.9".parse().unwrap();
         let a = Announce {
-            port: 8555,
-            shared_ips: &[local],
+            udp_port: 8555,
+            udp_ips: &[local],
+            tcp_port: 0,
+            tcp_ips: &[],
             public_ips: &[public],
         };
         let answer = "v=0\r\na=ice-ufrag:abcd\r\nm=video 9 X 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.2 40001 typ host\r\na=candidate:2 1 udp 2130706431 10.9.9.9 40002 typ host\r\na=candidate:3 1 udp 1694498815 198.51.100.4 5000 typ srflx raddr 10.0.0.2 rport 40001\r\na=end-of-candidates\r\nm=audio 9 X 111\r\na=mid:1\r\n";
         let out = a.answer(answer);
         assert!(out.contains("10.0.0.2 8555 typ host\r\n"), "{out}");
-        assert!(out.contains("10.9.9.9 40002 typ host"), "not a shared address: kept");
-        assert!(out.contains("198.51.100.4 5000 typ srflx"), "reflexive: kept");
+        assert!(
+            out.contains("10.9.9.9 40002 typ host"),
+            "not a shared address: kept"
+        );
+        assert!(
+            out.contains("198.51.100.4 5000 typ srflx"),
+            "reflexive: kept"
+        );
         let public_line = "a=candidate:rtcampub0 1 udp 2113929471 203.0.113.9 8555 typ host\r\n";
         assert_eq!(out.matches(public_line).count(), 1, "{out}");
         assert!(
@@ -268,8 +296,10 @@ mod tests {
         assert!(out.find(public_line) < out.find("m=audio"), "{out}");
         // Nothing to announce: the answer is unchanged.
         let none = Announce {
-            port: 8555,
-            shared_ips: &[],
+            udp_port: 8555,
+            udp_ips: &[],
+            tcp_port: 8555,
+            tcp_ips: &[],
             public_ips: &[],
         };
         assert_eq!(none.answer(answer), answer);
@@ -278,6 +308,33 @@ mod tests {
             "candidate:1 1 udp 2130706431 10.0.0.2 8555 typ host generation 0"
         );
         assert_eq!(a.candidate("garbage"), "garbage");
+    }
+
+    #[test]
+    fn passive_tcp_candidates_get_the_shared_tcp_port() {
+        let local: IpAddr = "10.0.0.2".parse().unwrap();
+        let public: IpAddr = "203.0.113.9".parse().unwrap();
+        let a = Announce {
+            udp_port: 8555,
+            udp_ips: &[local],
+            tcp_port: 8556,
+            tcp_ips: &[local],
+            public_ips: &[public],
+        };
+        assert_eq!(
+            a.candidate("candidate:5 1 tcp 1671430143 10.0.0.2 41234 typ host tcptype passive"),
+            "candidate:5 1 tcp 1671430143 10.0.0.2 8556 typ host tcptype passive"
+        );
+        // An active candidate's port is the discard placeholder; it connects out.
+        let active = "candidate:6 1 tcp 1671430143 10.0.0.2 9 typ host tcptype active";
+        assert_eq!(a.candidate(active), active);
+        assert_eq!(
+            a.public_candidates(),
+            [
+                "candidate:rtcampub0 1 udp 2113929471 203.0.113.9 8555 typ host",
+                "candidate:rtcampubtcp0 1 tcp 1342177535 203.0.113.9 8556 typ host tcptype passive",
+            ]
+        );
     }
 
     #[test]

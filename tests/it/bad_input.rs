@@ -162,6 +162,7 @@ async fn setup_failure_is_an_internal_error() {
     // A port per session: the crate binds at the offer. (The shared port is bound at start,
     // where the same address is a start error: `cli::a_webrtc_port_in_use_is_named`.)
     config.webrtc.udp_port = 0;
+    config.webrtc.tcp_port = 0;
     let rt = start(config).await;
     let root = rt.root();
     let probe = Probe::connect(rt.broker(), &[format!("{root}/session/+/out")]).await;

@@ -68,7 +68,7 @@ fn public_ips_are_addresses_and_need_the_shared_port() {
 
     std::fs::write(
         &path,
-        "[device]\nid = \"cam\"\n\n[webrtc]\nudp_port = 0\npublic_ips = [\"203.0.113.7\"]\n",
+        "[device]\nid = \"cam\"\n\n[webrtc]\nudp_port = 0\ntcp_port = 0\npublic_ips = [\"203.0.113.7\"]\n",
     )
     .unwrap();
     let out = rtcam(&["config", "check", path.to_str().unwrap()]);
@@ -91,7 +91,7 @@ fn a_webrtc_port_in_use_is_named() {
         format!(
             "[mqtt]\nembedded_listen = \"127.0.0.1:{}\"\nembedded_listen_v5 = \"127.0.0.1:{}\"\n\n\
              [http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n\n\
-             [webrtc]\nudp_addrs = [\"127.0.0.1\"]\nudp_port = {port}\n",
+             [webrtc]\nudp_addrs = [\"127.0.0.1\"]\nudp_port = {port}\ntcp_port = 0\n",
             common::free_port(),
             common::free_port(),
         ),
@@ -206,6 +206,16 @@ fn a_broker_listening_beyond_this_machine_needs_users() {
 /// with the defaults, rtcam's embedded broker takes a free port and says which, and how to pin
 /// one; the same address written in the config is the user's choice, and a taken one stops
 /// rtcam naming the key.
+/// The config sections of [`a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address`]
+/// other than `[mqtt]`: HTTP and WebRTC on ports no other test takes.
+fn not_mqtt_on_free_ports() -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n\n\
+         [webrtc]\nudp_port = {port}\ntcp_port = {port}\n",
+        port = common::free_port()
+    )
+}
+
 #[test]
 fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
     // Hold 1883 ourselves if it is free; if another program holds it, it is taken all the same.
@@ -224,11 +234,7 @@ fn a_broker_already_on_1883_moves_the_default_but_not_a_chosen_address() {
     let path = dir.path().join("rtcam.toml");
     // The [mqtt] defaults; only HTTP and WebRTC move off their fixed ports so parallel tests
     // do not collide.
-    let rest = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\nhttps_listen = \"\"\n\n[source]\nkind = \"test\"\n\n\
-         [webrtc]\nudp_port = {}\n",
-        common::free_port()
-    );
+    let rest = not_mqtt_on_free_ports();
     std::fs::write(&path, &rest).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtcam"))
         .args(["--config", path.to_str().unwrap()])

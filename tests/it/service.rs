@@ -135,7 +135,7 @@ fn ready_after_broker_and_http_then_watchdog_pings_then_stopping_on_sigterm() {
             "[device]\nid = \"svc\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{mqtt_port}\"\nembedded_listen_v5 = \"127.0.0.1:{v5_port}\"\n\
              [http]\nlisten = \"127.0.0.1:{http_port}\"\nhttps_listen = \"\"\n\
              [source]\nkind = \"test\"\nwidth = 320\nheight = 240\nfps = 15\nalways_on = true\n\
-             [webrtc]\nudp_addrs = [\"127.0.0.1\"]\nudp_port = {udp_port}\n",
+             [webrtc]\nudp_addrs = [\"127.0.0.1\"]\nudp_port = {udp_port}\ntcp_port = {udp_port}\n",
             udp_port = common::free_port(),
         ),
     )

@@ -31,7 +31,10 @@ fn descriptors(pid: u32) -> (usize, usize) {
     let (udp, tcp) = (inodes("udp"), inodes("tcp"));
     let mut fds = 0;
     let mut udp_fds = 0;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue;
         };
@@ -62,6 +65,36 @@ async fn settle(pid: u32, pred: impl Fn((usize, usize)) -> bool) -> (usize, usiz
         last = descriptors(pid);
     }
     last
+}
+
+/// [`VIEWERS`] viewers at once, each answered with rtcam's candidate on the shared `port`.
+async fn connect_viewers(broker: (&str, u16), root: &str, port: u16) -> Vec<Viewer> {
+    let viewers = futures::future::join_all((0..VIEWERS).map(|_| {
+        Viewer::connect_with(
+            broker,
+            root,
+            ViewerOptions {
+                udp_addrs: vec!["127.0.0.1:0".into()],
+                ..ViewerOptions::default()
+            },
+        )
+    }))
+    .await;
+    for (n, v) in viewers.iter().enumerate() {
+        let answer = v
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == "answer")
+            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        assert!(
+            answer.contains(&format!("127.0.0.1 {port} typ host")),
+            "viewer {n}'s answer does not name the shared port: {answer}"
+        );
+    }
+    viewers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,31 +134,7 @@ async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
         .any(|l| l.contains(&format!("0100007F{port_hex}")));
     assert!(ours, "nothing bound to 127.0.0.1:{port}");
 
-    let viewers = futures::future::join_all((0..VIEWERS).map(|_| {
-        Viewer::connect_with(
-            broker,
-            root,
-            ViewerOptions {
-                udp_addrs: vec!["127.0.0.1:0".into()],
-                ..ViewerOptions::default()
-            },
-        )
-    }))
-    .await;
-    for (n, v) in viewers.iter().enumerate() {
-        let answer = v
-            .messages
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|m| m["type"] == "answer")
-            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        assert!(
-            answer.contains(&format!("127.0.0.1 {port} typ host")),
-            "viewer {n}'s answer does not name the shared port: {answer}"
-        );
-    }
+    let viewers = connect_viewers(broker, root, port).await;
     let decoded = futures::future::join_all(
         viewers
             .iter()

@@ -60,9 +60,10 @@ pub enum PeerError {
     Send(#[source] WebrtcError),
     #[error("no network address to offer ICE candidates on")]
     NoAddress,
-    /// The shared port (`[webrtc] udp_port`) cannot be had: a fatal error at start.
-    #[error("cannot listen for WebRTC on UDP {addr} (webrtc.udp_port)")]
+    /// A shared port (`[webrtc] udp_port`, `tcp_port`) cannot be had: a fatal error at start.
+    #[error("cannot listen for WebRTC on {addr} ({key})")]
     Port {
+        key: &'static str,
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,

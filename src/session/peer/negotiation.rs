@@ -3,7 +3,7 @@
 use super::codecs::{media_engine, opus_codec, video_track_codec};
 use super::events::Handler;
 use super::feedback::{with_taps, FeedbackLog};
-use super::mux::UdpMux;
+use super::mux::{Mux, Ports};
 use super::{AudioOptions, Peer, PeerError, PeerEvent, SendTrack};
 use crate::codec::VideoCodec;
 use crate::config::WebrtcConfig;
@@ -42,8 +42,10 @@ pub struct PeerFactory {
     /// with expired ones.
     ice_servers: Arc<crate::turn::IceServers>,
     configured_addrs: Vec<IpAddr>,
-    /// The shared UDP port, unless `udp_port = 0`.
-    mux: Option<Arc<UdpMux>>,
+    /// The shared ports, unless both `udp_port` and `tcp_port` are 0.
+    mux: Option<Arc<Mux>>,
+    /// ICE over TCP (passive) is offered: `tcp_port` is set.
+    tcp: bool,
     /// Generated once: an ECDSA key per viewer would add tens of milliseconds to every join.
     certificate: RTCCertificate,
 }
@@ -71,11 +73,22 @@ impl PeerFactory {
             ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),
             mux: None,
+            tcp: cfg.tcp_port != 0,
             certificate,
         };
-        if cfg.udp_port != 0 {
-            let mux = UdpMux::bind(cfg.udp_port, &factory.udp_ips(), cfg.public_ips.clone())
-                .map_err(|(addr, source)| PeerError::Port { addr, source })?;
+        let ports = Ports {
+            udp: cfg.udp_port,
+            tcp: cfg.tcp_port,
+        };
+        if ports.udp != 0 || ports.tcp != 0 {
+            let mux =
+                Mux::bind(ports, &factory.udp_ips(), cfg.public_ips.clone()).map_err(|e| {
+                    PeerError::Port {
+                        key: e.key,
+                        addr: e.addr,
+                        source: e.source,
+                    }
+                })?;
             factory.mux = Some(mux);
         }
         Ok(factory)
@@ -152,10 +165,13 @@ impl PeerFactory {
         }
         let host_candidates = addrs.len();
         let closed = CancellationToken::new();
-        let mux = self.mux.as_ref().map(UdpMux::session);
+        let mux = self.mux.as_ref().map(Mux::session);
         let mut builder = PeerConnectionBuilder::new();
         if let Some(mux) = &mux {
             builder = builder.with_runtime(mux.runtime());
+        }
+        if self.tcp {
+            builder = builder.with_tcp_addrs(addrs.clone());
         }
         let pc = builder
             .with_configuration(self.configuration())
@@ -203,10 +219,10 @@ impl PeerFactory {
 
 /// `[webrtc]` keys that only make sense together.
 pub fn check_config(cfg: &WebrtcConfig) -> Result<(), crate::config::Refusal> {
-    if !cfg.public_ips.is_empty() && cfg.udp_port == 0 {
+    if !cfg.public_ips.is_empty() && cfg.udp_port == 0 && cfg.tcp_port == 0 {
         return Err(crate::config::Refusal::new(
             "webrtc.public_ips",
-            "public addresses are announced with the shared port: set webrtc.udp_port \
+            "public addresses are announced with the shared ports: set webrtc.udp_port \
              (and forward that UDP port to this device)",
         ));
     }

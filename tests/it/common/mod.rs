@@ -81,6 +81,8 @@ pub fn test_config(device: &str) -> Config {
     c.webrtc.udp_addrs = vec!["127.0.0.1".parse().unwrap()];
     // Every session on one port, as by default; each rtcam of the test process on its own.
     c.webrtc.udp_port = free_port();
+    // The same number for ICE-TCP (`free_port` is free for both), as by default.
+    c.webrtc.tcp_port = c.webrtc.udp_port;
     c
 }
 

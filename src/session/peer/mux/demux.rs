@@ -103,6 +103,16 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.by_remote.get(&from).copied()
     }
 
+    /// The session a STUN request names by its ufrag, learning nothing: an ICE-TCP connection's
+    /// first message picks its session, and the connection carries the rest.
+    pub fn owner_of_request(&self, packet: &[u8]) -> Option<K> {
+        let stun = Stun::parse(packet)?;
+        if stun.class() != Class::Request {
+            return None;
+        }
+        self.by_ufrag.get(stun.local_ufrag()?).copied()
+    }
+
     /// How many remote addresses, ufrags and open transactions are held.
     #[cfg(test)]
     pub fn sizes(&self) -> (usize, usize, usize) {
@@ -239,6 +249,26 @@ mod tests {
     }
 
     #[test]
+    fn a_tcp_connection_is_placed_by_its_first_request_alone() {
+        let mut d = Demux::default();
+        d.register_ufrag(3, "camC");
+        assert_eq!(
+            d.owner_of_request(&stun(BINDING_REQUEST, 1, Some("camC:v"))),
+            Some(3)
+        );
+        assert_eq!(
+            d.owner_of_request(&stun(BINDING_SUCCESS, 1, Some("camC:v"))),
+            None
+        );
+        assert_eq!(
+            d.owner_of_request(&stun(BINDING_REQUEST, 1, Some("camX:v"))),
+            None
+        );
+        assert_eq!(d.owner_of_request(&[22, 254, 253, 0]), None);
+        assert_eq!(d.sizes(), (0, 1, 0), "nothing learned");
+    }
+
+    #[test]
     fn an_unknown_ufrag_or_no_username_is_dropped() {
         let now = Instant::now();
         let mut d = Demux::default();
@@ -247,8 +277,14 @@ mod tests {
             d.incoming(&stun(BINDING_REQUEST, 1, Some("other:view")), addr(1), now),
             None
         );
-        assert_eq!(d.incoming(&stun(BINDING_REQUEST, 1, None), addr(1), now), None);
-        assert_eq!(d.incoming(&stun(BINDING_INDICATION, 1, None), addr(1), now), None);
+        assert_eq!(
+            d.incoming(&stun(BINDING_REQUEST, 1, None), addr(1), now),
+            None
+        );
+        assert_eq!(
+            d.incoming(&stun(BINDING_INDICATION, 1, None), addr(1), now),
+            None
+        );
         assert_eq!(d.sizes().0, 0, "no address learned");
     }
 
@@ -281,7 +317,10 @@ mod tests {
         let mut d = Demux::default();
         d.outgoing(7, &stun(BINDING_REQUEST, 42, None), now);
         let late = now + TRANSACTION_TTL + Duration::from_secs(1);
-        assert_eq!(d.incoming(&stun(BINDING_SUCCESS, 42, None), addr(1), late), None);
+        assert_eq!(
+            d.incoming(&stun(BINDING_SUCCESS, 42, None), addr(1), late),
+            None
+        );
     }
 
     #[test]
@@ -317,13 +356,21 @@ mod tests {
         const REFRESH_SUCCESS: u16 = 0x0104;
         const SEND_INDICATION: u16 = 0x0016;
         const CHANNEL_BIND_REQUEST: u16 = 0x0009;
-        for t in [ALLOCATE_REQUEST, REFRESH_SUCCESS, SEND_INDICATION, CHANNEL_BIND_REQUEST] {
+        for t in [
+            ALLOCATE_REQUEST,
+            REFRESH_SUCCESS,
+            SEND_INDICATION,
+            CHANNEL_BIND_REQUEST,
+        ] {
             assert!(is_turn(&stun(t, 1, None)), "{t:#06x}");
         }
         for t in [BINDING_REQUEST, BINDING_SUCCESS, BINDING_INDICATION] {
             assert!(!is_turn(&stun(t, 1, None)), "{t:#06x}");
         }
-        assert!(is_turn(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]), "channel data");
+        assert!(
+            is_turn(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]),
+            "channel data"
+        );
         assert!(!is_turn(&[0x80, 96, 0, 1]), "RTP");
         assert!(!is_turn(&[22, 254, 253]), "DTLS");
         assert!(!is_turn(&[]));
