@@ -164,3 +164,93 @@ async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A viewer with no UDP at all (ICE over TCP, connecting out as a browser does) watches through
+/// the shared ICE-TCP port: the passive candidate rtcam announces is on `tcp_port`, where only
+/// the shared listener is (the crate's own listener for the session is closed), and a second
+/// viewer the same way shows connections are told apart by their first check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_without_udp_watches_over_the_shared_tcp_port() {
+    let config = test_config("icetcp");
+    let port = config.webrtc.tcp_port;
+    let rt = common::start(config).await;
+    // A stranger on the port: connections that say nothing, one that is not ICE, one whose
+    // check names no session. None of it reaches a session or stops the viewers below.
+    let mut strangers = Vec::new();
+    for payload in [&b""[..], b"GET / HTTP/1.1\r\n\r\n", &stun_check("nobody:x")] {
+        for _ in 0..10 {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut s, payload)
+                .await
+                .unwrap();
+            strangers.push(s);
+        }
+    }
+    let opts = ViewerOptions {
+        tcp_only: true,
+        ..ViewerOptions::default()
+    };
+    let first = Viewer::connect_with(rt.broker(), &rt.root(), opts.clone()).await;
+    let second = Viewer::connect_with(rt.broker(), &rt.root(), opts).await;
+    for (n, v) in [&first, &second].into_iter().enumerate() {
+        let answer = v
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == "answer")
+            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        assert!(
+            answer.contains(&format!("127.0.0.1 {port} typ host tcptype passive")),
+            "viewer {n}: no passive candidate on the shared port: {answer}"
+        );
+        let d = v.wait_frames(20, Duration::from_secs(30)).await;
+        assert!(
+            d.frames >= 20,
+            "viewer {n} decoded {} frames over TCP",
+            d.frames
+        );
+        let gathered = v.gathered.lock().unwrap().types.clone();
+        assert_eq!(
+            gathered,
+            ["host"],
+            "viewer {n} sent its active TCP candidate alone"
+        );
+    }
+    first.bye().await;
+    second.bye().await;
+    // The stranger's connections that said something were closed; the silent ones too, once
+    // their time to speak ran out.
+    for mut s in strangers {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a stranger's connection stayed open: {read:?}"
+        );
+    }
+    rt.app.stop().await;
+}
+
+/// A STUN binding request with `username`, framed for TCP (RFC 4571).
+fn stun_check(username: &str) -> Vec<u8> {
+    let mut attr = vec![0x00, 0x06];
+    attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attr.extend_from_slice(username.as_bytes());
+    attr.resize(attr.len().next_multiple_of(4), 0);
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    msg.extend_from_slice(&[7; 12]);
+    msg.extend_from_slice(&attr);
+    let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&msg);
+    framed
+}

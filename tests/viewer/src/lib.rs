@@ -91,6 +91,10 @@ pub struct ViewerOptions {
     /// Local addresses to gather on (`"10.2.0.2:0"`); empty: loopback only. A viewer in a
     /// network namespace names its own.
     pub udp_addrs: Vec<String>,
+    /// ICE over TCP alone, as on a network that blocks UDP: TCP candidates on `udp_addrs`'
+    /// addresses, and of those only the active one is sent, as a browser does (it connects out
+    /// to rtcam's passive candidate, never the other way).
+    pub tcp_only: bool,
     /// STUN/TURN servers for the viewer's own gathering.
     pub ice_servers: Vec<RTCIceServer>,
     /// Ask rtcam for its ICE servers (`ice_servers` message) before offering, and use them too.

@@ -42,12 +42,17 @@ struct Handler {
     gathered: Arc<Mutex<Gathered>>,
     shared: Arc<Shared>,
     state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    /// Keep passive TCP candidates to itself (see `ViewerOptions::tcp_only`).
+    active_tcp_only: bool,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
+            if self.active_tcp_only && init.candidate.contains("tcptype passive") {
+                return;
+            }
             if let Some(typ) = candidate_type(&init.candidate) {
                 self.gathered.lock().unwrap().types.push(typ);
             }
@@ -129,8 +134,13 @@ pub(crate) async fn build(
             gathered: gathered.clone(),
             shared: shared.clone(),
             state: state_tx,
-        }))
-        .with_udp_addrs(udp_addrs);
+            active_tcp_only: opts.tcp_only,
+        }));
+    let builder = if opts.tcp_only {
+        builder.with_tcp_addrs(udp_addrs)
+    } else {
+        builder.with_udp_addrs(udp_addrs)
+    };
     // Without interceptors (`light`) nothing answers NACKs or sends receiver reports: cheap
     // enough for a thousand viewers in a row.
     let pc = if opts.light {

@@ -44,7 +44,11 @@ mod tests {
         let mut sorted = ports.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), ports.len(), "a port handed out twice: {ports:?}");
+        assert_eq!(
+            sorted.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
         for p in ports {
             assert!((FIRST..FIRST + SPAN).contains(&p), "{p}");
             TcpListener::bind(("127.0.0.1", p)).expect("the port is bindable");
@@ -61,7 +65,10 @@ mod tests {
             .take(200)
             .filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
-        let taken: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let taken: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         let p = free_port();
         assert!(!taken.contains(&p), "{p} is held");
     }

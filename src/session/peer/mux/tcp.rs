@@ -13,11 +13,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use webrtc::runtime::{AsyncTcpListener, AsyncTcpStream};
 
-/// How long a new connection has to send its first STUN message.
-const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(5);
+/// How long a new connection has to send its first STUN message (a browser sends it at once).
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(3);
 /// Connections waiting for their first message at once; more are closed at once, so a
 /// stranger opening connections and sending nothing holds at most this many descriptors.
-const MAX_PENDING: usize = 32;
+const MAX_PENDING: usize = 128;
 /// A first message longer than this is not a connectivity check (those are about 100 bytes).
 const MAX_FIRST_MESSAGE: usize = 1500;
 /// Connections queued for a session's listener.
