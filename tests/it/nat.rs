@@ -3,12 +3,14 @@
 //!
 //! ```text
 //!  nat-X-cam 10.1.0.2 ── nat-X-camr (masquerade; TCP 1883, 8080 forwarded) 198.51.100.2 ─┐
-//!                                                                            nat-X-pub 198.51.100.1 (coturn)
+//!                        (test 4: UDP 8555 too)                              nat-X-pub 198.51.100.1 (coturn)
 //!  nat-X-view 10.2.0.2 ── nat-X-viewr (masquerade) 203.0.113.2 ──────────── 203.0.113.1 ─┘
 //! ```
 //!
 //! The public network has no route to either private one, so host candidates cannot connect:
-//! a viewer gets through with server-reflexive candidates (STUN) or a relay (TURN). rtcam is
+//! a viewer gets through with server-reflexive candidates (STUN) or a relay (TURN), or, where
+//! the camera's router forwards rtcam's shared UDP port, to the host candidate rtcam announces
+//! on the router's outside address (`public_ips`), with no server at all. rtcam is
 //! the real binary in its namespace, with its embedded broker; the viewer's signalling reaches
 //! it through the forwarded TCP port, as through a home router. Viewers are this test binary
 //! re-run as a child in the viewer's namespace (`nat_viewer_process`), or headless Chromium on
@@ -36,6 +38,8 @@ const VIEW_LAN: &str = "10.2.0.2";
 const TURN_PORT: u16 = 3478;
 const MQTT_PORT: u16 = 1883;
 const HTTP_PORT: u16 = 8080;
+/// rtcam's shared WebRTC port (`[webrtc] udp_port`), the one a port forward names.
+const WEBRTC_PORT: u16 = 8555;
 const TURN_SECRET: &str = "nat-turn-secret-4417";
 /// The public network's default route: a link to a namespace that drops what it gets.
 const INTERNET_IF: &str = "internet";
@@ -292,6 +296,27 @@ fn run_viewer(scene: &Scene, spec: Value, what: &str) -> (Value, String) {
     (report, proc.log_text())
 }
 
+/// Headless Chromium in the viewer's namespace on the page rtcam serves through the forwarded
+/// HTTP port (`query` after its `/`), decoding 30 frames at 320×240: its output and report.
+fn chromium(scene: &Scene, query: &str) -> (std::process::Output, Value) {
+    let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
+    let one_browser = common::BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let out = scene
+        .nets
+        .view
+        .command("node")
+        .arg(script)
+        .args(["--url", &format!("http://{CAM_WAN}:{HTTP_PORT}/{query}")])
+        .args(["--width", "320", "--height", "240", "--frames", "30"])
+        .args(["--timeout", "60000"])
+        .output()
+        .expect("node runs (make test-deps installs the browser test's packages)");
+    drop(one_browser);
+    let page = common::script_report(&out.stdout);
+    eprintln!("chromium: {page}");
+    (out, page)
+}
+
 fn viewer_spec(device: &str, mode: &str) -> Value {
     json!({
         "host": CAM_WAN,
@@ -413,22 +438,8 @@ fn relay_only_viewers_connect_with_derived_turn_credentials() {
         ),
     );
 
-    // Chromium in the viewer's namespace, on the page rtcam serves through the forwarded port.
-    let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
-    let one_browser = common::BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let out = scene
-        .nets
-        .view
-        .command("node")
-        .arg(script)
-        .args(["--url", &format!("http://{CAM_WAN}:{HTTP_PORT}/?relay=1")])
-        .args(["--width", "320", "--height", "240", "--frames", "30"])
-        .args(["--timeout", "60000"])
-        .output()
-        .expect("node runs (make test-deps installs the browser test's packages)");
-    drop(one_browser);
-    let page = common::script_report(&out.stdout);
-    eprintln!("chromium: {page}");
+    // Chromium on the page, relay-only; the TURN credentials come from `/config.json`.
+    let (out, page) = chromium(&scene, "?relay=1");
     assert!(
         out.status.success(),
         "Chromium did not decode through the relay: {page}\nstderr:\n{}\nrtcam log:\n{}",
@@ -538,6 +549,98 @@ fn derived_turn_credentials_allocate_until_they_expire() {
     eprintln!("expiry test took {:?}", scene.started.elapsed());
 }
 
+/// (4) A port forward instead of ICE servers: rtcam's NAT forwards the shared WebRTC port
+/// (`udp_port`) and no other UDP, and rtcam announces the NAT's outside address with that port
+/// (`public_ips`). Viewers outside with no STUN or TURN server, the Rust viewer and Chromium on
+/// the page, connect to that candidate; with the forward taken away, the same viewer gets no
+/// picture.
+#[test]
+fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
+    let Some(scene) = Scene::new("f") else {
+        return;
+    };
+    let rtcam = start_rtcam(
+        &scene,
+        "fwdcam",
+        &format!("udp_port = {WEBRTC_PORT}\npublic_ips = [\"{CAM_WAN}\"]\n"),
+    );
+    let router = &scene.nets.cam_router;
+    netns::forward_udp(router, "wan", WEBRTC_PORT, CAM_LAN);
+    // The UDP host candidate on the router's outside address, with the shared port.
+    let announced = format!("{CAM_WAN} {WEBRTC_PORT} typ host");
+    let announces = |report: &Value| {
+        report["rtcam_candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|c| c.split(' ').nth(2) == Some("udp") && c.contains(&announced))
+    };
+
+    // The Rust viewer, with no server of its own and none from rtcam.
+    let (report, viewer_log) = run_viewer(&scene, viewer_spec("fwdcam", "watch"), "forwarded");
+    eprintln!("forwarded-port viewer: {report}");
+    assert!(
+        report["frames"].as_u64().unwrap_or(0) >= 15,
+        "{report}\nviewer log:\n{viewer_log}\nrtcam log:\n{}",
+        rtcam.log_text()
+    );
+    assert_eq!(report["width"], 320, "{report}");
+    assert!(
+        announces(&report),
+        "rtcam did not announce {announced}: {report}"
+    );
+    let gathered = report["gathered"].as_array().unwrap();
+    assert!(
+        !gathered.is_empty() && gathered.iter().all(|t| t == "host"),
+        "a viewer with no server gathered {gathered:?}"
+    );
+    // The viewer's end is its host candidate. Its stats know only trickled remote candidates,
+    // so the answer's, the announced one among them, shows as peer-reflexive with no address;
+    // the only way to rtcam is the forward, the private networks being unroutable.
+    let pair = &report["pair"];
+    assert_eq!(pair[0], "host", "{report}");
+    assert!(
+        (pair[1] == "host" && pair[2] == CAM_WAN) || pair[1] == "prflx",
+        "selected pair does not lead to rtcam's announced address: {report}"
+    );
+    // And it went through the forward, both ways, on the shared port: at least a packet per
+    // frame from rtcam's, the viewer's checks and feedback to it.
+    let (inward, outward) = netns::udp_forward_counts(router);
+    assert!(
+        inward > 0 && outward >= 15,
+        "the forward of UDP {WEBRTC_PORT} carried {inward} packets in, {outward} out"
+    );
+
+    // Chromium on the page, with no ICE server either.
+    let (out, page) = chromium(&scene, "");
+    assert!(
+        out.status.success(),
+        "Chromium did not decode through the forwarded port: {page}\nstderr:\n{}\nrtcam log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rtcam.log_text()
+    );
+    assert_eq!(page["remoteCandidateType"], "host", "{page}");
+    assert_ne!(page["localCandidateType"], "relay", "{page}");
+
+    // Without the forward, the announced candidate leads to the router's own firewall.
+    netns::unforward_udp(router);
+    let mut spec = viewer_spec("fwdcam", "watch");
+    spec["wait_secs"] = json!(15);
+    let (report, viewer_log) = run_viewer(&scene, spec, "unforwarded");
+    eprintln!("unforwarded viewer: {report}");
+    assert!(
+        announces(&report),
+        "rtcam did not announce {announced}: {report}"
+    );
+    assert_eq!(
+        report["frames"], 0,
+        "a viewer decoded with no forward: {report}\nviewer log:\n{viewer_log}"
+    );
+    assert!(report["pair"].is_null(), "{report}");
+    eprintln!("port forward test took {:?}", scene.started.elapsed());
+}
+
 /// Not a test on its own: the viewer process the tests above run in the viewer's namespace.
 /// Reads its task from `RTCAM_NAT_VIEWER` and prints one `NATREPORT {json}` line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,25 +684,24 @@ async fn nat_viewer_process() {
                 ..ViewerOptions::default()
             };
             let viewer = Viewer::connect_with(broker, &root, opts).await;
-            let decoded = viewer.wait_frames(15, Duration::from_secs(90)).await;
-            let mut pair = None;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while pair.is_none() && Instant::now() < deadline {
-                pair = viewer.selected_pair().await;
-                if pair.is_none() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            // A run meant to fail waits less than one meant to pass.
+            let wait = Duration::from_secs(spec["wait_secs"].as_u64().unwrap_or(90));
+            let decoded = viewer.wait_frames(15, wait).await;
+            // The stats may trail the first frames; without any frame, one look is enough.
+            let settle = if decoded.frames > 0 { 10 } else { 0 };
+            let deadline = Instant::now() + Duration::from_secs(settle);
+            let pair = loop {
+                let pair = viewer.selected_pair().await;
+                if pair.is_some() || Instant::now() >= deadline {
+                    break pair;
                 }
-            }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             if pair.is_none() {
                 eprintln!("no selected pair; ICE stats:\n{}", viewer.ice_stats().await);
             }
             let messages = viewer.messages.lock().unwrap().clone();
-            let rtcam_candidates: Vec<String> = messages
-                .iter()
-                .filter(|m| m["type"] == "candidate")
-                .filter_map(|m| m["candidate"].as_str().map(str::to_string))
-                .filter(|c| !c.is_empty())
-                .collect();
+            let rtcam_candidates = rtcam_candidates(&messages);
             let ice_servers = messages
                 .iter()
                 .find(|m| m["type"] == "ice_servers")
@@ -622,6 +724,25 @@ async fn nat_viewer_process() {
         other => panic!("unknown mode {other}"),
     };
     println!("NATREPORT {report}");
+}
+
+/// rtcam's candidates among the messages a viewer got: those in its answer, then those it
+/// trickled.
+fn rtcam_candidates(messages: &[Value]) -> Vec<String> {
+    let in_answer = messages
+        .iter()
+        .filter(|m| m["type"] == "answer")
+        .filter_map(|m| m["sdp"].as_str())
+        .flat_map(str::lines)
+        .filter_map(|l| l.trim_end().strip_prefix("a="))
+        .filter(|c| c.starts_with("candidate:"))
+        .map(str::to_string);
+    let trickled = messages
+        .iter()
+        .filter(|m| m["type"] == "candidate")
+        .filter_map(|m| m["candidate"].as_str().map(str::to_string))
+        .filter(|c| !c.is_empty());
+    in_answer.chain(trickled).collect()
 }
 
 /// Asks rtcam for ICE servers twice: gathers relay-only with the first reply at once, and

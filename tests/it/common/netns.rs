@@ -206,3 +206,40 @@ pub fn drop_unsolicited(router: &Netns, in_if: &str) {
         "table ip firewall {{\n  chain input {{\n    type filter hook input priority filter;\n    iifname \"{in_if}\" ct state new drop\n  }}\n}}\n"
     ));
 }
+
+/// The nftables table [`forward_udp`] keeps its rules in: its own, so that
+/// [`unforward_udp`] takes that forward away and leaves the rest of the router as it was.
+const UDP_FORWARD_TABLE: &str = "udpfwd";
+
+/// Port forwarding of one UDP port in `router`: what arrives on `in_if` for `port` goes on to
+/// `to` (nftables DNAT), as a home router forwards a camera's media port to it. Replies go back
+/// out through the same conntrack entry, from `port` on the router's outside address. The
+/// packets routed to and from `to`'s `port` are counted ([`udp_forward_counts`]).
+pub fn forward_udp(router: &Netns, in_if: &str, port: u16, to: &str) {
+    router.nft(&format!(
+        "table ip {UDP_FORWARD_TABLE} {{\n  counter inward {{ }}\n  counter outward {{ }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    iifname \"{in_if}\" udp dport {port} dnat to {to}\n  }}\n  chain forward {{\n    type filter hook forward priority filter;\n    ip daddr {to} udp dport {port} counter name inward\n    ip saddr {to} udp sport {port} counter name outward\n  }}\n}}\n"
+    ));
+}
+
+/// Packets [`forward_udp`]'s router has routed to the forwarded host's port and from it, so
+/// far: proof that a conversation went through the forward.
+pub fn udp_forward_counts(router: &Netns) -> (u64, u64) {
+    let packets = |name: &str| {
+        let out = router.exec("nft", &["list", "counter", "ip", UDP_FORWARD_TABLE, name]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut words = text.split_whitespace();
+        words
+            .find(|w| *w == "packets")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count in {text}"))
+    };
+    (packets("inward"), packets("outward"))
+}
+
+/// Takes away the forward [`forward_udp`] made. Flows it already forwarded keep their
+/// conntrack entries (until they time out), as on any router; a new flow, from a port the
+/// router has not seen, arrives at the router itself.
+pub fn unforward_udp(router: &Netns) {
+    router.nft(&format!("delete table ip {UDP_FORWARD_TABLE}\n"));
+}
