@@ -337,6 +337,21 @@ async fn add_track(
     })
 }
 
+/// rtcam's UDP host candidates in a description, one per address (the crate lists each twice,
+/// for components 1 and 2; ICE-TCP candidates, gathered at once, do not count).
+fn udp_host_candidates(sdp: &str) -> usize {
+    sdp.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            l.starts_with("a=candidate:")
+                && f.len() >= 8
+                && f[1] == "1"
+                && f[2].eq_ignore_ascii_case("udp")
+                && f[7] == "host"
+        })
+        .count()
+}
+
 /// The answer, once it carries rtcam's host candidates: gathering them takes a few
 /// milliseconds, and a viewer that knows them checks them at once. Without them rtcam's first
 /// checks (every 20 ms) reach the viewer before its trickled candidates do; the viewer then
@@ -353,8 +368,7 @@ async fn with_host_candidates(
             .local_description()
             .await
             .ok_or(PeerError::NoLocalDescription)?;
-        if local.sdp.matches("a=candidate:").count() >= host_candidates
-            || Instant::now() >= deadline
+        if udp_host_candidates(&local.sdp) >= host_candidates || Instant::now() >= deadline
         {
             return Ok(local.sdp);
         }
