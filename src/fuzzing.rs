@@ -38,11 +38,29 @@ pub fn topic_and_token(data: &[u8]) {
     let _ = Authority::new("fuzz", "cam").verify(Some(token), Right::View, SystemTime::now());
 }
 
-/// An SDP offer on its own.
+/// An SDP offer on its own; and the same text as an answer or a candidate of rtcam's, as the
+/// shared ports announce them.
 pub fn sdp(data: &[u8]) {
+    use crate::signalling::sdp::Announce;
     let text = String::from_utf8_lossy(data);
     let _ = protocol::check_offer_sdp(&text, true);
     let _ = crate::signalling::sdp::without_mdns_candidates(&text);
+    let local = [std::net::IpAddr::from([10, 0, 0, 2])];
+    let announce = Announce {
+        udp_port: 8555,
+        udp_ips: &local,
+        tcp_port: 8556,
+        tcp_ips: &local,
+        public_ips: &[std::net::IpAddr::from([203, 0, 113, 9])],
+    };
+    let _ = announce.answer(&text);
+    let _ = announce.candidate(&text);
+    let _ = crate::signalling::sdp::ice_ufrag(&text);
+}
+
+/// A datagram on the shared WebRTC port (or an ICE-TCP connection's first message), from anyone.
+pub fn shared_port(data: &[u8]) {
+    crate::session::peer::fuzz_demux(data);
 }
 
 /// Bytes from an MQTT client at the gate: read as a connection's first packets (a CONNECT,

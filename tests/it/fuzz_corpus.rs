@@ -32,6 +32,10 @@ fn corpus_replays_without_panics() {
         ),
         ("sdp", replay("sdp", rtcam::fuzzing::sdp)),
         (
+            "shared_port",
+            replay("shared_port", rtcam::fuzzing::shared_port),
+        ),
+        (
             "gate_packets",
             replay("gate_packets", rtcam::fuzzing::gate_packets),
         ),

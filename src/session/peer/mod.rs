@@ -17,6 +17,9 @@ pub use events::{ChannelEvent, ControlChannel, Microphone, PeerEvent, PeerState}
 pub use feedback::Feedback;
 pub use negotiation::{check_config, Offer, PeerFactory};
 
+#[cfg(feature = "fuzzing")]
+pub use mux::fuzz_demux;
+
 use crate::media::audio::AudioPacket;
 use crate::media::EncodedFrame;
 use crate::signalling::protocol::Candidate;

@@ -273,6 +273,23 @@ impl Runtime for MuxRuntime {
     }
 }
 
+/// A datagram or a TCP connection's first message from anyone on the shared port, through the
+/// demux as the readers use it (see `crate::fuzzing::shared_port`).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_demux(data: &[u8]) {
+    let now = std::time::Instant::now();
+    let mut demux = Demux::default();
+    demux.register_ufrag(1u64, "camA");
+    demux.register_ufrag(2, "camB");
+    let from = SocketAddr::from(([192, 0, 2, 1], 5000));
+    demux.outgoing(1, data, now);
+    let _ = demux.incoming(data, from, now);
+    let _ = demux.incoming(data, from, now + Duration::from_secs(60));
+    let _ = demux.owner_of_request(data);
+    let _ = demux::is_turn(data);
+    demux.remove(1);
+}
+
 /// Errors a shared socket or listener shrugs off: an ICMP error from one viewer (port
 /// unreachable) or a connection reset surfaces on the shared socket, which is still fine.
 fn is_transient(e: &io::Error) -> bool {
