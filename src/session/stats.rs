@@ -4,7 +4,18 @@
 use super::table::Label;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// How a viewer's media flows: the selected ICE candidate pair's transport (`udp`, `tcp`) and
+/// candidate types (`host`, `srflx`, `prflx`, `relay`) on rtcam's side and the viewer's.
+/// `tcp` means ICE over TCP (`[webrtc] tcp_port`); `relay` on either side, through TURN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkPath {
+    pub protocol: String,
+    pub local: String,
+    pub remote: String,
+}
 
 /// Live figures of one session, written by its task and read by `sessions` and telemetry.
 #[derive(Debug)]
@@ -39,6 +50,8 @@ pub struct SessionStats {
     pub retransmitted_packets: AtomicU64,
     /// True while this viewer is paced below the encoder's rate (keyframe-skipping).
     pub paced: AtomicBool,
+    /// The selected candidate pair, once ICE has one.
+    pub path: Mutex<Option<LinkPath>>,
 }
 
 impl SessionStats {
@@ -74,6 +87,7 @@ impl SessionStats {
             nacked_packets: AtomicU64::new(0),
             retransmitted_packets: AtomicU64::new(0),
             paced: AtomicBool::new(false),
+            path: Mutex::new(None),
         }
     }
 }
@@ -106,6 +120,8 @@ pub struct SessionInfo {
     pub retransmitted_packets: u64,
     /// Sent below the encoder's rate, skipping to keyframes, because it cannot take more.
     pub paced: bool,
+    /// The selected candidate pair (WebRTC viewers, once connected).
+    pub path: Option<LinkPath>,
 }
 
 pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
@@ -134,5 +150,6 @@ pub(super) fn info_of(label: Label, s: &SessionStats) -> SessionInfo {
         nacked_packets: s.nacked_packets.load(Ordering::Relaxed),
         retransmitted_packets: s.retransmitted_packets.load(Ordering::Relaxed),
         paced: s.paced.load(Ordering::Relaxed),
+        path: s.path.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     }
 }

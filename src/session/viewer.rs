@@ -520,10 +520,14 @@ impl Viewer {
     /// Measures the round trip and send rate, and hands the viewer's RTCP feedback on to
     /// bitrate adaptation (the manager's).
     async fn on_stats_tick(&self, link: &mut Link) {
-        if let Some(rtt) = link.peer.rtt().await {
+        let (rtt, path) = link.peer.link().await;
+        if let Some(rtt) = rtt {
             self.stats
                 .rtt_us
                 .store(rtt.as_micros() as u64, Ordering::Relaxed);
+        }
+        if path.is_some() {
+            *self.stats.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
         }
         let feedback = link.peer.take_feedback();
         // The peer's figures are this session's running totals; the process-wide counters

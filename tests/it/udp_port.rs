@@ -6,6 +6,7 @@
 use crate::common;
 
 use common::viewer::{Viewer, ViewerOptions};
+use common::commander::{Commander, Protocol};
 use common::{test_config, Probe};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -220,6 +221,9 @@ async fn a_viewer_without_udp_watches_over_the_shared_tcp_port() {
             "viewer {n} sent its active TCP candidate alone"
         );
     }
+    // `sessions` says how each viewer's media flows: ICE over TCP.
+    let paths = sessions_paths(&rt).await;
+    assert_eq!(paths, ["tcp", "tcp"], "the selected pairs' transports");
     first.bye().await;
     second.bye().await;
     // The stranger's connections that said something were closed; the silent ones too, once
@@ -237,6 +241,26 @@ async fn a_viewer_without_udp_watches_over_the_shared_tcp_port() {
         );
     }
     rt.app.stop().await;
+}
+
+/// The transports of the sessions' selected candidate pairs, once every session has one (the
+/// sessions measure them once a second).
+async fn sessions_paths(rt: &common::Running) -> Vec<String> {
+    let c = Commander::connect(Protocol::V311, rt.broker(), &rt.root()).await;
+    let mut paths = Vec::new();
+    for _ in 0..50 {
+        let r = c.request("sessions", serde_json::json!({})).await;
+        let sessions = r.body["result"].as_array().cloned().unwrap_or_default();
+        paths = sessions
+            .iter()
+            .filter_map(|s| s["path"]["protocol"].as_str().map(str::to_owned))
+            .collect();
+        if !sessions.is_empty() && paths.len() == sessions.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    paths
 }
 
 /// A STUN binding request with `username`, framed for TCP (RFC 4571).

@@ -22,6 +22,7 @@ pub use mux::fuzz_demux;
 
 use crate::media::audio::AudioPacket;
 use crate::media::EncodedFrame;
+use super::stats::LinkPath;
 use crate::signalling::protocol::Candidate;
 use feedback::{is_keyframe_request, lock, FeedbackLog};
 use rtc::media::Sample;
@@ -230,24 +231,41 @@ impl Peer {
         out.write(&sample).await
     }
 
-    /// The round-trip time of the nominated candidate pair (ICE's checks measure it), if known.
-    /// It is also handed to the interceptor that resends a packet at most once per round trip.
-    pub async fn rtt(&self) -> Option<Duration> {
+    /// The round-trip time of the nominated candidate pair (ICE's checks measure it) and what
+    /// the pair is, once known. The round trip is also handed to the interceptor that resends
+    /// a packet at most once per round trip.
+    pub async fn link(&self) -> (Option<Duration>, Option<LinkPath>) {
         let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
-        let rtt = report
-            .iter()
-            .filter_map(|entry| match entry {
-                RTCStatsReportEntry::IceCandidatePair(pair) if pair.nominated => {
-                    Some(pair.current_round_trip_time)
-                }
-                _ => None,
-            })
-            .find(|rtt| *rtt > 0.0)
-            .map(Duration::from_secs_f64);
+        let Some(pair) = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::IceCandidatePair(pair) if pair.nominated => Some(pair),
+            _ => None,
+        }) else {
+            return (None, None);
+        };
+        let rtt = (pair.current_round_trip_time > 0.0)
+            .then(|| Duration::from_secs_f64(pair.current_round_trip_time));
         if rtt.is_some() {
             lock(&self.feedback).rtt = rtt;
         }
-        rtt
+        let candidate = |id: &str| {
+            report.iter().find_map(|entry| match entry {
+                RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c)
+                    if c.stats.id.ends_with(id) =>
+                {
+                    Some(c)
+                }
+                _ => None,
+            })
+        };
+        let local = candidate(&pair.local_candidate_id);
+        // The crate keeps no stats for a remote candidate learned from checks: peer-reflexive.
+        let remote = candidate(&pair.remote_candidate_id);
+        let path = local.map(|l| LinkPath {
+            protocol: l.protocol.to_ascii_lowercase(),
+            local: l.candidate_type.to_string(),
+            remote: remote.map_or_else(|| "prflx".to_owned(), |r| r.candidate_type.to_string()),
+        });
+        (rtt, path)
     }
 
     pub async fn close(&self) {
