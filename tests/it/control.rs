@@ -643,19 +643,10 @@ async fn home_assistant_discovery_is_valid_and_removable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_will_marks_a_killed_rtcam_offline() {
     let mosquitto = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rtcam.toml");
     let mut config = test_config("ctl-will");
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
     config.mqtt.keep_alive_secs = 5;
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, _dir) = common::spawn_rtcam(&config);
     let topic = "rtcam/ctl-will/status".to_string();
     let probe = Probe::connect(("127.0.0.1", mosquitto.port), std::slice::from_ref(&topic)).await;
     probe

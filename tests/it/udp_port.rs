@@ -5,8 +5,8 @@
 
 use crate::common;
 
-use common::viewer::{Viewer, ViewerOptions};
 use common::commander::{Commander, Protocol};
+use common::viewer::{Viewer, ViewerOptions};
 use common::{test_config, Probe};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -82,14 +82,7 @@ async fn connect_viewers(broker: (&str, u16), root: &str, port: u16) -> Vec<View
     }))
     .await;
     for (n, v) in viewers.iter().enumerate() {
-        let answer = v
-            .messages
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|m| m["type"] == "answer")
-            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let answer = v.answer_sdp();
         assert!(
             answer.contains(&format!("127.0.0.1 {port} typ host")),
             "viewer {n}'s answer does not name the shared port: {answer}"
@@ -100,21 +93,12 @@ async fn connect_viewers(broker: (&str, u16), root: &str, port: u16) -> Vec<View
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rtcam.toml");
     let mut config = test_config("udpport");
     config.webrtc.max_sessions = VIEWERS;
     config.webrtc.offers_per_second = VIEWERS as u32;
     config.encoder.bitrate_kbps = 300;
     let port = config.webrtc.udp_port;
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtcam"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, _dir) = common::spawn_rtcam(&config);
     let pid = child.id();
     let broker = ("127.0.0.1", config.mqtt.embedded_listen.port());
     let root = "rtcam/udpport";
@@ -196,14 +180,7 @@ async fn a_viewer_without_udp_watches_over_the_shared_tcp_port() {
     let first = Viewer::connect_with(rt.broker(), &rt.root(), opts.clone()).await;
     let second = Viewer::connect_with(rt.broker(), &rt.root(), opts).await;
     for (n, v) in [&first, &second].into_iter().enumerate() {
-        let answer = v
-            .messages
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|m| m["type"] == "answer")
-            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let answer = v.answer_sdp();
         assert!(
             answer.contains(&format!("127.0.0.1 {port} typ host tcptype passive")),
             "viewer {n}: no passive candidate on the shared port: {answer}"

@@ -119,6 +119,22 @@ pub async fn start(config: Config) -> Running {
     Running { app, broker }
 }
 
+/// The rtcam binary, as a process of its own, on `config` (in a file in the directory returned,
+/// which must outlive it); its output is dropped.
+pub fn spawn_rtcam(config: &Config) -> (Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcam.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_rtcam"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the rtcam binary starts");
+    (child, dir)
+}
+
 /// A mosquitto server on a free port, stopped when dropped.
 pub struct Mosquitto {
     pub port: u16,

@@ -211,6 +211,13 @@ impl Viewer {
             .cloned()
     }
 
+    /// The SDP of rtcam's answer; empty before it came.
+    pub fn answer_sdp(&self) -> String {
+        self.has_message("answer")
+            .and_then(|m| m["sdp"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Publishes any message on this session's `in` topic, as this viewer.
     pub async fn send_raw(&self, body: Value) {
         publish(&self.client, &self.in_topic, body).await.unwrap();
