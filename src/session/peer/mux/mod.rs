@@ -107,24 +107,14 @@ impl Mux {
 
     /// The shared UDP socket on `ip`, bound now if this address appeared after rtcam started.
     fn udp_for(&self, ip: IpAddr) -> Result<Arc<udp::Shared>, (SocketAddr, io::Error)> {
-        let mut sockets = lock(&self.udp);
-        if let Some(s) = sockets.get(&ip) {
-            return Ok(Arc::clone(s));
-        }
-        let shared = udp::Shared::bind(SocketAddr::new(ip, self.ports.udp), &self.routes)?;
-        sockets.insert(ip, Arc::clone(&shared));
-        Ok(shared)
+        let addr = SocketAddr::new(ip, self.ports.udp);
+        bound_or_bind(&self.udp, addr, |a| udp::Shared::bind(a, &self.routes))
     }
 
     /// The shared ICE-TCP listener on `ip`, bound now if the address is new.
     fn tcp_for(&self, ip: IpAddr) -> Result<Arc<tcp::Shared>, (SocketAddr, io::Error)> {
-        let mut listeners = lock(&self.tcp);
-        if let Some(s) = listeners.get(&ip) {
-            return Ok(Arc::clone(s));
-        }
-        let shared = tcp::Shared::bind(SocketAddr::new(ip, self.ports.tcp), &self.routes)?;
-        listeners.insert(ip, Arc::clone(&shared));
-        Ok(shared)
+        let addr = SocketAddr::new(ip, self.ports.tcp);
+        bound_or_bind(&self.tcp, addr, |a| tcp::Shared::bind(a, &self.routes))
     }
 
     /// A new session's place on the mux.
@@ -147,6 +137,21 @@ impl Mux {
             public_ips: &self.public_ips,
         })
     }
+}
+
+/// What `bound` holds for `addr`'s address, or what `bind` makes of it, then held.
+fn bound_or_bind<T>(
+    bound: &Mutex<HashMap<IpAddr, Arc<T>>>,
+    addr: SocketAddr,
+    bind: impl FnOnce(SocketAddr) -> Result<Arc<T>, (SocketAddr, io::Error)>,
+) -> Result<Arc<T>, (SocketAddr, io::Error)> {
+    let mut bound = lock(bound);
+    if let Some(s) = bound.get(&addr.ip()) {
+        return Ok(Arc::clone(s));
+    }
+    let shared = bind(addr)?;
+    bound.insert(addr.ip(), Arc::clone(&shared));
+    Ok(shared)
 }
 
 /// One session on the mux. Dropped with its peer connection, it takes its routes with it.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 use webrtc::runtime::{AsyncTcpListener, AsyncTcpStream};
 
 /// How long a new connection has to send its first STUN message (a browser sends it at once).
@@ -26,16 +27,10 @@ const BACKLOG: usize = 8;
 /// An ICE-TCP connection routed to a session, and the viewer's address.
 pub(super) type Accepted = (RoutedStream, SocketAddr);
 
-/// One shared listener and the task accepting on it.
+/// One shared listener, held by the task accepting on it.
 #[derive(Debug)]
 pub(super) struct Shared {
-    acceptor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.acceptor.abort();
-    }
+    _acceptor: AbortOnDropHandle<()>,
 }
 
 impl Shared {
@@ -49,7 +44,9 @@ impl Shared {
             .map_err(|e| (addr, e))?;
         let acceptor = tokio::spawn(accept(listener, addr.ip(), Arc::downgrade(routes)));
         tracing::debug!(%addr, "ICE-TCP port bound");
-        Ok(Arc::new(Self { acceptor }))
+        Ok(Arc::new(Self {
+            _acceptor: AbortOnDropHandle::new(acceptor),
+        }))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit};
 
 /// Datagrams queued for one session's socket before more are dropped (as a full kernel buffer
@@ -27,13 +28,7 @@ pub(super) struct Datagram {
 #[derive(Debug)]
 pub(super) struct Shared {
     socket: Arc<tokio::net::UdpSocket>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+    _reader: AbortOnDropHandle<()>,
 }
 
 impl Shared {
@@ -52,7 +47,10 @@ impl Shared {
             Arc::downgrade(routes),
         ));
         tracing::debug!(%addr, "WebRTC UDP port bound");
-        Ok(Arc::new(Self { socket, reader }))
+        Ok(Arc::new(Self {
+            socket,
+            _reader: AbortOnDropHandle::new(reader),
+        }))
     }
 }
 
@@ -135,10 +133,10 @@ impl MuxSocket {
         let std = std::net::UdpSocket::bind(SocketAddr::new(self.label.ip(), 0))?;
         std.set_nonblocking(true)?;
         let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
-        turn.reader = Some(tokio::spawn(read_turn(
+        turn.reader = Some(AbortOnDropHandle::new(tokio::spawn(read_turn(
             Arc::clone(&socket),
             self.inbox_tx.clone(),
-        )));
+        ))));
         turn.socket = Some(Arc::clone(&socket));
         Ok(Some(socket))
     }
@@ -206,15 +204,7 @@ impl AsyncUdpSocket for MuxSocket {
 struct TurnSocket {
     servers: HashSet<SocketAddr>,
     socket: Option<Arc<tokio::net::UdpSocket>>,
-    reader: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for TurnSocket {
-    fn drop(&mut self) {
-        if let Some(r) = self.reader.take() {
-            r.abort();
-        }
-    }
+    reader: Option<AbortOnDropHandle<()>>,
 }
 
 /// Everything on a session's TURN socket is the session's.
