@@ -3,14 +3,16 @@
 //!
 //! ```text
 //!  nat-X-cam 10.1.0.2 ── nat-X-camr (masquerade; TCP 1883, 8080 forwarded) 198.51.100.2 ─┐
-//!                        (test 4: UDP 8555 too)                              nat-X-pub 198.51.100.1 (coturn)
+//!                        (test 4: UDP 8555 too; 5: TCP 8555)                 nat-X-pub 198.51.100.1 (coturn)
 //!  nat-X-view 10.2.0.2 ── nat-X-viewr (masquerade) 203.0.113.2 ──────────── 203.0.113.1 ─┘
+//!                        (test 5: drops all UDP)
 //! ```
 //!
 //! The public network has no route to either private one, so host candidates cannot connect:
 //! a viewer gets through with server-reflexive candidates (STUN) or a relay (TURN), or, where
-//! the camera's router forwards rtcam's shared UDP port, to the host candidate rtcam announces
-//! on the router's outside address (`public_ips`), with no server at all. rtcam is
+//! the camera's router forwards rtcam's shared UDP port (or, for a viewer whose network lets
+//! only TCP out, its shared ICE-TCP port), to the host candidate rtcam announces on the
+//! router's outside address (`public_ips`), with no server at all. rtcam is
 //! the real binary in its namespace, with its embedded broker; the viewer's signalling reaches
 //! it through the forwarded TCP port, as through a home router. Viewers are this test binary
 //! re-run as a child in the viewer's namespace (`nat_viewer_process`), or headless Chromium on
@@ -299,6 +301,11 @@ fn run_viewer(scene: &Scene, spec: Value, what: &str) -> (Value, String) {
 /// Headless Chromium in the viewer's namespace on the page rtcam serves through the forwarded
 /// HTTP port (`query` after its `/`), decoding 30 frames at 320×240: its output and report.
 fn chromium(scene: &Scene, query: &str) -> (std::process::Output, Value) {
+    chromium_within(scene, query, Duration::from_secs(60))
+}
+
+/// [`chromium`], giving up after `timeout`: a run meant to fail waits less.
+fn chromium_within(scene: &Scene, query: &str, timeout: Duration) -> (std::process::Output, Value) {
     let script = format!("{}/tests/browser/view.mjs", env!("CARGO_MANIFEST_DIR"));
     let one_browser = common::BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let out = scene
@@ -308,7 +315,7 @@ fn chromium(scene: &Scene, query: &str) -> (std::process::Output, Value) {
         .arg(script)
         .args(["--url", &format!("http://{CAM_WAN}:{HTTP_PORT}/{query}")])
         .args(["--width", "320", "--height", "240", "--frames", "30"])
-        .args(["--timeout", "60000"])
+        .args(["--timeout", &timeout.as_millis().to_string()])
         .output()
         .expect("node runs (make test-deps installs the browser test's packages)");
     drop(one_browser);
@@ -565,7 +572,7 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
         &format!("udp_port = {WEBRTC_PORT}\npublic_ips = [\"{CAM_WAN}\"]\n"),
     );
     let router = &scene.nets.cam_router;
-    netns::forward_udp(router, "wan", WEBRTC_PORT, CAM_LAN);
+    netns::forward_port(router, "udp", "wan", WEBRTC_PORT, CAM_LAN);
     // The UDP host candidate on the router's outside address, with the shared port.
     let announced = format!("{CAM_WAN} {WEBRTC_PORT} typ host");
     let announces = |report: &Value| {
@@ -606,7 +613,7 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
     );
     // And it went through the forward, both ways, on the shared port: at least a packet per
     // frame from rtcam's, the viewer's checks and feedback to it.
-    let (inward, outward) = netns::udp_forward_counts(router);
+    let (inward, outward) = netns::forward_counts(router, "udp");
     assert!(
         inward > 0 && outward >= 15,
         "the forward of UDP {WEBRTC_PORT} carried {inward} packets in, {outward} out"
@@ -624,7 +631,7 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
     assert_ne!(page["localCandidateType"], "relay", "{page}");
 
     // Without the forward, the announced candidate leads to the router's own firewall.
-    netns::unforward_udp(router);
+    netns::unforward(router, "udp");
     let mut spec = viewer_spec("fwdcam", "watch");
     spec["wait_secs"] = json!(15);
     let (report, viewer_log) = run_viewer(&scene, spec, "unforwarded");
@@ -639,6 +646,89 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
     );
     assert!(report["pair"].is_null(), "{report}");
     eprintln!("port forward test took {:?}", scene.started.elapsed());
+}
+
+/// (5) A viewer's network that lets only TCP out: rtcam's NAT forwards the shared ICE-TCP port
+/// (`tcp_port`) and no UDP, rtcam announces the NAT's outside address with it (`public_ips`),
+/// and the viewer's router drops every UDP packet from its network. Chromium on the page, with
+/// no ICE server, tries UDP (dropped), then connects out to rtcam's passive TCP candidate and
+/// decodes; with the forward taken away, it gets no picture.
+#[test]
+fn a_viewer_whose_network_blocks_udp_connects_over_ice_tcp() {
+    let Some(scene) = Scene::new("t") else {
+        return;
+    };
+    let rtcam = start_rtcam(
+        &scene,
+        "tcpcam",
+        &format!("tcp_port = {WEBRTC_PORT}\npublic_ips = [\"{CAM_WAN}\"]\n"),
+    );
+    let router = &scene.nets.cam_router;
+    netns::forward_port(router, "tcp", "wan", WEBRTC_PORT, CAM_LAN);
+    netns::block_udp(&scene.nets.view_router, "lan");
+
+    // Chromium on the page: what it sent over UDP went nowhere, the video came over TCP
+    // through the forward (a packet per frame at least, out of rtcam's port).
+    let (out, page) = chromium(&scene, "");
+    assert!(
+        out.status.success(),
+        "Chromium did not decode over ICE-TCP: {page}\nstderr:\n{}\nrtcam log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rtcam.log_text()
+    );
+    assert_eq!(page["remoteCandidateType"], "host", "{page}");
+    assert_ne!(page["localCandidateType"], "relay", "{page}");
+    let blocked = netns::udp_blocked(&scene.nets.view_router);
+    let (inward, outward) = netns::forward_counts(router, "tcp");
+    eprintln!("UDP dropped: {blocked}; TCP {WEBRTC_PORT} forwarded: {inward} in, {outward} out");
+    assert!(
+        blocked > 0,
+        "Chromium sent no UDP: the block proves nothing"
+    );
+    assert!(
+        inward > 0 && outward >= 30,
+        "the forward of TCP {WEBRTC_PORT} carried {inward} packets in, {outward} out"
+    );
+
+    // A viewer that has only UDP gets nothing through this network, but it hears rtcam's
+    // answer: the passive candidate Chromium reached, on the router's outside address. (The
+    // Rust viewer cannot take that path itself: its crate dials only trickled passive
+    // candidates, and rtcam puts `public_ips` in the answer alone.)
+    let mut spec = viewer_spec("tcpcam", "watch");
+    spec["wait_secs"] = json!(3);
+    let (report, viewer_log) = run_viewer(&scene, spec, "UDP-only");
+    eprintln!("UDP-only viewer: {report}");
+    assert_eq!(
+        report["frames"], 0,
+        "a viewer decoded over blocked UDP: {report}\nviewer log:\n{viewer_log}"
+    );
+    let announced = format!("tcp 1342177535 {CAM_WAN} {WEBRTC_PORT} typ host tcptype passive");
+    assert!(
+        report["rtcam_candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|c| c.ends_with(&announced)),
+        "rtcam did not announce {announced}: {report}"
+    );
+
+    // Without the forward, the announced candidate leads to the router's own firewall.
+    netns::unforward(router, "tcp");
+    let (out, page) = chromium_within(&scene, "", Duration::from_secs(15));
+    assert!(
+        !out.status.success(),
+        "Chromium decoded with no forward: {page}"
+    );
+    assert_eq!(page["framesDecoded"], 0, "{page}");
+    // Signalling still worked: what failed was the path to the candidate.
+    assert!(
+        page["console"].as_array().is_some_and(|lines| lines
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("answer applied")))),
+        "Chromium never got as far as rtcam's answer: {page}"
+    );
+    eprintln!("ICE-TCP test took {:?}", scene.started.elapsed());
 }
 
 /// Not a test on its own: the viewer process the tests above run in the viewer's namespace.

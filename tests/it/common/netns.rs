@@ -207,39 +207,61 @@ pub fn drop_unsolicited(router: &Netns, in_if: &str) {
     ));
 }
 
-/// The nftables table [`forward_udp`] keeps its rules in: its own, so that
-/// [`unforward_udp`] takes that forward away and leaves the rest of the router as it was.
-const UDP_FORWARD_TABLE: &str = "udpfwd";
-
-/// Port forwarding of one UDP port in `router`: what arrives on `in_if` for `port` goes on to
-/// `to` (nftables DNAT), as a home router forwards a camera's media port to it. Replies go back
-/// out through the same conntrack entry, from `port` on the router's outside address. The
-/// packets routed to and from `to`'s `port` are counted ([`udp_forward_counts`]).
-pub fn forward_udp(router: &Netns, in_if: &str, port: u16, to: &str) {
+/// Port forwarding of one port in `router`: what arrives on `in_if` for `proto` ("udp" or
+/// "tcp") `port` goes on to `to` (nftables DNAT), as a home router forwards a camera's media
+/// port to it. Replies go back out through the same conntrack entry, from `port` on the
+/// router's outside address. The packets routed to and from `to`'s `port` are counted
+/// ([`forward_counts`]). Each protocol's forward has an nftables table of its own (`udpfwd`,
+/// `tcpfwd`), so that [`unforward`] takes that forward away and leaves the rest of the router
+/// as it was.
+pub fn forward_port(router: &Netns, proto: &str, in_if: &str, port: u16, to: &str) {
     router.nft(&format!(
-        "table ip {UDP_FORWARD_TABLE} {{\n  counter inward {{ }}\n  counter outward {{ }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    iifname \"{in_if}\" udp dport {port} dnat to {to}\n  }}\n  chain forward {{\n    type filter hook forward priority filter;\n    ip daddr {to} udp dport {port} counter name inward\n    ip saddr {to} udp sport {port} counter name outward\n  }}\n}}\n"
+        "table ip {proto}fwd {{\n  counter inward {{ }}\n  counter outward {{ }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat;\n    iifname \"{in_if}\" {proto} dport {port} dnat to {to}\n  }}\n  chain forward {{\n    type filter hook forward priority filter;\n    ip daddr {to} {proto} dport {port} counter name inward\n    ip saddr {to} {proto} sport {port} counter name outward\n  }}\n}}\n"
     ));
 }
 
-/// Packets [`forward_udp`]'s router has routed to the forwarded host's port and from it, so
-/// far: proof that a conversation went through the forward.
-pub fn udp_forward_counts(router: &Netns) -> (u64, u64) {
-    let packets = |name: &str| {
-        let out = router.exec("nft", &["list", "counter", "ip", UDP_FORWARD_TABLE, name]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut words = text.split_whitespace();
-        words
-            .find(|w| *w == "packets")
-            .and_then(|_| words.next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no packet count in {text}"))
-    };
-    (packets("inward"), packets("outward"))
+/// Packets [`forward_port`]'s router has routed to the forwarded host's `proto` port and from
+/// it, so far: proof that a conversation went through the forward.
+pub fn forward_counts(router: &Netns, proto: &str) -> (u64, u64) {
+    let table = format!("{proto}fwd");
+    (
+        counted(router, &table, "inward"),
+        counted(router, &table, "outward"),
+    )
 }
 
-/// Takes away the forward [`forward_udp`] made. Flows it already forwarded keep their
+/// Takes away the `proto` forward [`forward_port`] made. Flows it already forwarded keep their
 /// conntrack entries (until they time out), as on any router; a new flow, from a port the
 /// router has not seen, arrives at the router itself.
-pub fn unforward_udp(router: &Netns) {
-    router.nft(&format!("delete table ip {UDP_FORWARD_TABLE}\n"));
+pub fn unforward(router: &Netns, proto: &str) {
+    router.nft(&format!("delete table ip {proto}fwd\n"));
+}
+
+/// The nftables table [`block_udp`] keeps its rule in.
+const UDP_BLOCK_TABLE: &str = "noudp";
+
+/// Drops every UDP packet `router` would forward from `in_if`, as a network that lets only
+/// TCP out (a corporate firewall, some guest networks). The dropped packets are counted
+/// ([`udp_blocked`]).
+pub fn block_udp(router: &Netns, in_if: &str) {
+    router.nft(&format!(
+        "table ip {UDP_BLOCK_TABLE} {{\n  counter dropped {{ }}\n  chain forward {{\n    type filter hook forward priority filter;\n    iifname \"{in_if}\" meta l4proto udp counter name dropped drop\n  }}\n}}\n"
+    ));
+}
+
+/// UDP packets [`block_udp`]'s router has dropped so far: proof that something tried.
+pub fn udp_blocked(router: &Netns) -> u64 {
+    counted(router, UDP_BLOCK_TABLE, "dropped")
+}
+
+/// The packets a named nftables counter in `table` has counted.
+fn counted(router: &Netns, table: &str, name: &str) -> u64 {
+    let out = router.exec("nft", &["list", "counter", "ip", table, name]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "packets")
+        .and_then(|_| words.next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {text}"))
 }
