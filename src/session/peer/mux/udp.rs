@@ -168,7 +168,19 @@ impl AsyncUdpSocket for MuxSocket {
         lock(&self.session.mux.routes)
             .demux
             .outgoing(self.session.key, contents, Instant::now());
-        self.shared.socket.poll_send_to(cx, contents, to)
+        // Not `poll_send_to`: a tokio socket wakes only the last task that polled it, and every
+        // session's driver sends on this one, so a full send buffer would leave the others
+        // waiting for a wake-up that never comes. A datagram that finds the buffer full is
+        // dropped instead, as a router's full queue would; NACKs and keyframe requests recover
+        // media as from any loss.
+        match self.shared.socket.try_send_to(contents, to) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tracing::trace!(%to, "shared WebRTC socket full: datagram dropped");
+                Poll::Ready(Ok(contents.len()))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_recv(
