@@ -646,15 +646,15 @@ async fn last_will_marks_a_killed_rtcam_offline() {
     let mut config = test_config("ctl-will");
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
     config.mqtt.keep_alive_secs = 5;
-    let (mut child, _dir) = common::spawn_rtcam(&config);
+    let mut rtcam = common::spawn_rtcam(&config);
     let topic = "rtcam/ctl-will/status".to_string();
     let probe = Probe::connect(("127.0.0.1", mosquitto.port), std::slice::from_ref(&topic)).await;
     probe
         .wait_json(&topic, WITHIN, |v| v["state"] == "online")
         .await
         .expect("online");
-    child.kill().unwrap();
-    let _ = child.wait();
+    rtcam.child.kill().unwrap();
+    let _ = rtcam.child.wait();
     // The broker publishes the will after 1.5 × keep-alive without a word from rtcam.
     probe
         .wait_json(&topic, Duration::from_secs(15), |v| v["state"] == "offline")

@@ -98,8 +98,8 @@ async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
     config.webrtc.offers_per_second = VIEWERS as u32;
     config.encoder.bitrate_kbps = 300;
     let port = config.webrtc.udp_port;
-    let (mut child, _dir) = common::spawn_rtcam(&config);
-    let pid = child.id();
+    let rtcam = common::spawn_rtcam(&config);
+    let pid = rtcam.child.id();
     let broker = ("127.0.0.1", config.mqtt.embedded_listen.port());
     let root = "rtcam/udpport";
     let status = format!("{root}/status");
@@ -146,8 +146,7 @@ async fn sixteen_viewers_share_one_socket_and_leave_nothing_behind() {
         fds_after <= fds_before,
         "descriptors left behind: {fds_before} before, {fds_after} after"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(rtcam);
 }
 
 /// A viewer with no UDP at all (ICE over TCP, connecting out as a browser does) watches through

@@ -119,9 +119,21 @@ pub async fn start(config: Config) -> Running {
     Running { app, broker }
 }
 
-/// The rtcam binary, as a process of its own, on `config` (in a file in the directory returned,
-/// which must outlive it); its output is dropped.
-pub fn spawn_rtcam(config: &Config) -> (Child, tempfile::TempDir) {
+/// The rtcam binary, as a process of its own, on `config` (in a file in its own directory);
+/// its output is dropped. Killed when dropped, so a failing test leaves no rtcam behind.
+pub struct RtcamProcess {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RtcamProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_rtcam(config: &Config) -> RtcamProcess {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcam.toml");
     std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
@@ -132,7 +144,7 @@ pub fn spawn_rtcam(config: &Config) -> (Child, tempfile::TempDir) {
         .stderr(Stdio::null())
         .spawn()
         .expect("the rtcam binary starts");
-    (child, dir)
+    RtcamProcess { child, _dir: dir }
 }
 
 /// A mosquitto server on a free port, stopped when dropped.
