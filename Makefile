@@ -209,7 +209,7 @@ bench: web
 	$(call apt_install,$(BENCH_PKGS))
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	$(CARGO) build --release -p rtcam -p rtcam-bench
-	./target/release/rtcam-bench --janus --chromium --doors
+	./target/release/rtcam-bench --janus --chromium --doors --ports
 
 clean:
 	$(CARGO) clean

@@ -3,8 +3,8 @@
 //! the kernel counts them in /proc.
 
 use anyhow::{anyhow, bail, Context, Result};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use rtcam_viewer::ports::free_port;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +19,27 @@ pub struct Setup {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub max_sessions: u32,
+    /// `[webrtc] udp_port`: one port all sessions share, or a port per session.
+    pub udp_port: UdpPort,
+}
+
+/// How rtcam's WebRTC sessions get their UDP sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpPort {
+    /// One socket per local address for every session, on a free port (`udp_port = N`).
+    Shared,
+    /// A socket of its own per session, on a port the system picks (`udp_port = 0`).
+    PerSession,
+}
+
+impl UdpPort {
+    /// The `udp_port` to write into rtcam's configuration.
+    fn config_value(self) -> u16 {
+        match self {
+            UdpPort::Shared => free_port(),
+            UdpPort::PerSession => 0,
+        }
+    }
 }
 
 pub struct Rtcam {
@@ -31,6 +52,8 @@ pub struct Rtcam {
     pub http_addr: SocketAddr,
     /// The RTSP door (on loopback, open), for media servers pulling rtcam's stream.
     pub rtsp_url: String,
+    /// The shared WebRTC port, or 0 for a port per session.
+    pub udp_port: u16,
     /// Process start → retained `{"state":"online"}` seen by a client of its broker.
     pub start_to_ready: Duration,
     _dir: TempDir,
@@ -59,47 +82,8 @@ impl Rtcam {
         let port = free_port();
         let http_port = free_port();
         let rtsp_port = free_port();
-        let config = format!(
-            r#"[device]
-id = "bench"
-[mqtt]
-url = "embedded"
-embedded_listen = "127.0.0.1:{port}"
-embedded_listen_v5 = "127.0.0.1:{v5}"
-[http]
-listen = "127.0.0.1:{http_port}"
-https_listen = ""
-[source]
-kind = "test"
-width = {w}
-height = {h}
-fps = {fps}
-idle_stop_secs = {idle_stop}
-[encoder]
-element = "x264enc"
-bitrate_kbps = {kbps}
-[webrtc]
-max_sessions = {max}
-udp_addrs = ["127.0.0.1"]
-# Fan-out connects every viewer at once; the default 5 offers/s would refuse most of them.
-offers_per_second = 100
-[control]
-ha_discovery = false
-# Idle until a client plays: a GLib thread waiting, nothing on the figures without one.
-[rtsp]
-enabled = true
-listen = "127.0.0.1:{rtsp_port}"
-"#,
-            v5 = free_port(),
-            http_port = http_port,
-            w = setup.width,
-            h = setup.height,
-            fps = setup.fps,
-            kbps = setup.bitrate_kbps,
-            max = setup.max_sessions,
-            idle_stop = IDLE_STOP_SECS,
-            rtsp_port = rtsp_port,
-        );
+        let udp_port = setup.udp_port.config_value();
+        let config = config(setup, port, http_port, rtsp_port, udp_port);
         let path = dir.0.join("rtcam.toml");
         std::fs::write(&path, config)?;
         let started = Instant::now();
@@ -122,6 +106,7 @@ listen = "127.0.0.1:{rtsp_port}"
             page_url: format!("http://127.0.0.1:{http_port}/"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
             rtsp_url: format!("rtsp://127.0.0.1:{rtsp_port}/live"),
+            udp_port,
             start_to_ready: Duration::ZERO,
             _dir: dir,
         };
@@ -150,6 +135,56 @@ listen = "127.0.0.1:{rtsp_port}"
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// rtcam's configuration: test pattern, x264enc, the embedded broker and every door on
+/// loopback, on the given ports and free ones.
+fn config(setup: &Setup, port: u16, http_port: u16, rtsp_port: u16, udp_port: u16) -> String {
+    format!(
+        r#"[device]
+id = "bench"
+[mqtt]
+url = "embedded"
+embedded_listen = "127.0.0.1:{port}"
+embedded_listen_v5 = "127.0.0.1:{v5}"
+[http]
+listen = "127.0.0.1:{http_port}"
+https_listen = ""
+[source]
+kind = "test"
+width = {w}
+height = {h}
+fps = {fps}
+idle_stop_secs = {idle_stop}
+[encoder]
+element = "x264enc"
+bitrate_kbps = {kbps}
+[webrtc]
+max_sessions = {max}
+udp_addrs = ["127.0.0.1"]
+udp_port = {udp_port}
+# ICE over TCP as by default, on a port of its own (the viewers use UDP).
+tcp_port = {tcp_port}
+# Fan-out connects every viewer at once; the default 5 offers/s would refuse most of them.
+offers_per_second = 100
+[control]
+ha_discovery = false
+# Idle until a client plays: a GLib thread waiting, nothing on the figures without one.
+[rtsp]
+enabled = true
+listen = "127.0.0.1:{rtsp_port}"
+"#,
+        v5 = free_port(),
+        tcp_port = free_port(),
+        http_port = http_port,
+        w = setup.width,
+        h = setup.height,
+        fps = setup.fps,
+        kbps = setup.bitrate_kbps,
+        max = setup.max_sessions,
+        idle_stop = IDLE_STOP_SECS,
+        rtsp_port = rtsp_port,
+    )
 }
 
 /// The viewer count in rtcam's retained status (WebRTC and RTSP viewers alike).
@@ -223,6 +258,37 @@ async fn status_client(port: u16, root: &str, name: &str) -> Result<(AsyncClient
         .subscribe(format!("{root}/status"), QoS::AtLeastOnce)
         .await?;
     Ok((client, eventloop))
+}
+
+/// The UDP sockets process `pid` holds: its descriptors' socket inodes found in the kernel's
+/// UDP tables (IPv4 and IPv6) of its network namespace.
+pub fn udp_sockets(pid: u32) -> Result<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        // A descriptor closed while listing is simply not counted.
+        let Ok(target) = std::fs::read_link(fd?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_string());
+        }
+    }
+    let mut n = 0;
+    for table in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        // Header line, then one socket a line; the inode is the tenth column.
+        n += text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(9))
+            .filter(|inode| inodes.contains(*inode))
+            .count();
+    }
+    Ok(n)
 }
 
 /// CPU time and memory of a process at one instant.

@@ -1,7 +1,8 @@
 //! rtcam-bench: starts a release rtcam (test pattern, x264enc, embedded broker) as a child
 //! process and measures it from outside with real WebRTC viewers in this process: start to
 //! ready, idle cost, time to first frame by stage, glass-to-glass latency from a barcode in the
-//! picture, and CPU, memory, frame rate and loss as viewers are added. Writes the results into
+//! picture, and CPU, memory, frame rate and loss as viewers are added (and, with `--ports`, the
+//! same with one shared UDP port against a port per session). Writes the results into
 //! docs/benchmarks.md and SVG plots beside it.
 //!
 //! A separate workspace member, not part of the daemon: rtcam never links plotters or the viewer
@@ -14,8 +15,8 @@ mod report;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use daemon::{ProcSample, Rtcam, Setup};
-use report::{FanoutRow, Results, TtffSample};
+use daemon::{ProcSample, Rtcam, Setup, UdpPort};
+use report::{FanoutRow, PortsRun, Results, TtffSample};
 use rtcam_viewer::janus::JanusViewer;
 use rtcam_viewer::{Decoded, Viewer, ViewerOptions};
 use std::path::PathBuf;
@@ -92,6 +93,19 @@ struct Args {
     /// three WebRTC viewers over MQTT.
     #[arg(long)]
     doors: bool,
+    /// Also compare rtcam's sessions on one shared UDP port (`[webrtc] udp_port`, a free port)
+    /// with a port per session (`udp_port = 0`): an rtcam of each, time to first frame over
+    /// `--sessions` sessions and CPU and memory with `--ports-viewers` viewers.
+    #[arg(long)]
+    ports: bool,
+    /// Viewer counts of the --ports comparison.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    ports_viewers: Vec<usize>,
+    /// Skip the core sections (start to ready, idle, time to first frame, glass to glass,
+    /// fan-out) to run only those asked for (--ports, --doors, --janus, --chromium). The
+    /// plots are then not drawn.
+    #[arg(long)]
+    no_core: bool,
     /// The markdown file whose results section is rewritten; plots go beside it.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -107,6 +121,9 @@ fn main() -> Result<()> {
         args.latency_secs = 2;
         args.starts = 1;
         args.cold_sessions = 1;
+        // Both port modes, one session each and no fan-out (the core run has one): seconds.
+        args.ports = true;
+        args.ports_viewers = Vec::new();
     }
     let _ = ICE_CHECK_INTERVAL.set(Duration::from_millis(args.viewer_ice_check_ms));
     let runtime = tokio::runtime::Runtime::new()?;
@@ -116,7 +133,8 @@ fn main() -> Result<()> {
         smoke_checks(&results)?;
     } else {
         report::write(&results, &args.out)?;
-        eprintln!("wrote {} and its plots", args.out.display());
+        let plots = if results.core { " and its plots" } else { "" };
+        eprintln!("wrote {}{plots}", args.out.display());
     }
     // The runtime's viewer tasks may still hold sockets; they go with the process.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -125,13 +143,24 @@ fn main() -> Result<()> {
 
 /// What `make test` relies on: every stage measured, frames decoded with readable stamps.
 fn smoke_checks(r: &Results) -> Result<()> {
-    if r.ttff.is_empty() || r.ttff.iter().any(|s| s.stages.first_frame.is_none()) {
-        bail!("smoke: a session decoded no frame");
+    if r.core {
+        if r.ttff.is_empty() || r.ttff.iter().any(|s| s.stages.first_frame.is_none()) {
+            bail!("smoke: a session decoded no frame");
+        }
+        if r.latencies_ms.is_empty() {
+            bail!("smoke: no latency stamp read back");
+        }
     }
-    if r.latencies_ms.is_empty() {
-        bail!("smoke: no latency stamp read back");
+    for p in &r.ports {
+        if p.ttff.is_empty() || p.ttff.iter().any(|s| s.stages.first_frame.is_none()) {
+            bail!("smoke: a session with {:?} decoded no frame", p.mode);
+        }
     }
-    let rows = r.fanout.iter().chain(&r.janus_rtsp_fanout);
+    let rows = r
+        .fanout
+        .iter()
+        .chain(&r.janus_rtsp_fanout)
+        .chain(r.ports.iter().flat_map(|p| &p.fanout));
     if rows.clone().any(|row| row.fps.iter().any(|f| *f < 1.0)) {
         bail!("smoke: a fan-out viewer received no frames");
     }
@@ -147,11 +176,13 @@ async fn run(args: &Args) -> Result<Results> {
         fps: 30,
         bitrate_kbps: 2000,
         max_sessions: 40,
+        udp_port: UdpPort::Shared,
     };
     let mut results = Results::new(&setup, args.smoke);
+    results.core = !args.no_core;
 
     // Start to ready: separate starts, each to the first retained online status.
-    for _ in 1..args.starts {
+    for _ in 1..if args.no_core { 0 } else { args.starts } {
         let r = Rtcam::start(&setup).await?;
         results.start_to_ready.push(r.start_to_ready);
         r.stop();
@@ -165,21 +196,23 @@ async fn run(args: &Args) -> Result<Results> {
         cam.pid()
     );
 
-    // Idle: settle first, so start-up work is not counted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let a = cam.sample()?;
-    tokio::time::sleep(Duration::from_secs(args.idle)).await;
-    let b = cam.sample()?;
-    results.idle_cpu = a.cpu_percent(&b);
-    results.idle_rss_kb = b.rss_kb;
-    eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
+    if !args.no_core {
+        // Idle: settle first, so start-up work is not counted.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let a = cam.sample()?;
+        tokio::time::sleep(Duration::from_secs(args.idle)).await;
+        let b = cam.sample()?;
+        results.idle_cpu = a.cpu_percent(&b);
+        results.idle_rss_kb = b.rss_kb;
+        eprintln!("idle: {:.2} % CPU, {} kB", results.idle_cpu, b.rss_kb);
 
-    time_to_first_frame(broker, &cam.root, args, &mut results).await?;
-    eprintln!("time to first frame: {} sessions", results.ttff.len());
-    let (latencies, unreadable) = glass_to_glass(broker, &cam.root, args.latency_secs).await?;
-    results.latencies_ms = latencies;
-    results.unreadable = unreadable;
-    eprintln!("latency: {} samples", results.latencies_ms.len());
+        time_to_first_frame(broker, &cam.root, args, &mut results).await?;
+        eprintln!("time to first frame: {} sessions", results.ttff.len());
+        let (latencies, unreadable) = glass_to_glass(broker, &cam.root, args.latency_secs).await?;
+        results.latencies_ms = latencies;
+        results.unreadable = unreadable;
+        eprintln!("latency: {} samples", results.latencies_ms.len());
+    }
     if args.chromium {
         match chromium_latency(&cam.page_url, args.latency_secs, args.chromium_sessions).await {
             Ok((lat, unreadable, ttff)) => {
@@ -195,13 +228,12 @@ async fn run(args: &Args) -> Result<Results> {
 
     // Fan-out: n viewers that count RTP but do not decode (32 decoders would starve rtcam of
     // the 2 cores it is measured on).
-    for &n in &args.viewers {
-        let target = Target::Rtcam {
-            host: cam.broker.0.clone(),
-            port: cam.broker.1,
-            root: cam.root.clone(),
-        };
-        let row = fanout(&target, n, args.window, cam.pid()).await?;
+    for &n in if args.no_core {
+        &[][..]
+    } else {
+        &args.viewers[..]
+    } {
+        let row = fanout(&rtcam_target(&cam), n, args.window, cam.pid()).await?;
         results.fanout.push(row);
     }
     // Before Janus pulls the RTSP door: its rows require rtcam to serve Janus alone.
@@ -213,11 +245,66 @@ async fn run(args: &Args) -> Result<Results> {
     }
     cam.stop();
 
+    if args.ports {
+        ports(&setup, args, &mut results).await?;
+    }
     if args.janus {
         janus_alone(&setup, args, &mut results).await?;
     }
     results.load_end = report::loadavg();
     Ok(results)
+}
+
+/// The fan-out viewers of `cam`.
+fn rtcam_target(cam: &Rtcam) -> Target {
+    Target::Rtcam {
+        host: cam.broker.0.clone(),
+        port: cam.broker.1,
+        root: cam.root.clone(),
+    }
+}
+
+/// `--ports`: an rtcam with one UDP port shared by its sessions, then one with a port per
+/// session, each measured alone with the same sessions and viewers as the core sections.
+async fn ports(setup: &Setup, args: &Args, results: &mut Results) -> Result<()> {
+    // The smoke run only checks both modes serve: one session each, no warm-up.
+    let sessions = if args.smoke { 1 } else { args.sessions };
+    for mode in [UdpPort::Shared, UdpPort::PerSession] {
+        let setup = Setup {
+            udp_port: mode,
+            ..setup.clone()
+        };
+        let cam = Rtcam::start(&setup).await?;
+        // The 1-minute load average, at start and end.
+        let load1 = || {
+            report::loadavg()
+                .split(' ')
+                .next()
+                .unwrap_or("?")
+                .to_string()
+        };
+        let load_start = load1();
+        let broker = (cam.broker.0.as_str(), cam.broker.1);
+        eprintln!("{mode:?}: rtcam with udp_port = {}", cam.udp_port);
+        // The first viewer starts the pipeline; the sessions measured find it running.
+        if !args.smoke {
+            first_frame(broker, &cam.root, true, "warm-up").await?;
+        }
+        let ttff = warm_sessions(broker, &cam.root, sessions).await?;
+        let mut fanout_rows = Vec::new();
+        for &n in &args.ports_viewers {
+            fanout_rows.push(fanout(&rtcam_target(&cam), n, args.window, cam.pid()).await?);
+        }
+        results.ports.push(PortsRun {
+            mode,
+            udp_port: cam.udp_port,
+            ttff,
+            fanout: fanout_rows,
+            load: format!("{load_start} → {}", load1()),
+        });
+        cam.stop();
+    }
+    Ok(())
 }
 
 /// The same fan-out through Janus's streaming plugin fed its own stream (rtcam stopped).
@@ -308,18 +395,24 @@ async fn time_to_first_frame(
             .ttff
             .push(first_frame(broker, root, true, &label).await?);
     }
-    // Warm: one session at a time, each ended before the next, with the pipeline running. The
-    // gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
-    // viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
-    // that window of another shares the other's keyframe and waits up to the window for it.
-    for i in 0..args.sessions {
+    results
+        .ttff
+        .extend(warm_sessions(broker, root, args.sessions).await?);
+    Ok(())
+}
+
+/// Warm: one session at a time, each ended before the next, with the pipeline running. The
+/// gap outlasts the keyframe limiter's window (`keyframe_min_interval_ms`, 500 ms), so each
+/// viewer gets its own forced keyframe as one arriving alone does; a viewer arriving within
+/// that window of another shares the other's keyframe and waits up to the window for it.
+async fn warm_sessions(broker: (&str, u16), root: &str, n: usize) -> Result<Vec<TtffSample>> {
+    let mut out = Vec::new();
+    for i in 0..n {
         tokio::time::sleep(daemon::SESSION_GAP).await;
         let label = format!("session {i}");
-        results
-            .ttff
-            .push(first_frame(broker, root, false, &label).await?);
+        out.push(first_frame(broker, root, false, &label).await?);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// One session's stages up to its first frame.
@@ -440,6 +533,7 @@ async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<Fano
     tokio::time::sleep(Duration::from_secs(window)).await;
     let (b, own_b) = (ProcSample::read(pid)?, ProcSample::read(me)?);
     let secs = started.elapsed().as_secs_f64();
+    let udp_sockets = daemon::udp_sockets(pid).ok();
     let after: Vec<_> = viewers.iter().map(|v| v.decoded()).collect();
     let mut row = FanoutRow {
         viewers: n,
@@ -447,6 +541,7 @@ async fn fanout(target: &Target, n: usize, window: u64, pid: u32) -> Result<Fano
         rss_kb: b.rss_kb,
         harness_cpu: own_a.cpu_percent(&own_b),
         load: report::loadavg(),
+        udp_sockets,
         fps: Vec::new(),
         loss: Vec::new(),
     };

@@ -1,7 +1,7 @@
 //! Results of a run: figures, the markdown tables written into docs/benchmarks.md (between two
 //! markers, so the prose around them is kept), and the SVG plots.
 
-use crate::daemon::Setup;
+use crate::daemon::{Setup, UdpPort};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use rtcam_viewer::Stages;
@@ -26,6 +26,8 @@ pub struct FanoutRow {
     /// This harness's own CPU over the window: it shares the machine with rtcam.
     pub harness_cpu: f64,
     pub load: String,
+    /// The UDP sockets the server holds at the end of the window.
+    pub udp_sockets: Option<usize>,
     /// Each viewer's received frames per second and fraction of packets lost.
     pub fps: Vec<f64>,
     pub loss: Vec<f64>,
@@ -34,6 +36,8 @@ pub struct FanoutRow {
 pub struct Results {
     pub setup: Setup,
     pub smoke: bool,
+    /// The core sections ran (not `--no-core`).
+    pub core: bool,
     pub machine: String,
     pub versions: String,
     pub command: String,
@@ -62,6 +66,20 @@ pub struct Results {
     pub janus_rtsp_fanout: Vec<FanoutRow>,
     /// One client of each door against three WebRTC viewers (`--doors`).
     pub doors: Vec<DoorsRow>,
+    /// One rtcam per UDP port mode (`--ports`).
+    pub ports: Vec<PortsRun>,
+}
+
+/// One rtcam of the `--ports` comparison.
+pub struct PortsRun {
+    pub mode: UdpPort,
+    /// Its `[webrtc] udp_port` (0: a port per session).
+    pub udp_port: u16,
+    /// Warm time-to-first-frame sessions, one after another.
+    pub ttff: Vec<TtffSample>,
+    pub fanout: Vec<FanoutRow>,
+    /// Load average when this rtcam started → when its last row ended.
+    pub load: String,
 }
 
 /// rtcam serving a set of clients: its CPU and memory over the window, each client's frames.
@@ -79,6 +97,7 @@ impl Results {
         Results {
             setup: setup.clone(),
             smoke,
+            core: true,
             machine: machine(),
             versions: versions(&setup.binary),
             command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -100,6 +119,7 @@ impl Results {
             janus_feeder_cpu: None,
             janus_rtsp_fanout: Vec::new(),
             doors: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -216,13 +236,19 @@ fn max(v: &[f64]) -> f64 {
 /// The markdown tables.
 pub fn tables(r: &Results) -> String {
     let mut s = header(r);
-    s += &start_and_idle(r);
+    if r.core {
+        s += &start_and_idle(r);
+    }
     s += &time_to_first_frame(r);
     s += &glass_to_glass(r);
     s += &fan_out(r);
     s += &scale_out(r);
     s += &doors(r);
-    s += "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
+    s += &ports(r);
+    if r.core {
+        s +=
+            "\n![latency distribution](bench/latency.svg)\n![CPU against viewers](bench/cpu.svg)\n";
+    }
     s
 }
 
@@ -327,7 +353,8 @@ fn glass_to_glass(r: &Results) -> String {
     let mut lat = r.latencies_ms.clone();
     lat.sort();
     let p = |q| pct(&lat, q).map_or("–".into(), |v: i64| v.to_string());
-    s += &format!(
+    if r.core {
+        s += &format!(
         "### Glass to glass (Rust viewer, GStreamer avdec_h264)\n\n\
          Capture (barcode written) → picture decoded, {} pictures over the run, {} without a readable stamp.\n\n\
          | p50 | p90 | p99 | min | max |\n|---|---|---|---|---|\n| {} ms | {} ms | {} ms | {} ms | {} ms |\n\n",
@@ -339,6 +366,7 @@ fn glass_to_glass(r: &Results) -> String {
         lat.first().map_or("–".into(), |v| v.to_string()),
         lat.last().map_or("–".into(), |v| v.to_string()),
     );
+    }
 
     if !r.chromium_latencies_ms.is_empty() {
         let mut lat = r.chromium_latencies_ms.clone();
@@ -370,14 +398,21 @@ fn glass_to_glass(r: &Results) -> String {
 /// CPU, memory, frame rate and loss as viewers are added; Janus beside (fed its own stream).
 fn fan_out(r: &Results) -> String {
     let mut s = String::new();
+    if r.fanout.is_empty() && r.janus_fanout.is_empty() {
+        return s;
+    }
     s += "### Fan-out\n\n\
           Viewers count RTP (frames by marker bit, loss by sequence gaps) without decoding.\n\n";
-    s += &fanout_table("rtcam", &r.fanout);
+    if !r.fanout.is_empty() {
+        s += &fanout_table("rtcam", &r.fanout);
+    }
     let rtcam_slope = Results::cpu_per_viewer(&r.fanout);
     if let Some(slope) = rtcam_slope {
         s += &format!(
             "\nrtcam CPU per added viewer (least-squares slope over the rows with viewers): {slope:.2} % of a core.\n\n"
         );
+    } else {
+        s += "\n";
     }
     if !r.janus_fanout.is_empty() {
         s += "#### Janus streaming plugin, same viewers\n\n\
@@ -453,6 +488,92 @@ fn doors(r: &Results) -> String {
     s + "\n"
 }
 
+/// The same rtcam with its sessions on one shared UDP port and with a port per session.
+fn ports(r: &Results) -> String {
+    if r.ports.is_empty() {
+        return String::new();
+    }
+    let sessions = r.ports.iter().map(|p| p.ttff.len()).max().unwrap_or(0);
+    let plural = if sessions == 1 { "" } else { "s" };
+    let mut s = format!(
+        "### Shared port vs a port per session\n\n\
+         One rtcam per mode, one after the other, the configuration otherwise the same. Time to \
+         first frame: {sessions} session{plural} one at a time with the pipeline running (a first, \
+         uncounted session starts it), milliseconds from the viewer publishing its offer. CPU, \
+         memory and UDP sockets: rtcam's, with the fan-out's viewers, settling and window.\n\n\
+         | figure |"
+    );
+    for p in &r.ports {
+        s += &match p.mode {
+            UdpPort::Shared => format!(" shared port (`udp_port = {}`) |", p.udp_port),
+            UdpPort::PerSession => " a port per session (`udp_port = 0`) |".to_string(),
+        };
+    }
+    s += &format!("\n|---|{}\n", "---|".repeat(r.ports.len()));
+    let stage = |f: fn(&Stages) -> Option<Duration>| {
+        move |p: &PortsRun| {
+            let mut v: Vec<Duration> = p.ttff.iter().filter_map(|t| f(&t.stages)).collect();
+            v.sort();
+            format!("{} / {} ms", ms(pct(&v, 50.0)), ms(pct(&v, 90.0)))
+        }
+    };
+    let line = |label: &str, cell: &dyn Fn(&PortsRun) -> String| ports_line(&r.ports, label, cell);
+    s += &line("time to first frame, p50 / p90", &stage(|s| s.first_frame));
+    s += &line("ICE connected, p50 / p90", &stage(|s| s.ice_connected));
+    s += &line(
+        "DTLS done (peer connected), p50 / p90",
+        &stage(|s| s.dtls_connected),
+    );
+    s += &ports_fanout(&r.ports);
+    s += &line("load average (1 min), start → end", &|p| p.load.clone());
+    s + "\n"
+}
+
+/// The `--ports` rows of rtcam's CPU, memory, sockets and viewers' frames, by viewer count.
+fn ports_fanout(ports: &[PortsRun]) -> String {
+    let counts: Vec<usize> = ports
+        .first()
+        .map(|p| p.fanout.iter().map(|f| f.viewers).collect())
+        .unwrap_or_default();
+    let mut s = String::new();
+    for &n in &counts {
+        let v = if n == 1 { "viewer" } else { "viewers" };
+        let line = |what: &str, cell: fn(&FanoutRow) -> String| {
+            ports_line(ports, &format!("{n} {v}: {what}"), &|p| {
+                p.fanout
+                    .iter()
+                    .find(|f| f.viewers == n)
+                    .map_or("–".into(), cell)
+            })
+        };
+        s += &line("rtcam CPU (% of a core)", |f| format!("{:.1}", f.cpu));
+        s += &line("rtcam RSS", |f| {
+            format!("{:.1} MB", f.rss_kb as f64 / 1024.0)
+        });
+        s += &line("rtcam's UDP sockets", |f| {
+            f.udp_sockets.map_or("–".into(), |u| u.to_string())
+        });
+        s += &line("fps per viewer (min), loss (max)", |f| {
+            format!("{:.1}, {:.2} %", min(&f.fps), 100.0 * max(&f.loss))
+        });
+    }
+    if counts.iter().filter(|&&n| n > 0).count() >= 2 {
+        s += &ports_line(ports, "rtcam CPU per added viewer (% of a core)", &|p| {
+            Results::cpu_per_viewer(&p.fanout).map_or("–".into(), |c| format!("{c:.2}"))
+        });
+    }
+    s
+}
+
+/// One row of the `--ports` table: a label, then a cell per rtcam.
+fn ports_line(ports: &[PortsRun], label: &str, cell: &dyn Fn(&PortsRun) -> String) -> String {
+    let mut l = format!("| {label} |");
+    for p in ports {
+        l += &format!(" {} |", cell(p));
+    }
+    l + "\n"
+}
+
 fn fanout_table(server: &str, rows: &[FanoutRow]) -> String {
     let mut s = format!(
         "| viewers | {server} CPU (% of a core) | {server} RSS | harness CPU | fps per viewer (min / mean) | loss (max) | load avg |\n\
@@ -489,9 +610,11 @@ pub fn summary(r: &Results) -> String {
 /// Rewrites the results section of `out` (creating the file if needed) and draws the plots.
 pub fn write(r: &Results, out: &Path) -> Result<()> {
     let dir = out.parent().unwrap_or(Path::new(".")).join("bench");
-    std::fs::create_dir_all(&dir)?;
-    plot_latency(r, &dir.join("latency.svg"))?;
-    plot_cpu(r, &dir.join("cpu.svg"))?;
+    if r.core {
+        std::fs::create_dir_all(&dir)?;
+        plot_latency(r, &dir.join("latency.svg"))?;
+        plot_cpu(r, &dir.join("cpu.svg"))?;
+    }
     let section = format!("{BEGIN}\n{}{END}", tables(r));
     let old = std::fs::read_to_string(out).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {

@@ -20,9 +20,9 @@ pub use negotiation::{check_config, Offer, PeerFactory};
 #[cfg(feature = "fuzzing")]
 pub use mux::fuzz_demux;
 
+use super::stats::LinkPath;
 use crate::media::audio::AudioPacket;
 use crate::media::EncodedFrame;
-use super::stats::LinkPath;
 use crate::signalling::protocol::Candidate;
 use feedback::{is_keyframe_request, lock, FeedbackLog};
 use rtc::media::Sample;
@@ -249,7 +249,8 @@ impl Peer {
         }
         let candidate = |id: &str| {
             report.iter().find_map(|entry| match entry {
-                RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c)
+                RTCStatsReportEntry::LocalCandidate(c)
+                | RTCStatsReportEntry::RemoteCandidate(c)
                     if c.stats.id.ends_with(id) =>
                 {
                     Some(c)
