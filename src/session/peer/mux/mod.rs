@@ -279,7 +279,7 @@ impl Runtime for MuxRuntime {
 }
 
 /// A datagram or a TCP connection's first message from anyone on the shared port, through the
-/// demux as the readers use it (see `crate::fuzzing::shared_port`).
+/// demux as the readers use it (the fuzz target `shared_port`).
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_demux(data: &[u8]) {
     let now = std::time::Instant::now();
