@@ -368,8 +368,7 @@ async fn with_host_candidates(
             .local_description()
             .await
             .ok_or(PeerError::NoLocalDescription)?;
-        if udp_host_candidates(&local.sdp) >= host_candidates || Instant::now() >= deadline
-        {
+        if udp_host_candidates(&local.sdp) >= host_candidates || Instant::now() >= deadline {
             return Ok(local.sdp);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
