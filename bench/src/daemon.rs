@@ -3,8 +3,8 @@
 //! the kernel counts them in /proc.
 
 use anyhow::{anyhow, bail, Context, Result};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use rtcam_viewer::ports::free_port;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
