@@ -12,6 +12,7 @@ mod events;
 mod feedback;
 mod mux;
 mod negotiation;
+mod tap;
 
 pub use events::{ChannelEvent, ControlChannel, Microphone, PeerEvent, PeerState};
 pub use feedback::Feedback;
