@@ -12,6 +12,7 @@ mod events;
 mod feedback;
 mod mux;
 mod negotiation;
+mod playout;
 mod tap;
 
 pub use events::{ChannelEvent, ControlChannel, Microphone, PeerEvent, PeerState};
