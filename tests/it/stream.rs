@@ -71,6 +71,52 @@ async fn viewer_decodes_video_through_mosquitto() {
         .expect("offline status published on shutdown");
 }
 
+/// The answer's `a=extmap` line for the playout-delay extension in the video section of what
+/// `viewer` received.
+fn answered_playout_delay(viewer: &Viewer) -> Option<u8> {
+    let messages = viewer.messages.lock().unwrap();
+    let answer = messages.iter().find(|m| m["type"] == "answer")?;
+    let sdp = answer["sdp"].as_str()?;
+    let video = sdp.split("\r\nm=").find(|s| s.starts_with("video"))?;
+    common::viewer::extmap_id(video, common::viewer::PLAYOUT_DELAY_URI)
+}
+
+/// A viewer offering the playout-delay header extension, as Chromium does, finds it in the
+/// answer, and every video packet carries a delay of none (0, 0): a browser then shows each
+/// frame as soon as it is whole (src/session/peer/playout.rs). A viewer that does not offer it
+/// is answered without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playout_delay_is_answered_and_on_every_video_packet() {
+    let rt = start(test_config("playout")).await;
+    let opts = ViewerOptions {
+        playout_delay: true,
+        ..ViewerOptions::default()
+    };
+    let viewer = Viewer::connect_with(rt.broker(), &rt.root(), opts).await;
+    assert!(
+        answered_playout_delay(&viewer).is_some(),
+        "the answer's video section has no playout-delay extmap: {:?}",
+        viewer.has_message("answer")
+    );
+    let d = viewer.wait_frames(FRAMES, WITHIN).await;
+    assert_decoded(&d);
+    assert_eq!(d.playout_delay, Some((0, 0)), "minimum and maximum delay");
+    assert_eq!(
+        d.playout_delay_packets, d.rtp_packets,
+        "every video packet carries the extension"
+    );
+    viewer.bye().await;
+
+    let plain = Viewer::connect(rt.broker(), &rt.root()).await;
+    assert_eq!(
+        answered_playout_delay(&plain),
+        None,
+        "not offered, not answered"
+    );
+    plain.bye().await;
+    rt.app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_with_all_candidates_and_no_trickle_works() {
     let rt = start(test_config("notrickle")).await;

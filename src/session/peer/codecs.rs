@@ -1,12 +1,13 @@
 //! The codecs rtcam registers with a viewer's media engine, and the RTCP feedback it asks for.
 
+use super::playout::PLAYOUT_DELAY_URI;
 use super::PeerError;
 use crate::codec::VideoCodec;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use webrtc::peer_connection::MediaEngine;
 
@@ -37,7 +38,8 @@ const OPUS_PT: u8 = 111;
 /// then cannot pick another, and the one track carries exactly what its encoder produces.
 /// Opus is registered only for an offer that can take it (`with_audio`): a video-only offer
 /// (or any offer to a camera without audio) meets exactly the media engine it always did, and
-/// an audio section without Opus is refused in the answer.
+/// an audio section without Opus is refused in the answer. The playout-delay header extension
+/// is registered for video.
 pub(super) fn media_engine(codec: VideoCodec, with_audio: bool) -> Result<MediaEngine, PeerError> {
     let mut media = MediaEngine::default();
     let mut register = |rtp_codec, payload_type, kind| {
@@ -66,6 +68,16 @@ pub(super) fn media_engine(codec: VideoCodec, with_audio: bool) -> Result<MediaE
         }
         VideoCodec::Vp8 => register(vp8_codec(feedback()), VP8_PAYLOAD_TYPE, RtpCodecKind::Video)?,
     }
+    // Answered only when the viewer offers it; `playout.rs` stamps it and says why.
+    media
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )
+        .map_err(PeerError::Setup)?;
     Ok(media)
 }
 

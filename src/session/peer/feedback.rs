@@ -3,19 +3,16 @@
 //! noted for bitrate adaptation, and the NACK responder's resends held to once per round trip
 //! and counted.
 //!
-//! Both interceptors are one [`Tap`], parameterised by what it does with the packets passing
-//! it ([`TapHandler`]); the chain's plumbing is written once.
+//! Both interceptors are a [`Tap`] (`tap.rs`) with their own [`TapHandler`].
 
+use super::tap::{Tap, TapHandler};
 use crate::session::adapt::{LossCounter, Losses};
-use rtc::interceptor::{
-    Attribute, Interceptor, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{Attribute, Packet as InterceptorPacket, Registry, Slot, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::sansio::Protocol;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,70 +91,6 @@ pub(super) fn with_taps(registry: Registry, ssrc: u32, log: &Arc<Mutex<FeedbackL
                 guard: ResendGuard::default(),
             }),
         )
-}
-
-/// What a [`Tap`] does with the packets passing it: each leg's packet is passed on (perhaps
-/// changed) or dropped (`None`). By default everything passes untouched.
-pub(super) trait TapHandler: Send + Sync + 'static {
-    /// A packet from the viewer, on its way to the application.
-    fn read(&mut self, msg: TaggedPacket) -> Option<TaggedPacket> {
-        Some(msg)
-    }
-
-    /// A packet to the viewer, on its way to the wire.
-    fn write(&mut self, msg: TaggedPacket) -> Option<TaggedPacket> {
-        Some(msg)
-    }
-}
-
-/// An interceptor that hands each packet to its handler and queues what the handler passes on.
-pub(super) struct Tap<H> {
-    handler: H,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl<H> Tap<H> {
-    fn new(handler: H) -> Self {
-        Self {
-            handler,
-            read: VecDeque::new(),
-            write: VecDeque::new(),
-        }
-    }
-}
-
-impl<H: TapHandler> Protocol<TaggedPacket, TaggedPacket, ()> for Tap<H> {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.read.extend(self.handler.read(msg));
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.extend(self.handler.write(msg));
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-}
-
-impl<H: TapHandler> Interceptor for Tap<H> {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 pub(super) fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {

@@ -12,6 +12,8 @@ mod events;
 mod feedback;
 mod mux;
 mod negotiation;
+mod playout;
+mod tap;
 
 pub use events::{ChannelEvent, ControlChannel, Microphone, PeerEvent, PeerState};
 pub use feedback::Feedback;

@@ -4,6 +4,7 @@ use super::codecs::{media_engine, opus_codec, video_track_codec};
 use super::events::Handler;
 use super::feedback::{with_taps, FeedbackLog};
 use super::mux::{Mux, Ports};
+use super::playout::with_playout_delay;
 use super::{AudioOptions, Peer, PeerError, PeerEvent, SendTrack};
 use crate::codec::VideoCodec;
 use crate::config::WebrtcConfig;
@@ -176,7 +177,7 @@ impl PeerFactory {
         let pc = builder
             .with_configuration(self.configuration())
             .with_media_engine(media)
-            .with_interceptor_registry(with_taps(registry, ssrc, &feedback))
+            .with_interceptor_registry(with_playout_delay(with_taps(registry, ssrc, &feedback)))
             .with_setting_engine(setting_engine())
             .with_handler(Arc::new(Handler {
                 events,

@@ -242,6 +242,10 @@ impl Setup {
                 Some("answer") => {
                     self.shared.mark(|s| &mut s.answer);
                     let sdp = msg["sdp"].as_str().unwrap_or_default().to_string();
+                    if self.opts.playout_delay {
+                        let id = peer::extmap_id(&sdp, peer::PLAYOUT_DELAY_URI);
+                        self.shared.set_playout_delay_id(id);
+                    }
                     pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
                         .await?;
                     for c in held.drain(..) {

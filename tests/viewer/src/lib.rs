@@ -26,7 +26,7 @@ mod tracks;
 pub mod whep;
 
 pub use mqtt::publish;
-pub use peer::{add_recvonly, candidate_type, Gathered};
+pub use peer::{add_recvonly, candidate_type, extmap_id, Gathered, PLAYOUT_DELAY_URI};
 pub use seen::{Decoded, Stages};
 
 use rumqttc::AsyncClient;
@@ -117,6 +117,9 @@ pub struct ViewerOptions {
     pub sid_prefix: Option<&'static str>,
     /// How long each step of setup may take ([`STEP`] when none).
     pub step_timeout: Option<Duration>,
+    /// Offer the playout-delay header extension for video, as Chromium does, and read it from
+    /// every video packet into `Decoded::playout_delay`.
+    pub playout_delay: bool,
 }
 
 /// A connected viewer: its offer answered, its tasks feeding [`Decoded`].

@@ -6,7 +6,7 @@ use crate::sender_reports::SenderReportsToApp;
 use crate::{ViewerError, ViewerOptions};
 use rtc::interceptor::Slot;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,20 @@ use webrtc::peer_connection::{
     RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, Registry, SettingEngineBuilder,
 };
+
+/// The playout-delay header extension's name in SDP (`ViewerOptions::playout_delay`).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// The id an `a=extmap` line of `sdp` gives the extension named `uri`.
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+        let id = id.split('/').next()?;
+        (rest.split_whitespace().next()? == uri)
+            .then(|| id.parse().ok())
+            .flatten()
+    })
+}
 
 pub(crate) type Candidates = mpsc::UnboundedReceiver<RTCIceCandidateInit>;
 pub(crate) type Tracks = mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>;
@@ -101,6 +115,15 @@ pub(crate) async fn build(
         register_vp8_only(&mut media)?;
     } else {
         media.register_default_codecs()?;
+    }
+    if opts.playout_delay {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.into(),
+            },
+            RtpCodecKind::Video,
+            None,
+        )?;
     }
     let (cand_tx, candidates) = mpsc::unbounded_channel();
     let (track_tx, tracks) = mpsc::unbounded_channel();

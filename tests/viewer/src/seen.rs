@@ -51,6 +51,10 @@ pub struct Decoded {
     pub latencies_ms: Vec<i64>,
     /// Pictures with no readable barcode (`stamps`; stays 0 with rtcam's stamp on).
     pub unreadable: u64,
+    /// The playout delay (minimum, maximum, in 10 ms units) on the last video packet that
+    /// carried the extension, and how many video packets carried it (`playout_delay`).
+    pub playout_delay: Option<(u16, u16)>,
+    pub playout_delay_packets: usize,
     /// The last decoded picture (a reference to GStreamer's buffer, not a copy), for tests
     /// that look at what the picture shows.
     pub last_sample: Option<gst::Sample>,
@@ -77,6 +81,8 @@ impl Decoded {
 #[derive(Default)]
 pub(crate) struct Shared {
     start: Mutex<Option<Instant>>,
+    /// The playout-delay extension's id in rtcam's answer, once it came with one.
+    playout_delay_id: Mutex<Option<u8>>,
     seen: Mutex<Decoded>,
     changed: Notify,
 }
@@ -85,6 +91,21 @@ impl Shared {
     /// Starts the stages' clock (the offer goes out).
     pub(crate) fn start_clock(&self) {
         *self.start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Notes the playout-delay extension's id from rtcam's answer.
+    pub(crate) fn set_playout_delay_id(&self, id: Option<u8>) {
+        *self
+            .playout_delay_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    pub(crate) fn playout_delay_id(&self) -> Option<u8> {
+        *self
+            .playout_delay_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a stage the first time it is reached (once the clock runs).

@@ -6,9 +6,10 @@ use crate::seen::Shared;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp::Packet as RtpPacket;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::shared::marshal::Marshal;
+use rtc::shared::marshal::{Marshal, Unmarshal};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -124,12 +125,24 @@ fn count_video(sinks: &Sinks, packet: &RtpPacket, sequence: &mut Sequence, late:
     let mut d = shared.seen();
     d.rtp_packets += 1;
     d.rtp_frames += usize::from(packet.header.marker);
+    if let Some(delay) = playout_delay(shared, packet) {
+        d.playout_delay = Some(delay);
+        d.playout_delay_packets += 1;
+    }
     d.expected = expected;
     if let Some(ms) = late {
         d.sync_offsets_ms.push((false, ms));
     }
     drop(d);
     shared.changed();
+}
+
+/// The playout delay (minimum, maximum) a video packet carries, under the id rtcam's answer
+/// gave the extension.
+fn playout_delay(shared: &Shared, packet: &RtpPacket) -> Option<(u16, u16)> {
+    let data = packet.header.get_extension(shared.playout_delay_id()?)?;
+    let ext = PlayoutDelayExtension::unmarshal(&mut data.as_ref()).ok()?;
+    Some((ext.min_delay, ext.max_delay))
 }
 
 /// The 16-bit RTP sequence number extended across wraps, to count gaps (loss).
