@@ -556,6 +556,28 @@ fn derived_turn_credentials_allocate_until_they_expire() {
     eprintln!("expiry test took {:?}", scene.started.elapsed());
 }
 
+/// Chromium on the page, with no ICE server, decodes rtcam on a direct path: rtcam's host
+/// candidate (the announced one), not a relay; `how` says which path for the failure message.
+fn chromium_decodes_direct(scene: &Scene, rtcam: &Proc, how: &str) {
+    let (out, page) = chromium(scene, "");
+    assert!(
+        out.status.success(),
+        "Chromium did not decode {how}: {page}\nstderr:\n{}\nrtcam log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        rtcam.log_text()
+    );
+    assert_eq!(page["remoteCandidateType"], "host", "{page}");
+    assert_ne!(page["localCandidateType"], "relay", "{page}");
+}
+
+/// Whether a viewer's report lists a candidate of rtcam's (answer or trickled) that `pred`
+/// accepts.
+fn announced_by_rtcam(report: &Value, pred: impl Fn(&str) -> bool) -> bool {
+    report["rtcam_candidates"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().filter_map(Value::as_str).any(pred))
+}
+
 /// (4) A port forward instead of ICE servers: rtcam's NAT forwards the shared WebRTC port
 /// (`udp_port`) and no other UDP, and rtcam announces the NAT's outside address with that port
 /// (`public_ips`). Viewers outside with no STUN or TURN server, the Rust viewer and Chromium on
@@ -576,12 +598,9 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
     // The UDP host candidate on the router's outside address, with the shared port.
     let announced = format!("{CAM_WAN} {WEBRTC_PORT} typ host");
     let announces = |report: &Value| {
-        report["rtcam_candidates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|c| c.split(' ').nth(2) == Some("udp") && c.contains(&announced))
+        announced_by_rtcam(report, |c| {
+            c.split(' ').nth(2) == Some("udp") && c.contains(&announced)
+        })
     };
 
     // The Rust viewer, with no server of its own and none from rtcam.
@@ -620,15 +639,7 @@ fn viewer_outside_reaches_the_forwarded_udp_port_without_stun_or_turn() {
     );
 
     // Chromium on the page, with no ICE server either.
-    let (out, page) = chromium(&scene, "");
-    assert!(
-        out.status.success(),
-        "Chromium did not decode through the forwarded port: {page}\nstderr:\n{}\nrtcam log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        rtcam.log_text()
-    );
-    assert_eq!(page["remoteCandidateType"], "host", "{page}");
-    assert_ne!(page["localCandidateType"], "relay", "{page}");
+    chromium_decodes_direct(&scene, &rtcam, "through the forwarded port");
 
     // Without the forward, the announced candidate leads to the router's own firewall.
     netns::unforward(router, "udp");
@@ -669,15 +680,7 @@ fn a_viewer_whose_network_blocks_udp_connects_over_ice_tcp() {
 
     // Chromium on the page: what it sent over UDP went nowhere, the video came over TCP
     // through the forward (a packet per frame at least, out of rtcam's port).
-    let (out, page) = chromium(&scene, "");
-    assert!(
-        out.status.success(),
-        "Chromium did not decode over ICE-TCP: {page}\nstderr:\n{}\nrtcam log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        rtcam.log_text()
-    );
-    assert_eq!(page["remoteCandidateType"], "host", "{page}");
-    assert_ne!(page["localCandidateType"], "relay", "{page}");
+    chromium_decodes_direct(&scene, &rtcam, "over ICE-TCP");
     let blocked = netns::udp_blocked(&scene.nets.view_router);
     let (inward, outward) = netns::forward_counts(router, "tcp");
     eprintln!("UDP dropped: {blocked}; TCP {WEBRTC_PORT} forwarded: {inward} in, {outward} out");
@@ -704,12 +707,7 @@ fn a_viewer_whose_network_blocks_udp_connects_over_ice_tcp() {
     );
     let announced = format!("tcp 1342177535 {CAM_WAN} {WEBRTC_PORT} typ host tcptype passive");
     assert!(
-        report["rtcam_candidates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|c| c.ends_with(&announced)),
+        announced_by_rtcam(&report, |c| c.ends_with(&announced)),
         "rtcam did not announce {announced}: {report}"
     );
 
