@@ -55,14 +55,9 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.by_transaction.retain(|_, (k, _)| *k != key);
     }
 
-    /// `key` sends `packet`: a STUN request's transaction id is noted for its response.
-    pub fn outgoing(&mut self, key: K, packet: &[u8], now: Instant) {
-        let Some(stun) = Stun::parse(packet) else {
-            return;
-        };
-        if stun.class() != Class::Request {
-            return;
-        }
+    /// `key` sent a STUN request with `transaction` ([`request_transaction`]): its response is
+    /// routed back to `key`.
+    pub fn outgoing(&mut self, key: K, transaction: [u8; 12], now: Instant) {
         if self.by_transaction.len() >= MAX_TRANSACTIONS {
             self.by_transaction
                 .retain(|_, (_, at)| now.duration_since(*at) < TRANSACTION_TTL);
@@ -77,7 +72,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
                 }
             }
         }
-        self.by_transaction.insert(stun.transaction, (key, now));
+        self.by_transaction.insert(transaction, (key, now));
     }
 
     /// The session `packet` from `from` is for, if any. A STUN request naming a session's ufrag
@@ -122,6 +117,15 @@ impl<K: Copy + Eq + Hash> Demux<K> {
             self.by_transaction.len(),
         )
     }
+}
+
+/// The transaction id of a STUN request, the one kind of packet a session sends whose answer
+/// must find its way back to it. Read without the demux's lock: every packet a session sends
+/// is asked, and nearly all are media.
+pub fn request_transaction(packet: &[u8]) -> Option<[u8; 12]> {
+    Stun::parse(packet)
+        .filter(|s| s.class() == Class::Request)
+        .map(|s| s.transaction)
 }
 
 /// A packet of a TURN client's conversation with its server: a STUN message of a TURN method
@@ -229,6 +233,13 @@ mod tests {
         p
     }
 
+    /// `key` sends `packet`, as `MuxSocket::poll_send` hands it to the demux.
+    fn send(d: &mut Demux<u64>, key: u64, packet: &[u8], now: Instant) {
+        if let Some(transaction) = request_transaction(packet) {
+            d.outgoing(key, transaction, now);
+        }
+    }
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], port))
     }
@@ -292,10 +303,15 @@ mod tests {
     fn a_response_goes_to_the_session_that_asked_once() {
         let now = Instant::now();
         let mut d = Demux::default();
-        d.outgoing(7, &stun(BINDING_REQUEST, 42, Some("view:camA")), now);
+        send(
+            &mut d,
+            7,
+            &stun(BINDING_REQUEST, 42, Some("view:camA")),
+            now,
+        );
         // Responses and indications rtcam sends open no transaction.
-        d.outgoing(7, &stun(BINDING_SUCCESS, 43, None), now);
-        d.outgoing(7, &[0x80, 96, 0, 1], now);
+        send(&mut d, 7, &stun(BINDING_SUCCESS, 43, None), now);
+        send(&mut d, 7, &[0x80, 96, 0, 1], now);
         assert_eq!(d.sizes().2, 1);
         let stun_server = SocketAddr::from(([198, 51, 100, 1], 3478));
         assert_eq!(
@@ -315,7 +331,7 @@ mod tests {
     fn an_old_transaction_is_not_answered() {
         let now = Instant::now();
         let mut d = Demux::default();
-        d.outgoing(7, &stun(BINDING_REQUEST, 42, None), now);
+        send(&mut d, 7, &stun(BINDING_REQUEST, 42, None), now);
         let late = now + TRANSACTION_TTL + Duration::from_secs(1);
         assert_eq!(
             d.incoming(&stun(BINDING_SUCCESS, 42, None), addr(1), late),
@@ -330,7 +346,7 @@ mod tests {
         for i in 0..(MAX_TRANSACTIONS + 100) as u32 {
             let mut req = stun(BINDING_REQUEST, 0, None);
             req[8..12].copy_from_slice(&i.to_be_bytes());
-            d.outgoing(1, &req, now + Duration::from_micros(u64::from(i)));
+            send(&mut d, 1, &req, now + Duration::from_micros(u64::from(i)));
         }
         assert_eq!(d.sizes().2, MAX_TRANSACTIONS);
     }
@@ -343,7 +359,7 @@ mod tests {
         d.register_ufrag(2, "camB");
         d.incoming(&stun(BINDING_REQUEST, 1, Some("camA:v")), addr(1), now);
         d.incoming(&stun(BINDING_REQUEST, 2, Some("camB:v")), addr(2), now);
-        d.outgoing(1, &stun(BINDING_REQUEST, 3, None), now);
+        send(&mut d, 1, &stun(BINDING_REQUEST, 3, None), now);
         d.remove(1);
         assert_eq!(d.sizes(), (1, 1, 0));
         assert_eq!(d.incoming(&[0x80, 0, 0, 0], addr(1), now), None);

@@ -117,6 +117,11 @@ impl Mux {
         bound_or_bind(&self.tcp, addr, |a| tcp::Shared::bind(a, &self.routes))
     }
 
+    /// The ports it shares.
+    pub fn ports(&self) -> Ports {
+        self.ports
+    }
+
     /// A new session's place on the mux.
     pub fn session(self: &Arc<Self>) -> Arc<MuxSession> {
         Arc::new(MuxSession {
@@ -287,7 +292,9 @@ pub fn fuzz_demux(data: &[u8]) {
     demux.register_ufrag(1u64, "camA");
     demux.register_ufrag(2, "camB");
     let from = SocketAddr::from(([192, 0, 2, 1], 5000));
-    demux.outgoing(1, data, now);
+    if let Some(transaction) = demux::request_transaction(data) {
+        demux.outgoing(1, transaction, now);
+    }
     let _ = demux.incoming(data, from, now);
     let _ = demux.incoming(data, from, now + Duration::from_secs(60));
     let _ = demux.owner_of_request(data);

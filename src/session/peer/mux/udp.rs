@@ -165,9 +165,13 @@ impl AsyncUdpSocket for MuxSocket {
         if let Some(turn) = self.turn_socket_for(contents, to)? {
             return turn.poll_send_to(cx, contents, to);
         }
-        lock(&self.session.mux.routes)
-            .demux
-            .outgoing(self.session.key, contents, Instant::now());
+        if let Some(transaction) = demux::request_transaction(contents) {
+            lock(&self.session.mux.routes).demux.outgoing(
+                self.session.key,
+                transaction,
+                Instant::now(),
+            );
+        }
         // Not `poll_send_to`: a tokio socket wakes only the last task that polled it, and every
         // session's driver sends on this one, so a full send buffer would leave the others
         // waiting for a wake-up that never comes. A datagram that finds the buffer full is
