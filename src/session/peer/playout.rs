@@ -13,6 +13,7 @@
 //! viewer that does not offer the extension is answered without it and never sees it.
 
 use super::tap::{Tap, TapHandler};
+use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::shared::marshal::Marshal;
@@ -39,10 +40,26 @@ pub(super) fn with_playout_delay(registry: Registry) -> Registry {
 
 /// Stamps the extension on the RTP of each bound video stream that negotiated it, with that
 /// stream's id; everything else passes untouched.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PlayoutDelay {
     /// SSRC → the negotiated extension id (one-byte form).
     streams: HashMap<u32, u8>,
+    /// [`PLAYOUT_DELAY`] on the wire, made once: every packet carries the same three bytes.
+    payload: Bytes,
+}
+
+impl Default for PlayoutDelay {
+    fn default() -> Self {
+        // Cannot fail: both values are within 12 bits, in a 3-byte buffer of its own.
+        let payload = PLAYOUT_DELAY
+            .marshal()
+            .map(BytesMut::freeze)
+            .unwrap_or_default();
+        Self {
+            streams: HashMap::new(),
+            payload,
+        }
+    }
 }
 
 /// The id `info`'s answer gave the extension, if it is a video stream that has it. Only the
@@ -64,12 +81,9 @@ impl TapHandler for PlayoutDelay {
     fn write(&mut self, mut msg: TaggedPacket) -> Option<TaggedPacket> {
         if let InterceptorPacket::Rtp(packet) = &mut msg.message.packet {
             if let Some(&id) = self.streams.get(&packet.header.ssrc) {
-                // Cannot fail: both values are within 12 bits, in a 3-byte buffer of its own.
-                if let Ok(payload) = PLAYOUT_DELAY.marshal() {
-                    // Fails only for an id outside the header's form, which `extension_id`
-                    // rules out; the packet then goes unstamped, as to a browser without it.
-                    let _ = packet.header.set_extension(id, payload.freeze());
-                }
+                // Fails only for an id outside the header's form, which `extension_id` rules
+                // out; the packet then goes unstamped, as to a browser without it.
+                let _ = packet.header.set_extension(id, self.payload.clone());
             }
         }
         Some(msg)
