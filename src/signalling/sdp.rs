@@ -251,6 +251,21 @@ fn split_line_end(line: &str) -> (&str, &str) {
     (body, &line[body.len()..])
 }
 
+/// rtcam's UDP host candidates in its own description, one per address (the crate lists each
+/// twice, for components 1 and 2; ICE-TCP candidates, gathered first, do not count).
+pub fn udp_host_candidates(sdp: &str) -> usize {
+    sdp.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            l.starts_with("a=candidate:")
+                && f.len() >= 8
+                && f[1] == "1"
+                && f[2].eq_ignore_ascii_case("udp")
+                && f[7] == "host"
+        })
+        .count()
+}
+
 /// rtcam's ICE username fragment in its own description (`a=ice-ufrag:`).
 pub fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp.lines()
@@ -290,6 +305,11 @@ mod tests {
             "after the last candidate, before the end: {out}"
         );
         assert_eq!(ice_ufrag(&out), Some("abcd"));
+        assert_eq!(
+            udp_host_candidates(answer),
+            2,
+            "host lines of component 1 over UDP"
+        );
         // An answer without candidates gets the public ones in its first media section.
         let bare = "v=0\r\nm=video 9 X 96\r\na=mid:0\r\nm=audio 9 X 111\r\na=mid:1\r\n";
         let out = a.answer(bare);

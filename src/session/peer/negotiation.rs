@@ -8,7 +8,9 @@ use super::playout::with_playout_delay;
 use super::{AudioOptions, Peer, PeerError, PeerEvent, SendTrack};
 use crate::codec::VideoCodec;
 use crate::config::WebrtcConfig;
-use crate::signalling::sdp::{first_mid, without_mdns_candidates, OfferSummary};
+use crate::signalling::sdp::{
+    first_mid, udp_host_candidates, without_mdns_candidates, OfferSummary,
+};
 use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
@@ -45,8 +47,6 @@ pub struct PeerFactory {
     configured_addrs: Vec<IpAddr>,
     /// The shared ports, unless both `udp_port` and `tcp_port` are 0.
     mux: Option<Arc<Mux>>,
-    /// ICE over TCP (passive) is offered: `tcp_port` is set.
-    tcp: bool,
     /// Generated once: an ECDSA key per viewer would add tens of milliseconds to every join.
     certificate: RTCCertificate,
 }
@@ -74,7 +74,6 @@ impl PeerFactory {
             ice_servers,
             configured_addrs: cfg.udp_addrs.clone(),
             mux: None,
-            tcp: cfg.tcp_port != 0,
             certificate,
         };
         let ports = Ports {
@@ -171,7 +170,8 @@ impl PeerFactory {
         if let Some(mux) = &mux {
             builder = builder.with_runtime(mux.runtime());
         }
-        if self.tcp {
+        // ICE over TCP (passive) exists only on its shared port.
+        if self.mux.as_ref().is_some_and(|m| m.ports().tcp != 0) {
             builder = builder.with_tcp_addrs(addrs.clone());
         }
         let pc = builder
@@ -336,21 +336,6 @@ async fn add_track(
         payload_type: None,
         kind: name,
     })
-}
-
-/// rtcam's UDP host candidates in a description, one per address (the crate lists each twice,
-/// for components 1 and 2; ICE-TCP candidates, gathered at once, do not count).
-fn udp_host_candidates(sdp: &str) -> usize {
-    sdp.lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            l.starts_with("a=candidate:")
-                && f.len() >= 8
-                && f[1] == "1"
-                && f[2].eq_ignore_ascii_case("udp")
-                && f[7] == "host"
-        })
-        .count()
 }
 
 /// The answer, once it carries rtcam's host candidates: gathering them takes a few
