@@ -129,10 +129,9 @@ image: image-deps
 	deb=$$(ls -t target/aarch64-unknown-linux-gnu/debian/rtcam_*_arm64.deb | head -1); \
 	SUITE=$(SUITE) image/make.sh "$$deb" $(BASE)
 
-# The image booted in qemu (tests/it/image.rs): the Debian base (cached for the day), the
-# board-test .deb put in as make image does, two boots under the real systemd. From a cold
-# cache it takes about 20 minutes on two cores (arm64 maintainer scripts under qemu-user), so
-# it runs on its own rather than in make test.
+# The image booted in qemu (tests/it/image.rs): the Debian base (tests/image/base.sh, cached for
+# the day), the board-test .deb put in as make image does, two boots under the real systemd.
+# make test runs it last, with the base built in the background meanwhile.
 test-image: test-deps cross-deps image-deps web
 	tests/image/prepare.sh
 	$(CARGO) test --test it -- --ignored --nocapture image::
@@ -188,7 +187,10 @@ SOLO_TESTS := soak:: lossy:: vivid:: hostile:: nat::
 
 # Formatting and lints first (clippy with the tests' features, which their dev-dependency on
 # rtcam turns on), so a slip fails in seconds rather than after the long tests.
-test: test-deps cross-deps web
+test: test-deps cross-deps image-deps web
+	@# The image test's Debian base takes a quarter of an hour of one core (emulated dpkg): it
+	@# builds at idle priority while the other tests run, and the image test boots it last.
+	tests/image/base.sh --start
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- $(addprefix --skip ,$(SOLO_TESTS))
@@ -202,6 +204,7 @@ test: test-deps cross-deps web
 	@# (rtcam must see exactly one client); the figures come only from `make bench`.
 	$(CARGO) build --bin rtcam
 	$(CARGO) run -p rtcam-bench -- --smoke --janus
+	$(MAKE) --no-print-directory test-image
 
 # Minutes of measuring on a release build; rewrites the results in docs/benchmarks.md and the
 # plots in docs/bench/. Run it on a quiet machine: the load average is recorded with the figures.

@@ -62,7 +62,7 @@ done
 echo "image: mmdebstrap $suite arm64 ($mirror)"
 mmdebstrap --arch=arm64 --variant=minbase --include="${packages[*]}" \
 	--dpkgopt=force-unsafe-io "${slim[@]}" \
-	--essential-hook="$PWD/image/root-setup.sh --hold-initramfs \"\$1\"" \
+	--essential-hook="$PWD/image/root-setup.sh --hold \"\$1\"" \
 	--setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
 	--setup-hook="sync-in $cache /var/cache/apt/archives/" \
 	--customize-hook="sync-out /var/cache/apt/archives $cache" \

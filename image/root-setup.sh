@@ -4,14 +4,21 @@
 set -euo pipefail
 in_root() { chroot "$root" "$@"; }
 
-# Essential hook: every package that touches the kernel or udev would rebuild the initramfs,
-# minutes each under qemu-user; update-initramfs does nothing until the customize hook below
-# builds it once.
-if [ "$1" = --hold-initramfs ]; then
+# Essential hook: work the package installs would repeat, or do only to be thrown away, is held
+# back until the customize hook below does it once. Every package that touches the kernel or
+# udev would rebuild the initramfs, and the CA store is rehashed at ca-certificates' configure
+# and again at its trigger: minutes each under qemu-user. openssh-server's configure makes host
+# keys only where none exist; each card makes its own at its first boot (image/firstboot), so
+# empty placeholders save generating keys that would be deleted.
+if [ "$1" = --hold ]; then
 	root=$2
-	in_root dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs
-	printf '#!/bin/sh\nexit 0\n' >"$root/usr/sbin/update-initramfs"
-	chmod 0755 "$root/usr/sbin/update-initramfs"
+	for tool in /usr/sbin/update-initramfs /usr/sbin/update-ca-certificates; do
+		in_root dpkg-divert --quiet --local --rename --add "$tool"
+		printf '#!/bin/sh\nexit 0\n' >"$root$tool"
+		chmod 0755 "$root$tool"
+	done
+	mkdir -p "$root/etc/ssh"
+	for type in rsa ecdsa ed25519; do : >"$root/etc/ssh/ssh_host_${type}_key"; done
 	exit 0
 fi
 root=$1
@@ -35,8 +42,11 @@ kver=$(basename "$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -1)")
 kver=${kver#vmlinuz-}
 # The initramfs, once; zstd compresses it in a fraction of gzip's time under emulation.
 echo COMPRESS=zstd >"$root/etc/initramfs-tools/conf.d/compress"
-rm -f "$root/usr/sbin/update-initramfs"
-in_root dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+for tool in /usr/sbin/update-initramfs /usr/sbin/update-ca-certificates; do
+	rm -f "$root$tool"
+	in_root dpkg-divert --quiet --local --rename --remove "$tool"
+done
+in_root update-ca-certificates --fresh >/dev/null
 in_root update-initramfs -c -k "$kver"
 # raspi-firmware's hook puts kernel, initramfs, device trees, config.txt and cmdline.txt on
 # the boot partition.

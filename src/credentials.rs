@@ -81,7 +81,10 @@ pub fn apply(
             used.push(MQTT_PASSWORD);
         }
     }
-    if config.mqtt.users_file.is_empty() && dir.join(MQTT_USERS).is_file() {
+    // The unit's default for an absent users file is an empty line: not a file of no users.
+    if config.mqtt.users_file.is_empty()
+        && read(dir, MQTT_USERS)?.is_some_and(|users| !users.trim().is_empty())
+    {
         config.mqtt.users_file = dir.join(MQTT_USERS).display().to_string();
         used.push(MQTT_USERS);
     }
@@ -197,9 +200,12 @@ mod tests {
     fn absent_or_empty_credentials_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(MQTT_PASSWORD), "").unwrap();
+        // What rtcam.service's SetCredential= leaves when /etc/rtcam/credentials has no file.
+        std::fs::write(dir.path().join(MQTT_USERS), "\n").unwrap();
         let mut config = Config::default();
         assert!(apply(&mut config, Some(dir.path())).unwrap().is_empty());
         assert!(apply(&mut config, None).unwrap().is_empty());
         assert_eq!(config.mqtt.password, "");
+        assert_eq!(config.mqtt.users_file, "");
     }
 }

@@ -1,29 +1,19 @@
 #!/usr/bin/env bash
-# Prepares the image tests/image.rs boots: the Debian base image (image/build.sh, reused while
-# its scripts and the day's package lists are unchanged), rtcam's arm64 .deb (the board-test
-# build) put in with image/customise.sh, exactly as `make image` does, and then, for the test
-# only, the vivid camera driver loaded at boot. Leaves in target/image/test/: rtcam.img, the
+# Prepares the image tests/image.rs boots: the Debian base image (tests/image/base.sh), rtcam's
+# arm64 .deb (the board-test build) put in with image/customise.sh, exactly as `make image`
+# does, and then, for the test only, the vivid camera driver loaded at boot. Leaves in target/image/test/: rtcam.img, the
 # kernel, initramfs and cmdline.txt from its boot partition, and timings.txt.
 #
 #   tests/image/prepare.sh            IMAGE_SUITE=trixie (the image's default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=target/image/test
-suite=${IMAGE_SUITE:-trixie}
 mkdir -p "$dir"
 : >"$dir/timings.txt"
 
 # The base: rebuilt when its scripts change, and once a day for the archive's updates.
-key=$(cat image/build.sh image/root-setup.sh | sha256sum | cut -c1-12)-$(date -u +%Y%m%d)-$suite
-base=$dir/base-$key.img
-if [ ! -e "$base" ]; then
-	rm -f "$dir"/base-*-"$suite".img*
-	t=$SECONDS
-	SUITE=$suite image/build.sh "$base.tmp"
-	mv "$base.tmp.manifest" "$base.manifest"
-	mv "$base.tmp" "$base"
-	echo "base image built in $((SECONDS - t)) s" | tee -a "$dir/timings.txt"
-fi
+base=$(tests/image/base.sh)
+cat "$base.time" >>"$dir/timings.txt" 2>/dev/null || true
 
 t=$SECONDS
 cross/build.sh aarch64-unknown-linux-gnu board-test

@@ -358,37 +358,11 @@ async fn first_boot(guest: &Guest, probe: &Probe, mqtt_port: u16, root: &str) ->
     );
     assert_eq!(active["NRestarts"], "0", "{active:?}");
 
-    // The boot partition's files, applied once and gone from the partition.
-    let firstboot = guest
-        .ssh("journalctl -b -u rtcam-firstboot --no-pager -o cat")
+    boot_partition_applied(guest).await;
+    let chain = guest
+        .ssh("systemd-analyze critical-chain rtcam.service --no-pager")
         .await;
-    for expected in [
-        "first boot",
-        "root file system grown",
-        "SSH host keys made",
-        HOSTNAME,
-        TIMEZONE,
-    ] {
-        assert!(
-            firstboot.contains(expected),
-            "no \"{expected}\" in:\n{firstboot}"
-        );
-    }
-    assert_eq!(guest.ssh("hostname").await.trim(), HOSTNAME);
-    assert_eq!(guest.ssh("cat /etc/timezone").await.trim(), TIMEZONE);
-    let boot_files = guest.ssh("ls /boot/firmware").await;
-    assert!(!boot_files.contains("rtcam-setup.txt\n"), "{boot_files}");
-    assert!(boot_files.contains("rtcam.toml.applied"), "{boot_files}");
-    // The root grew into the 512 MB the prepared image left free after its partitions.
-    let sizes = guest.ssh("lsblk -bdno SIZE /dev/vda /dev/vda2").await;
-    let sizes: Vec<u64> = sizes
-        .split_whitespace()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert!(
-        sizes[0] - sizes[1] < 600 << 20,
-        "the root partition did not grow: {sizes:?}"
-    );
+    println!("image: what rtcam waited for at boot:\n{chain}");
 
     // rtcam with that configuration: its URL in the log, its device id on the broker.
     let log = guest.ssh("journalctl -b -u rtcam --no-pager -o cat").await;
@@ -426,6 +400,40 @@ async fn first_boot(guest: &Guest, probe: &Probe, mqtt_port: u16, root: &str) ->
     guest.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub").await
 }
 
+/// The boot partition's files, applied once and gone from the partition; the root grown.
+async fn boot_partition_applied(guest: &Guest) {
+    let firstboot = guest
+        .ssh("journalctl -b -u rtcam-firstboot --no-pager -o cat")
+        .await;
+    for expected in [
+        "first boot",
+        "root file system grown",
+        "SSH host keys made",
+        HOSTNAME,
+        TIMEZONE,
+    ] {
+        assert!(
+            firstboot.contains(expected),
+            "no \"{expected}\" in:\n{firstboot}"
+        );
+    }
+    assert_eq!(guest.ssh("hostname").await.trim(), HOSTNAME);
+    assert_eq!(guest.ssh("cat /etc/timezone").await.trim(), TIMEZONE);
+    let boot_files = guest.ssh("ls /boot/firmware").await;
+    assert!(!boot_files.contains("rtcam-setup.txt\n"), "{boot_files}");
+    assert!(boot_files.contains("rtcam.toml.applied"), "{boot_files}");
+    // The root grew into the 512 MB the prepared image left free after its partitions.
+    let sizes = guest.ssh("lsblk -bdno SIZE /dev/vda /dev/vda2").await;
+    let sizes: Vec<u64> = sizes
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(
+        sizes[0] - sizes[1] < 600 << 20,
+        "the root partition did not grow: {sizes:?}"
+    );
+}
+
 async fn http_page(port: u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -461,6 +469,16 @@ async fn no_sandbox_denials(guest: &Guest) {
     assert!(
         denials.trim().is_empty(),
         "rtcam met its sandbox:\n{denials}"
+    ); // Its cache directory holds GStreamer's registry (no plugin scan at the next start) and
+       // fontconfig's cache (fontconfig says "No writable cache directories" otherwise).
+    let fonts = guest
+        .ssh("journalctl -b -u rtcam --no-pager -o cat | grep -i 'no writable cache' || true")
+        .await;
+    assert!(fonts.trim().is_empty(), "fontconfig has no cache:\n{fonts}");
+    let cache = guest.ssh("ls -R /var/cache/rtcam").await;
+    assert!(
+        cache.contains("registry."),
+        "no GStreamer registry in:\n{cache}"
     );
 }
 
