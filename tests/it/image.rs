@@ -76,14 +76,23 @@ fn boot_offset(image: &Path) -> u64 {
     boot["start"].as_u64().unwrap() * 512
 }
 
-/// Writes `name` on the image's boot partition, as a user's computer would.
+/// Writes `name` (in a folder if it has one) on the image's boot partition, as a user's
+/// computer would.
 fn put_on_boot_partition(image: &Path, name: &str, text: &str, dir: &Path) {
-    let local = dir.join(name);
+    let local = dir.join(name.replace('/', "-"));
     std::fs::write(&local, text).unwrap();
+    let partition = format!("{}@@{}", image.display(), boot_offset(image));
+    if let Some((folder, _)) = name.rsplit_once('/') {
+        // mmd fails on a folder that is there already, which is fine.
+        let _ = Command::new("mmd")
+            .args(["-i", &partition, &format!("::{folder}")])
+            .stderr(Stdio::null())
+            .status();
+    }
     let status = Command::new("mcopy")
         .arg("-o")
         .arg("-i")
-        .arg(format!("{}@@{}", image.display(), boot_offset(image)))
+        .arg(&partition)
         .arg(&local)
         .arg(format!("::{name}"))
         .status()
@@ -256,7 +265,9 @@ fn config(mqtt_port: u16, turn_port: u16) -> String {
          [encoder]\nelement = \"x264enc\"\nbitrate_kbps = 300\nkeyframe_interval = 15\n\
          [webrtc]\nudp_addrs = [\"10.0.2.15\"]\n\
          [[webrtc.ice_servers]]\nurls = [\"turn:10.0.2.2:{turn_port}?transport=udp\"]\n\
-         username = \"board\"\ncredential = \"{BOARD_RELAY_PASSWORD}\"\n"
+         username = \"board\"\n\
+         # empty: the turn_credential credential, from the boot partition's rtcam-credentials/\n\
+         credential = \"\"\n"
     )
 }
 
@@ -305,6 +316,12 @@ async fn image_boots_applies_the_boot_partition_and_runs_rtcam_under_systemd() {
         &image,
         "rtcam.toml",
         &config(broker.port, turn_port),
+        dir.path(),
+    );
+    put_on_boot_partition(
+        &image,
+        "rtcam-credentials/turn_credential.txt",
+        &format!("{BOARD_RELAY_PASSWORD}\r\n"),
         dir.path(),
     );
     put_on_boot_partition(
@@ -367,6 +384,10 @@ async fn first_boot(guest: &Guest, probe: &Probe, mqtt_port: u16, root: &str) ->
     // rtcam with that configuration: its URL in the log, its device id on the broker.
     let log = guest.ssh("journalctl -b -u rtcam --no-pager -o cat").await;
     assert!(log.contains("http://"), "rtcam logged no URL:\n{log}");
+    assert!(
+        log.contains("using systemd credentials: turn_credential"),
+        "rtcam did not read the TURN credential from the card:\n{log}"
+    );
     let online = probe
         .wait_json(&format!("{root}/status"), Duration::from_secs(60), |v| {
             v["state"] == "online"
@@ -411,6 +432,7 @@ async fn boot_partition_applied(guest: &Guest) {
         "SSH host keys made",
         HOSTNAME,
         TIMEZONE,
+        "credential turn_credential installed",
     ] {
         assert!(
             firstboot.contains(expected),
@@ -422,6 +444,11 @@ async fn boot_partition_applied(guest: &Guest) {
     let boot_files = guest.ssh("ls /boot/firmware").await;
     assert!(!boot_files.contains("rtcam-setup.txt\n"), "{boot_files}");
     assert!(boot_files.contains("rtcam.toml.applied"), "{boot_files}");
+    assert!(!boot_files.contains("rtcam-credentials"), "{boot_files}");
+    let credential = guest
+        .ssh("stat -c '%a %U' /etc/rtcam/credentials/turn_credential")
+        .await;
+    assert_eq!(credential.trim(), "600 root");
     // The root grew into the 512 MB the prepared image left free after its partitions.
     let sizes = guest.ssh("lsblk -bdno SIZE /dev/vda /dev/vda2").await;
     let sizes: Vec<u64> = sizes
